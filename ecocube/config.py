@@ -1,0 +1,533 @@
+"""The run configuration: one YAML file, validated into frozen models.
+
+Unknown or mistyped keys, wrong types and missing files raise :class:`ConfigError`
+naming the key (as a dotted path) and the allowed keys or values. Relative paths in
+the file are resolved against the folder of the YAML file. This module never reads
+``os.environ``.
+
+Sections (all keys are listed by ``ecocube config example``):
+
+``grid``        the tile grid (CRS, origin, pixel size, tile size in pixels)
+``aoi``         which tiles to process (bbox, vector file or explicit tile ids)
+``inputs``      periods, sources (URL templates or STAC), mask rules, missing-input policy
+``gapfill``     TMWM / linear interpolation parameters
+``features``    spectral indices to derive
+``model``       the model bundle and the class legend
+``processing``  block size and threads of tile processing
+``output``      the store (local folder or ``s3://bucket/prefix``), layers, S3 options
+``slurm``       resources of array tasks and of the finalize job
+``finalize``    mosaics, COG options, STAC catalog
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+class _Model(BaseModel):
+    """Base: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- grid / aoi
+
+
+class GridConfig(_Model):
+    """A regular tile grid. ``origin`` is the upper-left corner (x, y) of tile (0, 0)."""
+
+    crs: str = "EPSG:3035"
+    origin: tuple[float, float] = (900000.0, 5500000.0)
+    pixel_size: float = Field(30.0, gt=0)
+    tile_size: int = Field(1000, gt=0, description="tile width and height in pixels")
+
+    @field_validator("crs")
+    @classmethod
+    def _check_crs(cls, value: str) -> str:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            CRS.from_user_input(value)
+        except CRSError as exc:
+            raise ValueError(f"not a CRS that PROJ knows: {value!r} ({exc})") from None
+        return value
+
+
+class AOIConfig(_Model):
+    """Which tiles to process. Without any of these, every tile of ``tiles`` is needed."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: str | None = Field(None, description="CRS of bbox; default: the grid CRS")
+    path: Path | None = Field(None, description="vector file (GeoPackage, GeoJSON) of the area")
+    tiles: tuple[str, ...] | None = Field(None, description="explicit tile ids")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AOIConfig:
+        given = [k for k in ("bbox", "path", "tiles") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("give one of bbox, path or tiles")
+        if self.bbox is not None:
+            x0, y0, x1, y1 = self.bbox
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError(f"bbox must be (minx, miny, maxx, maxy) with max > min, got {self.bbox}")
+        return self
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class PeriodsConfig(_Model):
+    """Regular periods: ``season_size`` periods per year (4 quarters, 12 months, 1 year)."""
+
+    start_year: int = Field(2018, ge=1900, le=2200)
+    end_year: int = Field(2020, ge=1900, le=2200)
+    season_size: Literal[1, 2, 3, 4, 6, 12] = 4
+
+    @model_validator(mode="after")
+    def _order(self) -> PeriodsConfig:
+        if self.end_year < self.start_year:
+            raise ValueError(f"end_year {self.end_year} is before start_year {self.start_year}")
+        return self
+
+
+class MaskConfig(_Model):
+    """Turns a quality layer into valid/invalid observations.
+
+    ``kind``: ``classes`` (the listed values are invalid, e.g. Sentinel-2 SCL 3,8,9,10),
+    ``bits`` (a set bit among ``values`` is invalid, e.g. Landsat QA_PIXEL bits 1,3,4),
+    ``threshold`` (a cloud probability above ``threshold`` is invalid).
+    """
+
+    href: str = Field(..., description="URL template of the quality layer")
+    kind: Literal["classes", "bits", "threshold"] = "classes"
+    values: tuple[int, ...] = ()
+    threshold: float | None = None
+    band_index: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _needs(self) -> MaskConfig:
+        if self.kind in ("classes", "bits") and not self.values:
+            raise ValueError(f"mask kind {self.kind!r} needs 'values'")
+        if self.kind == "threshold" and self.threshold is None:
+            raise ValueError("mask kind 'threshold' needs 'threshold'")
+        return self
+
+
+class SourceConfig(_Model):
+    """One input product.
+
+    ``href`` is a URL template (local path, ``https://``, ``s3://``) with fields among
+    ``{band}``, ``{year}``, ``{season}`` (1-based), ``{quarter}``, ``{month}``, ``{date}``
+    (YYYY-MM-DD), ``{yyyymmdd}``, ``{tile}``, ``{period}``. When several bands share one
+    file, map them to band indexes with ``band_indexes``.
+
+    ``kind``: ``composite`` — one raster per regular period (e.g. quarterly composites);
+    ``acquisitions`` — irregular dates (``dates`` or a STAC ``stac_items`` file), which
+    are composited into the regular periods with the ``composite`` percentile(s).
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
+    href: str
+    bands: tuple[str, ...] = Field(..., min_length=1)
+    band_indexes: dict[str, int] | None = None
+    kind: Literal["composite", "acquisitions"] = "composite"
+    dates: tuple[str, ...] | None = None
+    stac_items: Path | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+    resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "bilinear"
+    mask: MaskConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SourceConfig:
+        if self.band_indexes is not None:
+            missing = [b for b in self.bands if b not in self.band_indexes]
+            if missing:
+                raise ValueError(f"band_indexes lacks bands {missing}")
+        if self.kind == "acquisitions" and not (self.dates or self.stac_items):
+            raise ValueError("kind 'acquisitions' needs 'dates' or 'stac_items'")
+        return self
+
+
+class CompositeConfig(_Model):
+    """How irregular acquisitions become one value per period and band."""
+
+    percentile: float = Field(50.0, ge=0, le=100, description="the value kept (P50 = median)")
+    extra_percentiles: tuple[float, ...] = Field((), description="e.g. [25, 75], kept as extra bands")
+
+
+class InputsConfig(_Model):
+    periods: PeriodsConfig = PeriodsConfig()
+    sources: tuple[SourceConfig, ...] = Field(..., min_length=1)
+    composite: CompositeConfig = CompositeConfig()
+    on_missing: Literal["fail", "record"] = "fail"
+    retries: int = Field(3, ge=0, le=20)
+    backoff_seconds: float = Field(0.5, ge=0)
+    threads: int | None = Field(None, ge=1, description="read threads; default: the allocation")
+
+    @model_validator(mode="after")
+    def _unique(self) -> InputsConfig:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        bands = [b for s in self.sources for b in s.bands]
+        if len(set(bands)) != len(bands):
+            raise ValueError(f"band names must be unique across sources, got {bands}")
+        return self
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(b for s in self.sources for b in s.bands)
+
+
+# --------------------------------------------------------------------------- compute
+
+
+class GapfillConfig(_Model):
+    """Temporal moving-window median (TMWM) or linear interpolation (see gapfill.py)."""
+
+    method: Literal["tmwm", "linear", "none"] = "tmwm"
+    h_same: int = Field(2, ge=0, le=50)
+    h_neib: int = Field(1, ge=0, le=50)
+    h_annual: int = Field(2, ge=0, le=50)
+    direction: Literal["both", "past", "future"] = "both"
+    shared_flags: bool = False
+    outlier_percentiles: tuple[float, float] | None = None
+
+
+class FeaturesConfig(_Model):
+    indices: tuple[Literal["ndvi", "ndwi", "nbr", "ndmi", "evi", "savi"], ...] = ("ndvi",)
+
+
+class ClassDef(_Model):
+    code: int = Field(..., ge=0, le=65534)
+    name: str
+    color: str = Field("#888888", description="#rrggbb")
+
+    @field_validator("color")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not HEX_COLOR.match(value):
+            raise ValueError(f"colour must be #rrggbb, got {value!r}")
+        return value
+
+
+class ModelConfig(_Model):
+    """The model bundle used for prediction, and how ``ecocube train`` makes one."""
+
+    path: Path = Field(Path("model"), description="model bundle folder (written by train)")
+    classes: tuple[ClassDef, ...] = Field(..., min_length=2)
+    base_learners: tuple[Literal["rf", "lgbm", "et"], ...] = ("rf", "lgbm")
+    n_estimators: int = Field(200, ge=1)
+    cv_folds: int = Field(5, ge=2)
+    cv_block_size: float = Field(1000.0, gt=0, description="spatial CV block edge in CRS units")
+    max_pixels_per_polygon: int = Field(100, ge=1)
+    random_state: int = 0
+
+    @model_validator(mode="after")
+    def _codes(self) -> ModelConfig:
+        codes = [c.code for c in self.classes]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"class codes must be unique, got {codes}")
+        return self
+
+
+class ProcessingConfig(_Model):
+    block_size: int = Field(256, ge=16, le=8192, description="rows/cols per processing block")
+    threads: int | None = Field(None, ge=1, description="default: the allocation")
+
+
+class S3Config(_Model):
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+
+LAYERS = ("proba", "class", "uncertainty", "composite", "flags", "count")
+
+
+class OutputConfig(_Model):
+    store: str = Field("output", description="local folder or s3://bucket/prefix")
+    layers: tuple[Literal["proba", "class", "uncertainty", "composite", "flags", "count"], ...] = LAYERS
+    s3: S3Config = S3Config()
+
+
+class SlurmConfig(_Model):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = Field("02:00:00", pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+    cpus_per_task: int = Field(2, ge=1)
+    mem_per_cpu: str | None = Field("2G", pattern=r"^\d+[KMGT]?$")
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
+    tiles_per_task: int = Field(1, ge=1)
+    throttle: int | None = Field(None, ge=1)
+    signal_seconds: int = Field(120, ge=0)
+    finalize_time: str = Field("04:00:00", pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+    finalize_cpus: int = Field(2, ge=1)
+    site_lines: tuple[str, ...] = Field((), description="lines run before ecocube (module load, activate)")
+    log_dir: Path = Path("logs")
+    extra_directives: tuple[str, ...] = ()
+
+
+class StacConfig(_Model):
+    templates: Path | None = Field(None, description="folder of collection templates; default: packaged")
+    catalog_id: str = "ecocube"
+    title: str = "ecocube catalog"
+    href_base: str | None = Field(None, description="public base URL of the published catalog")
+
+
+class FinalizeConfig(_Model):
+    compress: Literal["deflate", "zstd"] = "deflate"
+    blocksize: int = Field(512, ge=64)
+    reproject: str | None = Field(None, description="e.g. EPSG:4326; default: keep the grid CRS")
+    stac: StacConfig = StacConfig()
+
+
+class RunConfig(_Model):
+    name: str = Field("ecocube-run", pattern=r"^[A-Za-z0-9_\-.]+$")
+    grid: GridConfig = GridConfig()
+    aoi: AOIConfig
+    inputs: InputsConfig
+    gapfill: GapfillConfig = GapfillConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig
+    processing: ProcessingConfig = ProcessingConfig()
+    output: OutputConfig = OutputConfig()
+    slurm: SlurmConfig = SlurmConfig()
+    finalize: FinalizeConfig = FinalizeConfig()
+    #: folder of the YAML file; relative paths were resolved against it
+    base_dir: Path | None = Field(None, exclude=True)
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.inputs.bands
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _allowed_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The valid keys of the model that ``loc`` (minus its last part) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        ann = fields[part].annotation
+        current = _inner_model(ann)
+        if current is None:
+            return None
+    fields = getattr(current, "model_fields", None)
+    return sorted(k for k, f in fields.items() if not f.exclude) if fields else None
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] = RunConfig) -> str:
+    lines = [f"invalid configuration {source}:"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_at(model, loc)
+            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  {dotted}: unknown key{hint}")
+        elif err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            lines.append(f"  {dotted}: {err['input']!r} is not allowed; allowed values: {expected}")
+        elif err["type"] == "missing":
+            lines.append(f"  {dotted}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {dotted}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+_PATH_KEYS = (("aoi", "path"), ("model", "path"), ("slurm", "log_dir"), ("finalize", "stac", "templates"))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def _fix(value: Any) -> Any:
+        if isinstance(value, str) and value and "://" not in value:
+            p = Path(value).expanduser()
+            return str(p if p.is_absolute() else (base / p))
+        return value
+
+    for keys in _PATH_KEYS:
+        node = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = _fix(node[keys[-1]])
+    out = data.get("output")
+    if isinstance(out, dict) and "store" in out:
+        out["store"] = _fix(out["store"])
+    for src in (data.get("inputs") or {}).get("sources") or []:
+        if isinstance(src, dict):
+            if isinstance(src.get("href"), str) and "://" not in src["href"]:
+                src["href"] = _fix(src["href"])
+            if "stac_items" in src:
+                src["stac_items"] = _fix(src["stac_items"])
+            mask = src.get("mask")
+            if isinstance(mask, dict) and isinstance(mask.get("href"), str) and "://" not in mask["href"]:
+                mask["href"] = _fix(mask["href"])
+
+
+def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "<dict>") -> RunConfig:
+    """Validate a mapping into a :class:`RunConfig` (paths resolved against ``base_dir``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration {source}: the top level must be a mapping, got {type(data).__name__}")
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    if base_dir is not None:
+        _resolve_paths(data, Path(base_dir))
+        data["base_dir"] = str(base_dir)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    _check_files(cfg, source)
+    return cfg
+
+
+def _check_files(cfg: RunConfig, source: str) -> None:
+    missing = []
+    if cfg.aoi.path is not None and not Path(cfg.aoi.path).exists():
+        missing.append(f"aoi.path: no such file {cfg.aoi.path}")
+    for i, src in enumerate(cfg.inputs.sources):
+        if src.stac_items is not None and not Path(src.stac_items).exists():
+            missing.append(f"inputs.sources.{i}.stac_items: no such file {src.stac_items}")
+    if cfg.finalize.stac.templates is not None and not Path(cfg.finalize.stac.templates).is_dir():
+        missing.append(f"finalize.stac.templates: no such folder {cfg.finalize.stac.templates}")
+    if missing:
+        raise ConfigError(f"invalid configuration {source}:\n  " + "\n  ".join(missing))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a run configuration YAML file.
+
+    ``overrides`` maps dotted keys to values (from ``--config KEY=VAL``), applied before
+    validation, so a wrong override is reported like a wrong key in the file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return config_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating mappings as needed."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VAL`` with VAL parsed as YAML (``processing.threads=4``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--config expects KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The configuration as YAML (paths as strings, defaults included)."""
+    data = cfg.model_dump(mode="json", exclude={"base_dir"})
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+EXAMPLE_YAML = """\
+# ecocube run configuration. Relative paths are relative to this file.
+name: landcover-2019
+grid:
+  crs: EPSG:3035          # tile grid CRS
+  origin: [900000, 5500000]  # upper-left corner (x, y) of tile X0000_Y0000
+  pixel_size: 30          # metres
+  tile_size: 1000         # pixels per tile edge (30 km tiles)
+aoi:
+  bbox: [4000000, 3000000, 4060000, 3060000]  # minx, miny, maxx, maxy
+  bbox_crs: EPSG:3035     # default: the grid CRS
+inputs:
+  periods: {start_year: 2018, end_year: 2020, season_size: 4}
+  on_missing: fail        # fail | record
+  sources:
+    - name: s2
+      kind: composite     # composite | acquisitions
+      href: https://data.example.org/s2/{year}/Q{quarter}/{tile}/{band}.tif
+      bands: [blue, green, red, nir, swir1, swir2]
+      scale: 0.0001
+      nodata: 0
+gapfill:
+  method: tmwm            # tmwm | linear | none
+  h_same: 2
+  h_neib: 1
+  h_annual: 2
+  direction: both         # both | past | future
+features:
+  indices: [ndvi, nbr]
+model:
+  path: model             # bundle folder written by `ecocube train`
+  classes:
+    - {code: 1, name: cropland, color: "#f2d16b"}
+    - {code: 2, name: forest, color: "#1a7f37"}
+    - {code: 3, name: grassland, color: "#9ad36a"}
+processing:
+  block_size: 256
+output:
+  store: s3://my-bucket/landcover-2019   # or a local folder
+  s3: {endpoint_url: null, region: eu-central-1}
+slurm:
+  partition: compute
+  time: "02:00:00"
+  cpus_per_task: 4
+  mem_per_cpu: 4G
+  tiles_per_task: 2
+  throttle: 100
+  site_lines:
+    - module load python/3.11
+    - source $HOME/venvs/ecocube/bin/activate
+finalize:
+  compress: deflate
+  reproject: null         # e.g. EPSG:4326
+"""
