@@ -84,7 +84,7 @@ class Tile:
                 yield Window(col, row, min(block_size, self.width - col), min(block_size, self.height - row))
 
     def window_transform(self, window: Window) -> Affine:
-        return self.transform * Affine.translation(window.col_off, window.row_off)
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
 
     def window_bounds(self, window: Window) -> Bounds:
         t = self.window_transform(window)
