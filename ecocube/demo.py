@@ -1,0 +1,353 @@
+"""The embedded demo: a small but realistic data cube, then the whole flow on it.
+
+:func:`make_demo_inputs` writes, into a folder:
+
+- quarterly composites (``inputs/{year}/Q{quarter}/{band}.tif``, uint16 COGs, scale
+  0.0001, nodata 0) in UTM zone 32N, so that reading reprojects into the EPSG:3035
+  tile grid just as a real campaign does;
+- a cloud-probability layer per quarter (``cloud.tif``, 0–100) with spatially
+  clustered clouds that are more frequent in winter, and one almost fully clouded
+  quarter; the run configuration masks values above 50 %;
+- a land-cover map with five classes whose seasonal spectral profiles differ
+  (cropland, forest, grassland, water, built-up), stable over the years;
+- labelled sample points (GeoJSON in WGS84, field ``lc``) drawn inside homogeneous
+  patches, with a little label noise.
+
+:func:`run_demo` then writes ``run.yaml`` and calls exactly what a campaign calls:
+``train_model`` → ``run_tiles`` (read → gap-fill → features → predict → write) →
+``finalize`` (mosaic COGs → STAC → browser). Nothing in the library depends on this
+module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BANDS = ("blue", "green", "red", "nir")
+SCALE = 0.0001
+
+#: code, name, colour, red reflectance per quarter, NDVI per quarter
+CLASSES = (
+    (1, "cropland", "#e6c229", (0.12, 0.06, 0.04, 0.10), (0.20, 0.62, 0.80, 0.30)),
+    (2, "forest", "#1b7837", (0.03, 0.03, 0.03, 0.03), (0.62, 0.80, 0.86, 0.70)),
+    (3, "grassland", "#a6d96a", (0.07, 0.05, 0.05, 0.06), (0.45, 0.70, 0.58, 0.50)),
+    (4, "water", "#2166ac", (0.03, 0.03, 0.035, 0.03), (-0.30, -0.25, -0.20, -0.30)),
+    (5, "built-up", "#b2182b", (0.15, 0.16, 0.17, 0.15), (0.08, 0.14, 0.15, 0.10)),
+)
+#: share of cloud cover per quarter (winter is cloudier)
+CLOUD_SHARE = (0.45, 0.25, 0.15, 0.35)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What the demo generator made, and the grid it fits."""
+
+    root: Path
+    grid_origin: tuple[float, float]
+    pixel_size: float
+    tile_size: int
+    tiles_x: int
+    tiles_y: int
+    start_year: int
+    end_year: int
+    samples: Path
+    truth: Path  # land-cover map in the source grid (GeoTIFF)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    f = gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+    f -= f.mean()
+    f /= f.std() + 1e-12
+    return f
+
+
+def _land_cover(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Patchy classes: argmax of smooth random fields, with a river and a town."""
+    fields = np.stack([_smooth_field(rng, shape, 9.0) for _ in CLASSES])
+    fields[3] -= 1.2  # water is rarer
+    fields[4] -= 0.9  # so is built-up
+    codes = np.array([c[0] for c in CLASSES], dtype=np.uint8)
+    lc = codes[np.argmax(fields, axis=0)]
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    river = np.abs(yy - (0.55 * h + 0.12 * h * np.sin(xx / w * 2 * np.pi))) < 2.5
+    lc[river] = 4
+    town = (yy - 0.3 * h) ** 2 + (xx - 0.7 * w) ** 2 < (0.08 * min(h, w)) ** 2
+    lc[town] = 5
+    return lc
+
+
+def make_demo_inputs(
+    root: str | Path,
+    *,
+    tiles_x: int = 3,
+    tiles_y: int = 2,
+    tile_size: int = 96,
+    pixel_size: float = 30.0,
+    start_year: int = 2019,
+    end_year: int = 2021,
+    n_samples: int = 500,
+    seed: int = 0,
+) -> DemoSpec:
+    """Write the demo's input COGs, cloud layers, truth map and sample points under ``root``."""
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import transform, transform_bounds
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    grid_crs, src_crs = "EPSG:3035", "EPSG:32632"
+    origin = (4321000.0, 3210000.0)  # southern Germany in EPSG:3035
+    extent_x, extent_y = tiles_x * tile_size * pixel_size, tiles_y * tile_size * pixel_size
+    aoi = (origin[0], origin[1] - extent_y, origin[0] + extent_x, origin[1])
+    # the source grid: UTM 32N at 30 m, covering the AOI with a margin of 4 pixels
+    left, bottom, right, top = transform_bounds(grid_crs, src_crs, *aoi, densify_pts=21)
+    m = 4 * pixel_size
+    left, top = np.floor((left - m) / pixel_size) * pixel_size, np.ceil((top + m) / pixel_size) * pixel_size
+    width = int(np.ceil((right + m - left) / pixel_size))
+    height = int(np.ceil((top - (bottom - m)) / pixel_size))
+    src_transform = Affine(pixel_size, 0, left, 0, -pixel_size, top)
+    shape = (height, width)
+
+    lc = _land_cover(rng, shape)
+    texture = 1.0 + 0.08 * _smooth_field(rng, shape, 2.0)
+    class_idx = {c[0]: i for i, c in enumerate(CLASSES)}
+    idx = np.vectorize(class_idx.get)(lc)
+    red_q = np.array([c[3] for c in CLASSES])  # (class, quarter)
+    ndvi_q = np.array([c[4] for c in CLASSES])
+
+    profile = dict(driver="COG", width=width, height=height, crs=src_crs, transform=src_transform,
+                   blocksize=64, compress="deflate", predictor=2)
+    inputs = root / "inputs"
+    n_years = end_year - start_year + 1
+    for yi, year in enumerate(range(start_year, end_year + 1)):
+        year_shift = 0.015 * rng.standard_normal(len(CLASSES))  # inter-annual variability per class
+        for q in range(4):
+            red = red_q[idx, q] * texture
+            ndvi = np.clip(ndvi_q[idx, q] + year_shift[idx] + 0.04 * rng.standard_normal(shape), -0.6, 0.95)
+            nir = red * (1 + ndvi) / (1 - ndvi)
+            # vegetation has a green bump, built-up is bright in the blue
+            veg = (ndvi > 0.3).astype(float)
+            green = red * (0.95 + 0.35 * veg) + 0.01
+            blue = red * (0.75 - 0.15 * veg) + 0.01 + 0.02 * (lc == 5)
+            refl = {"blue": blue, "green": green, "red": red, "nir": nir}
+            # clustered clouds; the winter quarter of the middle year is almost fully clouded
+            share = 0.93 if (yi == n_years // 2 and q == 0) else CLOUD_SHARE[q]
+            field = _smooth_field(rng, shape, 6.0)
+            thresh = np.quantile(field, 1 - share)
+            cloud_prob = np.clip(50 + 40 * (field - thresh), 0, 100).astype(np.uint8)
+            cloudy = cloud_prob > 50
+            folder = inputs / str(year) / f"Q{q + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for band in BANDS:
+                value = refl[band] * (1 + 0.02 * rng.standard_normal(shape))
+                value = np.where(cloudy, 0.45 + 0.1 * rng.random(shape), value)
+                dn = np.clip(np.round(value / SCALE), 1, 65535).astype(np.uint16)
+                with rasterio.open(folder / f"{band}.tif", "w", count=1, dtype="uint16", nodata=0,
+                                   **profile) as dst:
+                    dst.write(dn, 1)
+                    dst.set_band_description(1, band)
+                    dst.scales = (SCALE,)
+            with rasterio.open(folder / "cloud.tif", "w", count=1, dtype="uint8", **profile) as dst:
+                dst.write(cloud_prob, 1)
+
+    truth = root / "truth_landcover.tif"
+    with rasterio.open(truth, "w", count=1, dtype="uint8", nodata=0, **profile) as dst:
+        dst.write(lc, 1)
+
+    # sample points: pixel centres inside homogeneous 5×5 patches, inside the AOI
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    homogeneous = (maximum_filter(lc, 5) == minimum_filter(lc, 5))
+    rows, cols = np.nonzero(homogeneous)
+    xs, ys = rasterio.transform.xy(src_transform, rows, cols)
+    gx, gy = transform(src_crs, grid_crs, xs, ys)
+    gx, gy = np.asarray(gx), np.asarray(gy)
+    inside = (gx > aoi[0] + 60) & (gx < aoi[2] - 60) & (gy > aoi[1] + 60) & (gy < aoi[3] - 60)
+    cand = np.flatnonzero(inside)
+    # stratified: at most n/len(classes) per class, so rare classes are represented
+    chosen = []
+    per_class = n_samples // len(CLASSES)
+    for code, *_ in CLASSES:
+        pool = cand[lc[rows[cand], cols[cand]] == code]
+        chosen.extend(rng.choice(pool, size=min(per_class, pool.size), replace=False).tolist())
+    chosen = np.array(sorted(chosen))
+    labels = lc[rows[chosen], cols[chosen]].astype(int)
+    noisy = rng.random(labels.size) < 0.03
+    labels[noisy] = rng.choice([c[0] for c in CLASSES], size=int(noisy.sum()))
+    lon, lat = transform(src_crs, "EPSG:4326", [xs[i] for i in chosen], [ys[i] for i in chosen])
+    features = [
+        {"type": "Feature", "properties": {"id": int(i), "lc": int(code)},
+         "geometry": {"type": "Point", "coordinates": [round(x, 7), round(y, 7)]}}
+        for i, (x, y, code) in enumerate(zip(lon, lat, labels))
+    ]
+    samples = root / "samples.geojson"
+    samples.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+    return DemoSpec(root=root, grid_origin=origin, pixel_size=pixel_size, tile_size=tile_size,
+                    tiles_x=tiles_x, tiles_y=tiles_y, start_year=start_year, end_year=end_year,
+                    samples=samples, truth=truth)
+
+
+def demo_config_dict(spec: DemoSpec) -> dict:
+    """The run configuration of the demo, as plain data (written to ``run.yaml``)."""
+    ox, oy = spec.grid_origin
+    ext = spec.tile_size * spec.pixel_size
+    return {
+        "name": "ecocube-demo",
+        "grid": {"crs": "EPSG:3035", "origin": [ox, oy], "pixel_size": spec.pixel_size,
+                 "tile_size": spec.tile_size},
+        "aoi": {"bbox": [ox, oy - spec.tiles_y * ext, ox + spec.tiles_x * ext, oy]},
+        "inputs": {
+            "periods": {"start_year": spec.start_year, "end_year": spec.end_year, "season_size": 4},
+            "on_missing": "fail",
+            "sources": [{
+                "name": "demo",
+                "kind": "composite",
+                "href": "inputs/{year}/Q{quarter}/{band}.tif",
+                "bands": list(BANDS),
+                "scale": SCALE,
+                "nodata": 0,
+                "resampling": "bilinear",
+                "mask": {"href": "inputs/{year}/Q{quarter}/cloud.tif", "kind": "threshold",
+                         "threshold": 50},
+            }],
+        },
+        "gapfill": {"method": "tmwm", "h_same": 1, "h_neib": 1, "h_annual": 2},
+        "features": {"indices": ["ndvi"]},
+        "model": {
+            "path": "model",
+            "classes": [{"code": c[0], "name": c[1], "color": c[2]} for c in CLASSES],
+            "base_learners": ["rf", "lgbm"],
+            "n_estimators": 60,
+            "cv_folds": 5,
+            "cv_block_size": 900.0,
+        },
+        "processing": {"block_size": 64},
+        "output": {"store": "output"},
+        "finalize": {"stac": {"catalog_id": "ecocube-demo", "title": "ecocube demo: land cover 2019–2021"}},
+    }
+
+
+def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: bool = False,
+             progress: bool = True, echo=print) -> dict:
+    """Make the demo inputs under ``out`` and run the whole flow on them; returns a summary."""
+    import yaml
+
+    from .config import load_config
+    from .errors import FileOverwriteError
+    from .grid import TileGrid
+
+    out = Path(out)
+    run_yaml = out / "run.yaml"
+    if run_yaml.exists() and not overwrite:
+        raise FileOverwriteError(f"{out} already holds a demo; use --overwrite to make it anew")
+    if overwrite and out.exists():
+        import shutil
+
+        for sub in ("inputs", "output", "model"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    echo(f"[1/4] making the demo cube in {out}/inputs ...")
+    spec = make_demo_inputs(out)
+    run_yaml.write_text(yaml.safe_dump(demo_config_dict(spec), sort_keys=False))
+    cfg = load_config(run_yaml)
+    timings["inputs"] = time.perf_counter() - t0
+
+    from .train import train_model
+
+    t0 = time.perf_counter()
+    echo("[2/4] training the stacked ensemble (random forest + LightGBM + logistic) with spatial CV ...")
+    result = train_model(cfg, spec.samples, "lc", threads=workers)
+    timings["train"] = time.perf_counter() - t0
+
+    from .tile import run_tiles
+
+    t0 = time.perf_counter()
+    grid = TileGrid.from_config(cfg.grid)
+    tiles = grid.tiles_for_aoi(cfg.aoi)
+    echo(f"[3/4] processing {len(tiles)} tiles with {workers} workers ...")
+    records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress)
+    timings["tiles"] = time.perf_counter() - t0
+
+    from .mosaic import finalize
+
+    t0 = time.perf_counter()
+    echo("[4/4] finalizing: COG mosaics, STAC catalog, browser ...")
+    fin = finalize(cfg, overwrite=overwrite)
+    timings["finalize"] = time.perf_counter() - t0
+
+    report = result.report
+    summary = {
+        "tiles": len(tiles),
+        "tiles_done": sum(1 for r in records if r.get("state") == "done"),
+        "overall_accuracy": report.get("overall_accuracy"),
+        "f1_weighted": report.get("f1_weighted"),
+        "catalog": str(_catalog_path(fin, cfg)),
+        "model": str(result.out_dir),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    summary["truth_accuracy"] = _truth_accuracy(cfg, spec)
+    echo("")
+    echo(f"tiles:     {summary['tiles_done']}/{summary['tiles']} done")
+    oa, f1 = summary["overall_accuracy"], summary["f1_weighted"]
+    if oa is not None:
+        echo(f"accuracy:  {oa:.3f} overall, {f1:.3f} weighted F1 (spatial-block CV)")
+    if summary["truth_accuracy"] is not None:
+        echo(f"map check: {summary['truth_accuracy']:.3f} of pixels agree with the demo's true land cover")
+    echo(f"model:     {summary['model']}")
+    echo(f"catalog:   {summary['catalog']}")
+    echo(f"browse:    ecocube browse {Path(summary['catalog']).parent}")
+    echo(f"time:      {sum(timings.values()):.0f} s ("
+         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _catalog_path(fin, cfg) -> Path:
+    if isinstance(fin, dict) and fin.get("catalog"):
+        return Path(fin["catalog"])
+    if isinstance(fin, (str, Path)):
+        return Path(fin)
+    return Path(cfg.output.store) / "catalog" / "catalog.json"
+
+
+def _truth_accuracy(cfg, spec: DemoSpec) -> float | None:
+    """Share of mapped pixels of the first year whose class equals the (reprojected) truth."""
+    import rasterio
+    from rasterio.vrt import WarpedVRT
+    from rasterio.enums import Resampling
+
+    from .grid import TileGrid
+
+    grid = TileGrid.from_config(cfg.grid)
+    agree = total = 0
+    store = Path(cfg.output.store)
+    with rasterio.open(spec.truth) as src:
+        for tile in grid.tiles_for_aoi(cfg.aoi):
+            path = store / "class" / tile.id / f"{spec.start_year}-01-01" / "class.tif"
+            if not path.exists():
+                return None
+            with rasterio.open(path) as pred_ds:
+                pred = pred_ds.read(1)
+                nodata = pred_ds.nodata
+            with WarpedVRT(src, crs=cfg.grid.crs, transform=tile.transform, width=tile.width,
+                           height=tile.height, resampling=Resampling.nearest) as vrt:
+                truth = vrt.read(1)
+            ok = (truth > 0) & (pred != nodata)
+            agree += int((pred[ok] == truth[ok]).sum())
+            total += int(ok.sum())
+    return agree / total if total else None
