@@ -1,0 +1,85 @@
+"""End to end: `ecocube demo` runs the whole flow and its outputs are right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "ecocube-demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecocube", "demo", "--out", str(out), "--workers", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc
+
+
+def test_demo_prints_summary(demo_run):
+    out, proc = demo_run
+    assert "tiles:     6/6 done" in proc.stdout
+    assert "catalog:" in proc.stdout and "accuracy:" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tiles_done"] == summary["tiles"] == 6
+
+
+def test_demo_accuracy_above_floor(demo_run):
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    # five well-separated classes: spatial-CV accuracy and agreement with the true map
+    assert summary["overall_accuracy"] > 0.85
+    assert summary["truth_accuracy"] > 0.85
+    report = json.loads((out / "model" / "report.json").read_text())
+    assert report["overall_accuracy"] == pytest.approx(summary["overall_accuracy"])
+
+
+def test_demo_tiles_have_status_and_outputs(demo_run):
+    out, _ = demo_run
+    store = out / "output"
+    records = sorted((store / "status").glob("*.json"))
+    assert len(records) == 6
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["state"] == "done"
+        assert rec["completeness"] == pytest.approx(1.0)
+    tile = records[0].stem
+    with rasterio.open(store / "proba" / tile / "2020-01-01" / "proba.tif") as ds:
+        assert ds.count == 5 and ds.dtypes[0] == "uint8"
+        proba = ds.read()
+        valid = proba[0] != ds.nodata
+        sums = proba[:, valid].astype(int).sum(axis=0)
+        assert np.all(np.abs(sums - 100) <= 5)  # probabilities in percent add up to ~100
+    with rasterio.open(store / "class" / tile / "2020-01-01" / "class.tif") as ds:
+        classes = ds.read(1)
+        assert set(np.unique(classes)) <= {1, 2, 3, 4, 5}
+    # the almost fully clouded winter of 2020 was gap-filled: no NaN-like nodata left, flags say how
+    with rasterio.open(store / "flags" / tile / "2020-01-01" / "nir.tif") as ds:
+        flags = ds.read(1)
+    assert (flags == 0).mean() < 0.3  # most values of that quarter were not observed
+    assert (flags == 255).mean() < 0.01  # and nearly all were filled
+    with rasterio.open(store / "composite" / tile / "2020-01-01" / "nir.tif") as ds:
+        nir = ds.read(1)
+        assert (nir == ds.nodata).mean() < 0.01
+
+
+def test_demo_cogs_valid_and_catalog_validates(demo_run):
+    from rio_cogeo.cogeo import cog_validate
+
+    from ecocube.stac import validate_catalog
+
+    out, _ = demo_run
+    catalog = out / "output" / "catalog" / "catalog.json"
+    assert catalog.exists() and (catalog.parent / "index.html").exists()
+    cogs = sorted(catalog.parent.rglob("*.tif"))
+    assert len(cogs) >= 3 * 3  # proba, class, uncertainty × 3 years at least
+    for cog in cogs:
+        assert cog_validate(str(cog))[0], cog
+    assert validate_catalog(catalog) == []
