@@ -246,12 +246,18 @@ class ModelConfig(_Model):
 class ProcessingConfig(_Model):
     block_size: int = Field(256, ge=16, le=8192, description="rows/cols per processing block")
     threads: int | None = Field(None, ge=1, description="default: the allocation")
+    tmp_dir: Path | None = Field(None, description="local scratch for tile outputs before upload; default: $TMPDIR")
+    compress: Literal["deflate", "zstd", "lzw"] = Field("deflate", description="compression of tile GeoTIFFs")
+    publish_threads: int = Field(8, ge=1, le=64, description="parallel uploads/renames when publishing a tile")
 
 
 class S3Config(_Model):
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    multipart_threshold_mb: float = Field(64, ge=5, description="files above this size upload in parts")
+    multipart_chunksize_mb: float = Field(32, ge=5, description="part size of multipart uploads")
+    max_concurrency: int = Field(4, ge=1, description="parallel parts per multipart upload")
 
 
 LAYERS = ("proba", "class", "uncertainty", "composite", "flags", "count")
@@ -261,6 +267,8 @@ class OutputConfig(_Model):
     store: str = Field("output", description="local folder or s3://bucket/prefix")
     layers: tuple[Literal["proba", "class", "uncertainty", "composite", "flags", "count"], ...] = LAYERS
     s3: S3Config = S3Config()
+    fsync: bool = Field(True, description="local store: fsync files before renaming them into place")
+    composite_scale: float = Field(0.0001, gt=0, description="composite int16 value = reflectance / scale")
 
 
 class SlurmConfig(_Model):
