@@ -108,7 +108,8 @@ class MaskConfig(_Model):
     ``threshold`` (a cloud probability above ``threshold`` is invalid).
     """
 
-    href: str = Field(..., description="URL template of the quality layer")
+    href: str | None = Field(None, description="URL template of the quality layer")
+    asset: str | None = Field(None, description="STAC asset key of the quality layer (stac_items sources)")
     kind: Literal["classes", "bits", "threshold"] = "classes"
     values: tuple[int, ...] = ()
     threshold: float | None = None
@@ -116,6 +117,8 @@ class MaskConfig(_Model):
 
     @model_validator(mode="after")
     def _needs(self) -> MaskConfig:
+        if self.href is None and self.asset is None:
+            raise ValueError("mask needs 'href' (URL template) or 'asset' (STAC asset key)")
         if self.kind in ("classes", "bits") and not self.values:
             raise ValueError(f"mask kind {self.kind!r} needs 'values'")
         if self.kind == "threshold" and self.threshold is None:
@@ -137,9 +140,10 @@ class SourceConfig(_Model):
     """
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
-    href: str
+    href: str | None = Field(None, description="URL template; optional with stac_items (assets are used)")
     bands: tuple[str, ...] = Field(..., min_length=1)
     band_indexes: dict[str, int] | None = None
+    assets: dict[str, str] | None = Field(None, description="band -> STAC asset key (default: the band name)")
     kind: Literal["composite", "acquisitions"] = "composite"
     dates: tuple[str, ...] | None = None
     stac_items: Path | None = None
@@ -157,6 +161,10 @@ class SourceConfig(_Model):
                 raise ValueError(f"band_indexes lacks bands {missing}")
         if self.kind == "acquisitions" and not (self.dates or self.stac_items):
             raise ValueError("kind 'acquisitions' needs 'dates' or 'stac_items'")
+        if self.href is None and self.stac_items is None:
+            raise ValueError("a source needs 'href' (URL template) unless it reads 'stac_items'")
+        if self.mask is not None and self.mask.href is None and self.stac_items is None:
+            raise ValueError("mask 'asset' needs 'stac_items'; give mask 'href' instead")
         return self
 
 
@@ -175,6 +183,8 @@ class InputsConfig(_Model):
     retries: int = Field(3, ge=0, le=20)
     backoff_seconds: float = Field(0.5, ge=0)
     threads: int | None = Field(None, ge=1, description="read threads; default: the allocation")
+    http_timeout: float = Field(30.0, gt=0, description="seconds before a stalled HTTP/S3 request fails")
+    s3: S3Config | None = Field(None, description="S3 endpoint of the inputs; default: output.s3")
 
     @model_validator(mode="after")
     def _unique(self) -> InputsConfig:
