@@ -297,6 +297,10 @@ class SlurmConfig(_Model):
     site_lines: tuple[str, ...] = Field((), description="lines run before ecocube (module load, activate)")
     log_dir: Path = Path("logs")
     extra_directives: tuple[str, ...] = ()
+    finalize_partition: str | None = Field(None, description="partition of the finalize job; default: partition")
+    finalize_mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="memory of the finalize job")
+    templates: Path | None = Field(None, description="folder with array.sbatch/finalize.sbatch; default: packaged")
+    command: str | None = Field(None, description="how jobs start ecocube; default: this Python's -m ecocube")
 
 
 class StacConfig(_Model):
