@@ -1,0 +1,702 @@
+"""Windowed reads of the input time series into the tile grid.
+
+:func:`read_block` reads, for one tile (or one block of it), every file the catalog
+(``sources.py``) lists, reprojecting with a ``WarpedVRT`` of exactly the block when the
+source grid differs from the tile grid (only the source window under the block is
+fetched), applies nodata and mask rules, composites irregular acquisitions into the
+regular periods, and returns a ``(time, band, y, x)`` float32 cube with NaN where there is
+no valid value, a per-value reason code and a count of valid observations.
+
+Reads run on a pool of worker threads sized from the allocation
+(:func:`ecocube.env.available_threads`); each worker holds one scoped GDAL environment
+from :mod:`ecocube.env` for its lifetime. Periods are read and composited in time order
+with a bounded number of files in flight, so memory is bounded by the block, not by the
+length of the series.
+
+Errors: transient failures (HTTP 5xx/429, timeouts, connection resets, truncated
+bodies) are retried with exponential backoff, each retry bypassing GDAL's HTTP cache.
+A missing input (HTTP 404/410, no such key or file) raises :class:`InputMissingError`
+under ``on_missing: fail`` or is recorded (reason ``REASON_MISSING``, href in
+``ReadResult.missing``) under ``on_missing: record``. Anything else raises
+:class:`ReadError`. Every error names the URL and the tile. Nothing that failed to read is
+ever returned as NaN without a reason saying why.
+
+S3 endpoint: ``inputs.s3`` when given, else ``output.s3`` (inputs and outputs often live
+on the same object store; a campaign reading a public archive sets ``inputs.s3``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import env as ecoenv
+from .errors import ConfigError, GridError, InputMissingError, ReadError
+from .sources import (
+    REASON_MASKED,
+    REASON_MISSING,
+    REASON_NODATA,
+    REASON_VALID,
+    FileRef,
+    Observation,
+    Period,
+    SourceCatalog,
+    input_catalog,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReadResult", "read_block", "gdal_path", "nan_percentile", "band_names"]
+
+
+@dataclass
+class ReadResult:
+    """One block of the input time series on the tile grid.
+
+    ``data`` (time, band, y, x) float32, scaled (DN*scale+offset), NaN where not valid;
+    ``reason`` the same shape, uint8 reason codes (``sources.REASON_*``); ``count`` uint16,
+    the valid observations behind each value (1/0 for composite sources).
+    """
+
+    data: np.ndarray
+    reason: np.ndarray
+    count: np.ndarray
+    bands: tuple[str, ...]
+    periods: list[Period]
+    missing: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def gdal_path(href: str) -> str:
+    """The GDAL path of an href: ``https://`` → ``/vsicurl/``, ``s3://`` → ``/vsis3/``, local as is."""
+    href = str(href)
+    if href.startswith("/vsi"):
+        return href
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    if href.startswith("s3://"):
+        return "/vsis3/" + href[5:]
+    if href.startswith("gs://"):
+        return "/vsigs/" + href[5:]
+    if href.startswith("file://"):
+        return href[7:]
+    return href
+
+
+def _is_local(path: str) -> bool:
+    return not path.startswith("/vsi")
+
+
+# --------------------------------------------------------------------------- compositing
+
+
+def nan_percentile(stack: np.ndarray, q: float) -> np.ndarray:
+    """Percentile ``q`` along axis 0, ignoring NaN (numpy's 'linear' method), vectorised.
+
+    Same values as ``np.nanpercentile(stack, q, axis=0)`` (all-NaN → NaN, no warning), but
+    without numpy's per-pixel Python loop.
+    """
+    stack = np.asarray(stack)
+    srt = np.sort(stack, axis=0)  # NaN sorts last
+    n = np.sum(~np.isnan(stack), axis=0)
+    rank = (q / 100.0) * np.maximum(n - 1, 0)
+    lo = np.floor(rank).astype(np.intp)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    frac = (rank - lo).astype(np.float64)
+    v_lo = np.take_along_axis(srt, lo[None], axis=0)[0].astype(np.float64)
+    v_hi = np.take_along_axis(srt, hi[None], axis=0)[0].astype(np.float64)
+    out = v_lo + (v_hi - v_lo) * frac
+    out = np.where(frac == 0, v_lo, out)
+    out[n == 0] = np.nan
+    return out.astype(stack.dtype if np.issubdtype(stack.dtype, np.floating) else np.float64)
+
+
+def _pct_label(q: float) -> str:
+    return f"p{q:g}".replace(".", "_")
+
+
+def band_names(inputs_cfg) -> tuple[str, ...]:
+    """Bands of a read: every source band in config order, then ``{band}_p{q}`` for the
+    ``composite.extra_percentiles`` of acquisition sources."""
+    names = list(inputs_cfg.bands)
+    for q in inputs_cfg.composite.extra_percentiles:
+        for src in inputs_cfg.sources:
+            if src.kind == "acquisitions":
+                names.extend(f"{b}_{_pct_label(q)}" for b in src.bands)
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------- file reads
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One file to read for one period."""
+
+    period: int
+    href: str
+    indexes: tuple[int, ...]
+    resampling: str
+    nodata: float | None  # override (source config); None: the file's own
+    role: str  # "data" or "mask"
+
+
+@dataclass
+class _FileData:
+    array: np.ndarray  # (len(indexes), h, w) native dtype
+    nodata: float | None
+    outside: np.ndarray | None  # (h, w) bool, True outside the file's footprint
+    nbytes: int
+
+
+class _Missing:
+    """Marker result for an input recorded as missing."""
+
+    def __init__(self, error: InputMissingError):
+        self.error = error
+
+
+_TRANSIENT_TEXT = re.compile(
+    r"curl error|timed out|timeout|reset by peer|connection|partial file|transfer closed|"
+    r"recv failure|send failure|ssl|empty reply|couldn't connect|could not connect|"
+    r"failed writing|temporar|throttl|slow ?down|broken pipe",
+    re.IGNORECASE,
+)
+
+
+def _status_kind(code: int) -> str:
+    if code in (404, 410):
+        return "missing"
+    if code in (408, 425, 429) or 500 <= code < 600:
+        return "transient"
+    if 200 <= code < 300:
+        return "transient"  # the server answers now: whatever failed may pass on retry
+    return "fatal"
+
+
+def _error_text(exc: BaseException) -> str:
+    parts, seen = [], set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur).strip()
+        if text and text not in parts and "See previous exception" not in text:
+            parts.append(text)
+        cur = cur.__cause__ or cur.__context__
+    return " <- ".join(parts) or type(exc).__name__
+
+
+class _Reader:
+    """Reads files onto one block of the tile grid, with retries and typed errors."""
+
+    def __init__(self, cfg, tile, window, cancel: threading.Event):
+        from rasterio.crs import CRS
+
+        self.tile_id = tile.id
+        self.dst_crs = CRS.from_user_input(tile.crs)
+        self.dst_transform = tile.window_transform(window)
+        self.height, self.width = int(window.height), int(window.width)
+        inputs = cfg.inputs
+        self.retries = int(inputs.retries)
+        self.backoff = float(inputs.backoff_seconds)
+        self.http_timeout = float(inputs.http_timeout)
+        s3 = inputs.s3 if inputs.s3 is not None else cfg.output.s3
+        self.s3_endpoint, self.s3_region, self.s3_profile = s3.endpoint_url, s3.region, s3.profile
+        self.cancel = cancel
+        self._lock = threading.Lock()
+        self.stats = {"files": 0, "attempts": 0, "retries": 0, "bytes_decoded": 0}
+
+    # ------------------------------------------------------------------ environment
+    def gdal_env(self):
+        """The scoped GDAL environment a worker thread holds (ecocube.env, one per thread)."""
+        extra = {"GDAL_HTTP_TIMEOUT": str(max(1, round(self.http_timeout))),
+                 "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, round(min(self.http_timeout, 10))))}
+        kw = dict(threads=1, s3_endpoint=self.s3_endpoint, s3_region=self.s3_region,
+                  s3_profile=self.s3_profile, extra=extra)
+        if isinstance(ecoenv.gdal_options().get("GDAL_CACHEMAX"), str):
+            # rasterio.Env refuses GDAL_CACHEMAX as a string ("an integer is required"),
+            # which ecocube.env currently passes: same options, with that one as a number.
+            return _rasterio_env_compat(**kw)
+        return ecoenv.rasterio_env(**kw)
+
+    # ------------------------------------------------------------------ one file, retried
+    def read(self, job: _Job) -> _FileData:
+        path = gdal_path(job.href)
+        attempt = 0
+        while True:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            with self._lock:
+                self.stats["attempts"] += 1
+                if attempt:
+                    self.stats["retries"] += 1
+            try:
+                result = self._read_once(path, job, fresh=attempt > 0)
+                with self._lock:
+                    self.stats["files"] += 1
+                    self.stats["bytes_decoded"] += result.nbytes
+                return result
+            except _FATAL_PASSTHROUGH:
+                raise
+            except Exception as exc:  # rasterio raises RasterioIOError, CPLE_*, WarpOperationError
+                kind, detail = self._classify(job.href, path, exc)
+                if kind == "missing":
+                    raise InputMissingError(f"input missing: {job.href} ({detail})", url=job.href,
+                                            tile=self.tile_id) from None
+                if kind == "fatal" or attempt >= self.retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise ReadError(f"cannot read {job.href} for tile {self.tile_id}{tries}: {detail}",
+                                    url=job.href, tile=self.tile_id) from exc
+                delay = self.backoff * (2 ** attempt) * (0.75 + 0.5 * random.random())
+                log.warning("tile %s: transient error reading %s (%s); retry %d/%d in %.2fs",
+                            self.tile_id, job.href, detail, attempt + 1, self.retries, delay)
+                if self.cancel.wait(delay):
+                    raise _Cancelled() from None
+                attempt += 1
+
+    def _read_once(self, path: str, job: _Job, *, fresh: bool) -> _FileData:
+        import rasterio
+
+        if fresh and not _is_local(path):
+            # a retry must not see GDAL's cached failure (or cached partial blocks) of this file
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
+                return self._read_dataset(path, job)
+        return self._read_dataset(path, job)
+
+    def _read_dataset(self, path: str, job: _Job) -> _FileData:
+        import rasterio
+
+        if _is_local(path) and not os.path.exists(path):
+            raise FileNotFoundError(f"no such file: {path}")
+        with rasterio.open(path) as src:
+            bad = [i for i in job.indexes if not 1 <= i <= src.count]
+            if bad:
+                raise _BandIndexError(f"band index {bad} out of range: the file has {src.count} band(s)")
+            nodata = job.nodata if job.nodata is not None else src.nodata
+            aligned = self._aligned_offsets(src)
+            if aligned is not None:
+                arr, outside = self._read_aligned(src, job, nodata, aligned)
+            else:
+                arr, outside = self._read_warped(src, job, nodata)
+        return _FileData(arr, nodata, outside, int(arr.nbytes))
+
+    def _aligned_offsets(self, src) -> tuple[int, int] | None:
+        """(col, row) offset of the block in the source when both grids coincide, else None."""
+        if src.crs is None or src.crs != self.dst_crs:
+            return None
+        s, d = src.transform, self.dst_transform
+        if s.b != 0 or s.d != 0 or d.b != 0 or d.d != 0:
+            return None
+        if not (np.isclose(s.a, d.a, rtol=0, atol=abs(d.a) * 1e-9) and np.isclose(s.e, d.e, rtol=0, atol=abs(d.e) * 1e-9)):
+            return None
+        col, row = (d.c - s.c) / s.a, (d.f - s.f) / s.e
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            return None
+        return int(round(col)), int(round(row))
+
+    def _read_aligned(self, src, job: _Job, nodata, offsets):
+        from rasterio.windows import Window
+
+        col, row = offsets
+        h, w = self.height, self.width
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + w, src.width), min(row + h, src.height)
+        fill = nodata if nodata is not None else 0
+        dtype = np.result_type(src.dtypes[0], np.asarray(fill).dtype) if nodata is not None else src.dtypes[0]
+        arr = np.full((len(job.indexes), h, w), fill, dtype=dtype)
+        outside = np.ones((h, w), bool)
+        if c1 > c0 and r1 > r0:
+            part = src.read(list(job.indexes), window=Window(c0, r0, c1 - c0, r1 - r0))
+            arr[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
+            outside[r0 - row:r1 - row, c0 - col:c1 - col] = False
+        return arr, (outside if outside.any() else None)
+
+    def _read_warped(self, src, job: _Job, nodata):
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        kw = dict(crs=self.dst_crs, transform=self.dst_transform, width=self.width, height=self.height,
+                  resampling=Resampling[job.resampling])
+        if nodata is not None:
+            kw.update(src_nodata=nodata, nodata=nodata)
+        else:
+            kw.update(add_alpha=True)
+        with WarpedVRT(src, **kw) as vrt:
+            if nodata is not None:
+                return vrt.read(list(job.indexes)), None
+            arr = vrt.read(list(job.indexes) + [vrt.count])
+        outside = arr[-1] == 0
+        return arr[:-1], (outside if outside.any() else None)
+
+    # ------------------------------------------------------------------ error classes
+    def _classify(self, href: str, path: str, exc: BaseException) -> tuple[str, str]:
+        """("missing" | "transient" | "fatal", detail) for a failed read."""
+        detail = _error_text(exc)
+        if isinstance(exc, _BandIndexError):
+            return "fatal", detail
+        if _is_local(path):
+            return ("missing", f"no such file {path}") if not os.path.exists(path) else ("fatal", detail)
+        m = re.search(r"HTTP (?:response )?code:? ?(\d{3})", detail, re.IGNORECASE)
+        if m:
+            return _status_kind(int(m.group(1))), detail
+        if _TRANSIENT_TEXT.search(detail):
+            return "transient", detail
+        # GDAL's message is ambiguous ("not recognized as being in a supported file format",
+        # "does not exist in the file system"): ask the server what it says about the href.
+        code, probe = self._probe(href)
+        if code is None:
+            return "transient", f"{detail}; probe: {probe}"
+        return _status_kind(code), f"{detail}; server answers {code}"
+
+    def _probe(self, href: str) -> tuple[int | None, str]:
+        try:
+            if href.startswith(("http://", "https://")) or href.startswith("/vsicurl/"):
+                import urllib.error
+                import urllib.request
+
+                url = href.removeprefix("/vsicurl/")
+                req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+                try:
+                    with urllib.request.urlopen(req, timeout=self.http_timeout) as resp:  # noqa: S310
+                        resp.read(1)
+                        return int(resp.status), "ok"
+                except urllib.error.HTTPError as err:
+                    return int(err.code), str(err)
+            if href.startswith("s3://") or href.startswith("/vsis3/"):
+                import boto3
+                import botocore.exceptions
+
+                rest = href.removeprefix("s3://").removeprefix("/vsis3/")
+                bucket, _, key = rest.partition("/")
+                session = boto3.Session(profile_name=self.s3_profile, region_name=self.s3_region)
+                from botocore.config import Config
+
+                client = session.client("s3", endpoint_url=self.s3_endpoint, config=Config(
+                    s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                    connect_timeout=self.http_timeout, read_timeout=self.http_timeout))
+                try:
+                    client.head_object(Bucket=bucket, Key=key)
+                    return 200, "ok"
+                except botocore.exceptions.ClientError as err:
+                    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                    return (int(status) if status else None), str(err)
+        except Exception as exc:  # noqa: BLE001 - a failed probe only means "unknown"
+            return None, f"{type(exc).__name__}: {exc}"
+        return None, "no probe for this scheme"
+
+
+class _Cancelled(Exception):
+    """Another file of the block failed; this worker stops early."""
+
+
+class _BandIndexError(Exception):
+    pass
+
+
+_FATAL_PASSTHROUGH = (_Cancelled, ConfigError, MemoryError)
+
+
+def _rasterio_env_compat(*, threads, s3_endpoint, s3_region, s3_profile, extra):
+    """Same as :func:`ecocube.env.rasterio_env`, with numeric options as numbers for rasterio."""
+    import rasterio
+    from rasterio.session import AWSSession
+
+    opts: dict = dict(ecoenv.gdal_options(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region, extra=extra))
+    if "GDAL_CACHEMAX" in opts:
+        opts["GDAL_CACHEMAX"] = int(opts["GDAL_CACHEMAX"])
+    if s3_endpoint or s3_profile:
+        import boto3
+
+        session = boto3.Session(profile_name=s3_profile, region_name=s3_region)
+        endpoint = opts.get("AWS_S3_ENDPOINT")
+        aws = AWSSession(session, endpoint_url=endpoint) if endpoint else AWSSession(session)
+        return rasterio.Env(session=aws, **opts)
+    return rasterio.Env(**opts)
+
+
+# --------------------------------------------------------------------------- worker pool
+
+
+class _Pool:
+    """``n`` worker threads, each inside its own GDAL environment for its whole life.
+
+    (rasterio's ``Env`` is thread-local, so a plain executor would read without the options.)
+    """
+
+    def __init__(self, n: int, env_factory: Callable, fn: Callable, cancel: threading.Event):
+        self._in: queue.Queue = queue.Queue()
+        self._out: queue.Queue = queue.Queue()
+        self._fn, self._env_factory, self._cancel = fn, env_factory, cancel
+        self._threads = [threading.Thread(target=self._work, name=f"ecocube-read-{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        try:
+            ctx = self._env_factory()
+            ctx.__enter__()
+        except BaseException as exc:  # noqa: BLE001 - reported for every job
+            self._drain(exc)
+            return
+        try:
+            while True:
+                job = self._in.get()
+                if job is None:
+                    return
+                if self._cancel.is_set():
+                    self._out.put((job, None, _Cancelled()))
+                    continue
+                try:
+                    self._out.put((job, self._fn(job), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self._out.put((job, None, exc))
+        finally:
+            ctx.__exit__(None, None, None)
+
+    def _drain(self, exc: BaseException) -> None:
+        while True:
+            job = self._in.get()
+            if job is None:
+                return
+            self._out.put((job, None, exc))
+
+    def submit(self, job) -> None:
+        self._in.put(job)
+
+    def result(self):
+        return self._out.get()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._in.put(None)
+        for t in self._threads:
+            t.join()
+
+
+# --------------------------------------------------------------------------- read_block
+
+
+def _norm_window(tile, window):
+    from rasterio.windows import Window
+
+    if window is None:
+        return Window(0, 0, tile.width, tile.height)
+    vals = (window.col_off, window.row_off, window.width, window.height)
+    if any(float(v) != int(v) for v in vals):
+        raise GridError(f"tile {tile.id}: window {window} must have whole-pixel offsets and sizes")
+    col, row, w, h = (int(v) for v in vals)
+    if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > tile.width or row + h > tile.height:
+        raise GridError(f"tile {tile.id}: window {window} is not inside the tile ({tile.width}×{tile.height} px)")
+    return Window(col, row, w, h)
+
+
+def _jobs_for_period(obs_list: list[tuple[SourceCatalog, Observation]], period_index: int) -> list[_Job]:
+    jobs: dict[tuple, _Job] = {}
+    for cat, obs in obs_list:
+        for ref in obs.file_refs():
+            key = (ref.href, ref.indexes, cat.resampling, cat.nodata, "data")
+            jobs.setdefault(key, _Job(period_index, ref.href, ref.indexes, cat.resampling, cat.nodata, "data"))
+        if obs.mask is not None:
+            href, idx = obs.mask
+            key = (href, (idx,), "nearest", None, "mask")
+            jobs.setdefault(key, _Job(period_index, href, (idx,), "nearest", None, "mask"))
+    return list(jobs.values())
+
+
+def _job_key(job: _Job) -> tuple:
+    return (job.href, job.indexes, job.resampling, job.nodata, job.role)
+
+
+def _nodata_mask(arr: np.ndarray, nodata) -> np.ndarray:
+    bad = np.zeros(arr.shape, bool)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad |= np.isnan(arr)
+    if nodata is not None:
+        bad |= np.isnan(arr) if np.isnan(nodata) else (arr == nodata)
+    return bad
+
+
+def _observation_layers(cat: SourceCatalog, obs: Observation, results: dict, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(values (nb, h, w) float32 NaN-invalid, reason (nb, h, w) uint8) of one observation."""
+    nb = len(cat.bands)
+    h, w = shape
+    values = np.full((nb, h, w), np.nan, np.float32)
+    reason = np.full((nb, h, w), REASON_NODATA, np.uint8)
+    mask_invalid = mask_nodata = None
+    mask_missing = False
+    if obs.mask is not None:
+        href, idx = obs.mask
+        res = results[(href, (idx,), "nearest", None, "mask")]
+        if isinstance(res, _Missing):
+            mask_missing = True
+        else:
+            qa = res.array[0]
+            mask_nodata = _nodata_mask(qa, res.nodata)
+            if res.outside is not None:
+                mask_nodata |= res.outside
+            mask_invalid = cat.mask_rule.invalid(qa)
+    refs = {ref.href: ref for ref in obs.file_refs()}
+    for bi, band in enumerate(cat.bands):
+        href, idx = obs.bands[band]
+        ref = refs[href]
+        res = results[(href, ref.indexes, cat.resampling, cat.nodata, "data")]
+        if isinstance(res, _Missing) or mask_missing:
+            reason[bi] = REASON_MISSING
+            continue
+        dn = res.array[ref.indexes.index(idx)]
+        nodata = _nodata_mask(dn, res.nodata)
+        if res.outside is not None:
+            nodata |= res.outside
+        r = np.full((h, w), REASON_VALID, np.uint8)
+        if mask_invalid is not None:
+            r[mask_invalid] = REASON_MASKED
+            nodata |= mask_nodata
+        r[nodata] = REASON_NODATA
+        valid = r == REASON_VALID
+        scaled = (dn.astype(np.float64) * cat.scale + cat.offset).astype(np.float32)
+        values[bi] = np.where(valid, scaled, np.float32(np.nan))
+        reason[bi] = r
+    return values, reason
+
+
+def _combine_reasons(reasons: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Reason of a composite: valid if any observation is; else missing > masked > nodata."""
+    out = np.full(reasons.shape[1:], REASON_NODATA, np.uint8)
+    out[np.any(reasons == REASON_MASKED, axis=0)] = REASON_MASKED
+    out[np.any(reasons == REASON_MISSING, axis=0)] = REASON_MISSING
+    out[count > 0] = REASON_VALID
+    return out
+
+
+def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadResult:
+    """Read one block (``window`` in tile pixels; None = the whole tile) of every input.
+
+    Returns a :class:`ReadResult` with ``(time, band, y, x)`` arrays over the configured
+    periods and :func:`band_names` bands. Raises :class:`InputMissingError` for a missing
+    input under ``on_missing: fail`` and :class:`ReadError` for any other failure, both
+    naming the URL and the tile.
+    """
+    t0 = time.perf_counter()
+    window = _norm_window(tile, window)
+    inputs = cfg.inputs
+    periods, cats = input_catalog(inputs, tile.id)
+    bands = band_names(inputs)
+    h, w = int(window.height), int(window.width)
+    T, B = len(periods), len(bands)
+    data = np.full((T, B, h, w), np.nan, np.float32)
+    reason = np.full((T, B, h, w), REASON_NODATA, np.uint8)
+    count = np.zeros((T, B, h, w), np.uint16)
+    band_slot = {b: i for i, b in enumerate(bands)}
+    percentile = float(inputs.composite.percentile)
+    extras = tuple(float(q) for q in inputs.composite.extra_percentiles)
+
+    # observations and file jobs per period, in time order
+    per_period: list[list[tuple[SourceCatalog, Observation]]] = [
+        [(cat, o) for cat in cats for o in cat.observations.get(p.index, [])] for p in periods
+    ]
+    jobs_per_period = [_jobs_for_period(obs, p.index) for p, obs in zip(periods, per_period)]
+    n_jobs = sum(len(j) for j in jobs_per_period)
+    n_threads = max(1, min(ecoenv.available_threads(threads or inputs.threads), max(n_jobs, 1)))
+    max_in_flight = max(4 * n_threads, 8)
+
+    cancel = threading.Event()
+    reader = _Reader(cfg, tile, window, cancel)
+    missing: list[str] = []
+    record = inputs.on_missing == "record"
+
+    def composite(k: int, results: dict) -> None:
+        for cat in cats:
+            obs_list = [o for c, o in per_period[k] if c is cat]
+            slots = [band_slot[b] for b in cat.bands]
+            if not obs_list:
+                continue  # no observation of this source in the period: NODATA, count 0
+            layers = [_observation_layers(cat, o, results, (h, w)) for o in obs_list]
+            if cat.kind == "composite":
+                for values, rsn in layers:  # one per period (the last wins if listed twice)
+                    data[k, slots] = values
+                    reason[k, slots] = rsn
+                    count[k, slots] = (rsn == REASON_VALID).astype(np.uint16)
+                continue
+            stack = np.stack([v for v, _ in layers])  # (n_obs, nb, h, w)
+            rsn = np.stack([r for _, r in layers])
+            n_valid = np.sum(rsn == REASON_VALID, axis=0).astype(np.uint16)
+            combined = _combine_reasons(rsn, n_valid)
+            data[k, slots] = nan_percentile(stack, percentile)
+            reason[k, slots] = combined
+            count[k, slots] = n_valid
+            for q in extras:
+                xs = [band_slot[f"{b}_{_pct_label(q)}"] for b in cat.bands]
+                data[k, xs] = nan_percentile(stack, q)
+                reason[k, xs] = combined
+                count[k, xs] = n_valid
+
+    pool = _Pool(n_threads, reader.gdal_env, reader.read, cancel) if n_jobs else None
+    try:
+        results_per_period: dict[int, dict] = {}
+        remaining: dict[int, int] = {}
+        next_period = 0
+        in_flight = 0
+        failure: BaseException | None = None
+        failed_href: str | None = None
+        while True:
+            while failure is None and next_period < T and (in_flight < max_in_flight or in_flight == 0):
+                k = next_period
+                next_period += 1
+                results_per_period[k] = {}
+                remaining[k] = len(jobs_per_period[k])
+                if remaining[k] == 0:
+                    composite(k, results_per_period.pop(k))
+                    continue
+                for job in jobs_per_period[k]:
+                    pool.submit(job)
+                    in_flight += 1
+            if in_flight == 0:
+                break
+            job, res, exc = pool.result()
+            in_flight -= 1
+            if exc is not None:
+                if isinstance(exc, InputMissingError) and record:
+                    res = _Missing(exc)
+                    if job.href not in missing:
+                        missing.append(job.href)
+                    log.warning("tile %s: input missing, recorded: %s", tile.id, job.href)
+                elif isinstance(exc, _Cancelled):
+                    continue
+                else:
+                    if failure is None:
+                        failure, failed_href = exc, job.href
+                        cancel.set()
+                    continue
+            if failure is not None:
+                continue
+            results_per_period[job.period][_job_key(job)] = res
+            remaining[job.period] -= 1
+            if remaining[job.period] == 0:
+                composite(job.period, results_per_period.pop(job.period))
+        if failure is not None:
+            if isinstance(failure, ReadError | ConfigError):
+                raise failure
+            raise ReadError(f"reading {failed_href} for tile {tile.id} failed: {type(failure).__name__}: {failure}",
+                            url=failed_href, tile=tile.id) from failure
+    finally:
+        cancel.set()  # nothing is pending after a normal end; after an error, workers stop early
+        if pool is not None:
+            pool.close()
+
+    stats = dict(reader.stats)
+    stats.update(threads=n_threads, jobs=n_jobs, seconds=round(time.perf_counter() - t0, 4),
+                 missing=len(missing))
+    return ReadResult(data=data, reason=reason, count=count, bands=bands, periods=list(periods),
+                      missing=missing, stats=stats)
