@@ -1,0 +1,415 @@
+"""The stacked ensemble: base learners, out-of-fold stacking, a logistic meta-learner.
+
+:class:`EnsembleClassifier` is a scikit-learn estimator. ``fit`` works in three steps:
+
+1. **Out-of-fold probabilities.** The rows are split by a (grouped) K-fold: with
+   ``groups`` (spatial blocks or polygon ids) a :class:`~sklearn.model_selection.StratifiedGroupKFold`,
+   so that a group never sits on both sides of a split; without, a stratified K-fold.
+   For every fold, a fresh copy of every base learner is fitted on the other folds and
+   predicts the class probabilities of the held-out fold. Each row therefore gets, from
+   each learner, probabilities of a model that never saw it (``oof_proba_``).
+2. **Meta-learner.** A multinomial logistic regression is fitted on these out-of-fold
+   probabilities only (``n_samples × (n_learners · n_classes)``), never on in-fold ones.
+3. **Final base learners.** Every base learner is refitted on all rows (``estimators_``);
+   prediction feeds their probabilities to the meta-learner.
+
+``predict_uncertainty`` is the per-class standard deviation, across the base learners,
+of their predicted probabilities (zero with a single learner).
+
+Threads: the learners are fitted one after the other, each with all the threads of the
+allocation (:func:`ecocube.env.available_threads`, or ``n_jobs``), so they never compete
+for cores; ``n_jobs=-1`` is refused (it counts the node, not the allocation).
+
+Missing values: with ``nan_policy="raise"`` (default) a NaN or inf in ``X`` is an error
+(in ``fit`` and in ``predict``), because a pixel with a gap left after gap-filling has no
+honest prediction; callers drop or mask such rows. With ``nan_policy="impute"`` NaN is
+replaced by the per-feature training median, recorded in ``fill_values_`` (0 for a
+feature that was all NaN).
+
+Class imbalance: ``class_weight="balanced"`` (default) weights classes inversely to their
+frequency in every base learner and in the meta-learner.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from .env import available_threads
+from .errors import ModelError
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    def _validate_data(est, *args, **kwargs):
+        if "ensure_all_finite" in kwargs:
+            kwargs["force_all_finite"] = kwargs.pop("ensure_all_finite")
+        return est._validate_data(*args, **kwargs)
+
+#: names accepted in ``base_learners``
+BASE_LEARNERS = ("rf", "lgbm", "et")
+_NAN_POLICIES = ("raise", "impute")
+
+
+def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: int, random_state: int,
+                      max_depth: int | None = None, learning_rate: float = 0.1):
+    """A fresh, unfitted base learner by short name (``rf``, ``lgbm``, ``et``)."""
+    if name == "rf":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, class_weight=class_weight,
+                                      n_jobs=n_threads, random_state=random_state)
+    if name == "et":
+        from sklearn.ensemble import ExtraTreesClassifier
+
+        return ExtraTreesClassifier(n_estimators=n_estimators, max_depth=max_depth, class_weight=class_weight,
+                                    n_jobs=n_threads, random_state=random_state)
+    if name == "lgbm":
+        from lightgbm import LGBMClassifier
+
+        return LGBMClassifier(n_estimators=n_estimators, learning_rate=learning_rate,
+                              max_depth=-1 if max_depth is None else max_depth, class_weight=class_weight,
+                              n_jobs=n_threads, random_state=random_state, verbose=-1, deterministic=True,
+                              force_col_wise=True)
+    raise ValueError(f"unknown base learner {name!r}; choose among {', '.join(BASE_LEARNERS)} "
+                     f"or pass an estimator instance")
+
+
+class _ConstantProba:
+    """Stand-in for a learner whose training fold held a single class."""
+
+    def __init__(self, label: int):
+        self.classes_ = np.array([label])
+
+    def predict_proba(self, X):
+        return np.ones((X.shape[0], 1))
+
+
+def _fit_one(estimator, X: np.ndarray, y: np.ndarray):
+    if np.unique(y).size < 2:
+        return _ConstantProba(int(y[0]))
+    return estimator.fit(X, y)
+
+
+def _proba_full(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities on all ``n_classes`` encoded classes (0 for classes the learner never saw)."""
+    p = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    cols = np.asarray(estimator.classes_, dtype=np.int64)
+    if cols.size == n_classes and np.array_equal(cols, np.arange(n_classes)):
+        return p
+    out = np.zeros((X.shape[0], n_classes))
+    out[:, cols] = p
+    return out
+
+
+def _importance(estimator, n_features: int) -> np.ndarray:
+    """Normalised feature importance of one fitted learner (zeros when it has none)."""
+    imp = None
+    booster = getattr(estimator, "booster_", None)
+    if booster is not None:
+        imp = np.asarray(booster.feature_importance(importance_type="gain"), dtype=np.float64)
+    elif hasattr(estimator, "feature_importances_"):
+        imp = np.asarray(estimator.feature_importances_, dtype=np.float64)
+    if imp is None or imp.shape != (n_features,) or not np.isfinite(imp).all() or imp.sum() <= 0:
+        return np.zeros(n_features)
+    return imp / imp.sum()
+
+
+class EnsembleClassifier(ClassifierMixin, BaseEstimator):
+    """Stacked ensemble of tree learners with a multinomial logistic meta-learner.
+
+    Parameters (keyword-only)
+    -------------------------
+    base_learners : sequence of ``"rf"``, ``"lgbm"``, ``"et"`` or estimator instances
+        The base learners (random forest, LightGBM, extra trees). Instances are cloned.
+    n_estimators : int
+        Trees per tree learner.
+    max_depth : int or None
+        Depth limit of the trees (None: unlimited; LightGBM -1).
+    learning_rate : float
+        LightGBM learning rate.
+    cv_folds : int
+        Folds of the stacking CV (fewer when there are fewer groups or class members).
+    class_weight : ``"balanced"``, None or dict
+        Class weights for every learner and the meta-learner (a dict maps class -> weight).
+    meta_C : float
+        Inverse regularisation strength of the logistic meta-learner.
+    nan_policy : ``"raise"`` or ``"impute"``
+        What to do with NaN in ``X`` (see module docstring).
+    n_jobs : int or None
+        Threads; None: :func:`ecocube.env.available_threads` (the Slurm allocation).
+    random_state : int, RandomState or None
+        Seeds the CV shuffles and every learner: the same seed gives the same model.
+
+    Fitted attributes
+    -----------------
+    classes_, n_features_in_, estimators_ (final base learners), learner_names_,
+    meta_learner_, oof_proba_ (n_samples, n_learners * n_classes), cv_test_folds_ (row
+    indices held out in each stacking fold), fill_values_ (impute only), feature_importances_.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_learners: Sequence[Any] = ("rf", "lgbm"),
+        n_estimators: int = 200,
+        max_depth: int | None = None,
+        learning_rate: float = 0.1,
+        cv_folds: int = 5,
+        class_weight: str | None = "balanced",
+        meta_C: float = 1.0,
+        nan_policy: str = "raise",
+        n_jobs: int | None = None,
+        random_state=None,
+    ):
+        self.base_learners = base_learners
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.cv_folds = cv_folds
+        self.class_weight = class_weight
+        self.meta_C = meta_C
+        self.nan_policy = nan_policy
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ sklearn tags
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.nan_policy == "impute"
+        return tags
+
+    def _more_tags(self):  # pragma: no cover - scikit-learn < 1.6
+        return {"allow_nan": self.nan_policy == "impute"}
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        learners = self.base_learners
+        if isinstance(learners, str) or not isinstance(learners, Sequence) or len(learners) == 0:
+            raise ValueError(f"base_learners must be a non-empty sequence, got {learners!r}")
+        for item in learners:
+            if isinstance(item, str):
+                if item not in BASE_LEARNERS:
+                    raise ValueError(f"unknown base learner {item!r}; choose among {', '.join(BASE_LEARNERS)}")
+            elif not (hasattr(item, "fit") and hasattr(item, "predict_proba")):
+                raise ValueError(f"base learner {item!r} has no fit/predict_proba")
+        if not isinstance(self.n_estimators, numbers.Integral) or self.n_estimators < 1:
+            raise ValueError(f"n_estimators must be a positive integer, got {self.n_estimators!r}")
+        if self.max_depth is not None and (not isinstance(self.max_depth, numbers.Integral) or self.max_depth < 1):
+            raise ValueError(f"max_depth must be None or a positive integer, got {self.max_depth!r}")
+        if not isinstance(self.cv_folds, numbers.Integral) or self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
+        if not (self.class_weight in ("balanced", None) or isinstance(self.class_weight, dict)):
+            raise ValueError(f"class_weight must be 'balanced', None or a dict class -> weight, "
+                             f"got {self.class_weight!r}")
+        if not (isinstance(self.meta_C, numbers.Real) and self.meta_C > 0):
+            raise ValueError(f"meta_C must be > 0, got {self.meta_C!r}")
+        if not (isinstance(self.learning_rate, numbers.Real) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.nan_policy not in _NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {self.nan_policy!r}")
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs < 1):
+            raise ValueError(
+                f"n_jobs must be None (the allocation's threads) or a positive integer, got {self.n_jobs!r}; "
+                "n_jobs=-1 would count the node's cores, not the job's allocation"
+            )
+
+    def _validate_X(self, X, *, reset: bool, y=None):
+        finite = True if self.nan_policy == "raise" else "allow-nan"
+        if y is not None:
+            return _validate_data(self, X, y, reset=reset, dtype=np.float32, ensure_all_finite=finite,
+                                  ensure_min_samples=2)
+        return _validate_data(self, X, reset=reset, dtype=np.float32, ensure_all_finite=finite)
+
+    def _impute(self, X: np.ndarray) -> np.ndarray:
+        if self.nan_policy != "impute":
+            return X
+        mask = np.isnan(X)
+        if mask.any():
+            X = np.where(mask, self.fill_values_[None, :], X).astype(np.float32)
+        return X
+
+    # ------------------------------------------------------------------ fitting
+    def _encoded_class_weight(self):
+        """``class_weight`` with keys turned into the encoded labels the learners see."""
+        if not isinstance(self.class_weight, dict):
+            return self.class_weight
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        return {index[k]: float(w) for k, w in self.class_weight.items() if k in index}
+
+    def _learners(self, n_threads: int, rng: np.random.RandomState) -> list[tuple[str, Any]]:
+        out = []
+        class_weight = self._encoded_class_weight()
+        for item in self.base_learners:
+            seed = int(rng.randint(np.iinfo(np.int32).max))
+            if isinstance(item, str):
+                est = make_base_learner(item, n_estimators=int(self.n_estimators), class_weight=class_weight,
+                                        n_threads=n_threads, random_state=seed, max_depth=self.max_depth,
+                                        learning_rate=float(self.learning_rate))
+                out.append((item, est))
+            else:
+                est = clone(item)
+                if "random_state" in est.get_params():
+                    est.set_params(random_state=seed)
+                out.append((type(item).__name__, est))
+        return out
+
+    def _splitter(self, y_enc: np.ndarray, groups, seed: int):
+        if groups is not None:
+            n_groups = np.unique(groups).size
+            n_splits = min(int(self.cv_folds), n_groups)
+            if n_splits < 2:
+                raise ValueError(f"stacking needs at least 2 CV groups, got {n_groups}")
+            return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        smallest = int(np.bincount(y_enc).min())
+        n_splits = min(int(self.cv_folds), smallest)
+        if n_splits >= 2:
+            return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return KFold(n_splits=min(int(self.cv_folds), y_enc.size), shuffle=True, random_state=seed)
+
+    def fit(self, X, y, groups=None):
+        """Fit the ensemble; ``groups`` (spatial block or polygon ids) keep groups out of their own folds."""
+        self._check_params()
+        if y is None:
+            raise ValueError("requires y to be passed, but the target y is None")
+        X, y = self._validate_X(X, reset=True, y=y)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        n_classes = self.classes_.size
+        if n_classes < 2:
+            raise ValueError(f"the ensemble needs at least 2 classes, got 1 class ({self.classes_[0]!r})")
+        y_enc = encoder.transform(y).astype(np.int64)
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape[0] != X.shape[0]:
+                raise ValueError(f"groups has {groups.shape[0]} entries for {X.shape[0]} samples")
+
+        if self.nan_policy == "impute":
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: handled below
+                    med = np.nanmedian(X, axis=0)
+            self.fill_values_ = np.where(np.isfinite(med), med, 0.0).astype(np.float32)
+            X = self._impute(X)
+
+        rng = check_random_state(self.random_state)
+        n_threads = available_threads(self.n_jobs)
+        cv_seed = int(rng.randint(np.iinfo(np.int32).max))
+        learners = self._learners(n_threads, rng)
+        self.learner_names_ = [name for name, _ in learners]
+        n_learners = len(learners)
+
+        splitter = self._splitter(y_enc, groups, cv_seed)
+        oof = np.full((X.shape[0], n_learners * n_classes), np.nan)
+        test_folds = []
+        split_args = (X, y_enc, groups) if groups is not None else (X, y_enc)
+        for train_idx, test_idx in splitter.split(*split_args):
+            test_folds.append(test_idx)
+            for k, (_, proto) in enumerate(learners):
+                est = _fit_one(clone(proto), X[train_idx], y_enc[train_idx])
+                oof[test_idx, k * n_classes:(k + 1) * n_classes] = _proba_full(est, X[test_idx], n_classes)
+        if np.isnan(oof).any():  # every row must be held out exactly once
+            raise RuntimeError("internal error: the stacking CV left rows without out-of-fold probabilities")
+        self.oof_proba_ = oof
+        self.cv_test_folds_ = test_folds
+
+        meta = LogisticRegression(C=float(self.meta_C), class_weight=self._encoded_class_weight(), max_iter=2000,
+                                  random_state=int(rng.randint(np.iinfo(np.int32).max)))
+        self.meta_learner_ = meta.fit(oof, y_enc)
+
+        self.estimators_ = [_fit_one(clone(proto), X, y_enc) for _, proto in learners]
+        self.feature_importances_ = np.mean([_importance(e, X.shape[1]) for e in self.estimators_], axis=0)
+        self.n_threads_ = n_threads
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def _prepared(self, X) -> np.ndarray:
+        check_is_fitted(self, "meta_learner_")
+        X = self._validate_X(X, reset=False)
+        return self._impute(X)
+
+    def predict_base_proba(self, X) -> np.ndarray:
+        """Probabilities of every final base learner: ``(n_learners, n_samples, n_classes)``."""
+        X = self._prepared(X)
+        return self._base_proba(X)
+
+    def _base_proba(self, X: np.ndarray) -> np.ndarray:
+        n_classes = self.classes_.size
+        return np.stack([_proba_full(e, X, n_classes) for e in self.estimators_])
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Meta-learner probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order."""
+        X = self._prepared(X)
+        base = self._base_proba(X)
+        stacked = np.concatenate(list(base), axis=1)
+        return self.meta_learner_.predict_proba(stacked)
+
+    def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "meta_learner_")
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def predict_uncertainty(self, X) -> np.ndarray:
+        """Per-class standard deviation of the base learners' probabilities ``(n_samples, n_classes)``."""
+        X = self._prepared(X)
+        return self._base_proba(X).std(axis=0)
+
+
+# ---------------------------------------------------------------------- bundle
+
+
+@dataclass
+class ModelBundle:
+    """A fitted model with what prediction needs to use it safely.
+
+    ``feature_names`` is the exact column order the model was trained on; ``classes`` are
+    the class codes in the model's probability column order, with their names and colours.
+    Saving and loading live in :mod:`ecocube.train` (``save_bundle``/``load_bundle``).
+    """
+
+    model: EnsembleClassifier
+    feature_names: list[str]
+    classes: list[int]
+    class_names: list[str]
+    colors: list[str]
+    metadata: dict = field(default_factory=dict)
+
+    def _check(self, X) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise ModelError(
+                f"the model expects {len(self.feature_names)} features ({', '.join(self.feature_names[:4])}, ...), "
+                f"got an array of shape {X.shape}"
+            )
+        return X
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.model.predict_proba(self._check(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.model.predict(self._check(X))
+
+    def predict_uncertainty(self, X) -> np.ndarray:
+        return self.model.predict_uncertainty(self._check(X))
+
+
+def __getattr__(name: str):
+    """``save_bundle``/``load_bundle`` are in :mod:`ecocube.train`; reachable here too."""
+    if name in ("save_bundle", "load_bundle"):
+        from . import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

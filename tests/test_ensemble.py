@@ -1,0 +1,219 @@
+"""EnsembleClassifier: scikit-learn conformance, out-of-fold stacking, seeds, threads, NaN."""
+
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.estimator_checks import estimator_checks_generator
+
+from ecocube.ensemble import EnsembleClassifier, ModelBundle
+from ecocube.errors import ModelError
+
+
+def _fast(**kw) -> EnsembleClassifier:
+    params = dict(base_learners=("rf", "lgbm"), n_estimators=5, cv_folds=3, n_jobs=1, random_state=0)
+    params.update(kw)
+    return EnsembleClassifier(**params)
+
+
+# Checks that need optional packages this project does not depend on: scikit-learn itself
+# skips them at run time (pandas is not installed; the array API needs SCIPY_ARRAY_API and
+# array-api-compat; check_estimators_data_not_an_array with obj_type Pandas*). Our estimator converts every input to a float32 NumPy array anyway.
+_NOT_APPLICABLE = {"check_array_api_input", "check_pandas_series", "check_dataframe_column_names_consistency",
+                   "check_estimators_dtypes_pandas"}
+
+
+def _conformance_cases():
+    for est in (_fast(), _fast(nan_policy="impute", base_learners=("et", "lgbm"))):
+        for estimator, check in estimator_checks_generator(est, legacy=True):
+            name = getattr(check, "func", check).__name__
+            if name in _NOT_APPLICABLE or "Pandas" in str(getattr(check, "keywords", {}).get("obj_type", "")):
+                continue
+            yield pytest.param(estimator, check, id=f"{est.nan_policy}-{'+'.join(est.base_learners)}-{name}")
+
+
+@pytest.mark.parametrize(("estimator", "check"), list(_conformance_cases()))
+def test_sklearn_conformance(estimator, check):
+    try:
+        check(estimator)
+    except unittest.SkipTest as exc:
+        # check_classifier_data_not_an_array runs its NotAnArray half first (which passed
+        # when we get here), then stops at its pandas half because pandas is not installed.
+        assert "pandas is not installed" in str(exc), exc
+
+
+# ---------------------------------------------------------------------- stacking
+
+
+class _LeakDetector(ClassifierMixin, BaseEstimator):
+    """A base learner that remembers the rows (ids in column 0) it was fitted on.
+
+    ``predict_proba`` returns [1, 0] for a row it saw in training and [0, 1] for an unseen
+    one, so the out-of-fold matrix shows directly whether a row's probability came from a
+    model that was trained on it.
+    """
+
+    log: list = []
+
+    def __init__(self, *, random_state=None):
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        self.seen_ = set(np.asarray(X)[:, 0].astype(int).tolist())
+        _LeakDetector.log.append(("fit", sorted(self.seen_)))
+        return self
+
+    def predict_proba(self, X):
+        ids = np.asarray(X)[:, 0].astype(int)
+        seen = np.array([i in self.seen_ for i in ids])
+        _LeakDetector.log.append(("predict", ids.tolist()))
+        p = np.zeros((ids.size, self.classes_.size))
+        p[seen, 0] = 1.0
+        p[~seen, -1] = 1.0
+        return p
+
+
+def _blobs(n=300, n_classes=3, n_features=6, seed=0, sep=1.5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    centers = rng.normal(0, sep, (n_classes, n_features))
+    X = (centers[y] + rng.normal(0, 1, (n, n_features))).astype(np.float32)
+    return X, y
+
+
+def test_meta_learner_sees_only_out_of_fold_probabilities():
+    X, y = _blobs(120)
+    X[:, 0] = np.arange(X.shape[0])  # row ids
+    groups = np.arange(X.shape[0]) // 10  # 12 spatial groups
+    _LeakDetector.log = []
+    model = EnsembleClassifier(base_learners=(_LeakDetector(), "rf"), n_estimators=5, cv_folds=4,
+                               n_jobs=1, random_state=1).fit(X, y, groups=groups)
+    # every row held out exactly once, groups never split across train/test
+    held = np.concatenate(model.cv_test_folds_)
+    assert np.array_equal(np.sort(held), np.arange(120))
+    for test_idx in model.cv_test_folds_:
+        train_groups = set(np.setdiff1d(groups, groups[test_idx]).tolist())
+        assert not set(groups[test_idx].tolist()) & train_groups
+    # the detector's out-of-fold columns say "unseen" for every row
+    k = model.classes_.size
+    oof_detector = model.oof_proba_[:, :k]
+    assert np.all(oof_detector[:, 0] == 0.0) and np.all(oof_detector[:, -1] == 1.0)
+    # per fold: the detector was fitted on exactly the other folds' rows
+    fits = [rows for kind, rows in _LeakDetector.log if kind == "fit"]
+    assert len(fits) == len(model.cv_test_folds_) + 1  # one per fold + the final refit
+    for rows, test_idx in zip(fits, model.cv_test_folds_):
+        assert set(rows) == set(range(120)) - set(test_idx.tolist())
+    assert fits[-1] == list(range(120))
+    # and the meta-learner is exactly a logistic regression fitted on oof_proba_
+    ref = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000,
+                             random_state=model.meta_learner_.random_state).fit(model.oof_proba_, y)
+    np.testing.assert_allclose(model.meta_learner_.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+    # whereas in-fold, the final detector has seen every row (what stacking must avoid)
+    assert np.all(model.predict_base_proba(X)[0][:, 0] == 1.0)
+
+
+def test_stacking_is_reproducible_with_a_seed():
+    X, y = _blobs(200, seed=3)
+    groups = np.arange(200) // 20
+    a = _fast(random_state=7).fit(X, y, groups=groups)
+    b = _fast(random_state=7).fit(X, y, groups=groups)
+    np.testing.assert_array_equal(a.oof_proba_, b.oof_proba_)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    c = _fast(random_state=8).fit(X, y, groups=groups)
+    assert not np.array_equal(a.oof_proba_, c.oof_proba_)
+
+
+def test_ensemble_learns_separable_classes_and_uncertainty():
+    X, y = _blobs(400, n_classes=3, seed=5, sep=3.0)
+    Xt, yt = X[300:], y[300:]
+    model = _fast(base_learners=("rf", "lgbm", "et"), n_estimators=20).fit(X[:300], y[:300],
+                                                                           groups=np.arange(300) // 15)
+    proba = model.predict_proba(Xt)
+    assert proba.shape == (100, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert (model.predict(Xt) == yt).mean() > 0.9
+    unc = model.predict_uncertainty(Xt)
+    base = model.predict_base_proba(Xt)
+    assert base.shape == (3, 100, 3)
+    np.testing.assert_allclose(unc, base.std(axis=0))
+    assert unc.min() >= 0 and unc.max() <= 0.5
+    assert model.feature_importances_.shape == (6,)
+    np.testing.assert_allclose(model.feature_importances_.sum(), 1.0)
+    assert model.learner_names_ == ["rf", "lgbm", "et"]
+    # a single learner has no spread
+    single = _fast(base_learners=("rf",)).fit(X[:300], y[:300])
+    assert np.all(single.predict_uncertainty(Xt) == 0)
+
+
+def test_string_labels_and_missing_class_in_a_fold():
+    X, y = _blobs(90, n_classes=3, seed=2, sep=3.0)
+    labels = np.array(["crop", "grass", "other"])[y]
+    groups = np.where(y == 2, 0, 1 + np.arange(90) % 4)  # class "other" lives in one group only
+    model = _fast(cv_folds=3).fit(X, labels, groups=groups)
+    assert list(model.classes_) == ["crop", "grass", "other"]
+    assert not np.isnan(model.oof_proba_).any()
+    assert set(model.predict(X)) <= set(model.classes_)
+
+
+def test_class_weight_balanced_helps_the_minority():
+    rng = np.random.default_rng(0)
+    n_major, n_minor = 380, 20
+    X = np.vstack([rng.normal(0, 1, (n_major, 4)), rng.normal(1.2, 1, (n_minor, 4))]).astype(np.float32)
+    y = np.r_[np.zeros(n_major, int), np.ones(n_minor, int)]
+    bal = _fast(n_estimators=20).fit(X, y)
+    none = _fast(n_estimators=20, class_weight=None).fit(X, y)
+    assert (bal.predict(X[y == 1]) == 1).mean() > (none.predict(X[y == 1]) == 1).mean()
+
+
+def test_nan_policy():
+    X, y = _blobs(60)
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _fast().fit(X, y)
+    model = _fast(nan_policy="impute").fit(X, y)
+    assert model.fill_values_[2] == pytest.approx(float(np.nanmedian(X[:, 2])))
+    clean = X.copy()
+    clean[3, 2] = model.fill_values_[2]
+    np.testing.assert_array_equal(model.predict_proba(X), model.predict_proba(clean))
+    fitted = _fast().fit(np.nan_to_num(X), y)
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict_proba(X)
+
+
+def test_threads_come_from_the_allocation(monkeypatch):
+    X, y = _blobs(60)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    model = _fast(n_jobs=None).fit(X, y)
+    assert model.n_threads_ == 3
+    assert model.estimators_[0].n_jobs == 3 and model.estimators_[1].n_jobs == 3
+    with pytest.raises(ValueError, match="allocation"):
+        _fast(n_jobs=-1).fit(X, y)
+
+
+@pytest.mark.parametrize("bad", [dict(base_learners=()), dict(base_learners=("svm",)), dict(cv_folds=1),
+                                 dict(class_weight="weird"), dict(nan_policy="zero"), dict(meta_C=0)])
+def test_bad_parameters(bad):
+    X, y = _blobs(40)
+    with pytest.raises(ValueError):
+        _fast(**bad).fit(X, y)
+
+
+def test_one_group_is_refused():
+    X, y = _blobs(40)
+    with pytest.raises(ValueError, match="2 CV groups"):
+        _fast().fit(X, y, groups=np.zeros(40))
+
+
+def test_bundle_checks_feature_count():
+    X, y = _blobs(60)
+    model = _fast().fit(X, y)
+    bundle = ModelBundle(model=model, feature_names=[f"f{i}" for i in range(6)], classes=[0, 1, 2],
+                         class_names=["a", "b", "c"], colors=["#000000"] * 3)
+    assert bundle.predict_proba(X).shape == (60, 3)
+    with pytest.raises(ModelError, match="expects 6 features"):
+        bundle.predict_proba(X[:, :5])
