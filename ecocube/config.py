@@ -312,7 +312,7 @@ class StacConfig(_Model):
 
 class FinalizeConfig(_Model):
     compress: Literal["deflate", "zstd"] = "deflate"
-    blocksize: int = Field(512, ge=64)
+    blocksize: int = Field(512, ge=128, le=4096, description="COG tile size in pixels (GDAL COG driver: >= 128)")
     reproject: str | None = Field(None, description="e.g. EPSG:4326; default: keep the grid CRS")
     stac: StacConfig = StacConfig()
 

@@ -1,0 +1,783 @@
+"""Mosaics of the per-tile outputs: a VRT over the tiles, then a Cloud-Optimized GeoTIFF.
+
+For every product, layer and period found in the store (``{product}/{tile}/{period}/{layer}.tif``,
+tiles with a ``done`` status record only), :func:`mosaic_run`
+
+1. reads the tiles' headers and checks that they share dtype, band count, CRS and pixel grid;
+2. writes a VRT over the tile files (local paths or ``/vsis3/``), without copying pixels;
+3. copies the VRT (or a ``WarpedVRT`` of it when ``finalize.reproject`` is set) window by
+   window into a tiled temporary GeoTIFF, collecting per-band statistics on the way, so no
+   layer is ever whole in memory;
+4. turns that file into a COG with GDAL's COG driver (internal overviews: nearest for class,
+   flags and count, average for continuous layers; DEFLATE or ZSTD with a predictor; nodata,
+   scale/offset, band descriptions and, for hard classes, a colour table kept);
+5. renders a small PNG thumbnail with a legend, hashes the COG (sha2-256) and uploads COG,
+   VRT and thumbnail to ``catalog/{collection}/{item}/`` in the store.
+
+Layers run in parallel threads; the thread budget comes from the allocation
+(:func:`ecocube.env.available_threads`). A manifest ``catalog/mosaics.json`` lists every
+layer with the metadata :mod:`ecocube.stac` needs, so building the catalog opens no raster.
+
+Output keys (item folders follow pystac's best-practice layout)::
+
+    catalog/{collection}/{collection}-{period}/{asset}.tif   the COG
+    catalog/{collection}/{collection}-{period}/{asset}.vrt   VRT over the tile files
+    catalog/{collection}/{collection}-{period}/{asset}.png   thumbnail with legend
+
+with collections ``proba``, ``class``, ``uncertainty``, ``composite-{band}`` (assets
+``{band}`` and ``count``) and ``flags`` (one asset per band).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from .env import available_threads
+from .errors import EcocubeError, FileOverwriteError, StoreError
+
+log = logging.getLogger(__name__)
+
+#: products whose overviews (and reprojection) use nearest neighbour
+CATEGORICAL = frozenset({"class", "flags", "count"})
+PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
+MANIFEST_KEY = "catalog/mosaics.json"
+CATALOG_PREFIX = "catalog"
+
+TILE_KEY_RE = re.compile(
+    r"^(?P<product>proba|class|uncertainty|composite|flags|count)/"
+    r"(?P<tile>X-?\d{1,7}_Y-?\d{1,7})/(?P<period>\d{4}-\d{2}-\d{2})/(?P<layer>[A-Za-z0-9_\-]+)\.tif$"
+)
+
+_GDAL_DTYPE = {
+    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+    "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
+}
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def collection_for(product: str, layer: str) -> tuple[str, str]:
+    """``(collection id, asset key)`` of a product's layer in the catalog."""
+    if product in ("proba", "class", "uncertainty"):
+        return product, product
+    if product == "composite":
+        return f"composite-{layer}", layer
+    if product == "count":
+        return f"composite-{layer}", "count"
+    if product == "flags":
+        return "flags", layer
+    raise EcocubeError(f"unknown product {product!r}; known: {', '.join(PRODUCTS)}")
+
+
+def item_id_for(collection: str, period: str) -> str:
+    return f"{collection}-{period}"
+
+
+def output_key(product: str, layer: str, period: str, ext: str = "tif") -> str:
+    collection, asset = collection_for(product, layer)
+    return f"{CATALOG_PREFIX}/{collection}/{item_id_for(collection, period)}/{asset}.{ext}"
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True)
+class LayerSources:
+    """The tile files of one product/layer/period."""
+
+    product: str
+    layer: str
+    period: str
+    tiles: tuple[str, ...]  # tile ids, sorted
+    keys: tuple[str, ...]  # store keys, same order
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the sorted source keys: changes when tiles are added or removed."""
+        return hashlib.sha256("\n".join(self.keys).encode()).hexdigest()
+
+
+@dataclass
+class MosaicLayer:
+    """One finished mosaic layer: what the STAC catalog needs, with no raster to open."""
+
+    product: str
+    layer: str
+    period: str
+    collection: str
+    item_id: str
+    asset: str
+    key: str  # COG key in the store
+    vrt_key: str
+    thumbnail_key: str | None
+    tiles: list[str]
+    tile_bounds: list[list[float]]  # per tile (left, bottom, right, top) in the grid CRS
+    crs: str  # as "EPSG:xxxx" when it has an EPSG code, else WKT
+    transform: list[float]  # 6 affine coefficients (a, b, c, d, e, f)
+    shape: list[int]  # (height, width)
+    bounds: list[float]  # (left, bottom, right, top) in ``crs``
+    dtype: str
+    count: int
+    nodata: float | None
+    scales: list[float]
+    offsets: list[float]
+    descriptions: list[str | None]
+    statistics: list[dict[str, float]]
+    overviews: list[int]
+    size: int
+    checksum: str  # multihash sha2-256, hex
+    sources_digest: str
+    compress: str
+    state: str = "written"  # written | up-to-date
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MosaicLayer:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _store_for(cfg, store):
+    if store is not None:
+        return store
+    from .store import open_store
+
+    return open_store(cfg.output)
+
+
+def _tile_done(store, tile_id: str, cache: dict[str, bool]) -> bool:
+    if tile_id not in cache:
+        from .status import read_status
+
+        record = read_status(store, tile_id)
+        cache[tile_id] = record is not None and record.get("state") == "done"
+    return cache[tile_id]
+
+
+def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[LayerSources]:
+    """Every product/layer/period with at least one finished tile, sorted.
+
+    Only tiles whose status record says ``done`` are used (a tile's outputs may be partial
+    until its record is written). Keys that do not follow the output layout are ignored.
+    """
+    wanted = [p for p in (products or cfg.output.layers) if p in PRODUCTS]
+    done_cache: dict[str, bool] = {}
+    groups: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for product in wanted:
+        for key in store.list(f"{product}/"):
+            m = TILE_KEY_RE.match(key)
+            if not m:
+                continue
+            if not _tile_done(store, m["tile"], done_cache):
+                continue
+            groups.setdefault((m["product"], m["layer"], m["period"]), []).append((m["tile"], key))
+    out = []
+    for (product, layer, period), entries in sorted(groups.items()):
+        entries.sort()
+        out.append(LayerSources(product, layer, period, tuple(t for t, _ in entries), tuple(k for _, k in entries)))
+    pending = [t for t, ok in done_cache.items() if not ok]
+    if pending:
+        log.warning("%d tiles have outputs but no 'done' status and are left out of the mosaics: %s",
+                    len(pending), ", ".join(sorted(pending)[:10]) + (" ..." if len(pending) > 10 else ""))
+    return out
+
+
+# --------------------------------------------------------------------------- VRT
+
+
+@dataclass(frozen=True)
+class _TileMeta:
+    path: str
+    width: int
+    height: int
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class _LayerMeta:
+    crs: Any
+    dtype: str
+    count: int
+    nodata: float | None
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    descriptions: tuple[str | None, ...]
+    colorinterp: tuple[str, ...]
+    block: tuple[int, int]
+    tiles: tuple[_TileMeta, ...]
+
+
+def _read_tile_meta(paths: Sequence[str], keys: Sequence[str], threads: int, env) -> _LayerMeta:
+    """Headers of a layer's tile files, checked for a common dtype, bands, CRS and grid.
+
+    ``env()`` gives the scoped GDAL environment (rasterio's is per thread, so each
+    reader thread enters its own).
+    """
+    import rasterio
+
+    def _one(path: str):
+        try:
+            with env(), rasterio.open(path) as src:
+                return src.profile, src.bounds, src.res, src.scales, src.offsets, src.descriptions, \
+                    tuple(ci.name for ci in src.colorinterp), src.block_shapes[0]
+        except rasterio.errors.RasterioIOError as exc:
+            raise StoreError(f"cannot open tile output {path}: {exc}") from None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        metas = list(pool.map(_one, paths))
+    first, _, res0, scales, offsets, descriptions, ci, block = metas[0]
+    tiles = []
+    for path, key, (prof, bounds, res, sc, off, _, _, _) in zip(paths, keys, metas):
+        problems = []
+        if prof["dtype"] != first["dtype"]:
+            problems.append(f"dtype {prof['dtype']} != {first['dtype']}")
+        if prof["count"] != first["count"]:
+            problems.append(f"{prof['count']} bands != {first['count']}")
+        if prof["crs"] != first["crs"]:
+            problems.append(f"CRS {prof['crs']} != {first['crs']}")
+        if not np.allclose(res, res0, rtol=0, atol=1e-9 * max(res0)):
+            problems.append(f"pixel size {res} != {res0}")
+        if prof["nodata"] != first["nodata"] and not (
+            prof["nodata"] is not None and first["nodata"] is not None
+            and math.isnan(prof["nodata"]) and math.isnan(first["nodata"])
+        ):
+            problems.append(f"nodata {prof['nodata']} != {first['nodata']}")
+        if tuple(sc) != tuple(scales) or tuple(off) != tuple(offsets):
+            problems.append(f"scale/offset {sc}/{off} != {scales}/{offsets}")
+        if problems:
+            raise StoreError(f"tile output {key} does not match the other tiles of its layer: {'; '.join(problems)}")
+        tiles.append(_TileMeta(path, prof["width"], prof["height"], tuple(bounds), tuple(res)))
+    return _LayerMeta(first["crs"], first["dtype"], first["count"], first["nodata"], tuple(scales),
+                      tuple(offsets), tuple(descriptions), ci, tuple(block), tuple(tiles))
+
+
+def _mosaic_grid(meta: _LayerMeta):
+    """(transform, width, height, per-tile pixel offsets) of the union of the tiles."""
+    from affine import Affine
+
+    xres, yres = meta.tiles[0].res
+    left = min(t.bounds[0] for t in meta.tiles)
+    top = max(t.bounds[3] for t in meta.tiles)
+    right = max(t.bounds[2] for t in meta.tiles)
+    bottom = min(t.bounds[1] for t in meta.tiles)
+    width = round((right - left) / xres)
+    height = round((top - bottom) / yres)
+    offsets = []
+    for t in meta.tiles:
+        col = (t.bounds[0] - left) / xres
+        row = (top - t.bounds[3]) / yres
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            raise StoreError(f"tile output {t.path} is not aligned with the pixel grid of the other tiles "
+                             f"(offset {col:.4f}, {row:.4f} pixels)")
+        offsets.append((int(round(col)), int(round(row))))
+    return Affine(xres, 0.0, left, 0.0, -yres, top), width, height, offsets
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value)) if not float(value).is_integer() else str(int(value)) if abs(value) < 1e15 else repr(float(value))
+
+
+def vrt_xml(meta: _LayerMeta, *, source_path=lambda p: (p, False)) -> str:
+    """The VRT document of a mosaic. ``source_path(path) -> (path, relative_to_vrt)``."""
+    transform, width, height, offsets = _mosaic_grid(meta)
+    gdal_type = _GDAL_DTYPE[meta.dtype]
+    bx, by = meta.block[1], meta.block[0]
+    lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+             f"  <SRS>{escape(meta.crs.to_wkt())}</SRS>",
+             "  <GeoTransform>" + ", ".join(_fmt(v) for v in transform.to_gdal()) + "</GeoTransform>"]
+    for b in range(meta.count):
+        lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{b + 1}">')
+        if meta.descriptions[b]:
+            lines.append(f"    <Description>{escape(meta.descriptions[b])}</Description>")
+        if meta.nodata is not None:
+            lines.append(f"    <NoDataValue>{_fmt(meta.nodata) if not math.isnan(meta.nodata) else 'nan'}</NoDataValue>")
+        if meta.scales[b] != 1.0 or meta.offsets[b] != 0.0:
+            lines.append(f"    <Offset>{meta.offsets[b]!r}</Offset>")
+            lines.append(f"    <Scale>{meta.scales[b]!r}</Scale>")
+        for t, (col, row) in zip(meta.tiles, offsets):
+            path, rel = source_path(t.path)
+            tag = "ComplexSource" if meta.nodata is not None else "SimpleSource"
+            lines.append(f"    <{tag}>")
+            lines.append(f'      <SourceFilename relativeToVRT="{1 if rel else 0}">{escape(path)}</SourceFilename>')
+            lines.append(f"      <SourceBand>{b + 1}</SourceBand>")
+            lines.append(f'      <SourceProperties RasterXSize="{t.width}" RasterYSize="{t.height}" '
+                         f'DataType="{gdal_type}" BlockXSize="{bx}" BlockYSize="{by}" />')
+            lines.append(f'      <SrcRect xOff="0" yOff="0" xSize="{t.width}" ySize="{t.height}" />')
+            lines.append(f'      <DstRect xOff="{col}" yOff="{row}" xSize="{t.width}" ySize="{t.height}" />')
+            if meta.nodata is not None:
+                lines.append(f"      <NODATA>{_fmt(meta.nodata) if not math.isnan(meta.nodata) else 'nan'}</NODATA>")
+            lines.append(f"    </{tag}>")
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- COG
+
+
+def _crs_text(crs) -> str:
+    epsg = crs.to_epsg() if crs is not None else None
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _colormap(classes) -> dict[int, tuple[int, int, int, int]]:
+    cmap = {}
+    for c in classes:
+        h = c.color.lstrip("#")
+        cmap[int(c.code)] = (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 255)
+    return cmap
+
+
+class _Stats:
+    """Running per-band min/max/mean/std/valid share over windows (float64 accumulators)."""
+
+    def __init__(self, count: int):
+        self.n = np.zeros(count, np.int64)
+        self.total = np.zeros(count, np.int64)
+        self.s1 = np.zeros(count, np.float64)
+        self.s2 = np.zeros(count, np.float64)
+        self.lo = np.full(count, np.inf)
+        self.hi = np.full(count, -np.inf)
+
+    def add(self, data: np.ndarray, nodata: float | None) -> None:
+        for b in range(data.shape[0]):
+            band = data[b]
+            self.total[b] += band.size
+            if nodata is None:
+                valid = band.ravel()
+            elif isinstance(nodata, float) and math.isnan(nodata):
+                valid = band[~np.isnan(band)]
+            else:
+                valid = band[band != nodata]
+            if valid.size:
+                v = valid.astype(np.float64)
+                self.n[b] += v.size
+                self.s1[b] += v.sum()
+                self.s2[b] += np.square(v).sum()
+                self.lo[b] = min(self.lo[b], v.min())
+                self.hi[b] = max(self.hi[b], v.max())
+
+    def result(self, scales: Sequence[float], offsets: Sequence[float]) -> list[dict[str, float]]:
+        out = []
+        for b in range(len(self.n)):
+            pct = 100.0 * self.n[b] / self.total[b] if self.total[b] else 0.0
+            if self.n[b] == 0:
+                out.append({"valid_percent": 0.0})
+                continue
+            mean = self.s1[b] / self.n[b]
+            std = math.sqrt(max(0.0, self.s2[b] / self.n[b] - mean * mean))
+            sc, off = float(scales[b]), float(offsets[b])
+            out.append({
+                "minimum": float(self.lo[b]) * sc + off,
+                "maximum": float(self.hi[b]) * sc + off,
+                "mean": mean * sc + off,
+                "stddev": std * abs(sc),
+                "valid_percent": round(pct, 4),
+            })
+        return out
+
+
+def _windows(width: int, height: int, step: int):
+    from rasterio.windows import Window
+
+    for row in range(0, height, step):
+        for col in range(0, width, step):
+            yield Window(col, row, min(step, width - col), min(step, height - row))
+
+
+def _cog_options(product: str, compress: str, blocksize: int, threads: int, dtype: str) -> dict[str, str]:
+    floating = dtype.startswith("float")
+    opts = {
+        "COMPRESS": compress.upper(),
+        "PREDICTOR": "FLOATING_POINT" if floating else "STANDARD",
+        "BLOCKSIZE": str(blocksize),
+        "OVERVIEW_RESAMPLING": "NEAREST" if product in CATEGORICAL else "AVERAGE",
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": str(max(1, threads)),
+    }
+    if product == "class":
+        opts["PREDICTOR"] = "NO"  # class codes do not vary smoothly; a predictor only costs time
+    if compress == "zstd":
+        opts["LEVEL"] = "9"
+    return opts
+
+
+def write_cog(src, dst_path: str | Path, *, product: str, compress: str = "deflate", blocksize: int = 512,
+              threads: int = 1, colormap: dict[int, tuple[int, int, int, int]] | None = None,
+              scales: Sequence[float] | None = None, offsets: Sequence[float] | None = None,
+              descriptions: Sequence[str | None] | None = None, nodata: float | None = None,
+              tags: dict[str, str] | None = None, tmp_dir: str | Path | None = None,
+              window_size: int | None = None) -> list[dict[str, float]]:
+    """Copy an open dataset (a VRT, a WarpedVRT, a file) into a COG at ``dst_path``.
+
+    Pixels go window by window (``window_size`` px squares, default 4 × ``blocksize``)
+    into a tiled temporary GeoTIFF, then GDAL's COG driver adds the overviews. Returns the
+    per-band statistics (scaled values) of the valid pixels.
+    """
+    import rasterio
+    import rasterio.shutil
+
+    dst_path = Path(dst_path)
+    step = window_size or blocksize * 4
+    scales = list(scales if scales is not None else src.scales)
+    offsets = list(offsets if offsets is not None else src.offsets)
+    descriptions = list(descriptions if descriptions is not None else src.descriptions)
+    nodata = src.nodata if nodata is None else nodata
+    stats = _Stats(src.count)
+    with tempfile.TemporaryDirectory(prefix=".mosaic-", dir=tmp_dir or dst_path.parent) as tmp:
+        staging = Path(tmp) / "staging.tif"
+        profile = dict(
+            driver="GTiff", width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
+            crs=src.crs, transform=src.transform, nodata=nodata, tiled=True, blockxsize=blocksize,
+            blockysize=blocksize, compress="zstd", zstd_level=1, bigtiff="IF_SAFER",
+            num_threads=str(max(1, threads)),
+        )
+        with rasterio.open(staging, "w", **profile) as dst:
+            for window in _windows(src.width, src.height, step):
+                data = src.read(window=window)
+                stats.add(data, nodata)
+                dst.write(data, window=window)
+            dst.scales = scales
+            dst.offsets = offsets
+            for b, desc in enumerate(descriptions, start=1):
+                if desc:
+                    dst.set_band_description(b, desc)
+            if colormap:
+                dst.write_colormap(1, colormap)
+            if tags:
+                dst.update_tags(**tags)
+        part = dst_path.with_name(f".{dst_path.name}.part")
+        try:
+            rasterio.shutil.copy(staging, part, driver="COG",
+                                 **_cog_options(product, compress, blocksize, threads, src.dtypes[0]))
+        except rasterio.errors.RasterioError as exc:
+            part.unlink(missing_ok=True)
+            raise EcocubeError(f"writing the COG {dst_path} failed: {exc}") from None
+        os.replace(part, dst_path)
+    return stats.result(scales, offsets)
+
+
+def sha256_multihash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The STAC file extension checksum: multihash (0x12 sha2-256, 0x20 bytes) as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return "1220" + h.hexdigest()
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def _flag_legend() -> dict[int, str]:
+    try:
+        from .gapfill import flag_legend
+    except ImportError:
+        return {0: "observed", 255: "not filled"}
+    try:
+        return {int(k): str(v) for k, v in flag_legend().items()}
+    except TypeError:  # a signature that needs arguments we cannot guess
+        return {0: "observed", 255: "not filled"}
+
+
+def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str, title: str,
+                     classes=None, size: int = 256) -> None:
+    """A small PNG of the layer (read from the COG's overviews) with a legend or colour bar."""
+    import rasterio
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from rasterio.enums import Resampling
+
+    with rasterio.open(cog_path) as src:
+        scale = min(1.0, size / max(src.width, src.height))
+        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        data = src.read(out_shape=(src.count, *shape), resampling=Resampling.nearest, masked=True)
+        sc, off = src.scales, src.offsets
+
+    fig = Figure(figsize=(4.2, 3.2), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.02, 0.04, 0.62, 0.84))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8, loc="left")
+    legend_ax = fig.add_axes((0.66, 0.04, 0.32, 0.84))
+    legend_ax.set_axis_off()
+    if product == "class" and classes:
+        codes = [int(c.code) for c in classes]
+        colors = [c.color for c in classes]
+        index = np.full(shape, np.nan)
+        band = data[0].filled(np.iinfo(np.uint16).max) if np.ma.isMaskedArray(data[0]) else data[0]
+        for i, code in enumerate(codes):
+            index[band == code] = i
+        ax.imshow(np.ma.masked_invalid(index), cmap=ListedColormap(colors), vmin=-0.5,
+                  vmax=len(codes) - 0.5, interpolation="nearest")
+        legend_ax.legend(handles=[Patch(color=c.color, label=f"{c.code} {c.name}") for c in classes],
+                         loc="center left", fontsize=7, frameon=False)
+    elif product == "flags":
+        legend = _flag_legend()
+        codes = sorted(legend)
+        palette = ["#2b83ba", "#abdda4", "#ffffbf", "#fdae61", "#d7191c", "#7b3294", "#c2a5cf", "#008837"]
+        colors = {code: ("#000000" if code == 255 else palette[i % len(palette)]) for i, code in enumerate(codes)}
+        index = np.full(shape, np.nan)
+        for i, code in enumerate(codes):
+            index[(data[0] == code).filled(False)] = i
+        ax.imshow(np.ma.masked_invalid(index), cmap=ListedColormap([colors[c] for c in codes]), vmin=-0.5,
+                  vmax=len(codes) - 0.5, interpolation="nearest")
+        legend_ax.legend(handles=[Patch(color=colors[c], label=f"{c} {legend[c]}"[:28]) for c in codes],
+                         loc="center left", fontsize=6, frameon=False)
+    else:
+        if product == "proba":
+            values = data.max(axis=0).astype(np.float64) * sc[0] + off[0]
+            label, cmap = "max class probability (%)", "viridis"
+        elif product == "uncertainty":
+            values = data[0].astype(np.float64) * sc[0] + off[0]
+            label, cmap = "uncertainty (%)", "magma"
+        elif product == "count":
+            values = data[0].astype(np.float64)
+            label, cmap = "valid observations", "viridis"
+        else:
+            values = data[0].astype(np.float64) * sc[0] + off[0]
+            label, cmap = "value", "gray"
+        compressed = values.compressed() if np.ma.isMaskedArray(values) else np.ravel(values)
+        if compressed.size:
+            vmin, vmax = (np.percentile(compressed, [2, 98]) if product not in ("proba", "uncertainty")
+                          else (0.0, 100.0))
+        else:
+            vmin, vmax = 0.0, 1.0
+        if vmax <= vmin:
+            vmax = vmin + 1.0
+        image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        cax = fig.add_axes((0.70, 0.12, 0.05, 0.68))
+        bar = fig.colorbar(image, cax=cax)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(label, fontsize=7)
+    png_path = Path(png_path)
+    part = png_path.with_name(f".{png_path.name}.part")
+    fig.savefig(part, format="png", facecolor="white")
+    os.replace(part, png_path)
+
+
+# --------------------------------------------------------------------------- one layer
+
+
+def _relpath_from(base_key: str, target_key: str) -> str:
+    return os.path.relpath(target_key, os.path.dirname(base_key)).replace(os.sep, "/")
+
+
+def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_dir: str | Path) -> MosaicLayer:
+    """Mosaic one product/layer/period: VRT → COG (+ thumbnail), uploaded to the store.
+
+    Replaces an existing COG: :func:`mosaic_run` decides what is up to date.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    collection, asset = collection_for(sources.product, sources.layer)
+    item_id = item_id_for(collection, sources.period)
+    key = output_key(sources.product, sources.layer, sources.period)
+    vrt_key = output_key(sources.product, sources.layer, sources.period, "vrt")
+    png_key = output_key(sources.product, sources.layer, sources.period, "png")
+
+    fin = cfg.finalize
+    work = Path(tempfile.mkdtemp(prefix=f"{item_id}-{asset}-", dir=work_dir))
+    local_cog = work / f"{asset}.tif"
+    local_vrt = work / f"{asset}.vrt"
+    local_png = work / f"{asset}.png"
+    with store.rasterio_env(threads=threads):
+        paths = [store.gdal_path(k) for k in sources.keys]
+        meta = _read_tile_meta(paths, sources.keys, threads, store.rasterio_env)
+        # the working VRT points at what GDAL can open from here; the published one is
+        # relative for a local store (it sits inside it) and /vsis3/ for S3
+        work_vrt = vrt_xml(meta)
+        local_vrt.write_text(work_vrt)
+        key_of = dict(zip(paths, sources.keys))
+
+        def _published(path: str):
+            if path.startswith("/vsi"):
+                return path, False
+            return _relpath_from(vrt_key, key_of[path]), True
+
+        published_vrt = work / f"{asset}.published.vrt"
+        published_vrt.write_text(vrt_xml(meta, source_path=_published))
+
+        colormap = _colormap(cfg.model.classes) if sources.product == "class" else None
+        tags = {"ECOCUBE_SOURCES_SHA256": sources.digest, "ECOCUBE_PRODUCT": sources.product,
+                "ECOCUBE_LAYER": sources.layer, "ECOCUBE_PERIOD": sources.period,
+                "ECOCUBE_TILES": str(len(sources.tiles))}
+        with rasterio.open(local_vrt) as vrt:
+            if fin.reproject:
+                resampling = Resampling.nearest if sources.product in CATEGORICAL else Resampling.bilinear
+                with WarpedVRT(vrt, crs=fin.reproject, resampling=resampling, nodata=meta.nodata,
+                               warp_mem_limit=256, num_threads=max(1, threads)) as warped:
+                    statistics = write_cog(warped, local_cog, product=sources.product, compress=fin.compress,
+                                           blocksize=fin.blocksize, threads=threads, colormap=colormap,
+                                           scales=meta.scales, offsets=meta.offsets,
+                                           descriptions=meta.descriptions, nodata=meta.nodata, tags=tags)
+            else:
+                statistics = write_cog(vrt, local_cog, product=sources.product, compress=fin.compress,
+                                       blocksize=fin.blocksize, threads=threads, colormap=colormap,
+                                       scales=meta.scales, offsets=meta.offsets,
+                                       descriptions=meta.descriptions, nodata=meta.nodata, tags=tags)
+
+    with rasterio.open(local_cog) as cog:
+        crs, transform, shape, bounds = cog.crs, cog.transform, (cog.height, cog.width), tuple(cog.bounds)
+        overviews = cog.overviews(1)
+    title = f"{collection} {sources.period}" + (f" · {asset}" if asset not in (collection, sources.layer) else "")
+    render_thumbnail(local_cog, local_png, product=sources.product, title=title, classes=cfg.model.classes)
+    size = local_cog.stat().st_size
+    checksum = sha256_multihash(local_cog)
+
+    # the COG first: a crash never leaves a thumbnail or VRT of a missing COG
+    store.put_file(local_cog, key, sha256=checksum[4:], move=True)
+    store.put_file(published_vrt, vrt_key, move=True)
+    store.put_file(local_png, png_key, move=True)
+
+    grid_bounds = [list(t.bounds) for t in meta.tiles]
+    result = MosaicLayer(
+        product=sources.product, layer=sources.layer, period=sources.period, collection=collection,
+        item_id=item_id, asset=asset, key=key, vrt_key=vrt_key, thumbnail_key=png_key,
+        tiles=list(sources.tiles), tile_bounds=grid_bounds, crs=_crs_text(crs),
+        transform=list(transform)[:6], shape=list(shape), bounds=list(bounds), dtype=meta.dtype,
+        count=meta.count, nodata=meta.nodata, scales=list(meta.scales), offsets=list(meta.offsets),
+        descriptions=list(meta.descriptions), statistics=statistics, overviews=list(overviews),
+        size=size, checksum=checksum, sources_digest=sources.digest, compress=fin.compress,
+        extra={"grid_crs": _crs_text(meta.crs)},
+    )
+    for p in (local_cog, local_vrt, published_vrt, local_png):
+        p.unlink(missing_ok=True)
+    work.rmdir()
+    return result
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+def read_manifest(store) -> dict[str, MosaicLayer]:
+    """The layers of the last mosaic run, by COG key (empty if there is none)."""
+    if not store.exists(MANIFEST_KEY):
+        return {}
+    try:
+        data = json.loads(store.get_bytes(MANIFEST_KEY))
+        return {d["key"]: MosaicLayer.from_dict(d) for d in data["layers"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"mosaic manifest {store.url(MANIFEST_KEY)} is not valid: {exc}") from None
+
+
+def write_manifest(store, layers: Iterable[MosaicLayer], cfg) -> None:
+    from . import __version__
+
+    doc = {"ecocube_version": __version__, "run": cfg.name,
+           "layers": [layer.to_dict() for layer in sorted(layers, key=lambda x: x.key)]}
+    store.put_bytes(json.dumps(doc, indent=1).encode(), MANIFEST_KEY)
+
+
+def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None = None,
+               products: Sequence[str] | None = None, work_dir: str | Path | None = None) -> list[MosaicLayer]:
+    """Mosaic every finished product/layer/period of the run into COGs under ``catalog/``.
+
+    Layers run in parallel (threads from ``threads`` or the allocation; each layer gets an
+    equal share for GDAL). An existing COG whose source tiles are unchanged is kept; one
+    whose tiles changed needs ``overwrite=True`` (else :class:`FileOverwriteError`).
+    Returns the layers (also written to ``catalog/mosaics.json``).
+    """
+    store = _store_for(cfg, store)
+    layers = find_layers(cfg, store, products=products)
+    if not layers:
+        raise StoreError(f"no finished tile outputs to mosaic in {store!r} "
+                         f"(products {', '.join(products or cfg.output.layers)}; tiles need a 'done' status record)")
+    total = available_threads(threads)
+    previous = read_manifest(store)
+    todo: list[LayerSources] = []
+    kept: list[MosaicLayer] = []
+    stale: list[str] = []
+    for src in layers:
+        key = output_key(src.product, src.layer, src.period)
+        if overwrite or not store.exists(key):
+            todo.append(src)
+        elif key in previous and previous[key].sources_digest == src.digest:
+            previous[key].state = "up-to-date"
+            kept.append(previous[key])
+        else:
+            stale.append(store.url(key))
+    if stale:
+        raise FileOverwriteError(
+            f"{len(stale)} mosaics exist but their tiles changed since they were made (or the manifest "
+            f"{MANIFEST_KEY} does not list them); use --overwrite to remake them: "
+            + ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""))
+    workers = max(1, min(total, len(todo)))
+    per_layer = max(1, total // workers)
+    log.info("mosaicking %d layers (%d up to date) with %d workers × %d threads",
+             len(todo), len(kept), workers, per_layer)
+
+    results: list[MosaicLayer] = list(kept)
+    errors: list[EcocubeError] = []
+    lock = threading.Lock()
+    tmp = Path(tempfile.mkdtemp(prefix="ecocube-mosaic-", dir=work_dir)) if work_dir else store.work_dir("mosaic")
+    try:
+
+        def _job(src: LayerSources) -> None:
+            try:
+                layer = mosaic_layer(cfg, store, src, threads=per_layer, work_dir=tmp)
+            except EcocubeError as exc:
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                results.append(layer)
+            log.info("%s %s (%d tiles)", layer.state, store.url(layer.key), len(layer.tiles))
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_job, todo))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # keep manifest entries of layers not redone this time (e.g. a products subset)
+    merged = {k: v for k, v in previous.items() if products and v.product not in products and store.exists(k)}
+    merged.update({layer.key: layer for layer in results})
+    write_manifest(store, merged.values(), cfg)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        kinds = {type(e) for e in errors}
+        kind = kinds.pop() if len(kinds) == 1 else EcocubeError
+        raise kind(f"{len(errors)} of {len(todo)} mosaic layers failed:\n  " + "\n  ".join(map(str, errors)))
+    return sorted(results, key=lambda x: x.key)
+
+
+def finalize(cfg, *, store=None, overwrite: bool = False, threads: int | None = None,
+             validate: bool = True) -> dict[str, Any]:
+    """The last job of a run: mosaics, STAC catalog, offline validation and the HTML browser.
+
+    Returns ``{"layers": [...], "catalog": path-or-URL of catalog.json, "index": ..., "errors": []}``.
+    Raises :class:`EcocubeError` if the catalog does not validate.
+    """
+    from .stac import build_catalog
+
+    store = _store_for(cfg, store)
+    layers = mosaic_run(cfg, store=store, overwrite=overwrite, threads=threads)
+    built = build_catalog(cfg, store=store, layers=layers, validate=validate)
+    return {"layers": layers, "catalog": built.catalog, "index": built.index, "errors": built.errors}
