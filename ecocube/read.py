@@ -700,3 +700,60 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
                  missing=len(missing))
     return ReadResult(data=data, reason=reason, count=count, bands=bands, periods=list(periods),
                       missing=missing, stats=stats)
+
+
+# --------------------------------------------------------------------------- debug dump
+
+
+def write_read_dump(result: ReadResult, tile, window, folder) -> dict:
+    """Write a :class:`ReadResult` for inspection: ``read.npz``, one float32 GeoTIFF per
+    period (``{period}.tif``, NaN nodata) and ``summary.json``. Files are written to temporary
+    names and renamed. Returns the summary."""
+    import json
+    from pathlib import Path
+
+    import rasterio
+
+    from .sources import REASON_NAMES
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    window = _norm_window(tile, window)
+    transform = tile.window_transform(window)
+    T, B, h, w = result.data.shape
+    tmp = folder / ".read.part.npz"
+    np.savez_compressed(tmp, data=result.data, reason=result.reason, count=result.count,
+                        bands=np.array(result.bands), periods=np.array([p.id for p in result.periods]))
+    tmp.replace(folder / "read.npz")
+    for p in result.periods:
+        part = folder / f".{p.id}.part.tif"
+        with rasterio.open(part, "w", driver="GTiff", width=w, height=h, count=B, dtype="float32",
+                           crs=tile.crs, transform=transform, nodata=float("nan"), compress="deflate",
+                           tiled=w >= 16 and h >= 16 and w % 16 == 0 and h % 16 == 0) as dst:
+            dst.write(result.data[p.index])
+            for i, b in enumerate(result.bands, start=1):
+                dst.set_band_description(i, b)
+            dst.update_tags(period=p.id, tile=tile.id)
+        part.replace(folder / f"{p.id}.tif")
+    n = h * w
+    summary = {
+        "tile": tile.id,
+        "window": [int(window.col_off), int(window.row_off), w, h],
+        "shape": [T, B, h, w],
+        "bands": list(result.bands),
+        "periods": [p.id for p in result.periods],
+        "valid_fraction": round(float(np.mean(result.reason == 0)), 4) if result.reason.size else 0.0,
+        "reasons": {
+            p.id: {
+                b: {REASON_NAMES[c]: round(float(np.sum(result.reason[p.index, i] == c)) / n, 4) for c in REASON_NAMES}
+                for i, b in enumerate(result.bands)
+            }
+            for p in result.periods
+        },
+        "missing": list(result.missing),
+        "stats": result.stats,
+    }
+    part = folder / ".summary.part.json"
+    part.write_text(json.dumps(summary, indent=1))
+    part.replace(folder / "summary.json")
+    return summary
