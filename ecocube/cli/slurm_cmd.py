@@ -1,0 +1,100 @@
+"""``ecocube slurm submit|status|resubmit``: the run as Slurm array + finalize jobs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import config_override_option, load_run_config, run_config_argument
+
+tiles_per_task_option = click.option(
+    "--tiles-per-task", "-k", type=click.IntRange(min=1), default=None,
+    help="Tiles per array task (default: slurm.tiles_per_task).",
+)
+throttle_option = click.option(
+    "--throttle", type=click.IntRange(min=1), default=None,
+    help="At most N array tasks at once (%N; default: slurm.throttle).",
+)
+
+
+@click.group()
+def slurm() -> None:
+    """Submit, watch and resubmit the run on Slurm.
+
+    \b
+    ecocube slurm submit RUN.yaml --dry-run     # scripts, tile count, memory, volume
+    ecocube slurm submit RUN.yaml               # array over tiles left + finalize (afterok)
+    ecocube slurm status RUN.yaml               # tasks and tiles by state, failures + logs
+    ecocube slurm resubmit RUN.yaml --failed    # failed/missing tiles only, finalize behind
+    """
+
+
+def _print_plan(plan, *, dry_run: bool) -> None:
+    click.echo(plan.summary())
+    if dry_run:
+        if plan.array_script:
+            click.echo("\n# ---- array job script ----")
+            click.echo(plan.array_script.rstrip("\n"))
+        click.echo("\n# ---- finalize job script (ARRAY_JOB_ID: the array job's id at submission) ----")
+        click.echo(plan.finalize_script.rstrip("\n"))
+        click.echo("\n(dry run: nothing submitted)")
+        return
+    if plan.cancelled:
+        click.echo(f"cancelled the pending finalize job(s) {' '.join(plan.cancelled)}")
+    if plan.array_job_id:
+        click.echo(f"array job {plan.array_job_id} ({plan.n_tasks} tasks)")
+    else:
+        click.echo("no tiles left to do: only the finalize job was submitted")
+    click.echo(f"finalize job {plan.finalize_job_id}")
+
+
+@slurm.command("submit")
+@run_config_argument
+@tiles_per_task_option
+@throttle_option
+@click.option("--dry-run", is_flag=True, help="Print the scripts and estimates; submit nothing.")
+@config_override_option
+def submit_cmd(run_yaml, tiles_per_task, throttle, dry_run, overrides):
+    """Submit the tiles left to do as an array job, and the finalize job behind it."""
+    from .. import slurm as slurm_lib
+
+    cfg = load_run_config(run_yaml, overrides)
+    if dry_run:
+        plan = slurm_lib.plan_submission(cfg, run_yaml, tiles_per_task=tiles_per_task, throttle=throttle)
+    else:
+        plan = slurm_lib.submit(cfg, run_yaml, tiles_per_task=tiles_per_task, throttle=throttle)
+    _print_plan(plan, dry_run=dry_run)
+
+
+@slurm.command("resubmit")
+@run_config_argument
+@click.option("--failed", "failed", is_flag=True, required=True,
+              help="Resubmit the failed and missing tiles (required; the only mode).")
+@tiles_per_task_option
+@throttle_option
+@config_override_option
+def resubmit_cmd(run_yaml, failed, tiles_per_task, throttle, overrides):
+    """A new array over failed/missing tiles only; the pending finalize job moves behind it."""
+    from .. import slurm as slurm_lib
+
+    cfg = load_run_config(run_yaml, overrides)
+    plan = slurm_lib.resubmit_failed(cfg, run_yaml, tiles_per_task=tiles_per_task, throttle=throttle)
+    _print_plan(plan, dry_run=False)
+
+
+@slurm.command("status")
+@run_config_argument
+@click.option("--submission", default=None, help="A submission id (default: the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@config_override_option
+def status_cmd(run_yaml, submission, as_json, overrides):
+    """Tasks and tiles by state, with log paths and the error line of each failure."""
+    from .. import slurm as slurm_lib
+
+    cfg = load_run_config(run_yaml, overrides)
+    st = slurm_lib.slurm_status(cfg, submission=submission)
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2))
+    else:
+        click.echo(slurm_lib.format_status(st))

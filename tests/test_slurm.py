@@ -1,0 +1,473 @@
+"""ecocube.slurm: rendering (golden files), parsing (recorded Slurm output), and the whole
+submit → status → resubmit → finalize cycle on the real single-node Slurm that
+scripts/local-slurm.sh starts (scripts/test.sh starts it; the ``local_slurm`` fixture
+starts it itself when SLURM_CONF is not set, and fails loudly when it cannot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ecocube import slurm as S
+from ecocube.config import config_from_dict, load_config
+from ecocube.errors import ConfigError, GridError, SlurmError
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data" / "slurm"
+LOCAL_SLURM = REPO / "scripts" / "local-slurm.sh"
+FAKE = DATA / "fake_ecocube.py"
+UPDATE_GOLDEN = os.environ.get("ECOCUBE_UPDATE_GOLDEN") == "1"
+
+TILES5 = ["X0000_Y0000", "X0001_Y0000", "X0002_Y0000", "X0000_Y0001", "X0001_Y0001"]
+
+
+def _cfg_dict(**slurm) -> dict:
+    return {
+        "name": "t7",
+        "grid": {"crs": "EPSG:3035", "origin": [3900000, 3200000], "pixel_size": 10, "tile_size": 16},
+        "aoi": {"tiles": TILES5},
+        "inputs": {"sources": [{"name": "s2", "href": "in/{band}.tif", "bands": ["red", "nir"]}]},
+        "model": {"classes": [{"code": 1, "name": "a"}, {"code": 2, "name": "b"}]},
+        "output": {"store": "out"},
+        "slurm": {"cpus_per_task": 1, "mem_per_cpu": "300M", "time": "1", "signal_seconds": 20,
+                  "finalize_time": "1", "finalize_cpus": 1, **slurm},
+    }
+
+
+# =========================================================================== golden renders
+
+GOLDEN_BASE = Path("/srv/campaigns/land cover 'pilot'")
+
+
+def _golden_cfg(**slurm):
+    d = _cfg_dict(**slurm)
+    return config_from_dict(d, base_dir=GOLDEN_BASE, source="golden")
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = DATA / name
+    if UPDATE_GOLDEN:
+        path.write_text(text)
+    assert text == path.read_text(), f"rendering differs from {path} (ECOCUBE_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_array_script_golden():
+    cfg = _golden_cfg(partition="compute", account="proj42", qos="normal", tiles_per_task=2,
+                      site_lines=["module load python/3.11", "source $HOME/venvs/ecocube/bin/activate"],
+                      extra_directives=["--constraint=skylake", "#SBATCH --exclusive"])
+    text = S.render_array_script(cfg, run_yaml=GOLDEN_BASE / "run.yaml", tiles_file="slurm/SUB1/tiles.txt",
+                                 n_tasks=3, throttle=2, submission="SUB1", command="ecocube")
+    _check_golden("array.golden.sbatch", text)
+    assert "#SBATCH --array=0-2%2" in text
+    assert "#SBATCH --signal=B:TERM@20" in text
+    assert "#SBATCH --output=\"/srv/campaigns/land cover 'pilot'/logs/ecocube-t7-%A_%a.log\"" in text
+
+
+def test_finalize_script_golden():
+    cfg = _golden_cfg(partition="compute", finalize_partition="serial", finalize_mem="8G", mem="4G")
+    text = S.render_finalize_script(cfg, run_yaml=GOLDEN_BASE / "run.yaml", array_job_id="4242",
+                                    submission="SUB1", command="ecocube")
+    _check_golden("finalize.golden.sbatch", text)
+    assert "#SBATCH --dependency=afterok:4242" in text
+    assert "#SBATCH --partition=serial" in text and "#SBATCH --mem=8G" in text
+    assert "--mem-per-cpu" not in text
+
+
+def test_rendered_scripts_are_valid_bash_and_quote_weird_paths(tmp_path):
+    """The rendered script, run by bash with a printing stand-in for ecocube, passes the run
+    YAML path (spaces, quotes, $, %) through intact."""
+    weird = tmp_path / 'camp aign\'s "$HOME"'
+    weird.mkdir()
+    cfg = config_from_dict(_cfg_dict(), base_dir=weird, source="weird")
+    # a double quote in the folder cannot be expressed in an #SBATCH line: refused clearly
+    with pytest.raises(ConfigError, match="cannot hold"):
+        S.render_array_script(cfg, run_yaml=weird / "run.yaml", tiles_file="k", n_tasks=1, command="x")
+    # without the double quote it renders, and bash sees exactly the original arguments
+    ok = tmp_path / "camp aign's $HOME 100%"
+    ok.mkdir()
+    cfg = config_from_dict(_cfg_dict(), base_dir=ok, source="weird")
+    text = S.render_array_script(cfg, run_yaml=ok / "run.yaml", tiles_file="slurm/S 1/tiles.txt", n_tasks=1,
+                                 command="printf '<%s>\\n'")
+    assert f'#SBATCH --output="{ok}/logs/ecocube-t7-%A_%a.log"'.replace("100%", "100%%") in text
+    out = subprocess.run(["bash", "-s"], input=text, text=True, capture_output=True, check=True).stdout
+    assert f"<run-task>\n<{ok / 'run.yaml'}>\n<--tiles-file>\n<slurm/S 1/tiles.txt>\n" in out
+    fin = S.render_finalize_script(cfg, run_yaml=ok / "run.yaml", array_job_id="1", command="printf '<%s>\\n'")
+    subprocess.run(["bash", "-n"], input=fin, text=True, check=True)
+    out = subprocess.run(["bash", "-s"], input=fin, text=True, capture_output=True, check=True).stdout
+    assert f"<finalize>\n<{ok / 'run.yaml'}>\n" in out
+
+
+def test_directive_values():
+    assert S.directive_value("compute", what="p") == "compute"
+    assert S.directive_value("/a b/c", what="p") == '"/a b/c"'
+    assert S.directive_value("/a/50%", what="p", pattern_suffix="-%j.log") == "/a/50%%-%j.log"
+    with pytest.raises(ConfigError, match="cannot hold"):
+        S.directive_value('/a"b', what="slurm.log_dir")
+    with pytest.raises(ConfigError, match="cannot hold"):
+        S.directive_value("/a\nb", what="slurm.log_dir")
+
+
+def test_template_placeholders_and_signal_checks(tmp_path):
+    (tmp_path / "array.sbatch").write_text("#!/bin/bash\n{{directives}}\n{{ecocube}} run-task {{ run_yaml }} {{nope}}\n")
+    cfg = config_from_dict(_cfg_dict(templates=str(tmp_path)), base_dir=tmp_path)
+    with pytest.raises(SlurmError, match=r"unknown placeholder\(s\) nope"):
+        S.render_array_script(cfg, run_yaml="r.yaml", tiles_file="k", n_tasks=1, command="x")
+    cfg = config_from_dict(_cfg_dict(templates=str(tmp_path / "missing")), base_dir=tmp_path)
+    with pytest.raises(SlurmError, match="template not found"):
+        S.render_array_script(cfg, run_yaml="r.yaml", tiles_file="k", n_tasks=1, command="x")
+    cfg = config_from_dict(_cfg_dict(time="1", signal_seconds=60), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="signal_seconds"):
+        S.array_directives(cfg, n_tasks=1, throttle=None)
+    assert [S.minutes_from_time(t) for t in ("5", "5:30", "01:00:00", "1-00", "2-01:30", "0:00:01")] == \
+        [5, 6, 60, 1440, 2970, 1]
+
+
+def test_default_command_is_this_python():
+    cfg = _golden_cfg()
+    assert S.ecocube_command(cfg) == f"{shlex.quote(sys.executable)} -m ecocube"
+    cfg = _golden_cfg(command="apptainer exec eco.sif ecocube")
+    assert S.ecocube_command(cfg) == "apptainer exec eco.sif ecocube"
+
+
+# =========================================================================== tile lists
+
+
+def test_tiles_file_round_trip_and_task_tiles(tmp_path):
+    cfg = config_from_dict(_cfg_dict(), base_dir=tmp_path)
+    tasks = S.split_tasks(TILES5, 2)
+    assert tasks == [TILES5[0:2], TILES5[2:4], TILES5[4:5]]
+    text = S.format_tiles_file(tasks, submission="S1", run_name="t7")
+    assert S.parse_tiles_file(text) == tasks
+    f = tmp_path / "tiles.txt"
+    f.write_text(text)
+
+    class _NoStore:  # a store that holds no such key: the local file is used
+        def exists(self, key):
+            return False
+
+    got = S.task_tiles(cfg, str(f), 1, store=_NoStore())
+    assert [t.id for t in got] == TILES5[2:4]
+    assert got[0].shape == (16, 16)
+    with pytest.raises(GridError, match="task id 3 out of range"):
+        S.task_tiles(cfg, str(f), 3, store=_NoStore())
+    with pytest.raises(SlurmError, match="no task id"):
+        S.task_tiles(cfg, str(f), None, store=_NoStore())
+    with pytest.raises(SlurmError, match="line 3: not a tile id"):
+        S.parse_tiles_file("# c\nX0000_Y0000\nX0_Y\n", source="t")
+
+
+def test_task_tiles_from_the_store_and_slurm_env(tmp_path, monkeypatch):
+    from ecocube.store import open_store
+
+    cfg = config_from_dict(_cfg_dict(), base_dir=tmp_path)
+    store = open_store(cfg.output)
+    store.put_bytes(S.format_tiles_file(S.split_tasks(TILES5, 3), submission="S", run_name="t7").encode(),
+                    S.tiles_file_key("S"))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert [t.id for t in S.task_tiles(cfg, S.tiles_file_key("S"))] == TILES5[3:]
+
+
+def test_plan_dry_run_counts_and_estimates(tmp_path):
+    cfg = config_from_dict(_cfg_dict(tiles_per_task=2, throttle=4), base_dir=tmp_path)
+    states = {t: None for t in TILES5}
+    states["X0001_Y0000"] = {"tile": "X0001_Y0000", "state": "done"}
+    states["X0002_Y0000"] = {"tile": "X0002_Y0000", "state": "failed", "error": "boom"}
+    plan = S.plan_submission(cfg, tmp_path / "run.yaml", states=states, submission="S1", command="ecocube")
+    assert plan.tiles == ["X0000_Y0000", "X0002_Y0000", "X0000_Y0001", "X0001_Y0001"]
+    assert plan.tasks == [["X0000_Y0000", "X0002_Y0000"], ["X0000_Y0001", "X0001_Y0001"]]
+    assert "#SBATCH --array=0-1%4" in plan.array_script
+    assert plan.memory_requested == 300 * 1024**2
+    # 16x16 tiles, 3 years x 4 seasons x 2 bands, 2 classes, all layers
+    per_px = 2 * 3 + 2 * 3 + 3 + 2 * 24 + 24 + 2 * 24
+    assert plan.output_bytes == 4 * 256 * per_px
+    assert plan.memory_per_task > 600 * 1024**2
+    assert "4 of 5 tiles to do, 2 array tasks" in plan.summary()
+    assert "warning: the estimate exceeds" in plan.summary()
+    plan = S.plan_submission(cfg, tmp_path / "run.yaml", tiles_per_task=10, states=states, command="e")
+    assert plan.n_tasks == 1
+
+
+# =========================================================================== parsing recorded output
+
+
+def test_parse_squeue_recorded():
+    infos = S.parse_squeue((DATA / "squeue.txt").read_text())
+    got = {(i.job_id, i.task_id): (i.state, i.reason) for i in infos}
+    assert got[("6", 3)] == ("PENDING", "JobArrayTaskLimit")
+    assert got[("6", 0)] == ("RUNNING", None)
+    assert got[("7", None)] == ("PENDING", "Dependency")
+    assert len(infos) == 6
+
+
+def test_parse_scontrol_recorded():
+    running = S.parse_scontrol_jobs((DATA / "scontrol_running.txt").read_text())
+    by = {(i.job_id, i.task_id): i for i in running}
+    # the aggregated pending record "ArrayTaskId=3-5%2" expands to three tasks
+    assert {k for k, v in by.items() if v.state == "PENDING"} == {("6", 3), ("6", 4), ("6", 5)}
+    done = {(i.job_id, i.task_id): i for i in S.parse_scontrol_jobs((DATA / "scontrol_done.txt").read_text())}
+    assert done[("6", 1)].state == "FAILED" and done[("6", 1)].exit_code == "7:0"
+    assert done[("6", 0)].state == "COMPLETED"
+    assert ("6", 4) not in done  # cancelled while pending: slurmctld forgets it
+    fin = S.parse_scontrol_jobs((DATA / "scontrol_fin_cancelled.txt").read_text())
+    assert [(f.job_id, f.task_id, f.state, f.reason) for f in fin] == [
+        ("7", None, "CANCELLED", "DependencyNeverSatisfied")]
+    rec = S.parse_key_values((DATA / "scontrol_done.txt").read_text().splitlines()[0])
+    assert rec["StdOut"] == "/scratch/campaign x/it's logs/ecocube-rec-6_5.log"
+    assert rec["WorkDir"] == "/scratch/campaign x"
+
+
+def test_parse_jobcomp_and_sacct_recorded():
+    jc = {(i.job_id, i.task_id): i for i in S.parse_jobcomp((DATA / "jobcomp.txt").read_text())}
+    assert jc[("6", 1)].state == "FAILED" and jc[("6", 1)].exit_code == "7:0"
+    assert jc[("7", None)].state == "CANCELLED"
+    sa = {(i.job_id, i.task_id): i for i in S.parse_sacct((DATA / "sacct.txt").read_text())}
+    assert sa[("6", 1)].state == "FAILED" and sa[("6", 1)].exit_code == "7:0"
+    assert sa[("6", 4)].state == "CANCELLED" and sa[("6", 4)].node is None
+    assert sa[("6", 5)].state == "OUT_OF_MEMORY"
+    assert {k for k, v in sa.items() if v.state == "PENDING"} == {("6", 6), ("6", 7), ("6", 8), ("7", None)}
+
+
+def test_parse_small_pieces():
+    assert S.parse_task_ranges("0-3,5,7-9%2") == [0, 1, 2, 3, 5, 7, 8, 9]
+    assert S.parse_task_ranges("[1-5:2]") == [1, 3, 5]
+    assert S.parse_sbatch_parsable("123\n") == "123"
+    assert S.parse_sbatch_parsable("123;cluster2\n") == "123"
+    with pytest.raises(SlurmError, match="no job id"):
+        S.parse_sbatch_parsable("sbatch: error: x")
+    cfg = S.parse_scontrol_config("Configuration data as of x\nJobCompLoc              = /a b/c.txt\n")
+    assert cfg["JobCompLoc"] == "/a b/c.txt"
+
+
+def test_last_error_line(tmp_path):
+    log = tmp_path / "t.log"
+    log.write_text("ecocube: array task 1_2\nreading...\necocube: error: tile X1: 404 http://x\nexits with 7\n")
+    assert S.last_error_line(log) == "ecocube: error: tile X1: 404 http://x"
+    log.write_text("all good\nlast line\n")
+    assert S.last_error_line(log) == "last line"
+    assert S.last_error_line(tmp_path / "none.log") is None
+
+
+# =========================================================================== real Slurm
+
+
+def _sh(*args, timeout=60, check=True, env=None):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=check,
+                          env=env)
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    """The local Slurm: the one SLURM_CONF names (scripts/test.sh), else started here."""
+    mp = pytest.MonkeyPatch()
+    started = False
+    conf = os.environ.get("SLURM_CONF")
+    if not conf:
+        was_up = _sh(LOCAL_SLURM, "status", check=False).returncode == 0
+        up = _sh(LOCAL_SLURM, "up", timeout=120, check=False)
+        assert up.returncode == 0, f"scripts/local-slurm.sh up failed:\n{up.stdout}\n{up.stderr}"
+        conf = _sh(LOCAL_SLURM, "conf").stdout.strip()
+        started = not was_up
+        mp.setenv("SLURM_CONF", conf)
+    state = _sh("sinfo", "-h", "-N", "-o", "%T", check=False)
+    assert state.returncode == 0 and state.stdout.split(), f"Slurm is not answering: {state.stderr}"
+    yield conf
+    if started:
+        _sh(LOCAL_SLURM, "down", timeout=120, check=False)
+    mp.undo()
+
+
+def _job_active(job_id: str) -> bool:
+    out = _sh("squeue", "-h", "-j", job_id, "-o", "%i", check=False)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def _wait_jobs(*job_ids, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    ids = [j for j in job_ids if j]
+    while time.monotonic() < deadline:
+        if not any(_job_active(j) for j in ids):
+            return
+        time.sleep(0.5)
+    _sh("scancel", *ids, check=False)
+    raise AssertionError(f"jobs {ids} still active after {timeout}s:\n{_sh('squeue', check=False).stdout}")
+
+
+def _make_run(folder: Path, **slurm) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = _cfg_dict(command=f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}", **slurm)
+    (folder / "run.yaml").write_text(yaml.safe_dump(data))
+    return folder / "run.yaml"
+
+
+def _store(run_yaml: Path):
+    from ecocube.store import open_store
+
+    return open_store(load_config(run_yaml).output)
+
+
+def _runs(run_yaml: Path) -> list[str]:
+    p = run_yaml.parent / "runs.log"
+    return [ln.split()[0] for ln in p.read_text().splitlines()] if p.exists() else []
+
+
+def test_array_fails_status_resubmit_finalize(local_slurm, tmp_path):
+    run_yaml = _make_run(tmp_path / "camp aign's", tiles_per_task=2, throttle=2)
+    (run_yaml.parent / "FAIL_TILES").write_text("X0002_Y0000\n")
+    runner = CliRunner()
+    res = runner.invoke(S_cli(), ["submit", str(run_yaml)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "3 array tasks" in res.output
+    jobs = S.read_jobs(_store(run_yaml))["submissions"]
+    assert len(jobs) == 1
+    sub = jobs[0]
+    assert f"array job {sub['array_job_id']} (3 tasks)" in res.output
+    assert f"finalize job {sub['finalize_job_id']}" in res.output
+    assert _store(run_yaml).get_bytes(sub["tiles_file"]).decode().splitlines()[2:] == [
+        "X0000_Y0000 X0001_Y0000", "X0002_Y0000 X0000_Y0001", "X0001_Y0001"]
+    _wait_jobs(sub["array_job_id"], sub["finalize_job_id"])
+
+    cfg = load_config(run_yaml)
+    st = S.slurm_status(cfg)
+    states = {t.task_id: t.state for t in st.tasks}
+    assert states == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED"}
+    t1 = st.tasks[1]
+    assert t1.exit_code == "7:0"
+    assert t1.error_line == "ecocube: error: tile X0002_Y0000: planted failure"
+    assert Path(t1.log_path).is_file() and "camp aign's/logs/" in t1.log_path
+    assert t1.tile_states == {"X0002_Y0000": "failed", "X0000_Y0001": "pending"}
+    assert st.finalize.state == "CANCELLED"
+    assert st.counts()["tiles"] == {"done": 3, "failed": 1, "pending": 1}
+    res = runner.invoke(S_cli(), ["status", str(run_yaml)], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert "tiles of the run: 5  done 3  failed 1" in res.output
+    assert f"task 1 (FAILED, exit 7:0): {t1.log_path}" in res.output
+    assert "    ecocube: error: tile X0002_Y0000: planted failure" in res.output
+    js = json.loads(runner.invoke(S_cli(), ["status", str(run_yaml), "--json"]).output)
+    assert js["counts"]["tasks"] == {"COMPLETED": 2, "FAILED": 1}
+
+    # fix the cause, resubmit only the failed/missing tiles; finalize runs behind them
+    (run_yaml.parent / "FAIL_TILES").unlink()
+    res = runner.invoke(S_cli(), ["resubmit", str(run_yaml), "--failed"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "2 of 5 tiles to do, 1 array tasks" in res.output
+    sub2 = S.read_jobs(_store(run_yaml))["submissions"][-1]
+    assert sub2["kind"] == "resubmit" and sub2["n_tiles"] == 2
+    _wait_jobs(sub2["array_job_id"], sub2["finalize_job_id"])
+    st = S.slurm_status(cfg)
+    assert [t.state for t in st.tasks] == ["COMPLETED"]
+    assert st.finalize.state == "COMPLETED", S.format_status(st)
+    assert st.counts()["tiles"] == {"done": 5}
+    assert json.loads(_store(run_yaml).get_bytes("catalog/catalog.json"))["tiles"] == sorted(TILES5)
+    runs = _runs(run_yaml)
+    # every tile processed once, except the failed one (twice); the rerun touched only its tiles
+    assert sorted(runs) == sorted(TILES5 + ["X0002_Y0000"])
+    assert runs[-2:] == ["X0002_Y0000", "X0000_Y0001"]
+
+
+def test_scancel_mid_run_then_resubmit_completes(local_slurm, tmp_path):
+    run_yaml = _make_run(tmp_path / "run", tiles_per_task=1, throttle=1)
+    (run_yaml.parent / "SLEEP").write_text("2")
+    cfg = load_config(run_yaml)
+    plan = S.submit(cfg, run_yaml)
+    assert plan.n_tasks == 5
+    deadline = time.monotonic() + 60
+    while len(_runs(run_yaml)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_runs(run_yaml)) >= 2, "the array did not start"
+    _sh("scancel", plan.array_job_id)
+    _wait_jobs(plan.array_job_id, plan.finalize_job_id)
+    st = S.slurm_status(cfg)
+    assert st.finalize is not None and st.finalize.state == "CANCELLED"
+    counts = st.counts()["tiles"]
+    assert counts.get("done", 0) >= 1 and counts.get("done", 0) < 5
+    assert counts.get("interrupted", 0) == 1, S.format_status(st)  # the tile TERM reached
+    interrupted = [t for t, s in st.tiles.items() if s == "interrupted"]
+    done_before = sorted(t for t, s in st.tiles.items() if s == "done")
+
+    (run_yaml.parent / "SLEEP").write_text("0")
+    plan2 = S.resubmit_failed(cfg, run_yaml, throttle=2)
+    assert sorted(plan2.tiles) == sorted(set(TILES5) - set(done_before))
+    assert interrupted[0] in plan2.tiles
+    _wait_jobs(plan2.array_job_id, plan2.finalize_job_id)
+    st = S.slurm_status(cfg)
+    assert st.counts()["tiles"] == {"done": 5}
+    assert st.finalize.state == "COMPLETED", S.format_status(st)
+    runs = _runs(run_yaml)
+    # no tile done before the cancel ran again; every tile ends done exactly once after its start
+    assert all(runs.count(t) == 1 for t in done_before)
+    assert runs.count(interrupted[0]) == 2
+
+
+def test_submit_refused_while_array_active_and_pending_finalize_moved(local_slurm, tmp_path):
+    run_yaml = _make_run(tmp_path / "run", tiles_per_task=5)
+    (run_yaml.parent / "SLEEP").write_text("3")
+    cfg = load_config(run_yaml)
+    plan = S.submit(cfg, run_yaml)
+    try:
+        with pytest.raises(SlurmError, match=f"still has 1 task.*scancel {plan.array_job_id}"):
+            S.resubmit_failed(cfg, run_yaml)
+    finally:
+        _wait_jobs(plan.array_job_id, plan.finalize_job_id)
+    # all done: a new submit sends only the finalize job
+    plan2 = S.submit(cfg, run_yaml)
+    assert plan2.array_job_id is None and plan2.tiles == []
+    _wait_jobs(plan2.finalize_job_id)
+    assert S.slurm_status(cfg).finalize.state == "COMPLETED"
+
+
+def test_sbatch_errors_leave_nothing_submitted(local_slurm, tmp_path):
+    def _our_jobs():
+        return _sh("squeue", "-h", "-n", "ecocube-t7,ecocube-t7-finalize", "-o", "%i", check=False).stdout.split()
+
+    run_yaml = _make_run(tmp_path / "bad", partition="nosuchpartition")
+    with pytest.raises(SlurmError, match="(?i)invalid partition"):
+        S.submit(load_config(run_yaml), run_yaml)
+    assert S.read_jobs(_store(run_yaml))["submissions"] == []
+
+    run_yaml = _make_run(tmp_path / "mem", mem="999999G")
+    with pytest.raises(SlurmError, match="(?i)memory"):
+        S.submit(load_config(run_yaml), run_yaml)
+
+    # the array is accepted, the finalize job is not: the array is cancelled again
+    run_yaml = _make_run(tmp_path / "fin", finalize_partition="nosuchpartition")
+    with pytest.raises(SlurmError, match=r"(?i)invalid partition.*array job (\d+) just submitted was cancelled") as ei:
+        S.submit(load_config(run_yaml), run_yaml)
+    array_id = re.search(r"array job (\d+) just submitted", str(ei.value)).group(1)
+    infos = S.query_jobs([array_id])
+    assert infos and {i.state for i in infos.values()} <= {"CANCELLED", "COMPLETING"}, infos
+    _wait_jobs(array_id, timeout=30)
+    assert _our_jobs() == []
+    assert S.read_jobs(_store(run_yaml))["submissions"] == []
+
+    # no Slurm on PATH
+    env = dict(os.environ, PATH=str(tmp_path / "empty"))
+    res = subprocess.run([sys.executable, "-m", "ecocube", "slurm", "submit", str(run_yaml)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1
+    assert "ecocube: error: squeue not found: is Slurm installed and on PATH?" in res.stderr or \
+        "ecocube: error: sbatch not found" in res.stderr, res.stderr
+
+
+def test_local_slurm_script_is_idempotent(local_slurm):
+    first = _sh(LOCAL_SLURM, "up", timeout=120, env=dict(os.environ))
+    assert "already up" in first.stderr
+    assert _sh(LOCAL_SLURM, "conf").stdout.strip().endswith("slurm.conf")
+    st = _sh(LOCAL_SLURM, "status")
+    assert "localhost" in st.stdout
+
+
+def S_cli():
+    from ecocube.cli.slurm_cmd import slurm
+
+    return slurm
