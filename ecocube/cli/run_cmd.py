@@ -1,0 +1,159 @@
+"""``ecocube run-tile``, ``ecocube run``, ``ecocube run-task`` and ``ecocube status``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import config_override_option, load_run_config, overwrite_option, run_config_argument
+
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="Threads per tile (default: processing.threads, then the allocation).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _tiles(cfg, ids: tuple[str, ...] = ()):
+    from ..errors import GridError
+    from ..grid import TileGrid
+
+    grid = TileGrid.from_config(cfg.grid)
+    tiles = grid.tiles_for_aoi(cfg.aoi)
+    if ids:
+        known = {t.id: t for t in tiles}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise GridError(f"tiles not in the run's area of interest: {', '.join(unknown)}")
+        tiles = [known[i] for i in ids]
+    return tiles
+
+
+def _describe(rec: dict) -> str:
+    if rec.get("skipped"):
+        return f"{rec['tile']}: already done (attempt {rec.get('attempt')}), outputs verified; skipped"
+    state = rec.get("state")
+    if state == "done":
+        return (f"{rec['tile']}: done in {rec.get('seconds', 0):.1f} s, completeness "
+                f"{100 * rec.get('completeness', 0):.1f} %, {len(rec.get('outputs') or {})} outputs, "
+                f"peak RSS {rec.get('peak_rss_bytes', 0) / 2**20:.0f} MiB")
+    return f"{rec['tile']}: {state}: {rec.get('error')}"
+
+
+def _finish_many(records: list[dict], n_tiles: int) -> None:
+    from ..errors import TileError
+
+    failed = [r["tile"] for r in records if r.get("state") == "failed"]
+    done = sum(1 for r in records if r.get("state") == "done")
+    skipped = sum(1 for r in records if r.get("skipped"))
+    click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed")
+    if failed:
+        raise TileError(f"{len(failed)} of {n_tiles} tiles failed: {' '.join(failed)} "
+                        "(see 'ecocube status' for the errors)")
+
+
+@click.command("run-tile")
+@run_config_argument
+@click.option("--tile", "tile_id", required=True, help="Tile id, e.g. X0012_Y0034.")
+@config_override_option
+@overwrite_option
+@threads_option
+@json_option
+def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
+    """Process one tile of RUN_YAML: read, gap-fill, predict, publish, record status.
+
+    Exits non-zero when the tile fails (its status record holds the error) or is
+    interrupted by SIGTERM/SIGINT (nothing partial is published).
+    """
+    from ..tile import process_tile, stop_on_signals
+
+    cfg = load_run_config(run_yaml, overrides)
+    (tile,) = _tiles(cfg, (tile_id,))
+    with stop_on_signals() as flag:
+        rec = process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=flag)
+    click.echo(json.dumps(rec, indent=2, sort_keys=True) if as_json else _describe(rec))
+
+
+@click.command("run")
+@run_config_argument
+@config_override_option
+@overwrite_option
+@threads_option
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tiles processed at once (local processes); threads are split between them.")
+@click.option("--tile", "tile_ids", multiple=True, help="Only these tiles (repeatable).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress) -> None:
+    """Process every tile of RUN_YAML on this machine (a laptop or one node).
+
+    Done tiles are skipped unless --overwrite. Prints a summary; exits non-zero if any
+    tile failed or the run was interrupted.
+    """
+    from ..tile import run_tiles
+
+    cfg = load_run_config(run_yaml, overrides)
+    tiles = _tiles(cfg, tile_ids)
+    records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress, threads=threads)
+    for rec in records:
+        if rec.get("state") == "failed":
+            click.echo(_describe(rec), err=True)
+    _finish_many(records, len(tiles))
+
+
+@click.command("run-task")
+@run_config_argument
+@config_override_option
+@overwrite_option
+@threads_option
+@click.option("--task-id", type=click.IntRange(min=0), default=None,
+              help="Array task index (default: $SLURM_ARRAY_TASK_ID).")
+def run_task(run_yaml, overrides, overwrite, threads, task_id) -> None:
+    """Process the tiles of one Slurm array task (slurm.tiles_per_task tiles each).
+
+    The tiles of task i are a fixed, contiguous slice of the run's tiles in grid order.
+    Failed tiles do not stop the others; the task exits non-zero if any failed.
+    """
+    from ..env import slurm_context
+    from ..errors import ConfigError
+    from ..grid import tiles_for_task
+    from ..tile import run_tiles
+
+    cfg = load_run_config(run_yaml, overrides)
+    if task_id is None:
+        task_id = slurm_context().array_task_id
+        if task_id is None:
+            raise ConfigError("no task id: give --task-id or run inside a Slurm array job (SLURM_ARRAY_TASK_ID)")
+    tiles = tiles_for_task(_tiles(cfg), task_id, cfg.slurm.tiles_per_task)
+    click.echo(f"task {task_id}: tiles {' '.join(t.id for t in tiles)}", err=True)
+    records = run_tiles(cfg, tiles, workers=1, overwrite=overwrite, progress=False, threads=threads)
+    for rec in records:
+        click.echo(_describe(rec))
+    _finish_many(records, len(tiles))
+
+
+@click.command("status")
+@run_config_argument
+@config_override_option
+@json_option
+@click.option("--failed", "only_failed", is_flag=True, help="Print only the ids of failed tiles, one a line.")
+def status(run_yaml, overrides, as_json, only_failed) -> None:
+    """Show done / failed / interrupted / running / pending tiles and completeness."""
+    from ..status import format_summary, format_table, summarize, tile_states
+
+    cfg = load_run_config(run_yaml, overrides)
+    states = tile_states(cfg, tiles=_tiles(cfg))
+    summary = summarize(states)
+    if only_failed:
+        for tile_id in summary.failed:
+            click.echo(tile_id)
+        return
+    if as_json:
+        out = summary.to_dict()
+        out["tiles"] = {
+            k: (None if r is None else {f: r.get(f) for f in ("state", "attempt", "completeness", "seconds",
+                                                              "host", "error", "finished", "peak_rss_bytes")})
+            for k, r in states.items()
+        }
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    click.echo(format_table(states))
+    click.echo(format_summary(summary))

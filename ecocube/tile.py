@@ -1,0 +1,753 @@
+"""Process one tile end to end — the one place that sequences the stages.
+
+For each processing block (``tile.blocks(cfg.processing.block_size)``)::
+
+    read_block -> fill_gaps_config -> features_for_year (per year) -> predict_block
+               -> write the block's window into local temporary GeoTIFFs
+
+The temporary GeoTIFFs (tiled, compressed, with nodata, scale and band descriptions)
+are opened once per tile and written window by window, so memory is bounded by the
+block size, not by the tile size. When every block is written the files are published
+to the store (atomic per object), stale objects of earlier attempts are removed, and the
+status record ``status/<tile>.json`` is written **last**. A rerun skips a tile whose
+record says ``done`` and whose outputs still match the record's checksums.
+
+SIGTERM/SIGINT (see :func:`stop_on_signals`) stop the tile after the current block:
+nothing is published, the record says ``interrupted`` and :class:`Interrupted` is raised.
+Any other failure writes a ``failed`` record with the error and raises
+:class:`TileError` naming the tile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import LAYERS
+from .errors import EcocubeError, Interrupted, ModelError, TileError
+from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
+from .status import SCHEMA_VERSION, read_status, verify_outputs, write_status
+
+log = logging.getLogger(__name__)
+
+PREDICTION_LAYERS = ("proba", "class", "uncertainty")
+CUBE_LAYERS = ("composite", "flags", "count")
+COMPOSITE_NODATA = -32768
+FLAG_UNFILLED = 255
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _read_block(cfg, tile, window, *, threads=None):
+    from .read import read_block
+
+    return read_block(cfg, tile, window, threads=threads)
+
+
+def _fill_gaps(cube, cfg, *, threads=None):
+    from .gapfill import fill_gaps_config
+
+    return fill_gaps_config(cube, cfg, threads=threads)
+
+
+def _features_for_year(filled, *, bands, season_size, year_index, indices):
+    from .features import features_for_year
+
+    return features_for_year(filled, bands=bands, season_size=season_size, year_index=year_index, indices=indices)
+
+
+def _feature_names(bands, season_size, indices):
+    from .features import feature_names
+
+    return feature_names(bands, season_size, indices)
+
+
+def _load_bundle(path, *, expected_features=None):
+    from .train import load_bundle
+
+    return load_bundle(path, expected_features=expected_features)
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stage functions :func:`process_tile` calls; the defaults are the real modules.
+
+    Swapping one (in tests, or to plug in another gap-filler) keeps the sequencing,
+    publishing and status logic unchanged.
+    """
+
+    read_block: Callable = _read_block
+    fill_gaps: Callable = _fill_gaps
+    features_for_year: Callable = _features_for_year
+    feature_names: Callable = _feature_names
+    load_bundle: Callable = _load_bundle
+    predict_block: Callable = predict_block
+
+
+# --------------------------------------------------------------------------- stop flag
+
+
+class StopFlag:
+    """Set by a signal handler; :func:`process_tile` checks it between blocks.
+
+    Wraps a ``threading.Event`` or a ``multiprocessing`` event (to share it with worker
+    processes of :func:`run_tiles`).
+    """
+
+    def __init__(self, event=None):
+        self._event = event if event is not None else threading.Event()
+        self.signum: int | None = None
+
+    def set(self, signum: int | None = None) -> None:
+        self.signum = signum
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        if self.signum is None:
+            return "a stop request"
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: StopFlag | None = None, signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[StopFlag]:
+    """Turn SIGTERM/SIGINT into ``flag.set()`` for the duration of the block.
+
+    A second SIGINT while stopping raises ``KeyboardInterrupt`` (abort now). Outside the
+    main thread signals cannot be handled; the flag is then only set by the caller.
+    """
+    flag = flag if flag is not None else StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def _handler(signum, frame):
+        if flag.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("received %s: stopping after the current block", signal.Signals(signum).name)
+        flag.set(signum)
+
+    previous = {s: signal.signal(s, _handler) for s in signals}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output GeoTIFF of a tile."""
+
+    product: str
+    period: str
+    layer: str
+    dtype: str
+    count: int = 1
+    nodata: float | None = None
+    scale: float | None = None
+    descriptions: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def key(self, tile_id: str) -> str:
+        return f"{self.product}/{tile_id}/{self.period}/{self.layer}.tif"
+
+
+def output_key(product: str, tile_id: str, period: str, layer: str) -> str:
+    """The store key of one output (``{product}/{tile}/{period}/{layer}.tif``)."""
+    return f"{product}/{tile_id}/{period}/{layer}.tif"
+
+
+def year_period(year: int) -> str:
+    return f"{int(year):04d}-01-01"
+
+
+def plan_outputs(layers: Sequence[str], *, periods, bands: Sequence[str], years: Sequence[int],
+                 classes: Sequence[int] = (), class_names: Sequence[str] = (),
+                 composite_scale: float = 0.0001) -> list[OutputSpec]:
+    """Every output of one tile, in a stable order."""
+    specs: list[OutputSpec] = []
+    legend = json.dumps({str(int(c)): str(n) for c, n in zip(classes, class_names)})
+    for year in years:
+        per = year_period(year)
+        if "proba" in layers:
+            specs.append(OutputSpec("proba", per, "proba", "uint8", len(classes), PROBA_NODATA, None,
+                                    tuple(str(n) for n in class_names),
+                                    {"classes": legend, "units": "percent"}))
+        if "class" in layers:
+            specs.append(OutputSpec("class", per, "class", "uint16", 1, CLASS_NODATA, None, ("class",),
+                                    {"classes": legend}))
+        if "uncertainty" in layers:
+            specs.append(OutputSpec("uncertainty", per, "uncertainty", "uint8", 1, UNCERTAINTY_NODATA, None,
+                                    ("uncertainty",),
+                                    {"units": "percent", "definition":
+                                     "std of the base learners' probability of the chosen class x 100"}))
+    for p in periods:
+        for band in bands:
+            if "composite" in layers:
+                specs.append(OutputSpec("composite", p.id, band, "int16", 1, COMPOSITE_NODATA, composite_scale,
+                                        (band,), {"band": band}))
+            if "flags" in layers:
+                specs.append(OutputSpec("flags", p.id, band, "uint8", 1, None, None, (f"{band} gap-fill flag",),
+                                        {"band": band, "unfilled": str(FLAG_UNFILLED), "observed": "0"}))
+            if "count" in layers:
+                specs.append(OutputSpec("count", p.id, band, "uint16", 1, None, None,
+                                        (f"{band} valid observations",), {"band": band}))
+    return specs
+
+
+def _internal_blocksize(block_size: int) -> int:
+    """The largest power of two <= 512 that divides the processing block (>= 16)."""
+    for bs in (512, 256, 128, 64, 32, 16):
+        if bs <= block_size and block_size % bs == 0:
+            return bs
+    return 256
+
+
+class TileWriter:
+    """Temporary GeoTIFFs of one tile, opened once, written window by window."""
+
+    def __init__(self, folder: Path, tile, specs: Sequence[OutputSpec], *, block_size: int,
+                 compress: str = "deflate", threads: int = 1):
+        self.folder = folder
+        self.tile = tile
+        self.specs = list(specs)
+        self.threads = max(1, threads)
+        self._datasets: dict[str, Any] = {}
+        self._paths: dict[str, Path] = {}
+        self._blocksize = _internal_blocksize(block_size)
+        self._compress = compress
+        self._ensure_file_limit(len(self.specs) + 64)
+        try:
+            for spec in self.specs:
+                self._open(spec)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _ensure_file_limit(needed: int) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            if hard != resource.RLIM_INFINITY and hard < needed:
+                raise TileError(f"a tile has {needed} outputs open at once but the open-file limit is {hard}; "
+                                "raise 'ulimit -n' or write fewer layers")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+    def _open(self, spec: OutputSpec) -> None:
+        import rasterio
+
+        key = spec.key(self.tile.id)
+        path = self.folder.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile = dict(
+            driver="GTiff", width=self.tile.width, height=self.tile.height, count=spec.count, dtype=spec.dtype,
+            crs=self.tile.crs, transform=self.tile.transform, nodata=spec.nodata, tiled=True,
+            blockxsize=self._blocksize, blockysize=self._blocksize, compress=self._compress,
+            predictor=2, interleave="band", bigtiff="IF_SAFER",
+        )
+        dst = rasterio.open(path, "w", **profile)
+        self._datasets[key] = dst
+        self._paths[key] = path
+        for i, desc in enumerate(spec.descriptions[: spec.count], start=1):
+            dst.set_band_description(i, desc)
+        if spec.scale is not None:
+            dst.scales = (spec.scale,) * spec.count
+            dst.offsets = (0.0,) * spec.count
+        dst.update_tags(tile=self.tile.id, product=spec.product, period=spec.period, ecocube_version=__version__,
+                        **spec.tags)
+
+    def write(self, items: Sequence[tuple[str, np.ndarray]], window) -> None:
+        """Write ``(key, array (count, h, w) or (h, w))`` pairs into ``window``, in parallel."""
+
+        def _one(item):
+            key, arr = item
+            arr = arr if arr.ndim == 3 else arr[None]
+            self._datasets[key].write(arr, window=window)
+
+        if self.threads == 1 or len(items) < 4:
+            for it in items:
+                _one(it)
+        else:
+            with ThreadPoolExecutor(max_workers=self.threads) as pool:
+                list(pool.map(_one, items))
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return dict(self._paths)
+
+    def close(self) -> None:
+        errors = []
+        for key, dst in list(self._datasets.items()):
+            try:
+                dst.close()
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+                errors.append(f"{key}: {exc}")
+        self._datasets.clear()
+        if errors:
+            raise TileError(f"cannot finish {len(errors)} outputs of tile {self.tile.id}: {errors[0]}",
+                            tile=self.tile.id)
+
+
+# --------------------------------------------------------------------------- process_tile
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _tile_prefixes(tile_id: str) -> list[str]:
+    return [f"{p}/{tile_id}/" for p in LAYERS]
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+class _GapStats:
+    """Counts of flag codes, read reasons and clipped composite values over the tile."""
+
+    def __init__(self):
+        self.flags = np.zeros(256, dtype=np.int64)
+        self.reasons = np.zeros(256, dtype=np.int64)
+        self.clipped = 0
+
+    def add(self, flags: np.ndarray, reason: np.ndarray | None) -> None:
+        self.flags += np.bincount(np.asarray(flags, dtype=np.uint8).ravel(), minlength=256)
+        if reason is not None:
+            self.reasons += np.bincount(np.asarray(reason, dtype=np.uint8).ravel(), minlength=256)
+
+    def to_dict(self) -> dict[str, Any]:
+        total = int(self.flags.sum())
+        observed = int(self.flags[0])
+        unfilled = int(self.flags[FLAG_UNFILLED])
+        reason_names = {0: "valid", 1: "masked", 2: "nodata", 3: "missing"}
+        return {
+            "values": total,
+            "observed": observed,
+            "filled": total - observed - unfilled,
+            "unfilled": unfilled,
+            "observed_fraction": observed / total if total else 0.0,
+            "unfilled_fraction": unfilled / total if total else 0.0,
+            "flag_counts": {str(i): int(n) for i, n in enumerate(self.flags) if n},
+            "reason_counts": {reason_names.get(i, str(i)): int(n) for i, n in enumerate(self.reasons) if n},
+            "composite_clipped": int(self.clipped),
+        }
+
+
+def _to_composite(filled: np.ndarray, scale: float, stats: _GapStats) -> np.ndarray:
+    scaled = np.rint(filled / np.float32(scale))
+    finite = np.isfinite(scaled)
+    over = finite & ((scaled > 32767) | (scaled < -32767))
+    stats.clipped += int(over.sum())
+    out = np.clip(np.where(finite, scaled, 0), -32767, 32767).astype(np.int16)
+    out[~finite] = COMPOSITE_NODATA
+    return out
+
+
+def _base_record(tile, cfg, attempt: int, threads: int) -> dict[str, Any]:
+    from .env import slurm_context
+
+    ctx = slurm_context()
+    return {
+        "schema": SCHEMA_VERSION,
+        "tile": tile.id,
+        "run": cfg.name,
+        "state": "running",
+        "attempt": attempt,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "task": {"job_id": ctx.job_id, "array_job_id": ctx.array_job_id, "array_task_id": ctx.array_task_id},
+        "started": _now(),
+        "finished": None,
+        "seconds": None,
+        "threads": threads,
+        "block_size": cfg.processing.block_size,
+        "shape": [tile.height, tile.width],
+        "ecocube": __version__,
+        "error": None,
+    }
+
+
+def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False, threads: int | None = None,
+                 stages: Stages | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
+    """Read, gap-fill, predict and write one tile; returns its status record.
+
+    A tile already ``done`` whose outputs match the record is skipped (the record is
+    returned with ``"skipped": True``) unless ``overwrite``. ``bundle`` defaults to
+    ``load_bundle(cfg.model.path, expected_features=...)`` when a prediction layer is
+    requested. ``threads`` defaults to ``cfg.processing.threads`` or the allocation, and is
+    shared by reading, gap-filling, prediction and writing (they run one after the other).
+    """
+    from .env import available_threads
+    from .store import open_store
+
+    stages = stages or Stages()
+    threads = available_threads(threads or cfg.processing.threads)
+    store = store if store is not None else open_store(cfg.output, tmp_dir=cfg.processing.tmp_dir)
+    t_start = time.perf_counter()
+
+    try:
+        previous = read_status(store, tile.id)
+    except EcocubeError as exc:
+        raise TileError(f"cannot read the status of tile {tile.id}: {exc}", tile=tile.id) from exc
+    if previous is not None and previous.get("state") == "done" and not overwrite:
+        problems = verify_outputs(store, previous, threads=cfg.processing.publish_threads)
+        if not problems:
+            log.info("tile %s: done (attempt %s), outputs verified; skipping", tile.id, previous.get("attempt"))
+            return {**previous, "skipped": True}
+        log.warning("tile %s: record says done but %d outputs do not match (%s); redoing it",
+                    tile.id, len(problems), problems[0])
+
+    attempt = int(previous.get("attempt") or 0) + 1 if previous else 1
+    record = _base_record(tile, cfg, attempt, threads)
+    try:
+        store.cleanup_stale(_tile_prefixes(tile.id))
+        write_status(store, record)
+        work = store.work_dir(tile.id)
+    except EcocubeError as exc:
+        raise TileError(f"cannot start tile {tile.id}: {exc}", tile=tile.id) from exc
+
+    timer = _Timer()
+    try:
+        try:
+            _process_blocks(tile, cfg, store, bundle, stages, threads, stop, work, record, timer)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    except Interrupted as exc:
+        _finish(record, timer, t_start, "interrupted", exc)
+        _write_final(store, record)
+        exc.record = record  # type: ignore[attr-defined]
+        raise
+    except KeyboardInterrupt as exc:
+        _finish(record, timer, t_start, "interrupted", exc)
+        _write_final(store, record)
+        raise Interrupted(f"tile {tile.id}: aborted by a second SIGINT; nothing was published") from None
+    except Exception as exc:
+        _finish(record, timer, t_start, "failed", exc)
+        _write_final(store, record)
+        err = TileError(f"tile {tile.id} failed: {type(exc).__name__}: {exc}", tile=tile.id)
+        err.record = record  # type: ignore[attr-defined]
+        raise err from exc
+    _finish(record, timer, t_start, "done", None)
+    try:
+        write_status(store, record)  # LAST: the tile is done only once this exists
+    except EcocubeError as exc:
+        raise TileError(f"tile {tile.id}: outputs published but the status record failed: {exc}",
+                        tile=tile.id) from exc
+    log.info("tile %s: done in %.1f s (completeness %.3f, %d outputs)", tile.id, record["seconds"],
+             record.get("completeness", 0.0), len(record.get("outputs", {})))
+    return record
+
+
+def _finish(record: dict, timer: _Timer, t_start: float, state: str, exc: BaseException | None) -> None:
+    record["state"] = state
+    record["finished"] = _now()
+    record["seconds"] = round(time.perf_counter() - t_start, 3)
+    record["timings"] = {k: round(v, 3) for k, v in timer.seconds.items()}
+    record["peak_rss_bytes"] = peak_rss_bytes()
+    if exc is not None:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["error_type"] = type(exc).__name__
+    if state != "done":
+        record["outputs"] = {}
+
+
+def _write_final(store, record: dict) -> None:
+    try:
+        write_status(store, record)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more
+        log.error("tile %s: could not write the %s status record: %s", record["tile"], record["state"], exc)
+
+
+def _check_stop(stop, tile, done_blocks: int, n_blocks: int) -> None:
+    if stop is not None and stop.is_set():
+        reason = getattr(stop, "reason", "a stop request")
+        raise Interrupted(f"tile {tile.id}: stopped by {reason} after {done_blocks} of {n_blocks} blocks; "
+                          "nothing was published")
+
+
+def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop, work: Path,
+                    record: dict, timer: _Timer) -> None:
+    layers = tuple(cfg.output.layers)
+    want_pred = any(layer in layers for layer in PREDICTION_LAYERS)
+    season_size = cfg.inputs.periods.season_size
+    start_year = cfg.inputs.periods.start_year
+    indices = tuple(cfg.features.indices)
+    block_size = cfg.processing.block_size
+    windows = list(tile.blocks(block_size))
+    if want_pred and bundle is None and not Path(cfg.model.path).exists():
+        raise ModelError(f"model bundle not found: {cfg.model.path} (train one with 'ecocube train')")
+
+    stats = _GapStats()
+    writer: TileWriter | None = None
+    bands: tuple[str, ...] = ()
+    years: list[int] = []
+    codes: np.ndarray | None = None
+    predicted = 0
+    bytes_read = 0
+    requests = 0
+    missing: set[str] = set()
+
+    try:
+        for i, window in enumerate(windows):
+            _check_stop(stop, tile, i, len(windows))
+            with timer("read"):
+                res = stages.read_block(cfg, tile, window, threads=threads)
+            st = res.stats or {}
+            bytes_read += int(st.get("bytes_read", st.get("bytes_decoded", 0)) or 0)
+            requests += int(st.get("requests", st.get("attempts", 0)) or 0)
+            missing.update(res.missing or ())
+            with timer("gapfill"):
+                filled, flags = stages.fill_gaps(res.data, cfg, threads=threads)
+            if filled.shape != res.data.shape or flags.shape != res.data.shape:
+                raise TileError(f"gap-filling changed the cube shape {res.data.shape} -> "
+                                f"{filled.shape}/{flags.shape}", tile=tile.id)
+            stats.add(flags, getattr(res, "reason", None))
+
+            if writer is None:
+                bands = tuple(res.bands)
+                years = sorted({int(p.year) for p in res.periods})
+                if want_pred and bundle is None:
+                    with timer("load_model"):
+                        expected = list(stages.feature_names(bands, season_size, indices))
+                        bundle = stages.load_bundle(cfg.model.path, expected_features=expected)
+                if want_pred:
+                    codes = np.asarray(bundle.classes)
+                    names = list(getattr(bundle, "class_names", None) or [str(c) for c in codes])
+                else:
+                    codes, names = np.array([], dtype=int), []
+                specs = plan_outputs(layers, periods=res.periods, bands=bands, years=years, classes=codes,
+                                     class_names=names, composite_scale=cfg.output.composite_scale)
+                with timer("write"):
+                    writer = TileWriter(work, tile, specs, block_size=block_size,
+                                        compress=cfg.processing.compress, threads=threads)
+            elif tuple(res.bands) != bands:
+                raise TileError(f"block {i} returned bands {res.bands}, the first block {bands}", tile=tile.id)
+
+            h, w = int(window.height), int(window.width)
+            items: list[tuple[str, np.ndarray]] = []
+            if want_pred:
+                for year in years:
+                    with timer("features"):
+                        X = stages.features_for_year(filled, bands=bands, season_size=season_size,
+                                                     year_index=year - start_year, indices=indices)
+                    if X.shape[0] != h * w:
+                        raise TileError(f"features of block {i} have {X.shape[0]} rows for {h * w} pixels",
+                                        tile=tile.id)
+                    with timer("predict"):
+                        proba, hard, unc = stages.predict_block(bundle, X, threads=threads)
+                    predicted += int((hard != CLASS_NODATA).sum())
+                    per = year_period(year)
+                    if "proba" in layers:
+                        items.append((output_key("proba", tile.id, per, "proba"), proba.reshape(-1, h, w)))
+                    if "class" in layers:
+                        items.append((output_key("class", tile.id, per, "class"), hard.reshape(h, w)))
+                    if "uncertainty" in layers:
+                        items.append((output_key("uncertainty", tile.id, per, "uncertainty"), unc.reshape(h, w)))
+                    del X
+            with timer("write"):
+                comp = _to_composite(filled, cfg.output.composite_scale, stats) if "composite" in layers else None
+                count = np.asarray(res.count) if "count" in layers else None
+                for t, period in enumerate(res.periods):
+                    for b, band in enumerate(bands):
+                        if comp is not None:
+                            items.append((output_key("composite", tile.id, period.id, band), comp[t, b]))
+                        if "flags" in layers:
+                            items.append((output_key("flags", tile.id, period.id, band), flags[t, b]))
+                        if count is not None:
+                            items.append((output_key("count", tile.id, period.id, band),
+                                          count[t, b].astype(np.uint16, copy=False)))
+                writer.write(items, window)
+            del res, filled, flags, items, comp, count
+
+        _check_stop(stop, tile, len(windows), len(windows))
+        with timer("write"):
+            writer.close()
+        paths = writer.paths
+        writer = None
+    finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    # publish: every output under its final key, then remove objects of earlier attempts
+    with timer("publish"):
+        outputs = _publish(store, paths, threads=cfg.processing.publish_threads)
+        stale = [k for p in _tile_prefixes(tile.id) for k in store.list(p) if k not in outputs]
+        if stale:
+            log.info("tile %s: removing %d stale objects of earlier attempts", tile.id, len(stale))
+            store.delete_many(stale)
+
+    target = tile.height * tile.width * len(years) if want_pred else 0
+    record.update({
+        "blocks": len(windows),
+        "bands": list(bands),
+        "years": years,
+        "layers": list(layers),
+        "bytes_read": bytes_read,
+        "requests": requests,
+        "bytes_written": int(sum(o["size"] for o in outputs.values())),
+        "gaps": stats.to_dict(),
+        "missing_inputs": sorted(missing),
+        "predicted_pixels": predicted,
+        "target_pixels": target,
+        "completeness": (predicted / target) if target else 1.0,
+        "outputs": outputs,
+    })
+
+
+def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[str, Any]]:
+    from .store import sha256_file
+
+    def _one(item):
+        key, path = item
+        info = store.put_file(path, key, sha256=sha256_file(path), move=True)
+        return key, {"sha256": info.sha256, "size": info.size}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) or 1))) as pool:
+        return dict(sorted(pool.map(_one, paths.items())))
+
+
+# --------------------------------------------------------------------------- run_tiles
+
+
+_WORKER_STOP: StopFlag | None = None  # set once per worker process by _worker_init
+
+
+def _worker_init(event) -> None:
+    """Worker processes share the parent's stop event and set it on their own signals."""
+    global _WORKER_STOP
+    flag = StopFlag(event)
+    _WORKER_STOP = flag
+
+    def _handler(signum, frame):
+        flag.set(signum)
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def _failed_record(exc: BaseException, tile_id: str) -> dict[str, Any]:
+    rec = getattr(exc, "record", None)
+    if isinstance(rec, dict):
+        return rec
+    state = "interrupted" if isinstance(exc, Interrupted) else "failed"
+    return {"tile": tile_id, "state": state, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _run_one(cfg, tile, overwrite: bool, threads: int, stop) -> dict[str, Any]:
+    stop = stop if stop is not None else _WORKER_STOP
+    try:
+        return process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=stop)
+    except (TileError, Interrupted) as exc:
+        log.error("%s", exc)
+        return _failed_record(exc, tile.id)
+
+
+def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress: bool = True,
+              threads: int | None = None, stop: StopFlag | None = None) -> list[dict[str, Any]]:
+    """Process ``tiles`` with ``workers`` local processes; returns their records in order.
+
+    Failed tiles do not stop the others: their records (``state: failed``) are returned.
+    The threads of the allocation are split between workers. On SIGTERM/SIGINT no new
+    tile starts, running tiles stop after their current block, and :class:`Interrupted`
+    is raised once they have recorded it.
+    """
+    from tqdm import tqdm
+
+    from .env import available_threads
+
+    tiles = list(tiles)
+    workers = max(1, min(int(workers), len(tiles) or 1))
+    total_threads = available_threads(cfg.processing.threads)
+    per_tile = threads or max(1, total_threads // workers)
+    records: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def _done(rec: dict[str, Any]) -> None:
+        records[rec["tile"]] = rec
+        states = [("skipped" if r.get("skipped") else r.get("state")) for r in records.values()]
+        bar.set_postfix({s: states.count(s) for s in ("done", "skipped", "failed") if states.count(s)})
+        bar.update(1)
+
+    try:
+        if workers == 1:
+            with stop_on_signals(stop) as flag:
+                for tile in tiles:
+                    if flag.is_set():
+                        break
+                    _done(_run_one(cfg, tile, overwrite, per_tile, flag))
+        else:
+            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+            ctx = multiprocessing.get_context("spawn")
+            event = ctx.Event()
+            flag = StopFlag(event)
+            with stop_on_signals(flag), ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                            initializer=_worker_init, initargs=(event,)) as pool:
+                queue = list(tiles)
+                running = {}
+                while queue or running:
+                    while queue and len(running) < workers and not flag.is_set():
+                        tile = queue.pop(0)
+                        running[pool.submit(_run_one, cfg, tile, overwrite, per_tile, None)] = tile
+                    if not running:
+                        break
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        tile = running.pop(fut)
+                        try:
+                            _done(fut.result())
+                        except Exception as exc:  # noqa: BLE001 - a worker died (OOM kill, segfault)
+                            _done({"tile": tile.id, "state": "failed",
+                                   "error": f"worker process failed: {type(exc).__name__}: {exc}"})
+    finally:
+        bar.close()
+
+    if flag.is_set():
+        left = [t.id for t in tiles if t.id not in records or records[t.id].get("state") == "interrupted"]
+        raise Interrupted(f"stopped by {flag.reason}: {len(left)} of {len(tiles)} tiles not finished "
+                          f"({', '.join(left[:5])}{' ...' if len(left) > 5 else ''})")
+    return [records[t.id] for t in tiles if t.id in records]

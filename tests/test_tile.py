@@ -1,0 +1,365 @@
+"""process_tile / run_tiles end to end: real COG inputs, real read → gap-fill → features →
+predict path, a local folder and a real S3 server (SeaweedFS), reruns, kills, signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from ecocube.config import config_from_dict
+from ecocube.errors import Interrupted, TileError
+from ecocube.grid import TileGrid
+from ecocube.status import read_status, verify_outputs
+from ecocube.store import LocalStore, S3Store, sha256_file
+from ecocube.tile import Stages, StopFlag, plan_outputs, process_tile, run_tiles, stop_on_signals
+
+ORIGIN = (574680.0, 5622440.0)
+TILE = 32
+BANDS = ("blue", "red", "nir")
+YEARS = (2019, 2020)
+CLASSES = ((10, "crop", "#f2d16b"), (20, "forest", "#1a7f37"), (30, "water", "#1f5fbf"))
+# reflectance per class, band and season (4 seasons)
+SPECTRA = {
+    10: {"blue": [0.06, 0.04, 0.04, 0.06], "red": [0.15, 0.05, 0.04, 0.14], "nir": [0.22, 0.45, 0.50, 0.24]},
+    20: {"blue": [0.03, 0.03, 0.03, 0.03], "red": [0.04, 0.03, 0.03, 0.04], "nir": [0.30, 0.38, 0.38, 0.31]},
+    30: {"blue": [0.08, 0.08, 0.08, 0.08], "red": [0.05, 0.05, 0.05, 0.05], "nir": [0.02, 0.02, 0.02, 0.02]},
+}
+N_OUTPUTS_PER_TILE = len(YEARS) * 3 + len(YEARS) * 4 * len(BANDS) * 3
+
+
+def truth(height: int, width: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.array([c for c, _, _ in CLASSES])[((rows // 8) + (cols // 8)) % 3]
+
+
+def clean_cube(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(time, band, y, x) reflectance without gaps."""
+    rng = np.random.default_rng(seed)
+    lc = truth(height, width)
+    cube = np.zeros((len(YEARS) * 4, len(BANDS), height, width), np.float32)
+    for t in range(cube.shape[0]):
+        for b, band in enumerate(BANDS):
+            for code, spec in SPECTRA.items():
+                cube[t, b][lc == code] = spec[band][t % 4]
+    cube += rng.normal(0, 0.008, cube.shape).astype(np.float32)
+    return np.clip(cube, 0.001, 1.0)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    """A small real stacked ensemble trained on features of the clean cube."""
+    from ecocube.ensemble import EnsembleClassifier, ModelBundle
+    from ecocube.features import feature_names, features_for_year
+
+    cube = clean_cube(48, 48, seed=1)
+    X = np.concatenate([features_for_year(cube, bands=BANDS, season_size=4, year_index=y, indices=("ndvi",))
+                        for y in range(len(YEARS))])
+    y = np.tile(truth(48, 48).ravel(), len(YEARS))
+    pick = np.random.default_rng(0).choice(X.shape[0], 1200, replace=False)
+    model = EnsembleClassifier(base_learners=("rf", "lgbm"), n_estimators=15, cv_folds=3, n_jobs=2,
+                               random_state=0).fit(X[pick], y[pick])
+    return ModelBundle(model=model, feature_names=feature_names(BANDS, 4, ("ndvi",)),
+                       classes=[c for c, _, _ in CLASSES], class_names=[n for _, n, _ in CLASSES],
+                       colors=[k for _, _, k in CLASSES], metadata={"test": True})
+
+
+@pytest.fixture
+def scene(tmp_path, make_cog):
+    """Quarterly composites (uint16 DN, nodata 0, ~25 % gaps) covering 2×1 tiles of 32 px."""
+    h, w = TILE, 2 * TILE
+    cube = clean_cube(h, w)
+    dn = np.rint(cube / 0.0001).astype(np.uint16)
+    gaps = np.random.default_rng(5).random((cube.shape[0], 1, h, w)) < 0.25
+    dn[np.broadcast_to(gaps, dn.shape)] = 0
+    transform = Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1])
+    for t in range(cube.shape[0]):
+        year, quarter = YEARS[t // 4], t % 4 + 1
+        for b, band in enumerate(BANDS):
+            make_cog(f"inputs/{year}/Q{quarter}/{band}.tif", dn[t, b], transform=transform, crs="EPSG:32631",
+                     nodata=0, blocksize=128)
+    return {"dn": dn, "inputs": tmp_path / "inputs", "root": tmp_path}
+
+
+def make_cfg(root: Path, store: str, *, tiles=("X0000_Y0000", "X0001_Y0000"), model: Path | None = None,
+             **sections):
+    data = {
+        "name": "tile-test",
+        "grid": {"crs": "EPSG:32631", "origin": list(ORIGIN), "pixel_size": 10, "tile_size": TILE},
+        "aoi": {"tiles": list(tiles)},
+        "inputs": {
+            "periods": {"start_year": YEARS[0], "end_year": YEARS[-1], "season_size": 4},
+            "sources": [{"name": "s2", "href": str(root / "inputs" / "{year}" / "Q{quarter}" / "{band}.tif"),
+                         "bands": list(BANDS), "scale": 0.0001, "nodata": 0, "resampling": "nearest"}],
+            "threads": 2,
+        },
+        "features": {"indices": ["ndvi"]},
+        "model": {"path": str(model or root / "model"),
+                  "classes": [{"code": c, "name": n, "color": k} for c, n, k in CLASSES]},
+        "processing": {"block_size": 16, "threads": 2},
+        "output": {"store": store, "fsync": False},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return config_from_dict(data)
+
+
+def tile_of(cfg, tile_id="X0000_Y0000"):
+    return TileGrid.from_config(cfg.grid).tile(tile_id)
+
+
+def read_tif(path_or_bytes):
+    with rasterio.open(path_or_bytes) as src:
+        return src.read(), src.profile, src.descriptions, src.scales, src.tags()
+
+
+# --------------------------------------------------------------------------- real path, local store
+
+
+def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"))
+    tile = tile_of(cfg, "X0001_Y0000")  # the east half of the inputs
+    rec = process_tile(tile, cfg, bundle=bundle)
+    store = LocalStore(tmp_path / "out")
+
+    assert rec["state"] == "done" and rec["attempt"] == 1 and rec["tile"] == "X0001_Y0000"
+    assert rec["blocks"] == 4 and rec["bands"] == list(BANDS) and rec["years"] == list(YEARS)
+    assert len(rec["outputs"]) == N_OUTPUTS_PER_TILE
+    assert sorted(store.list("")) == sorted([*rec["outputs"], "status/X0001_Y0000.json"])
+    assert read_status(store, tile.id) == json.loads(json.dumps(rec))
+    for key, meta in rec["outputs"].items():
+        assert sha256_file(store.url(key)) == meta["sha256"]
+    assert set(rec["timings"]) >= {"read", "gapfill", "features", "predict", "write", "publish"}
+    assert rec["peak_rss_bytes"] > 50 * 2**20 and rec["bytes_written"] > 0
+
+    # gap statistics match the planted gaps of this tile
+    dn = scene["dn"][:, :, :, TILE:]
+    gaps = rec["gaps"]
+    assert gaps["values"] == dn.size
+    assert gaps["observed"] == int((dn != 0).sum())
+    assert gaps["reason_counts"] == {"valid": int((dn != 0).sum()), "nodata": int((dn == 0).sum())}
+    assert gaps["observed"] + gaps["filled"] + gaps["unfilled"] == gaps["values"]
+
+    # classes: nearly all pixels right, in the original codes, with declared nodata
+    cls, prof, desc, _, tags = read_tif(store.url("class/X0001_Y0000/2019-01-01/class.tif"))
+    assert prof["dtype"] == "uint16" and prof["nodata"] == 65535 and prof["tiled"] and prof["compress"] == "deflate"
+    assert prof["transform"] == tile.transform and prof["crs"] == "EPSG:32631"
+    assert json.loads(tags["classes"]) == {"10": "crop", "20": "forest", "30": "water"}
+    predicted = cls[0] != 65535
+    assert (cls[0][predicted] == truth(TILE, 2 * TILE)[:, TILE:][predicted]).mean() > 0.95
+    n_pred = sum(int((read_tif(store.url(f"class/X0001_Y0000/{y}-01-01/class.tif"))[0] != 65535).sum())
+                 for y in YEARS)
+    assert rec["predicted_pixels"] == n_pred and rec["target_pixels"] == TILE * TILE * len(YEARS)
+    assert rec["completeness"] == pytest.approx(n_pred / (TILE * TILE * len(YEARS))) and rec["completeness"] > 0.99
+
+    proba, prof, desc, _, _ = read_tif(store.url("proba/X0001_Y0000/2020-01-01/proba.tif"))
+    assert proba.shape == (3, TILE, TILE) and prof["dtype"] == "uint8" and prof["nodata"] == 255
+    assert desc == ("crop", "forest", "water")
+    ok = proba[0] != 255
+    assert (np.abs(proba[:, ok].astype(int).sum(axis=0) - 100) <= 2).all()
+    cls20 = read_tif(store.url("class/X0001_Y0000/2020-01-01/class.tif"))[0][0]
+    np.testing.assert_array_equal(np.array([10, 20, 30])[proba[:, ok].argmax(axis=0)][proba[:, ok].max(axis=0) >
+                                                                                      np.sort(proba[:, ok], axis=0)[-2]],
+                                  cls20[ok][proba[:, ok].max(axis=0) > np.sort(proba[:, ok], axis=0)[-2]])
+    unc, prof, desc, _, _ = read_tif(store.url("uncertainty/X0001_Y0000/2020-01-01/uncertainty.tif"))
+    assert prof["dtype"] == "uint8" and unc[0][ok].max() <= 100
+
+    # composites: observed values are the input DN exactly; flags and counts agree
+    for t, period in enumerate(["2019-01-01", "2019-04-01", "2019-07-01", "2019-10-01", "2020-01-01",
+                                "2020-04-01", "2020-07-01", "2020-10-01"]):
+        for b, band in enumerate(BANDS):
+            comp, prof, desc, scales, _ = read_tif(store.url(f"composite/X0001_Y0000/{period}/{band}.tif"))
+            flags = read_tif(store.url(f"flags/X0001_Y0000/{period}/{band}.tif"))[0][0]
+            count, cprof, *_ = read_tif(store.url(f"count/X0001_Y0000/{period}/{band}.tif"))
+            assert prof["dtype"] == "int16" and prof["nodata"] == -32768 and scales == (0.0001,)
+            assert desc == (band,) and cprof["dtype"] == "uint16"
+            obs = dn[t, b] != 0
+            np.testing.assert_array_equal(comp[0][obs], dn[t, b][obs].astype(np.int16))
+            np.testing.assert_array_equal(flags == 0, obs)
+            np.testing.assert_array_equal(count[0], obs.astype(np.uint16))
+            assert ((comp[0] == -32768) == (flags == 255)).all()
+
+
+def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
+    small = make_cfg(scene["root"], str(tmp_path / "a"), processing={"block_size": 16})
+    whole = make_cfg(scene["root"], str(tmp_path / "b"), processing={"block_size": 32})
+    ra = process_tile(tile_of(small), small, bundle=bundle)
+    rb = process_tile(tile_of(whole), whole, bundle=bundle)
+    assert ra["blocks"] == 4 and rb["blocks"] == 1
+    assert set(ra["outputs"]) == set(rb["outputs"])
+    for key in ["class/X0000_Y0000/2019-01-01/class.tif", "proba/X0000_Y0000/2020-01-01/proba.tif",
+                "composite/X0000_Y0000/2019-04-01/nir.tif", "flags/X0000_Y0000/2020-10-01/red.tif"]:
+        np.testing.assert_array_equal(read_tif(tmp_path / "a" / key)[0], read_tif(tmp_path / "b" / key)[0])
+    assert ra["gaps"] == rb["gaps"] and ra["predicted_pixels"] == rb["predicted_pixels"]
+
+
+def test_rerun_skips_verified_tiles_and_redoes_changed_ones(scene, bundle, tmp_path):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["class", "composite"]})
+    tile = tile_of(cfg)
+    first = process_tile(tile, cfg, bundle=bundle)
+    assert len(first["outputs"]) == 2 + 8 * 3
+    key = "class/X0000_Y0000/2019-01-01/class.tif"
+    mtime = os.stat(tmp_path / "out" / key).st_mtime_ns
+
+    calls = []
+    counting = Stages(read_block=lambda *a, **k: calls.append(1) or Stages().read_block(*a, **k))
+    again = process_tile(tile, cfg, bundle=bundle, stages=counting)
+    assert again["skipped"] is True and again["attempt"] == 1 and calls == []
+    assert os.stat(tmp_path / "out" / key).st_mtime_ns == mtime
+
+    # a damaged output makes the record untrustworthy: the tile is redone
+    (tmp_path / "out" / key).write_bytes(b"garbage")
+    redo = process_tile(tile, cfg, bundle=bundle, stages=counting)
+    assert redo["state"] == "done" and redo["attempt"] == 2 and "skipped" not in redo and len(calls) == 4
+    assert verify_outputs(LocalStore(tmp_path / "out"), redo) == []
+
+    forced = process_tile(tile, cfg, bundle=bundle, overwrite=True)
+    assert forced["attempt"] == 3
+    assert forced["outputs"] == redo["outputs"]  # deterministic outputs, same checksums
+
+
+def test_missing_input_fails_the_tile_with_a_clear_record(scene, bundle, tmp_path):
+    missing = scene["inputs"] / "2020" / "Q3" / "red.tif"
+    missing.unlink()
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"))
+    with pytest.raises(TileError, match=r"tile X0000_Y0000 failed: InputMissingError.*2020/Q3/red.tif") as info:
+        process_tile(tile_of(cfg), cfg, bundle=bundle)
+    assert info.value.tile == "X0000_Y0000"
+    store = LocalStore(tmp_path / "out")
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "failed" and rec["error_type"] == "InputMissingError"
+    assert "2020/Q3/red.tif" in rec["error"] and rec["outputs"] == {}
+    assert store.list("") == ["status/X0000_Y0000.json"]  # nothing else published
+    assert list((tmp_path / "out" / ".ecocube-tmp").iterdir()) == []  # work folder removed
+
+    # the 'record' policy: the tile is done, the missing file is recorded, its values are gaps
+    rec_cfg = make_cfg(scene["root"], str(tmp_path / "out2"), inputs={"on_missing": "record"})
+    rec2 = process_tile(tile_of(rec_cfg), rec_cfg, bundle=bundle)
+    assert rec2["state"] == "done" and rec2["missing_inputs"] == [str(missing)]
+    assert rec2["gaps"]["reason_counts"]["missing"] == TILE * TILE
+
+
+def test_process_tile_on_s3_then_rerun_skips(scene, bundle, seaweed, s3_bucket):
+    cfg = make_cfg(scene["root"], f"s3://{s3_bucket}/run1",
+                   output={"s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}})
+    tile = tile_of(cfg)
+    rec = process_tile(tile, cfg, bundle=bundle)
+    assert rec["state"] == "done"
+    client = seaweed.client()
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, MaxKeys=1000)["Contents"])
+    assert keys == sorted(f"run1/{k}" for k in [*rec["outputs"], "status/X0000_Y0000.json"])
+    head = client.head_object(Bucket=s3_bucket, Key="run1/class/X0000_Y0000/2019-01-01/class.tif")
+    assert head["Metadata"]["sha256"] == rec["outputs"]["class/X0000_Y0000/2019-01-01/class.tif"]["sha256"]
+    store = S3Store(s3_bucket, "run1", endpoint_url=seaweed.endpoint_url, region="us-east-1")
+    # GDAL reads the published tile straight from S3
+    with store.rasterio_env():
+        cls = read_tif(store.gdal_path("class/X0000_Y0000/2019-01-01/class.tif"))[0][0]
+    assert (cls == truth(TILE, TILE)).mean() > 0.95
+    again = process_tile(tile, cfg, bundle=bundle)
+    assert again.get("skipped") is True
+
+
+# --------------------------------------------------------------------------- failures and signals
+
+
+def _fake_stages(**over):
+    return dataclasses.replace(Stages(), **over)
+
+
+def test_stage_failure_writes_failed_record_and_names_the_tile(scene, bundle, tmp_path):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"))
+    calls = []
+
+    def broken_predict(bundle, X, *, threads=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("simulated out of memory")
+        return Stages().predict_block(bundle, X, threads=threads)
+
+    with pytest.raises(TileError, match="tile X0000_Y0000 failed: MemoryError: simulated out of memory") as info:
+        process_tile(tile_of(cfg), cfg, bundle=bundle, stages=_fake_stages(predict_block=broken_predict))
+    assert isinstance(info.value.__cause__, MemoryError)
+    store = LocalStore(tmp_path / "out")
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "failed" and rec["error"] == "MemoryError: simulated out of memory"
+    assert store.list("") == ["status/X0000_Y0000.json"]
+
+
+def test_sigterm_stops_after_the_current_block_and_publishes_nothing(scene, bundle, tmp_path):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"))
+    blocks = []
+
+    def read_then_signal(cfg_, tile, window, *, threads=None):
+        blocks.append(window)
+        if len(blocks) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what Slurm sends before the time limit
+        return Stages().read_block(cfg_, tile, window, threads=threads)
+
+    with stop_on_signals() as flag, pytest.raises(Interrupted, match="SIGTERM after 2 of 4 blocks"):
+        process_tile(tile_of(cfg), cfg, bundle=bundle, stages=_fake_stages(read_block=read_then_signal), stop=flag)
+    assert len(blocks) == 2  # the second block was finished, the third never started
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    store = LocalStore(tmp_path / "out")
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "interrupted" and "SIGTERM" in rec["error"] and rec["outputs"] == {}
+    assert store.list("") == ["status/X0000_Y0000.json"]
+    # the next run completes the tile (attempt 2)
+    rec2 = process_tile(tile_of(cfg), cfg, bundle=bundle)
+    assert rec2["state"] == "done" and rec2["attempt"] == 2
+
+
+def test_run_tiles_runs_all_tiles_and_reports_failures(scene, bundle, tmp_path, monkeypatch):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["composite", "flags", "count"]})
+    tiles = TileGrid.from_config(cfg.grid).tiles_for_aoi(cfg.aoi)
+    records = run_tiles(cfg, tiles, workers=1, progress=False)
+    assert [r["state"] for r in records] == ["done", "done"]
+    assert records[0]["completeness"] == 1.0  # no prediction layer: nothing to predict
+    again = run_tiles(cfg, tiles, workers=2, progress=False)
+    assert [r.get("skipped") for r in again] == [True, True]
+
+    # one tile failing does not stop the other
+    (scene["inputs"] / "2019" / "Q1" / "nir.tif").unlink()
+    redo = run_tiles(cfg, tiles, workers=2, overwrite=True, progress=False)
+    assert [r["state"] for r in redo] == ["failed", "failed"]
+    assert all("InputMissingError" in r["error"] for r in redo)
+
+
+def test_stop_flag_before_start_interrupts_run_tiles(scene, tmp_path):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["count"]})
+    tiles = TileGrid.from_config(cfg.grid).tiles_for_aoi(cfg.aoi)
+    flag = StopFlag()
+    flag.set()
+    with pytest.raises(Interrupted, match="2 of 2 tiles not finished"):
+        run_tiles(cfg, tiles, progress=False, stop=flag)
+
+
+def test_plan_outputs_keys_follow_the_convention():
+    from ecocube.sources import Period
+    from datetime import date
+
+    periods = [Period("2019-01-01", date(2019, 1, 1), date(2019, 7, 1), 2019, 1, 0),
+               Period("2019-07-01", date(2019, 7, 1), date(2020, 1, 1), 2019, 2, 1)]
+    specs = plan_outputs(("proba", "class", "uncertainty", "composite", "flags", "count"), periods=periods,
+                         bands=("red",), years=[2019], classes=[1, 2], class_names=["a", "b"])
+    assert [s.key("X0001_Y0002") for s in specs] == [
+        "proba/X0001_Y0002/2019-01-01/proba.tif",
+        "class/X0001_Y0002/2019-01-01/class.tif",
+        "uncertainty/X0001_Y0002/2019-01-01/uncertainty.tif",
+        "composite/X0001_Y0002/2019-01-01/red.tif",
+        "flags/X0001_Y0002/2019-01-01/red.tif",
+        "count/X0001_Y0002/2019-01-01/red.tif",
+        "composite/X0001_Y0002/2019-07-01/red.tif",
+        "flags/X0001_Y0002/2019-07-01/red.tif",
+        "count/X0001_Y0002/2019-07-01/red.tif",
+    ]
+    assert specs[0].count == 2 and specs[0].descriptions == ("a", "b") and specs[0].nodata == 255
