@@ -208,9 +208,9 @@ class GapfillConfig(_Model):
     """Temporal moving-window median (TMWM) or linear interpolation (see gapfill.py)."""
 
     method: Literal["tmwm", "linear", "none"] = "tmwm"
-    h_same: int = Field(2, ge=0, le=50)
-    h_neib: int = Field(1, ge=0, le=50)
-    h_annual: int = Field(2, ge=0, le=50)
+    h_same: int = Field(2, ge=0, le=40, description="same-season windows: years t-h..t+h, h=1..h_same")
+    h_neib: int = Field(1, ge=0, le=40, description="neighbouring-season windows, h=1..h_neib")
+    h_annual: int = Field(2, ge=0, le=40, description="contiguous windows of +-h periods, h=1..h_annual")
     direction: Literal["both", "past", "future"] = "both"
     shared_flags: bool = False
     outlier_percentiles: tuple[float, float] | None = None
@@ -244,6 +244,13 @@ class ModelConfig(_Model):
     cv_block_size: float = Field(1000.0, gt=0, description="spatial CV block edge in CRS units")
     max_pixels_per_polygon: int = Field(100, ge=1)
     random_state: int = 0
+    cv_groups: Literal["auto", "block", "polygon"] = Field(
+        "auto", description="CV groups: auto = polygon id for polygons, spatial block for points")
+    max_depth: int | None = Field(None, ge=1, description="tree depth limit; default: unlimited")
+    learning_rate: float = Field(0.1, gt=0, description="LightGBM learning rate")
+    nan_policy: Literal["drop", "impute"] = Field(
+        "drop", description="training samples with unfilled gaps: drop them, or impute the feature median")
+    date_field: str | None = Field(None, description="sample date/year column; default: 'year' or 'date' if present")
 
     @model_validator(mode="after")
     def _codes(self) -> ModelConfig:

@@ -1,0 +1,649 @@
+"""Temporal gap-filling of regular image time series, with a flag for every value.
+
+Pure functions on arrays: no I/O. Arrays are ``(time, y, x)`` or ``(time, band, y, x)``,
+float32, NaN = gap. Only NaN is a gap; every other value (infinities included) is an
+observation and is copied to the output unchanged, bit for bit.
+
+Methods
+=======
+
+``tmwm`` — temporal moving-window median
+----------------------------------------
+The series has ``S`` = ``season_size`` regular periods per year (4 quarters, 12 months,
+1 year). Only *offsets* between time indices matter, so the series may start in any
+season; index ``k`` and index ``k + S`` are the same season one year apart.
+
+For a gap at index ``k``, the candidate windows are tried in this order, and the gap gets
+the **median of the valid values of the first window that has any** (the median of an
+even count is the mean of the two middle values, computed in float64 and rounded once
+to float32). A window is a *set* of time indices ``k + o`` for a set of offsets ``o``
+(``o != 0``); indices outside ``0 .. T-1`` are dropped. For ``h = 1, 2, ...``:
+
+1. **same season**, ``h = 1 .. h_same``:
+   ``{ j*S : 1 <= |j| <= h }`` — the same season of the years ``t-h .. t+h`` other than
+   the gap's year ``t`` itself (``h = 1``: years ``t-1`` and ``t+1``; ``h = 2``: years
+   ``t-2, t-1, t+1, t+2``);
+2. **neighbouring seasons**, ``h = 1 .. h_neib``:
+   ``{ j*S - 1, j*S + 1 : |j| <= h } \\ {0}`` — the periods just before and just after the
+   same season of the years ``t-h .. t+h``, *including* the gap's own year (``j = 0``:
+   the adjacent periods ``k-1`` and ``k+1``). Offsets are plain index offsets, so the
+   season before the first season of a year is the last season of the previous year.
+3. **contiguous**, ``h = 1 .. h_annual``: ``{ o : 1 <= |o| <= h }`` — the ``h`` periods
+   before and after the gap.
+
+``direction`` restricts every window to one side of the gap: ``past`` keeps only offsets
+``o < 0``, ``future`` only ``o > 0``, ``both`` keeps all. Windows are sets, so an index
+reached twice (e.g. ``S = 2``: ``-S+1 == -1``) counts once in the median. A window that
+becomes empty after the restriction is skipped.
+
+``linear`` — temporal linear interpolation
+------------------------------------------
+With ``direction="both"`` a gap between a previous valid value at ``a < k`` and a next one
+at ``b > k`` gets ``v_a + (v_b - v_a) * (k - a) / (b - a)`` (float64, rounded once); a gap
+with valid values on one side only (before the first or after the last observation) gets
+the nearest valid value. ``past`` carries the last valid value forward, ``future`` carries
+the next valid value backward (nothing is extrapolated along a slope).
+
+Outliers (optional, both methods)
+---------------------------------
+``outlier_percentiles=(lo, hi)``: per pixel and band, the percentiles ``P_lo`` and ``P_hi``
+of the pixel's own valid values (linear interpolation between order statistics, as numpy's
+default ``percentile``, in float64) form an envelope; observed values strictly below
+``P_lo`` or strictly above ``P_hi`` are removed (become gaps) *before* filling and are
+flagged. Note that with few observations the percentiles fall between the extreme order
+statistics, so the extremes are removed: choose the envelope for the length of the series.
+
+``shared_flags``
+----------------
+For ``(time, band, y, x)`` cubes: a period of a pixel counts as valid only if **all**
+bands are valid there (after outlier removal). The window is chosen once per pixel and
+period from this joint validity, and every band that is a gap there is filled from the
+jointly valid periods of that window (linear: from the same jointly valid neighbours), so
+the bands of a filled value always come from the same dates. Observed band values are
+kept even where another band of the same period is a gap (flag 0 for them).
+
+Flag codes (uint8, :data:`FLAG_LEGEND`, :func:`flag_legend`)
+============================================================
+========== =============================================================================
+code       meaning
+========== =============================================================================
+0          observed, unchanged
+1 .. 40    TMWM phase 1 (same season), ``h = code``
+41 .. 80   TMWM phase 2 (neighbouring seasons), ``h = code - 40``
+81 .. 120  TMWM phase 3 (contiguous periods), ``h = code - 80``
+121        linear: interpolated between the previous and next valid values
+122        linear: copied from the nearest valid value on one side
++128       (129 .. 250) the same fill, but the observed value was removed as an outlier
+254        observed value removed as an outlier, and no window had data: NaN
+255        gap, and no window had data: NaN (unfilled)
+========== =============================================================================
+
+So ``code & 127`` tells how a value was filled and ``code & 128`` (below 254) that it
+replaced an outlier; ``flag_phase`` and :func:`decode_flag` decode codes.
+
+Performance: a compiled kernel (numba, ``nogil``, cached on disk) runs per image row
+on a thread pool with the allocation's threads. Each row is gathered into a small
+transposed buffer, so the series of a pixel is contiguous. Because the windows of one
+phase are nested and every earlier window was empty, only the offsets a window adds to
+all earlier windows are inspected (precomputed once per call). Extra memory: the output
+(input size, or none with ``inplace=True``) plus the uint8 flags (a quarter of it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from numba import njit
+
+from .env import available_threads
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FLAG_OBSERVED",
+    "FLAG_UNFILLED",
+    "FLAG_OUTLIER",
+    "FLAG_OUTLIER_UNFILLED",
+    "FLAG_LINEAR",
+    "FLAG_NEAREST",
+    "FLAG_LEGEND",
+    "MAX_H",
+    "PHASE_SAME_SEASON",
+    "PHASE_NEIGHBOUR_SEASONS",
+    "PHASE_CONTIGUOUS",
+    "PHASE_LINEAR",
+    "FlagInfo",
+    "Window",
+    "candidate_windows",
+    "decode_flag",
+    "fill_gaps",
+    "fill_gaps_config",
+    "flag_code",
+    "flag_legend",
+    "flag_phase",
+]
+
+Method = Literal["tmwm", "linear"]
+Direction = Literal["both", "past", "future"]
+
+#: the largest ``h`` of any phase (each phase has 40 codes)
+MAX_H = 40
+PHASE_SAME_SEASON = 1
+PHASE_NEIGHBOUR_SEASONS = 2
+PHASE_CONTIGUOUS = 3
+PHASE_LINEAR = 4
+
+FLAG_OBSERVED = 0
+FLAG_LINEAR = 121
+FLAG_NEAREST = 122
+FLAG_OUTLIER = 128
+FLAG_OUTLIER_UNFILLED = 254
+FLAG_UNFILLED = 255
+
+_PHASE_NAMES = {
+    PHASE_SAME_SEASON: "same season",
+    PHASE_NEIGHBOUR_SEASONS: "neighbouring seasons",
+    PHASE_CONTIGUOUS: "contiguous periods",
+    PHASE_LINEAR: "linear",
+}
+_DIRECTIONS = ("both", "past", "future")
+_METHODS = ("tmwm", "linear")
+
+
+def _check_params(method, season_size, h_same, h_neib, h_annual, direction, outlier_percentiles) -> None:
+    if method not in _METHODS:
+        raise ConfigError(f"gap-fill method must be one of {', '.join(_METHODS)}, got {method!r}")
+    if direction not in _DIRECTIONS:
+        raise ConfigError(f"direction must be one of {', '.join(_DIRECTIONS)}, got {direction!r}")
+    if not isinstance(season_size, (int, np.integer)) or season_size < 1:
+        raise ConfigError(f"season_size must be a positive integer, got {season_size!r}")
+    for name, h in (("h_same", h_same), ("h_neib", h_neib), ("h_annual", h_annual)):
+        if not isinstance(h, (int, np.integer)) or not 0 <= h <= MAX_H:
+            raise ConfigError(f"{name} must be an integer in 0..{MAX_H}, got {h!r}")
+    if outlier_percentiles is not None:
+        try:
+            lo, hi = (float(q) for q in outlier_percentiles)
+        except (TypeError, ValueError):
+            raise ConfigError(f"outlier_percentiles must be (low, high), got {outlier_percentiles!r}") from None
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(f"outlier_percentiles must satisfy 0 <= low < high <= 100, got {outlier_percentiles!r}")
+
+
+# --------------------------------------------------------------------------- flag codes
+
+
+def flag_code(phase: int, h: int) -> int:
+    """The flag code of a TMWM fill from window ``h`` of ``phase`` (1, 2 or 3)."""
+    if phase not in (PHASE_SAME_SEASON, PHASE_NEIGHBOUR_SEASONS, PHASE_CONTIGUOUS):
+        raise ConfigError(f"TMWM phase must be 1, 2 or 3, got {phase}")
+    if not 1 <= h <= MAX_H:
+        raise ConfigError(f"window h must be in 1..{MAX_H}, got {h}")
+    return (phase - 1) * MAX_H + h
+
+
+@dataclass(frozen=True, slots=True)
+class FlagInfo:
+    """A decoded flag code. ``phase`` 0 = observed, 1..3 TMWM, 4 linear, None = unfilled."""
+
+    code: int
+    phase: int | None
+    h: int | None
+    outlier: bool
+    filled: bool
+    observed: bool
+
+
+def decode_flag(code: int) -> FlagInfo:
+    """Decode one flag code (see the module docstring); unknown codes raise ConfigError."""
+    code = int(code)
+    if code == FLAG_OBSERVED:
+        return FlagInfo(code, 0, None, False, False, True)
+    if code == FLAG_UNFILLED:
+        return FlagInfo(code, None, None, False, False, False)
+    if code == FLAG_OUTLIER_UNFILLED:
+        return FlagInfo(code, None, None, True, False, False)
+    outlier = bool(code & FLAG_OUTLIER)
+    base = code & 127
+    if 1 <= base <= 3 * MAX_H:
+        return FlagInfo(code, (base - 1) // MAX_H + 1, (base - 1) % MAX_H + 1, outlier, True, False)
+    if base in (FLAG_LINEAR, FLAG_NEAREST):
+        return FlagInfo(code, PHASE_LINEAR, None, outlier, True, False)
+    raise ConfigError(f"{code} is not a gap-fill flag code")
+
+
+def flag_phase(flags: np.ndarray) -> np.ndarray:
+    """Phase of every flag as uint8: 0 observed, 1..3 TMWM phases, 4 linear, 255 unfilled."""
+    flags = np.asarray(flags, dtype=np.uint8)
+    base = flags & np.uint8(127)
+    phase = np.full(flags.shape, 255, np.uint8)
+    phase[flags == FLAG_OBSERVED] = 0
+    filled = (flags != FLAG_OBSERVED) & (flags < FLAG_OUTLIER_UNFILLED)
+    tm = filled & (base >= 1) & (base <= 3 * MAX_H)
+    phase[tm] = ((base[tm].astype(np.int16) - 1) // MAX_H + 1).astype(np.uint8)
+    phase[filled & ((base == FLAG_LINEAR) | (base == FLAG_NEAREST))] = PHASE_LINEAR
+    return phase
+
+
+def _years_text(h: int, direction: str, *, own_year: bool) -> str:
+    lo = f"t-{h}" if direction != "future" else ("t" if own_year else "t+1")
+    hi = f"t+{h}" if direction != "past" else ("t" if own_year else "t-1")
+    text = f"years {lo}..{hi}" if lo != hi else f"year {lo}"
+    if not own_year and direction == "both":
+        text += " except t"
+    return text
+
+
+def _describe(code: int, direction: str) -> str:
+    info = decode_flag(code)
+    if info.observed:
+        return "observed value, unchanged"
+    if code == FLAG_UNFILLED:
+        return "gap; no candidate window had a valid value (NaN)"
+    if code == FLAG_OUTLIER_UNFILLED:
+        return "observed value removed as outlier; no candidate window had a valid value (NaN)"
+    base = code & 127
+    side = {"both": "", "past": ", earlier periods only", "future": ", later periods only"}[direction]
+    if info.phase == PHASE_SAME_SEASON:
+        text = (f"median of the same season in {_years_text(info.h, direction, own_year=False)}"
+                f" (TMWM phase 1, h={info.h})")
+    elif info.phase == PHASE_NEIGHBOUR_SEASONS:
+        text = (f"median of the periods just before and after the same season in "
+                f"{_years_text(info.h, direction, own_year=True)}{side} (TMWM phase 2, h={info.h})")
+    elif info.phase == PHASE_CONTIGUOUS:
+        n = f"{info.h} period" + ("s" if info.h > 1 else "")
+        where = {"both": "on each side of the gap", "past": "before the gap", "future": "after the gap"}[direction]
+        text = f"median of the {n} {where} (TMWM phase 3, h={info.h})"
+    elif base == FLAG_LINEAR:
+        text = "linear interpolation between the previous and next valid values"
+    else:
+        text = "copied from the nearest valid value on one side" + side
+    if info.outlier:
+        text = "outlier removed, then filled: " + text
+    return text
+
+
+def flag_legend(
+    method: str = "tmwm",
+    *,
+    h_same: int = MAX_H,
+    h_neib: int = MAX_H,
+    h_annual: int = MAX_H,
+    direction: str = "both",
+    outliers: bool = True,
+) -> dict[int, str]:
+    """Flag code -> human description, for the STAC metadata of a flag layer.
+
+    Only codes the given settings can produce are listed (default: every TMWM code).
+    ``method="none"`` gives observed/unfilled only.
+    """
+    _check_params(method if method != "none" else "tmwm", 1, h_same, h_neib, h_annual, direction, None)
+    codes = [FLAG_OBSERVED]
+    fills: list[int] = []
+    if method == "tmwm":
+        fills += [flag_code(1, h) for h in range(1, h_same + 1)]
+        fills += [flag_code(2, h) for h in range(1, h_neib + 1)]
+        fills += [flag_code(3, h) for h in range(1, h_annual + 1)]
+    elif method == "linear":
+        fills += [FLAG_LINEAR, FLAG_NEAREST] if direction == "both" else [FLAG_NEAREST]
+    codes += fills
+    if outliers and method != "none":
+        codes += [c | FLAG_OUTLIER for c in fills] + [FLAG_OUTLIER_UNFILLED]
+    codes.append(FLAG_UNFILLED)
+    return {c: _describe(c, direction) for c in sorted(codes)}
+
+
+#: every code the TMWM method can produce with the largest windows, plus the linear ones
+FLAG_LEGEND: dict[int, str] = {
+    **flag_legend("tmwm"),
+    **flag_legend("linear"),
+}
+FLAG_LEGEND = dict(sorted(FLAG_LEGEND.items()))
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One candidate window: its flag code, phase, h and offsets (full set, sorted)."""
+
+    code: int
+    phase: int
+    h: int
+    offsets: tuple[int, ...]
+
+
+def _side(offsets: set[int], direction: str) -> set[int]:
+    if direction == "past":
+        return {o for o in offsets if o < 0}
+    if direction == "future":
+        return {o for o in offsets if o > 0}
+    return offsets
+
+
+def candidate_windows(
+    season_size: int, h_same: int, h_neib: int, h_annual: int, direction: str = "both"
+) -> list[Window]:
+    """The TMWM candidate windows in priority order, as full offset sets (see module doc)."""
+    _check_params("tmwm", season_size, h_same, h_neib, h_annual, direction, None)
+    S = season_size
+    out: list[Window] = []
+    for h in range(1, h_same + 1):
+        offs = {j * S for j in range(-h, h + 1) if j != 0}
+        out.append(Window(flag_code(1, h), 1, h, tuple(sorted(_side(offs, direction)))))
+    for h in range(1, h_neib + 1):
+        offs = {j * S + d for j in range(-h, h + 1) for d in (-1, 1)} - {0}
+        out.append(Window(flag_code(2, h), 2, h, tuple(sorted(_side(offs, direction)))))
+    for h in range(1, h_annual + 1):
+        offs = {o for o in range(-h, h + 1) if o != 0}
+        out.append(Window(flag_code(3, h), 3, h, tuple(sorted(_side(offs, direction)))))
+    return out
+
+
+def _window_plan(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Windows as (codes, starts, offsets) of the offsets *new* to each window.
+
+    The kernel only reaches window i when every earlier window had no valid value, so
+    the valid values of window i are exactly those at offsets no earlier window had.
+    Windows that add nothing are dropped. Returns (codes, starts, offsets, pad, widest):
+    pad is the largest |offset|, widest the most offsets of one window.
+    """
+    seen: set[int] = set()
+    codes: list[int] = []
+    starts: list[int] = [0]
+    flat: list[int] = []
+    widest = 1
+    for w in windows:
+        new = sorted(set(w.offsets) - seen, key=lambda o: (abs(o), o))
+        seen.update(w.offsets)
+        if not new:
+            continue
+        codes.append(w.code)
+        flat.extend(new)
+        starts.append(len(flat))
+        widest = max(widest, len(new))
+    pad = max((abs(o) for o in flat), default=0)
+    return (np.asarray(codes, np.uint8), np.asarray(starts, np.int64), np.asarray(flat, np.int64), pad, widest)
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+@njit(nogil=True, cache=True)
+def _median_sorted(vals, n):  # pragma: no cover - compiled
+    """Median of vals[:n] (n >= 1), sorting them in place (insertion sort: n is small)."""
+    for i in range(1, n):
+        v = vals[i]
+        j = i - 1
+        while j >= 0 and vals[j] > v:
+            vals[j + 1] = vals[j]
+            j -= 1
+        vals[j + 1] = v
+    if n % 2 == 1:
+        return vals[n // 2]
+    return (vals[n // 2 - 1] + vals[n // 2]) * 0.5
+
+
+@njit(nogil=True, cache=True)
+def _percentile_sorted(s, n, q):  # pragma: no cover - compiled
+    """numpy's default (linear) percentile q of the sorted s[:n], in float64."""
+    pos = q / 100.0 * (n - 1)
+    i0 = int(np.floor(pos))
+    i1 = min(i0 + 1, n - 1)
+    return s[i0] + (s[i1] - s[i0]) * (pos - i0)
+
+
+@njit(nogil=True, cache=True)
+def _fill_rows(cube, out, flags, y0, y1, linear, direction, shared,  # pragma: no cover - compiled
+               w_codes, w_start, w_offs, pad, widest, do_outlier, q_lo, q_hi):
+    """Fill rows y0..y1 of cube (time, band, y, x) into out/flags (out may be cube).
+
+    Works row by row in the native layout (x innermost, so every access is a
+    contiguous run over x) on a private copy of the row, padded in time with ``pad``
+    gap periods on both sides so that window offsets need no bounds checks.
+    """
+    T = cube.shape[0]
+    B = cube.shape[1]
+    X = cube.shape[3]
+    P = pad
+    Tp = T + 2 * P
+    row = np.full((Tp, B, X), np.nan, np.float32)
+    frow = np.empty((T, B, X), np.uint8)
+    joint = np.zeros((Tp, X), np.bool_)
+    srt = np.empty(T, np.float64)
+    vals = np.empty(widest, np.float64)
+    idx = np.empty(widest, np.int64)
+    if linear:
+        prev = np.empty((T, X), np.int32)
+        nxt = np.empty((T, X), np.int32)
+    else:
+        prev = np.empty((0, 0), np.int32)
+        nxt = np.empty((0, 0), np.int32)
+    last = np.empty(X, np.int32)
+    nwin = w_codes.shape[0]
+    ngroups = 1 if shared else B
+    for y in range(y0, y1):
+        for t in range(T):
+            for b in range(B):
+                for x in range(X):
+                    v = cube[t, b, y, x]
+                    row[P + t, b, x] = v
+                    frow[t, b, x] = 0 if v == v else 255
+        if do_outlier:
+            for b in range(B):
+                for x in range(X):
+                    n = 0
+                    for t in range(T):
+                        v = row[P + t, b, x]
+                        if v == v:
+                            srt[n] = v
+                            n += 1
+                    if n == 0:
+                        continue
+                    srt[:n].sort()
+                    lo = _percentile_sorted(srt, n, q_lo)
+                    hi = _percentile_sorted(srt, n, q_hi)
+                    for t in range(T):
+                        v64 = np.float64(row[P + t, b, x])
+                        if v64 < lo or v64 > hi:  # False for NaN
+                            row[P + t, b, x] = np.nan
+                            frow[t, b, x] = 254
+        if shared:
+            for t in range(P, P + T):
+                for x in range(X):
+                    ok = True
+                    for b in range(B):
+                        ok = ok and row[t, b, x] == row[t, b, x]
+                    joint[t, x] = ok
+        for t in range(T):
+            for b in range(B):
+                for x in range(X):
+                    out[t, b, y, x] = row[P + t, b, x]
+                    flags[t, b, y, x] = frow[t, b, x]
+        for g in range(ngroups):
+            b_lo = 0 if shared else g
+            b_hi = B if shared else g + 1
+            if linear:
+                # previous / next valid period of every (t, x), -1 if none
+                last[:] = -1
+                for t in range(T):
+                    for x in range(X):
+                        prev[t, x] = last[x]
+                        ok = joint[P + t, x] if shared else row[P + t, g, x] == row[P + t, g, x]
+                        if ok:
+                            last[x] = t
+                last[:] = -1
+                for t in range(T - 1, -1, -1):
+                    for x in range(X):
+                        nxt[t, x] = last[x]
+                        ok = joint[P + t, x] if shared else row[P + t, g, x] == row[P + t, g, x]
+                        if ok:
+                            last[x] = t
+            for t in range(T):
+                tp = P + t
+                for x in range(X):
+                    if shared:
+                        if joint[tp, x]:
+                            continue
+                    elif row[tp, g, x] == row[tp, g, x]:
+                        continue
+                    if linear:
+                        a = prev[t, x] if direction != 2 else -1
+                        c = nxt[t, x] if direction != 1 else -1
+                        if a < 0 and c < 0:
+                            continue
+                        code = 121 if (a >= 0 and c >= 0) else 122
+                        for b in range(b_lo, b_hi):
+                            if row[tp, b, x] == row[tp, b, x]:
+                                continue  # shared: this band was observed
+                            if a >= 0 and c >= 0:
+                                va = np.float64(row[P + a, b, x])
+                                vc = np.float64(row[P + c, b, x])
+                                out[t, b, y, x] = va + (vc - va) * (t - a) / (c - a)
+                            elif a >= 0:
+                                out[t, b, y, x] = row[P + a, b, x]
+                            else:
+                                out[t, b, y, x] = row[P + c, b, x]
+                            flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
+                        continue
+                    n = 0
+                    w = 0
+                    while w < nwin:
+                        for i in range(w_start[w], w_start[w + 1]):
+                            k = tp + w_offs[i]
+                            if shared:
+                                ok = joint[k, x]
+                            else:
+                                ok = row[k, g, x] == row[k, g, x]
+                            if ok:
+                                idx[n] = k
+                                n += 1
+                        if n > 0:
+                            break
+                        w += 1
+                    if n == 0:
+                        continue
+                    code = w_codes[w]
+                    for b in range(b_lo, b_hi):
+                        if row[tp, b, x] == row[tp, b, x]:
+                            continue  # shared: this band was observed
+                        if n == 1:
+                            out[t, b, y, x] = row[idx[0], b, x]
+                        elif n == 2:
+                            out[t, b, y, x] = (np.float64(row[idx[0], b, x]) + np.float64(row[idx[1], b, x])) * 0.5
+                        else:
+                            for i in range(n):
+                                vals[i] = row[idx[i], b, x]
+                            out[t, b, y, x] = _median_sorted(vals, n)
+                        flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def fill_gaps(
+    cube: np.ndarray,
+    *,
+    method: Method = "tmwm",
+    season_size: int = 4,
+    h_same: int = 2,
+    h_neib: int = 1,
+    h_annual: int = 2,
+    direction: Direction = "both",
+    shared_flags: bool = False,
+    outlier_percentiles: tuple[float, float] | None = None,
+    threads: int | None = None,
+    inplace: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the NaN gaps of a time series cube; returns ``(filled float32, flags uint8)``.
+
+    ``cube`` is ``(time, y, x)`` or ``(time, band, y, x)``; both outputs have its shape.
+    See the module docstring for the windows, the linear method, outliers, shared flags
+    and the flag codes. ``threads`` defaults to the allocation
+    (:func:`ecocube.env.available_threads`). ``inplace=True`` writes the filled values
+    into ``cube`` (which must then be a writeable C-contiguous float32 array) and returns
+    it, saving the memory of a second cube.
+    """
+    _check_params(method, season_size, h_same, h_neib, h_annual, direction, outlier_percentiles)
+    arr = np.asarray(cube)
+    if arr.ndim not in (3, 4):
+        raise ConfigError(f"cube must be (time, y, x) or (time, band, y, x), got shape {arr.shape}")
+    if inplace:
+        if arr is not cube or arr.dtype != np.float32 or not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise ConfigError("inplace=True needs a writeable C-contiguous float32 numpy array")
+    elif arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    cube4 = arr if arr.ndim == 4 else arr.reshape(arr.shape[0], 1, *arr.shape[1:])
+    out4 = cube4 if inplace else np.empty_like(cube4)
+    flags4 = np.empty(cube4.shape, np.uint8)
+    T, B, Y, X = cube4.shape
+    if cube4.size == 0:
+        return out4.reshape(arr.shape), flags4.reshape(arr.shape)
+
+    if method == "tmwm":
+        windows = candidate_windows(season_size, h_same, h_neib, h_annual, direction)
+        w_codes, w_start, w_offs, pad, widest = _window_plan(windows)
+    else:
+        w_codes, w_start, w_offs, pad, widest = (np.zeros(0, np.uint8), np.zeros(1, np.int64),
+                                                 np.zeros(0, np.int64), 0, 1)
+    q_lo, q_hi = (float(q) for q in outlier_percentiles) if outlier_percentiles is not None else (0.0, 100.0)
+    args = (method == "linear", _DIRECTIONS.index(direction), bool(shared_flags) and B > 1,
+            w_codes, w_start, w_offs, pad, widest, outlier_percentiles is not None, q_lo, q_hi)
+
+    kernel = _fill_rows
+    n_threads = min(available_threads(threads), Y)
+    if n_threads <= 1:
+        kernel(cube4, out4, flags4, 0, Y, *args)
+    else:
+        # a few chunks per thread balance rows of uneven cost (cloudy vs clear areas)
+        n_chunks = min(Y, n_threads * 4)
+        edges = np.linspace(0, Y, n_chunks + 1).astype(np.int64)
+        with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="ecocube-gapfill") as pool:
+            futures = [pool.submit(kernel, cube4, out4, flags4, int(a), int(b), *args)
+                       for a, b in zip(edges[:-1], edges[1:]) if b > a]
+            for f in futures:
+                f.result()
+    return out4.reshape(arr.shape), flags4.reshape(arr.shape)
+
+
+def fill_gaps_config(cube: np.ndarray, cfg: RunConfig, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fill_gaps` with the run's ``gapfill`` section and ``inputs.periods.season_size``.
+
+    ``method: none`` returns the cube (as float32) unchanged, with flags 0 where observed
+    and 255 at gaps. ``threads`` defaults to ``processing.threads``, then the allocation.
+    """
+    g = cfg.gapfill
+    if threads is None:
+        threads = cfg.processing.threads
+    if g.method == "none":
+        arr = np.asarray(cube, dtype=np.float32)
+        flags = np.where(np.isnan(arr), np.uint8(FLAG_UNFILLED), np.uint8(FLAG_OBSERVED)).astype(np.uint8)
+        return arr, flags
+    return fill_gaps(
+        cube,
+        method=g.method,
+        season_size=int(cfg.inputs.periods.season_size),
+        h_same=g.h_same,
+        h_neib=g.h_neib,
+        h_annual=g.h_annual,
+        direction=g.direction,
+        shared_flags=g.shared_flags,
+        outlier_percentiles=g.outlier_percentiles,
+        threads=threads,
+    )
+
+
+def flag_legend_config(cfg: RunConfig) -> dict[int, str]:
+    """:func:`flag_legend` for a run configuration's ``gapfill`` section."""
+    g = cfg.gapfill
+    return flag_legend(g.method, h_same=g.h_same, h_neib=g.h_neib, h_annual=g.h_annual,
+                       direction=g.direction, outliers=g.outlier_percentiles is not None)
