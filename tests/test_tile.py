@@ -91,8 +91,12 @@ def scene(tmp_path, make_cog):
     return {"dn": dn, "inputs": tmp_path / "inputs", "root": tmp_path}
 
 
-def make_cfg(root: Path, store: str, *, tiles=("X0000_Y0000", "X0001_Y0000"), model: Path | None = None,
-             **sections):
+def make_cfg(root: Path, store: str, **kw):
+    return config_from_dict(cfg_dict(root, store, **kw))
+
+
+def cfg_dict(root: Path, store: str, *, tiles=("X0000_Y0000", "X0001_Y0000"), model: Path | None = None,
+             **sections) -> dict:
     data = {
         "name": "tile-test",
         "grid": {"crs": "EPSG:32631", "origin": list(ORIGIN), "pixel_size": 10, "tile_size": TILE},
@@ -111,7 +115,7 @@ def make_cfg(root: Path, store: str, *, tiles=("X0000_Y0000", "X0001_Y0000"), mo
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
-    return config_from_dict(data)
+    return data
 
 
 def tile_of(cfg, tile_id="X0000_Y0000"):
@@ -363,3 +367,144 @@ def test_plan_outputs_keys_follow_the_convention():
         "count/X0001_Y0002/2019-07-01/red.tif",
     ]
     assert specs[0].count == 2 and specs[0].descriptions == ("a", "b") and specs[0].nodata == 255
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run ``ecocube ARGS`` in a subprocess (the real console entry point)."""
+    proc = subprocess.run([sys.executable, "-m", "ecocube", *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+CUBE_LAYERS = {"layers": ["composite", "flags", "count"]}
+
+
+def test_cli_run_tile_run_status_and_run_task(scene, tmp_path, monkeypatch, capsys):
+    from ecocube.cli import main
+
+    run_yaml = write_yaml(tmp_path / "run.yaml", cfg_dict(scene["root"], str(tmp_path / "out"), output=CUBE_LAYERS))
+
+    def ecocube(*args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(list(args))
+        out = capsys.readouterr()
+        return info.value.code, out.out, out.err
+
+    code, out, err = ecocube("status", str(run_yaml))
+    assert code == 0 and "2 tiles: 0 done, 0 failed, 0 interrupted, 0 running, 2 pending; completeness 0.0 %" in out
+
+    code, out, err = ecocube("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
+    assert code == 0 and out.startswith("X0000_Y0000: done in ") and "72 outputs" in out
+    code, out, err = ecocube("run-tile", str(run_yaml), "--tile", "X0000_Y0000", "--json")
+    assert code == 0 and json.loads(out)["skipped"] is True
+
+    code, out, err = ecocube("run-tile", str(run_yaml), "--tile", "X0005_Y0005")
+    assert code == 2 and "tiles not in the run's area of interest: X0005_Y0005" in err
+
+    # run-task: task 1 of 2 tiles at one tile per task is the second tile
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    code, out, err = ecocube("run-task", str(run_yaml), "--config", "slurm.tiles_per_task=1")
+    assert code == 0 and "task 1: tiles X0001_Y0000" in err and out.startswith("X0001_Y0000: done")
+    code, out, err = ecocube("run-task", str(run_yaml), "--task-id", "2", "--config", "slurm.tiles_per_task=1")
+    assert code == 2 and "task id 2 out of range" in err
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    code, out, err = ecocube("run-task", str(run_yaml))
+    assert code == 2 and "SLURM_ARRAY_TASK_ID" in err
+
+    code, out, err = ecocube("run", str(run_yaml), "--no-progress")
+    assert code == 0 and "2 tiles: 2 done (2 skipped as already done), 0 failed" in out
+
+    code, out, err = ecocube("status", str(run_yaml), "--json")
+    summary = json.loads(out)
+    assert summary["counts"]["done"] == 2 and summary["overall_completeness"] == 1.0
+    assert summary["tiles"]["X0001_Y0000"]["state"] == "done"
+
+    # a failing tile: run exits non-zero naming it; status lists it
+    (scene["inputs"] / "2020" / "Q2" / "blue.tif").unlink()
+    code, out, err = ecocube("run", str(run_yaml), "--no-progress", "--overwrite", "--workers", "2")
+    assert code == 1 and "2 of 2 tiles failed: X0000_Y0000 X0001_Y0000" in err
+    assert "InputMissingError" in err and "2020/Q2/blue.tif" in err
+    code, out, err = ecocube("status", str(run_yaml))
+    assert "2 tiles: 0 done, 2 failed" in out and "failed: X0000_Y0000 X0001_Y0000" in out
+    assert out.splitlines()[1].split()[:3] == ["X0000_Y0000", "failed", "2"]
+    code, out, err = ecocube("status", str(run_yaml), "--failed")
+    assert out.split() == ["X0000_Y0000", "X0001_Y0000"]
+
+
+def test_cli_sigterm_exits_nonzero_and_records_interrupted(scene, tmp_path, monkeypatch, capsys):
+    import ecocube.read
+    from ecocube.cli import main
+
+    run_yaml = write_yaml(tmp_path / "run.yaml", cfg_dict(scene["root"], str(tmp_path / "out"), output=CUBE_LAYERS))
+    real = ecocube.read.read_block
+    calls = []
+
+    def read_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ecocube.read, "read_block", read_block)
+    with pytest.raises(SystemExit) as info:
+        main(["run-tile", str(run_yaml), "--tile", "X0001_Y0000"])
+    err = capsys.readouterr().err
+    assert info.value.code == 143 and "stopped by SIGTERM after 1 of 4 blocks; nothing was published" in err
+    store = LocalStore(tmp_path / "out")
+    assert read_status(store, "X0001_Y0000")["state"] == "interrupted"
+    assert store.list("") == ["status/X0001_Y0000.json"]
+
+
+def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, tmp_path, seaweed, s3_bucket):
+    """``ecocube run-tile`` killed while uploading; the rerun completes with exactly the right objects."""
+    data = cfg_dict(scene["root"], f"s3://{s3_bucket}/run", output={
+        **CUBE_LAYERS, "s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}},
+        processing={"publish_threads": 1})
+    run_yaml = write_yaml(tmp_path / "run.yaml", data)
+    client = seaweed.client()
+
+    def keys() -> list[str]:
+        resp = client.list_objects_v2(Bucket=s3_bucket, Prefix="run/")
+        return sorted(o["Key"][len("run/"):] for o in resp.get("Contents", ()))
+
+    proc = subprocess.Popen([sys.executable, "-m", "ecocube", "-q", "run-tile", str(run_yaml), "--tile",
+                             "X0000_Y0000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    seen: list[str] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen = [k for k in keys() if not k.startswith("status/")]
+        if seen:
+            proc.kill()  # SIGKILL: no handler, no cleanup
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    after_kill = keys()
+    assert 0 < len([k for k in after_kill if not k.startswith("status/")]) < 72  # killed mid-publish
+    store = S3Store(s3_bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
+    assert read_status(store, "X0000_Y0000")["state"] == "running"  # never claimed done
+
+    code, out, err = cli("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
+    assert code == 0, err
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "done" and rec["attempt"] == 2 and len(rec["outputs"]) == 72
+    assert keys() == sorted([*rec["outputs"], "status/X0000_Y0000.json"])  # no duplicates, no strays
+    assert store.incomplete_uploads("") == []
+    for key, meta in rec["outputs"].items():
+        body = client.get_object(Bucket=s3_bucket, Key=f"run/{key}")["Body"].read()
+        import hashlib
+
+        assert hashlib.sha256(body).hexdigest() == meta["sha256"] and len(body) == meta["size"]
+        with rasterio.MemoryFile(body) as mem, mem.open() as src:
+            assert src.read().shape == (1, TILE, TILE)  # every object is a complete GeoTIFF
+    code, out, err = cli("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
+    assert code == 0 and "already done" in out
