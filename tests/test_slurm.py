@@ -471,3 +471,19 @@ def S_cli():
     from ecocube.cli.slurm_cmd import slurm
 
     return slurm
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "slurm" / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_site_examples_validate_and_render(example, tmp_path):
+    section = yaml.safe_load(example.read_text())["slurm"]
+    d = _cfg_dict()
+    d["slurm"] = section
+    cfg = config_from_dict(d, base_dir=tmp_path, source=str(example))
+    text = S.render_array_script(cfg, run_yaml=tmp_path / "run.yaml", tiles_file="slurm/S/tiles.txt", n_tasks=7,
+                                 throttle=cfg.slurm.throttle)
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    for line in section.get("site_lines", []):
+        assert line in text
+    assert f"#SBATCH --cpus-per-task={section['cpus_per_task']}" in text
+    fin = S.render_finalize_script(cfg, run_yaml=tmp_path / "run.yaml", array_job_id="9")
+    subprocess.run(["bash", "-n"], input=fin, text=True, check=True)
