@@ -46,7 +46,6 @@ from .sources import (
     REASON_MISSING,
     REASON_NODATA,
     REASON_VALID,
-    FileRef,
     Observation,
     Period,
     SourceCatalog,
