@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 #: GDAL options for every read, remote or local. EMPTY_DIR avoids directory listings and
 #: sidecar probes on remote COGs (3 requests instead of ~13 for an open + window read).
-GDAL_READ_OPTIONS: dict[str, str] = {
+GDAL_READ_OPTIONS: dict[str, str | int] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.jp2",
     "VSI_CACHE": "TRUE",
@@ -24,7 +24,7 @@ GDAL_READ_OPTIONS: dict[str, str] = {
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "CPL_VSIL_CURL_CHUNK_SIZE": str(256 * 1024),
-    "GDAL_CACHEMAX": "256",
+    "GDAL_CACHEMAX": 256,  # an int: rasterio.Env rejects a string here
 }
 
 

@@ -145,7 +145,7 @@ class SeaweedS3:
 
 
 NGINX_CONF = """\
-worker_processes 1;
+{user}worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -193,7 +193,9 @@ class Nginx:
         root = Path(self._tmp.name)
         self.port = free_port()
         conf = root / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(root=root, port=self.port, docroot=Path(self.docroot).resolve()))
+        # as root, workers run as root too, so they can read pytest's private (0700) temp folders
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf.write_text(NGINX_CONF.format(user=user, root=root, port=self.port, docroot=Path(self.docroot).resolve()))
         log = root / "stderr.log"
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(root)], stdout=fh,
