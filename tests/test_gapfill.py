@@ -491,3 +491,115 @@ def test_real_landsat_quarterly(data_dir, tmp_path):
     assert table["unfilled"][0] == 0
     assert table["TMWM (same values)"][1] < 0.8 * table["pixel mean (same values)"][1]
     assert table["same season"][1] < table["pixel mean (same values)"][1]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _write_stack(folder, cube, *, dtype="float32", nodata=None, scale=None):
+    import rasterio
+    from affine import Affine
+
+    folder.mkdir(parents=True, exist_ok=True)
+    transform = Affine(9.99479222, 0, 465181.0522318204, 0, -9.99744847, 5080254.63349641)
+    paths = []
+    for k, band in enumerate(cube):
+        path = folder / f"ndvi_{k:02d}.tif"
+        data = band
+        if np.dtype(dtype).kind == "i":
+            data = np.where(np.isnan(band), nodata, np.rint(band / scale)).astype(dtype)
+        with rasterio.open(path, "w", driver="GTiff", width=band.shape[1], height=band.shape[0], count=1,
+                           dtype=dtype, crs="EPSG:32633", transform=transform, nodata=nodata) as dst:
+            dst.write(data, 1)
+            if scale:
+                dst.scales = (scale,)
+        paths.append(path)
+    return paths
+
+
+def _read(path):
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1), src.profile, src.tags(), src.scales
+
+
+def test_cli_real_geotiffs_float(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from ecocube.cli import cli
+
+    cube, _ = _monthly_ndvi(data_dir)
+    paths = _write_stack(tmp_path / "in", cube)
+    out = tmp_path / "out"
+    args = ["gapfill", *map(str, paths), "--season-size", "12", "--out", str(out), "--block-size", "32",
+            "--h-same", "2", "--threads", "2"]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    want_f, want_fl = fill_gaps(cube, season_size=12, h_same=2, h_neib=1, h_annual=2)
+    for k, p in enumerate(paths):
+        filled, prof, tags, _ = _read(out / "filled" / p.name)
+        flags, fprof, ftags, _ = _read(out / "flags" / p.name)
+        np.testing.assert_array_equal(filled, want_f[k])
+        np.testing.assert_array_equal(flags, want_fl[k])
+        assert prof["dtype"] == "float32" and fprof["dtype"] == "uint8" and fprof["nodata"] is None
+        assert json.loads(ftags["ECOCUBE_FLAG_LEGEND"])["1"].startswith("median of the same season")
+        assert json.loads(tags["ECOCUBE_GAPFILL"])["season_size"] == 12
+    n_gaps = int(np.isnan(cube).sum())
+    assert f"of {n_gaps} gaps filled" in res.output
+    assert sorted(p.name for p in out.rglob(".*")) == []  # no temporary files left
+    # outputs exist: refused without --overwrite, replaced with it
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and isinstance(res.exception, FileExistsError)
+    assert "--overwrite" in str(res.exception)
+    res = CliRunner().invoke(cli, [*args, "--overwrite", "--method", "linear"], catch_exceptions=False)
+    assert res.exit_code == 0
+    np.testing.assert_array_equal(_read(out / "flags" / paths[3].name)[0],
+                                  fill_gaps(cube, method="linear")[1][3])
+
+
+def test_cli_int16_scaled_nodata(data_dir, tmp_path):
+    from ecocube.cli.gapfill_cmd import fill_raster_stack
+
+    cube, _ = _monthly_ndvi(data_dir)
+    cube = cube[:, :40, :37]
+    paths = _write_stack(tmp_path / "in", cube, dtype="int16", nodata=-32768, scale=0.0001)
+    raw = np.stack([_read(p)[0] for p in paths])
+    summary = fill_raster_stack(paths, tmp_path / "out", season_size=12, block_size=16, threads=1)
+    dn = np.where(raw == -32768, np.nan, raw.astype(np.float32))
+    want_f, want_fl = fill_gaps(dn, season_size=12)
+    assert summary["gaps"] == int((raw == -32768).sum()) and summary["unfilled"] == int((want_fl == 255).sum())
+    for k, p in enumerate(paths):
+        got, prof, _, scales = _read(tmp_path / "out" / "filled" / p.name)
+        assert prof["dtype"] == "int16" and prof["nodata"] == -32768 and scales == (0.0001,)
+        obs = raw[k] != -32768
+        np.testing.assert_array_equal(got[obs], raw[k][obs])  # observed DN exactly as read
+        fill = want_fl[k] != 0
+        expect = np.where(np.isnan(want_f[k]), -32768, np.rint(np.nan_to_num(want_f[k]))).astype(np.int16)
+        np.testing.assert_array_equal(got[fill], expect[fill])
+
+
+def test_cli_rejects_bad_stacks(tmp_path):
+    import subprocess
+    import sys
+
+    import rasterio
+    from affine import Affine
+
+    good = _write_stack(tmp_path / "a", np.ones((2, 8, 8), np.float32))
+    other = tmp_path / "b" / "other.tif"
+    other.parent.mkdir()
+    with rasterio.open(other, "w", driver="GTiff", width=9, height=8, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 80)) as dst:
+        dst.write(np.ones((1, 8, 9), np.float32))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "ecocube", "gapfill", *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+
+    res = run(*good, other, "--season-size", 4, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "ecocube: error:" in res.stderr
+    assert "size 9x8 differs" in res.stderr and "other.tif" in res.stderr
+    res = run(good[0], good[0], "--season-size", 4, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "unique" in res.stderr
+    assert not list((tmp_path / "o").rglob("*.tif"))
