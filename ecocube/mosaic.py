@@ -385,17 +385,17 @@ class _Stats:
         for b in range(len(self.n)):
             pct = 100.0 * self.n[b] / self.total[b] if self.total[b] else 0.0
             if self.n[b] == 0:
-                out.append({"valid_percent": 0.0})
+                out.append({"valid_percent": 0.0})  # all nodata: no min/max/mean
                 continue
-            mean = self.s1[b] / self.n[b]
-            std = math.sqrt(max(0.0, self.s2[b] / self.n[b] - mean * mean))
+            mean = float(self.s1[b] / self.n[b])
+            std = math.sqrt(max(0.0, float(self.s2[b] / self.n[b]) - mean * mean))
             sc, off = float(scales[b]), float(offsets[b])
             out.append({
                 "minimum": float(self.lo[b]) * sc + off,
                 "maximum": float(self.hi[b]) * sc + off,
                 "mean": mean * sc + off,
                 "stddev": std * abs(sc),
-                "valid_percent": round(pct, 4),
+                "valid_percent": round(float(pct), 4),
             })
         return out
 
@@ -492,19 +492,26 @@ def sha256_multihash(path: str | Path, chunk: int = 1 << 20) -> str:
 # --------------------------------------------------------------------------- thumbnails
 
 
-def _flag_legend() -> dict[int, str]:
+FALLBACK_FLAG_LEGEND = {0: "observed", 255: "not filled"}
+
+
+def flag_legend_for(cfg=None) -> dict[int, str]:
+    """Flag code -> description for the run's gap-fill settings (from :mod:`ecocube.gapfill`)."""
     try:
-        from .gapfill import flag_legend
-    except ImportError:
-        return {0: "observed", 255: "not filled"}
-    try:
-        return {int(k): str(v) for k, v in flag_legend().items()}
-    except TypeError:  # a signature that needs arguments we cannot guess
-        return {0: "observed", 255: "not filled"}
+        from . import gapfill
+    except ImportError:  # pragma: no cover - gapfill is part of the package
+        return dict(FALLBACK_FLAG_LEGEND)
+    if cfg is not None and hasattr(gapfill, "flag_legend_config"):
+        legend = gapfill.flag_legend_config(cfg)
+    elif hasattr(gapfill, "flag_legend"):
+        legend = gapfill.flag_legend()
+    else:  # pragma: no cover
+        return dict(FALLBACK_FLAG_LEGEND)
+    return {int(k): str(v) for k, v in legend.items()}
 
 
 def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str, title: str,
-                     classes=None, size: int = 256) -> None:
+                     classes=None, flag_legend: dict[int, str] | None = None, size: int = 256) -> None:
     """A small PNG of the layer (read from the COG's overviews) with a legend or colour bar."""
     import rasterio
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -538,8 +545,10 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
         legend_ax.legend(handles=[Patch(color=c.color, label=f"{c.code} {c.name}") for c in classes],
                          loc="center left", fontsize=7, frameon=False)
     elif product == "flags":
-        legend = _flag_legend()
-        codes = sorted(legend)
+        legend = flag_legend or flag_legend_for()
+        present = set(np.unique(data[0].compressed() if np.ma.isMaskedArray(data[0]) else data[0]).tolist())
+        codes = sorted(present) or sorted(legend)  # only what the layer holds: a short legend
+        legend = {c: legend.get(c, f"code {c}") for c in codes}
         palette = ["#2b83ba", "#abdda4", "#ffffbf", "#fdae61", "#d7191c", "#7b3294", "#c2a5cf", "#008837"]
         colors = {code: ("#000000" if code == 255 else palette[i % len(palette)]) for i, code in enumerate(codes)}
         index = np.full(shape, np.nan)
@@ -577,7 +586,7 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
         bar.set_label(label, fontsize=7)
     png_path = Path(png_path)
     part = png_path.with_name(f".{png_path.name}.part")
-    fig.savefig(part, format="png", facecolor="white")
+    fig.savefig(part, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.04)
     os.replace(part, png_path)
 
 
@@ -648,7 +657,8 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
         crs, transform, shape, bounds = cog.crs, cog.transform, (cog.height, cog.width), tuple(cog.bounds)
         overviews = cog.overviews(1)
     title = f"{collection} {sources.period}" + (f" · {asset}" if asset not in (collection, sources.layer) else "")
-    render_thumbnail(local_cog, local_png, product=sources.product, title=title, classes=cfg.model.classes)
+    render_thumbnail(local_cog, local_png, product=sources.product, title=title, classes=cfg.model.classes,
+                     flag_legend=flag_legend_for(cfg) if sources.product == "flags" else None)
     size = local_cog.stat().st_size
     checksum = sha256_multihash(local_cog)
 
@@ -770,14 +780,15 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
 
 def finalize(cfg, *, store=None, overwrite: bool = False, threads: int | None = None,
              validate: bool = True) -> dict[str, Any]:
-    """The last job of a run: mosaics, STAC catalog, offline validation and the HTML browser.
+    """The last job of a run: mosaics, STAC catalog (validated offline) and the HTML browser.
 
-    Returns ``{"layers": [...], "catalog": path-or-URL of catalog.json, "index": ..., "errors": []}``.
-    Raises :class:`EcocubeError` if the catalog does not validate.
+    Returns ``{"layers": [MosaicLayer...], "catalog": path or URL of catalog.json,
+    "index": path or URL of index.html, "objects": number of catalog files}``. Raises
+    :class:`EcocubeError` (nothing published) if the catalog does not validate.
     """
-    from .stac import build_catalog
+    from .stac import publish_catalog
 
     store = _store_for(cfg, store)
     layers = mosaic_run(cfg, store=store, overwrite=overwrite, threads=threads)
-    built = build_catalog(cfg, store=store, layers=layers, validate=validate)
-    return {"layers": layers, "catalog": built.catalog, "index": built.index, "errors": built.errors}
+    built = publish_catalog(cfg, store=store, layers=layers, validate=validate, browser=True)
+    return {"layers": layers, "catalog": built.catalog, "index": built.index, "objects": built.objects}

@@ -1,0 +1,545 @@
+"""A static HTML browser for a STAC catalog folder, and a loopback-only file server.
+
+:func:`write_browser` writes ``index.html`` next to ``catalog.json``: one self-contained page
+(inline CSS and SVG, no script, no CDN, no network) listing the collections, their items by
+period with thumbnails and legends, footprints, and the assets with sizes, checksums and
+download links. It reads only the catalog's JSON files.
+
+:func:`serve` serves a catalog folder on ``127.0.0.1`` with HTTP Range requests (single and
+multiple ranges), so GDAL/QGIS can stream the COGs, and CORS headers, so STAC Browser or a
+web map served elsewhere can load the catalog. Only ``GET``, ``HEAD`` and ``OPTIONS`` are
+answered; any path that resolves outside the root (``..``, encoded ``%2e%2e``/``%2f``/``%5c``,
+symlinks) is refused with 403; nothing is ever executed and no directory is listed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import mimetypes
+import os
+import posixpath
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError, EcocubeError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- reading the catalog
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EcocubeError(f"catalog object not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise EcocubeError(f"cannot read catalog object {path}: {exc}") from None
+
+
+def _links(obj: dict[str, Any], rel: str) -> list[str]:
+    return [ln["href"] for ln in obj.get("links", []) if isinstance(ln, dict) and ln.get("rel") == rel and "href" in ln]
+
+
+@dataclass
+class _Node:
+    obj: dict[str, Any]
+    path: Path  # local file
+
+
+def _resolve(href: str, base: Path, root: Path, root_base: str | None) -> Path | None:
+    if "://" in href:
+        if root_base and href.startswith(root_base):
+            return (root / href[len(root_base):]).resolve()
+        return None
+    return (base.parent / href).resolve()
+
+
+def read_catalog_tree(catalog_dir: str | Path) -> tuple[_Node, list[tuple[_Node, list[_Node]]]]:
+    """The root and its collections with their items, read from local JSON files."""
+    root_dir = Path(catalog_dir).resolve()
+    root_path = root_dir / "catalog.json"
+    root = _Node(_read_json(root_path), root_path)
+    self_href = next(iter(_links(root.obj, "self")), None)
+    root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
+    collections = []
+    for href in _links(root.obj, "child"):
+        path = _resolve(href, root_path, root_dir, root_base)
+        if path is None:
+            log.warning("cannot follow %s from %s", href, root_path)
+            continue
+        coll = _Node(_read_json(path), path)
+        items = []
+        for ihref in _links(coll.obj, "item"):
+            ipath = _resolve(ihref, path, root_dir, root_base)
+            if ipath is not None:
+                items.append(_Node(_read_json(ipath), ipath))
+        items.sort(key=lambda n: (n.obj.get("properties", {}).get("start_datetime") or
+                                  n.obj.get("properties", {}).get("datetime") or "", n.obj.get("id", "")))
+        collections.append((coll, items))
+    return root, collections
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    value = float(size)
+    for unit in units:
+        if value < 1024 or unit == units[-1]:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _page_href(href: str, item_path: Path, root_dir: Path, root_base: str | None) -> str:
+    """An href usable from index.html: relative within the catalog, else as published."""
+    if "://" in href:
+        if root_base and href.startswith(root_base):
+            return href[len(root_base):]
+        return href
+    target = (item_path.parent / href).resolve()
+    try:
+        return target.relative_to(root_dir).as_posix()
+    except ValueError:
+        return os.path.relpath(target, root_dir).replace(os.sep, "/")
+
+
+def _rings(geometry: dict[str, Any] | None) -> list[list[tuple[float, float]]]:
+    if not geometry:
+        return []
+    t, coords = geometry.get("type"), geometry.get("coordinates", [])
+    if t == "Polygon":
+        return [[(float(x), float(y)) for x, y, *_ in coords[0]]] if coords else []
+    if t == "MultiPolygon":
+        return [[(float(x), float(y)) for x, y, *_ in poly[0]] for poly in coords if poly]
+    return []
+
+
+def footprint_svg(geometries: list[dict[str, Any] | None], *, width: int = 220, height: int = 150) -> str:
+    """Inline SVG of footprints (lon/lat, x scaled by cos(latitude)), with a lon/lat frame."""
+    rings = [r for g in geometries for r in _rings(g)]
+    if not rings:
+        return '<svg class="fp" width="%d" height="%d"></svg>' % (width, height)
+    xs = [x for r in rings for x, _ in r]
+    ys = [y for r in rings for _, y in r]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    k = math.cos(math.radians((y0 + y1) / 2)) or 1.0
+    w, h = max((x1 - x0) * k, 1e-9), max(y1 - y0, 1e-9)
+    pad = 10
+    s = min((width - 2 * pad) / w, (height - 2 * pad - 12) / h)
+
+    def _pt(x, y):
+        return f"{pad + (x - x0) * k * s:.1f},{pad + (y1 - y) * s:.1f}"
+
+    polys = "".join(f'<polygon points="{" ".join(_pt(x, y) for x, y in r)}"/>' for r in rings)
+    label = html.escape(f"{x0:.4f}, {y0:.4f} – {x1:.4f}, {y1:.4f}")
+    return (f'<svg class="fp" role="img" aria-label="footprint" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}"><rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" '
+            f'class="frame"/><g class="shape">{polys}</g><text x="{pad}" y="{height - 4}">{label}</text></svg>')
+
+
+CSS = """
+:root { --fg:#1d2733; --muted:#5b6775; --line:#d8dee6; --bg:#f6f8fa; --accent:#1a7f37; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:#fff; }
+header { padding:18px 28px; background:var(--bg); border-bottom:1px solid var(--line); }
+header h1 { margin:0 0 4px; font-size:22px; }
+header p { margin:2px 0; color:var(--muted); max-width:70em; }
+nav { padding:10px 28px; border-bottom:1px solid var(--line); }
+nav a { display:inline-block; margin:2px 10px 2px 0; padding:2px 8px; border:1px solid var(--line); border-radius:12px; text-decoration:none; color:var(--fg); }
+main { padding:8px 28px 40px; }
+section.collection { border:1px solid var(--line); border-radius:8px; margin:18px 0; padding:14px 18px; }
+section.collection h2 { margin:0 0 6px; font-size:18px; }
+.meta { display:flex; gap:22px; flex-wrap:wrap; align-items:flex-start; }
+.meta dl { margin:0; display:grid; grid-template-columns:max-content auto; gap:2px 12px; }
+.meta dt { color:var(--muted); }
+.meta dd { margin:0; }
+.legend span.sw { display:inline-block; width:12px; height:12px; border:1px solid #0003; margin-right:5px; vertical-align:-1px; }
+.legend { margin:4px 0; columns:2; max-width:30em; }
+svg.fp .frame { fill:#fbfcfd; stroke:var(--line); }
+svg.fp .shape polygon { fill:#1a7f3733; stroke:var(--accent); stroke-width:1; }
+svg.fp text { font-size:9px; fill:var(--muted); }
+.items { display:grid; grid-template-columns:repeat(auto-fill, minmax(340px, 1fr)); gap:14px; margin-top:12px; }
+.item { border:1px solid var(--line); border-radius:6px; padding:10px; background:#fff; }
+.item h3 { margin:0 0 6px; font-size:15px; }
+.item img.thumb { display:block; width:100%; max-width:336px; height:auto; border:1px solid var(--line); background:#fff; }
+table.assets { width:100%; border-collapse:collapse; margin-top:6px; font-size:13px; }
+table.assets td, table.assets th { border-top:1px solid var(--line); padding:3px 4px; text-align:left; vertical-align:top; }
+table.assets td.num { text-align:right; white-space:nowrap; }
+code { font-size:12px; color:var(--muted); }
+footer { padding:14px 28px; color:var(--muted); border-top:1px solid var(--line); font-size:12px; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def render_index(catalog_dir: str | Path) -> str:
+    """The HTML of the browser page for a local catalog folder."""
+    root_dir = Path(catalog_dir).resolve()
+    root, collections = read_catalog_tree(root_dir)
+    self_href = next(iter(_links(root.obj, "self")), None)
+    root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
+    n_items = sum(len(items) for _, items in collections)
+    title = root.obj.get("title") or root.obj.get("id", "STAC catalog")
+    out = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # no network at all: everything is inline or in this folder
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'self'; "
+        "style-src 'unsafe-inline'; img-src 'self' data:; script-src 'none'\">",
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<header><h1>{_esc(title)}</h1><p>{_esc(root.obj.get('description', ''))}</p>",
+        f'<p>{len(collections)} collections · {n_items} items · <a href="catalog.json">catalog.json</a>'
+        f" (STAC {_esc(root.obj.get('stac_version', '?'))})</p></header>",
+        "<nav>" + "".join(f'<a href="#{_esc(c.obj["id"])}">{_esc(c.obj.get("title") or c.obj["id"])}</a>'
+                          for c, _ in collections) + "</nav><main>",
+    ]
+    for coll, items in collections:
+        cid = coll.obj["id"]
+        rel_coll = coll.path.relative_to(root_dir).as_posix() if root_dir in coll.path.parents else coll.path.name
+        temporal = (coll.obj.get("extent", {}).get("temporal", {}).get("interval") or [[None, None]])[0]
+        out.append(f'<section class="collection" id="{_esc(cid)}" data-collection="{_esc(cid)}">')
+        out.append(f"<h2>{_esc(coll.obj.get('title') or cid)}</h2>")
+        out.append(f"<p>{_esc(coll.obj.get('description', ''))}</p>")
+        out.append('<div class="meta"><dl>')
+        rows = [("id", f'<code>{_esc(cid)}</code> · <a href="{_esc(rel_coll)}">collection.json</a>'),
+                ("licence", _esc(coll.obj.get("license", ""))),
+                ("period", _esc(f"{(temporal[0] or '')[:10]} – {(temporal[1] or '')[:10]}")),
+                ("items", str(len(items)))]
+        if coll.obj.get("keywords"):
+            rows.append(("keywords", _esc(", ".join(coll.obj["keywords"]))))
+        providers = coll.obj.get("providers") or []
+        if providers:
+            rows.append(("providers", _esc(", ".join(p.get("name", "") for p in providers))))
+        software = coll.obj.get("ecocube:software")
+        if isinstance(software, dict):
+            rows.append(("software", _esc(", ".join(f"{k} {v}" for k, v in software.items()))))
+        out.extend(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+        out.append("</dl>")
+        out.append(footprint_svg([it.obj.get("geometry") for it in items]))
+        classes = coll.obj.get("ecocube:classes")
+        if classes:
+            out.append('<div class="legend">' + "".join(
+                f'<div><span class="sw" style="background:#{_esc(c.get("color_hint", "888888"))}"></span>'
+                f'{_esc(c["value"])} {_esc(c.get("name", c.get("description", "")))}</div>' for c in classes) + "</div>")
+        out.append('</div><div class="items">')
+        for item in items:
+            props = item.obj.get("properties", {})
+            period = props.get("ecocube:period") or (props.get("start_datetime") or props.get("datetime") or "")[:10]
+            rel_item = item.path.relative_to(root_dir).as_posix() if root_dir in item.path.parents else item.path.name
+            out.append(f'<div class="item" data-item="{_esc(item.obj.get("id"))}">')
+            out.append(f'<h3>{_esc(period)} <code>{_esc(item.obj.get("id"))}</code></h3>')
+            assets = item.obj.get("assets", {})
+            thumb = assets.get("thumbnail")
+            if thumb:
+                src = _page_href(thumb["href"], item.path, root_dir, root_base)
+                out.append(f'<img class="thumb" loading="lazy" src="{_esc(src)}" '
+                           f'alt="thumbnail of {_esc(item.obj.get("id"))}">')
+            out.append('<table class="assets"><tr><th>asset</th><th>size</th><th>sha2-256</th></tr>')
+            for key, asset in assets.items():
+                if "thumbnail" in (asset.get("roles") or []):
+                    continue
+                href = _page_href(asset["href"], item.path, root_dir, root_base)
+                checksum = str(asset.get("file:checksum", ""))
+                out.append(
+                    f'<tr><td><a href="{_esc(href)}" download>{_esc(key)}</a><br><code>{_esc(asset.get("title", ""))}</code></td>'
+                    f'<td class="num">{_esc(human_size(asset.get("file:size")))}</td>'
+                    f'<td><code title="{_esc(checksum)}">{_esc(checksum[4:16])}…</code></td></tr>')
+            out.append(f'</table><p><a href="{_esc(rel_item)}">item JSON</a></p></div>')
+        out.append("</div></section>")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out.append(f"</main><footer>Generated by ecocube on {stamp}. Stream the COGs with GDAL/QGIS "
+               "(<code>/vsicurl/</code>), or load <code>catalog.json</code> in any STAC client.</footer>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_browser(catalog_dir: str | Path) -> Path:
+    """Write ``index.html`` next to ``catalog.json`` (atomically) and return its path."""
+    root_dir = Path(catalog_dir)
+    if not (root_dir / "catalog.json").is_file():
+        raise EcocubeError(f"no catalog.json in {root_dir}")
+    page = render_index(root_dir)
+    target = root_dir / "index.html"
+    part = root_dir / ".index.html.part"
+    part.write_text(page, encoding="utf-8")
+    os.replace(part, target)
+    return target
+
+
+# --------------------------------------------------------------------------- server
+
+_RANGE_RE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+CONTENT_TYPES = {".json": "application/json", ".tif": "image/tiff", ".tiff": "image/tiff", ".png": "image/png",
+                 ".html": "text/html; charset=utf-8", ".vrt": "application/xml", ".geojson": "application/geo+json"}
+
+
+def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """Byte ranges ``[(start, end_inclusive), ...]`` of a ``Range`` header for a file of ``size``.
+
+    ``None`` means the header is not a bytes range we understand (serve the whole file);
+    an empty list means no range is satisfiable (416).
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return None
+    ranges = []
+    for part in spec.split(","):
+        m = _RANGE_RE.match(part)
+        if not m or (m.group(1) == "" and m.group(2) == ""):
+            return None
+        first, last = m.group(1), m.group(2)
+        if first == "":  # suffix: the last N bytes
+            n = int(last)
+            if n == 0:
+                continue
+            start, end = max(0, size - n), size - 1
+        else:
+            start = int(first)
+            end = min(int(last), size - 1) if last else size - 1
+            if last and int(last) < start:
+                return None
+        if start >= size:
+            continue
+        ranges.append((start, end))
+    return ranges
+
+
+class CatalogRequestHandler(BaseHTTPRequestHandler):
+    """Read-only files under ``server.root`` with Range and CORS; everything else refused."""
+
+    server_version = "ecocube-browse"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args) -> None:  # to logging, not stderr
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    # CORS -----------------------------------------------------------------
+    def _cors(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since, Content-Type")
+        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, ETag")
+        self.send_header("Access-Control-Max-Age", "600")
+
+    def _error(self, status: HTTPStatus, text: str | None = None) -> None:
+        body = f"{status.value} {text or status.phrase}\n".encode()
+        self.send_response(status)
+        self._cors()
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self.send_response(HTTPStatus.NO_CONTENT)
+        self._cors()
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _forbidden_methods(self) -> None:
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self._cors()
+        self.send_header("Allow", "GET, HEAD, OPTIONS")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _forbidden_methods  # noqa: N815
+
+    # path -----------------------------------------------------------------
+    def resolve_path(self) -> Path | None:
+        """The file for the request path, or ``None`` after sending 400/403/404."""
+        raw = urlsplit(self.path).path
+        decoded = raw
+        for _ in range(3):  # reject double/triple-encoded traversal too
+            nxt = unquote(decoded)
+            if nxt == decoded:
+                break
+            decoded = nxt
+        if "\x00" in decoded:
+            self._error(HTTPStatus.BAD_REQUEST, "bad path")
+            return None
+        parts = decoded.replace("\\", "/").split("/")
+        if any(p == ".." for p in parts):
+            self._error(HTTPStatus.FORBIDDEN, "path outside the catalog")
+            return None
+        rel = unquote(raw).lstrip("/")
+        if "\\" in rel or any(p == ".." for p in rel.split("/")):
+            self._error(HTTPStatus.FORBIDDEN, "path outside the catalog")
+            return None
+        root: Path = self.server.root  # type: ignore[attr-defined]
+        target = (root / posixpath.normpath(rel)) if rel else root
+        try:
+            resolved = target.resolve(strict=False)
+        except (OSError, RuntimeError):
+            self._error(HTTPStatus.FORBIDDEN, "path outside the catalog")
+            return None
+        if resolved != root and root not in resolved.parents:
+            self._error(HTTPStatus.FORBIDDEN, "path outside the catalog")
+            return None
+        if resolved.is_dir():
+            resolved = resolved / "index.html"
+        if not resolved.is_file():
+            self._error(HTTPStatus.NOT_FOUND)
+            return None
+        return resolved
+
+    # GET / HEAD -------------------------------------------------------------
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(head=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve(head=False)
+
+    def _serve(self, *, head: bool) -> None:
+        path = self.resolve_path()
+        if path is None:
+            return
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            self._error(HTTPStatus.FORBIDDEN, "not readable")
+            return
+        with fh:
+            stat = os.fstat(fh.fileno())
+            size = stat.st_size
+            ctype = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+            header = self.headers.get("Range")
+            ranges = parse_ranges(header, size) if header else None
+            if header and ranges is not None and self.headers.get("If-Range") not in (None, etag):
+                ranges = None  # the file changed: whole file
+            if ranges == []:
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self._cors()
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if not ranges:
+                self.send_response(HTTPStatus.OK)
+                self._common(ctype, etag, stat.st_mtime)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                if not head:
+                    shutil.copyfileobj(fh, self.wfile, 256 * 1024)
+                return
+            if len(ranges) == 1:
+                start, end = ranges[0]
+                self.send_response(HTTPStatus.PARTIAL_CONTENT)
+                self._common(ctype, etag, stat.st_mtime)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.end_headers()
+                if not head:
+                    self._copy(fh, start, end)
+                return
+            boundary = f"ecocube-{os.urandom(8).hex()}"
+            heads = [(f"--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {s}-{e}/{size}\r\n\r\n").encode()
+                     for s, e in ranges]
+            tail = f"--{boundary}--\r\n".encode()
+            length = sum(len(h) + (e - s + 1) + 2 for h, (s, e) in zip(heads, ranges)) + len(tail)
+            self.send_response(HTTPStatus.PARTIAL_CONTENT)
+            self._common(f"multipart/byteranges; boundary={boundary}", etag, stat.st_mtime)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if not head:
+                for h, (s, e) in zip(heads, ranges):
+                    self.wfile.write(h)
+                    self._copy(fh, s, e)
+                    self.wfile.write(b"\r\n")
+                self.wfile.write(tail)
+
+    def _common(self, ctype: str, etag: str, mtime: float) -> None:
+        self._cors()
+        self.send_header("Content-Type", ctype)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", self.date_time_string(mtime))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+
+    def _copy(self, fh, start: int, end: int) -> None:
+        fh.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            chunk = fh.read(min(256 * 1024, remaining))
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            remaining -= len(chunk)
+
+
+class CatalogServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, root: Path, port: int):
+        self.root = Path(root).resolve()
+        super().__init__((LOOPBACK, port), CatalogRequestHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.server_address[1]}"
+
+
+def make_server(catalog_dir: str | Path, port: int = 0) -> CatalogServer:
+    """A server for ``catalog_dir`` bound to 127.0.0.1 (``port=0``: any free port). Not started."""
+    root = Path(catalog_dir)
+    if not root.is_dir():
+        raise ConfigError(f"catalog folder not found: {root}")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"port must be 0..65535, got {port}")
+    try:
+        return CatalogServer(root, int(port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {LOOPBACK}:{port}: {exc}") from None
+
+
+def serve(catalog_dir: str | Path, port: int = 8000, *, ready=None) -> None:
+    """Serve ``catalog_dir`` on 127.0.0.1 until interrupted. ``ready(url)`` is called once listening."""
+    server = make_server(catalog_dir, port)
+    try:
+        if ready is not None:
+            ready(server.url)
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+
+
+class BackgroundServer:
+    """``with BackgroundServer(folder) as url:`` serves in a thread (tests, notebooks)."""
+
+    def __init__(self, catalog_dir: str | Path, port: int = 0):
+        self.server = make_server(catalog_dir, port)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return self.server.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
