@@ -114,7 +114,8 @@ def predict_block(bundle, X: np.ndarray, *, threads: int | None = None,
     column order of ``predict_proba``). ``threads`` defaults to the allocation
     (:func:`ecocube.env.available_threads`).
     """
-    from joblib import Parallel, delayed
+    # scikit-learn's joblib wrappers: same joblib threads, with sklearn's config propagated
+    from sklearn.utils.parallel import Parallel, delayed
 
     from .env import available_threads
 

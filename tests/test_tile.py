@@ -74,6 +74,14 @@ def bundle():
                        colors=[k for _, _, k in CLASSES], metadata={"test": True})
 
 
+@pytest.fixture(scope="module")
+def model_dir(bundle, tmp_path_factory):
+    """The bundle saved by ecocube.train.save_bundle, as `ecocube train` would."""
+    from ecocube.train import save_bundle
+
+    return save_bundle(bundle, tmp_path_factory.mktemp("model") / "model")
+
+
 @pytest.fixture
 def scene(tmp_path, make_cog):
     """Quarterly composites (uint16 DN, nodata 0, ~25 % gaps) covering 2×1 tiles of 32 px."""
@@ -388,10 +396,10 @@ def cli(*args: str) -> tuple[int, str, str]:
 CUBE_LAYERS = {"layers": ["composite", "flags", "count"]}
 
 
-def test_cli_run_tile_run_status_and_run_task(scene, tmp_path, monkeypatch, capsys):
+def test_cli_run_tile_run_status_and_run_task(scene, model_dir, tmp_path, monkeypatch, capsys):
     from ecocube.cli import main
 
-    run_yaml = write_yaml(tmp_path / "run.yaml", cfg_dict(scene["root"], str(tmp_path / "out"), output=CUBE_LAYERS))
+    run_yaml = write_yaml(tmp_path / "run.yaml", cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir))
 
     def ecocube(*args) -> tuple[int, str, str]:
         with pytest.raises(SystemExit) as info:
@@ -403,7 +411,8 @@ def test_cli_run_tile_run_status_and_run_task(scene, tmp_path, monkeypatch, caps
     assert code == 0 and "2 tiles: 0 done, 0 failed, 0 interrupted, 0 running, 2 pending; completeness 0.0 %" in out
 
     code, out, err = ecocube("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
-    assert code == 0 and out.startswith("X0000_Y0000: done in ") and "72 outputs" in out
+    assert code == 0 and out.startswith("X0000_Y0000: done in ") and f"{N_OUTPUTS_PER_TILE} outputs" in out
+    assert "completeness 100.0 %" in out or "completeness 99." in out
     code, out, err = ecocube("run-tile", str(run_yaml), "--tile", "X0000_Y0000", "--json")
     assert code == 0 and json.loads(out)["skipped"] is True
 
@@ -464,10 +473,10 @@ def test_cli_sigterm_exits_nonzero_and_records_interrupted(scene, tmp_path, monk
     assert store.list("") == ["status/X0001_Y0000.json"]
 
 
-def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, tmp_path, seaweed, s3_bucket):
+def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, model_dir, tmp_path, seaweed, s3_bucket):
     """``ecocube run-tile`` killed while uploading; the rerun completes with exactly the right objects."""
-    data = cfg_dict(scene["root"], f"s3://{s3_bucket}/run", output={
-        **CUBE_LAYERS, "s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}},
+    data = cfg_dict(scene["root"], f"s3://{s3_bucket}/run", model=model_dir, output={
+        "s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}},
         processing={"publish_threads": 1})
     run_yaml = write_yaml(tmp_path / "run.yaml", data)
     client = seaweed.client()
@@ -489,14 +498,14 @@ def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, tmp_path, se
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     after_kill = keys()
-    assert 0 < len([k for k in after_kill if not k.startswith("status/")]) < 72  # killed mid-publish
+    assert 0 < len([k for k in after_kill if not k.startswith("status/")]) < N_OUTPUTS_PER_TILE  # mid-publish
     store = S3Store(s3_bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
     assert read_status(store, "X0000_Y0000")["state"] == "running"  # never claimed done
 
     code, out, err = cli("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
     assert code == 0, err
     rec = read_status(store, "X0000_Y0000")
-    assert rec["state"] == "done" and rec["attempt"] == 2 and len(rec["outputs"]) == 72
+    assert rec["state"] == "done" and rec["attempt"] == 2 and len(rec["outputs"]) == N_OUTPUTS_PER_TILE
     assert keys() == sorted([*rec["outputs"], "status/X0000_Y0000.json"])  # no duplicates, no strays
     assert store.incomplete_uploads("") == []
     for key, meta in rec["outputs"].items():
@@ -505,6 +514,19 @@ def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, tmp_path, se
 
         assert hashlib.sha256(body).hexdigest() == meta["sha256"] and len(body) == meta["size"]
         with rasterio.MemoryFile(body) as mem, mem.open() as src:
-            assert src.read().shape == (1, TILE, TILE)  # every object is a complete GeoTIFF
+            assert src.read().shape[1:] == (TILE, TILE)  # every object is a complete GeoTIFF
     code, out, err = cli("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
     assert code == 0 and "already done" in out
+
+
+def test_model_missing_or_mismatched_fails_clearly(scene, model_dir, tmp_path):
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), model=tmp_path / "no-model")
+    with pytest.raises(TileError, match="ModelError: model bundle not found: .*no-model"):
+        process_tile(tile_of(cfg), cfg)
+    # the bundle was trained with NDVI features; a run without indices must not use it
+    cfg2 = make_cfg(scene["root"], str(tmp_path / "out2"), model=model_dir, features={"indices": []})
+    with pytest.raises(TileError, match="ModelError") as info:
+        process_tile(tile_of(cfg2), cfg2)
+    rec = read_status(LocalStore(tmp_path / "out2"), "X0000_Y0000")
+    assert rec["state"] == "failed" and rec["error_type"] == "ModelError"
+    assert LocalStore(tmp_path / "out2").list("") == ["status/X0000_Y0000.json"]
