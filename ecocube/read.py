@@ -224,10 +224,6 @@ class _Reader:
                  "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, round(min(self.http_timeout, 10))))}
         kw = dict(threads=1, s3_endpoint=self.s3_endpoint, s3_region=self.s3_region,
                   s3_profile=self.s3_profile, extra=extra)
-        if isinstance(ecoenv.gdal_options().get("GDAL_CACHEMAX"), str):
-            # rasterio.Env refuses GDAL_CACHEMAX as a string ("an integer is required"),
-            # which ecocube.env currently passes: same options, with that one as a number.
-            return _rasterio_env_compat(**kw)
         return ecoenv.rasterio_env(**kw)
 
     # ------------------------------------------------------------------ one file, retried
@@ -405,24 +401,6 @@ class _BandIndexError(Exception):
 
 
 _FATAL_PASSTHROUGH = (_Cancelled, ConfigError, MemoryError)
-
-
-def _rasterio_env_compat(*, threads, s3_endpoint, s3_region, s3_profile, extra):
-    """Same as :func:`ecocube.env.rasterio_env`, with numeric options as numbers for rasterio."""
-    import rasterio
-    from rasterio.session import AWSSession
-
-    opts: dict = dict(ecoenv.gdal_options(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region, extra=extra))
-    if "GDAL_CACHEMAX" in opts:
-        opts["GDAL_CACHEMAX"] = int(opts["GDAL_CACHEMAX"])
-    if s3_endpoint or s3_profile:
-        import boto3
-
-        session = boto3.Session(profile_name=s3_profile, region_name=s3_region)
-        endpoint = opts.get("AWS_S3_ENDPOINT")
-        aws = AWSSession(session, endpoint_url=endpoint) if endpoint else AWSSession(session)
-        return rasterio.Env(session=aws, **opts)
-    return rasterio.Env(**opts)
 
 
 # --------------------------------------------------------------------------- worker pool

@@ -117,16 +117,17 @@ class SeaweedS3:
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }]}))
         # weed uses port+10000 for gRPC of master, volume and filer
-        base = free_port(also_plus=(1, 2, 3, 10000, 10001, 10002))
+        base = free_port(also_plus=(1, 2, 3, 10000, 10001, 10002, 10003))
         self.port = base + 3
         log = self.root / "weed.log"
         cmd = [
             weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=30",
             f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
-            "-s3", f"-s3.port={self.port}", f"-s3.config={s3cfg}",
+            "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={self.port + 10000}", f"-s3.config={s3cfg}",
+            # no Iceberg / Lance listeners: they take fixed ports (8181, 9101) and clash
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
-        # -s3 alone would also start an IAM API / metrics on fixed ports in some versions
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self.client().list_buckets() is not None, 60, "SeaweedFS S3", self.proc, log)
