@@ -248,6 +248,8 @@ class ModelConfig(_Model):
         "auto", description="CV groups: auto = polygon id for polygons, spatial block for points")
     max_depth: int | None = Field(None, ge=1, description="tree depth limit; default: unlimited")
     learning_rate: float = Field(0.1, gt=0, description="LightGBM learning rate")
+    class_weight: Literal["balanced", "none"] = Field(
+        "balanced", description="balanced: weight classes inversely to their frequency; none: equal weights")
     nan_policy: Literal["drop", "impute"] = Field(
         "drop", description="training samples with unfilled gaps: drop them, or impute the feature median")
     date_field: str | None = Field(None, description="sample date/year column; default: 'year' or 'date' if present")

@@ -96,9 +96,18 @@ class _ConstantProba:
         return np.ones((X.shape[0], 1))
 
 
+#: LightGBM gets one OpenMP thread per this many training rows (at least 1, at most the
+#: allocation): on small tables its thread start-up and spin-waits cost far more than the
+#: work (measured: 1,080 rows, 2 busy cores, 20 trees: 0.28 s on 1 thread, 4.2 s on 2).
+LGBM_ROWS_PER_THREAD = 20_000
+
+
 def _fit_one(estimator, X: np.ndarray, y: np.ndarray):
     if np.unique(y).size < 2:
         return _ConstantProba(int(y[0]))
+    if type(estimator).__name__ == "LGBMClassifier":
+        allowed = int(estimator.get_params()["n_jobs"] or 1)
+        estimator.set_params(n_jobs=max(1, min(allowed, X.shape[0] // LGBM_ROWS_PER_THREAD)))
     return estimator.fit(X, y)
 
 

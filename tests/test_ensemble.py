@@ -190,7 +190,11 @@ def test_threads_come_from_the_allocation(monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     model = _fast(n_jobs=None).fit(X, y)
     assert model.n_threads_ == 3
-    assert model.estimators_[0].n_jobs == 3 and model.estimators_[1].n_jobs == 3
+    assert model.estimators_[0].n_jobs == 3  # the forest uses the allocation
+    assert model.estimators_[1].n_jobs == 1  # LightGBM: one thread per 20,000 rows (60 rows here)
+    big = np.repeat(X, 700, axis=0)  # 42,000 rows -> 2 threads for LightGBM
+    model = _fast(n_jobs=None, base_learners=("lgbm",), n_estimators=2).fit(big, np.repeat(y, 700))
+    assert model.estimators_[0].n_jobs == 2
     with pytest.raises(ValueError, match="allocation"):
         _fast(n_jobs=-1).fit(X, y)
 

@@ -1,0 +1,1074 @@
+"""Training: labelled samples -> feature table -> stacked ensemble, spatial-block CV, bundle, report.
+
+The flow of :func:`train_model`:
+
+1. **Samples** (:func:`load_samples`): points or polygons from a GeoPackage, GeoJSON,
+   FlatGeobuf or shapefile (pyogrio), a GeoParquet file (pyarrow, WKB geometry, CRS from
+   the ``geo`` metadata) or a CSV file with ``x`` and ``y`` columns and a CRS given by the
+   caller. The class field holds integer class codes of ``model.classes``.
+2. **Years.** A sample's year comes from its date/year column (``model.date_field``, else a
+   column named ``year`` or ``date``; an ISO date gives its year). Without such a column,
+   every sample takes the ``year`` argument; without that, every year of the run: the
+   label is then assumed stable over the years and each sample appears once per year, all
+   copies in the same CV group (so a location never sits on both sides of a split).
+3. **Pixels** (:func:`sample_pixels`): a point samples the pixel it falls in; a polygon
+   samples the pixels whose centres lie inside it (at most ``model.max_pixels_per_polygon``,
+   drawn at random with ``model.random_state``; a polygon too small to hold a pixel centre
+   samples the pixel of its representative point).
+4. **Overlay** (:func:`extract_features`): the pixels are grouped by tile of the run's grid
+   and by processing block (``processing.block_size``); for each group only the window
+   spanning its pixels is read (:func:`ecocube.read.read_block`), gap-filled
+   (:func:`ecocube.gapfill.fill_gaps_config`) and turned into features
+   (:func:`ecocube.features.features_for_year`). Groups run in parallel on joblib threads,
+   the allocation's threads shared between them. The feature table is written as Parquet
+   (``features.parquet``) and reused by a later run with the same samples and settings.
+   Pixels whose features still hold a gap after gap-filling are dropped (counted in the
+   report) or, with ``model.nan_policy: impute``, imputed by the ensemble.
+5. **Spatial CV** (:func:`cross_validate`): groups are spatial blocks of
+   ``model.cv_block_size`` CRS units (points) or polygon ids (polygons; ``model.cv_groups``
+   chooses). A grouped, stratified K-fold splits the groups; on each split a complete
+   ensemble (with its own inner, grouped stacking CV) is fitted on the training groups and
+   predicts the held-out groups. The metrics (:func:`evaluate`) are computed on these
+   held-out predictions only, and compared with the majority-class baseline.
+6. **Final model**: the ensemble fitted on all samples, saved as a bundle
+   (:func:`save_bundle`: ``model.joblib`` + ``model.json``) next to ``report.json``,
+   ``report.md`` and PNG plots, in ``out_dir`` or ``model.path``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .ensemble import EnsembleClassifier, ModelBundle
+from .env import available_threads
+from .errors import ConfigError, FileOverwriteError, ModelError
+from .features import feature_names as make_feature_names
+from .grid import TileGrid
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "ecocube-model"
+BUNDLE_VERSION = 1
+MODEL_FILE = "model.joblib"
+META_FILE = "model.json"
+FEATURE_TABLE = "features.parquet"
+#: packages whose version a pickled model depends on (major.minor must match to load)
+PICKLE_PACKAGES = ("scikit-learn", "lightgbm")
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, date)):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean_json(obj):
+    """Replace NaN/inf floats by None so the JSON is strict."""
+    if isinstance(obj, dict):
+        return {k: _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _dumps(obj) -> str:
+    return json.dumps(_clean_json(json.loads(json.dumps(obj, default=_json_default))), indent=2, allow_nan=False)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("ecocube", "numpy", "scikit-learn", "lightgbm", "joblib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - not installed
+            out[name] = "not installed"
+    return out
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+# ---------------------------------------------------------------------- samples
+
+
+@dataclass
+class Samples:
+    """Labelled features read from a file, geometries in ``crs``."""
+
+    path: Path
+    geometries: np.ndarray  # shapely geometries (object array)
+    classes: np.ndarray  # int64 class codes
+    years: np.ndarray | None  # int64, or None when the file has no date/year column
+    ids: np.ndarray  # int64 feature number in the file (0-based)
+    crs: str
+    sha256: str
+    date_field: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.classes.size)
+
+
+def _year_of(value: Any, where: str) -> int:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{where}: empty date/year")
+    if isinstance(value, (datetime, date)):
+        return value.year
+    if isinstance(value, np.datetime64):
+        return int(str(value)[:4])
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    text = str(value).strip()
+    if text.isdigit() and len(text) == 4:
+        return int(text)
+    try:
+        return date.fromisoformat(text[:10]).year
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is neither a year nor an ISO date (YYYY-MM-DD)") from None
+
+
+def _class_codes(values, path: Path, class_field: str) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        try:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                raise ValueError
+            f = float(v)
+            if not f.is_integer():
+                raise ValueError
+            out[i] = int(f)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"samples {path}: feature {i} has class {v!r} in field {class_field!r}; class codes must be integers"
+            ) from None
+    return out
+
+
+def _pick_field(names: list[str], wanted: str | None, candidates: tuple[str, ...], path: Path, what: str) -> str | None:
+    lower = {n.lower(): n for n in names}
+    if wanted is not None:
+        if wanted in names:
+            return wanted
+        if wanted.lower() in lower:
+            return lower[wanted.lower()]
+        raise ConfigError(f"samples {path} have no {what} field {wanted!r}; fields: {', '.join(names)}")
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    return None
+
+
+def _read_table(path: Path, crs: str | None) -> tuple[dict[str, list], np.ndarray, str]:
+    """Columns (name -> values), shapely geometries and the CRS of a samples file."""
+    import shapely
+
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".txt"):
+        if not crs:
+            raise ConfigError(f"samples {path}: a CSV file needs its CRS (--crs, e.g. EPSG:4326)")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            names = list(reader.fieldnames or [])
+        xname = _pick_field(names, None, ("x", "lon", "longitude", "easting"), path, "x")
+        yname = _pick_field(names, None, ("y", "lat", "latitude", "northing"), path, "y")
+        if xname is None or yname is None:
+            raise ConfigError(f"samples {path}: a CSV file needs columns x and y; columns: {', '.join(names)}")
+        try:
+            xs = np.array([float(r[xname]) for r in rows])
+            ys = np.array([float(r[yname]) for r in rows])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"samples {path}: non-numeric coordinate ({exc})") from None
+        cols = {n: [r[n] for r in rows] for n in names}
+        return cols, shapely.points(xs, ys), crs
+    if suffix in (".parquet", ".geoparquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise ConfigError(f"cannot read samples {path}: {exc}") from None
+        geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}") or b"{}")
+        gcol = geo.get("primary_column", "geometry")
+        if gcol not in table.column_names:
+            raise ConfigError(f"samples {path}: no geometry column {gcol!r} (not a GeoParquet file?)")
+        meta = geo.get("columns", {}).get(gcol, {})
+        if meta.get("encoding", "WKB").upper() != "WKB":
+            raise ConfigError(f"samples {path}: geometry encoding {meta.get('encoding')!r} is not supported (use WKB)")
+        file_crs = meta.get("crs", "OGC:CRS84")
+        if isinstance(file_crs, dict):
+            file_crs = json.dumps(file_crs)
+        file_crs = crs or file_crs or "OGC:CRS84"
+        geoms = shapely.from_wkb(np.asarray(table.column(gcol).to_pylist(), dtype=object))
+        cols = {n: table.column(n).to_pylist() for n in table.column_names if n != gcol}
+        return cols, geoms, file_crs
+    import pyogrio
+
+    try:
+        meta, _, wkb, field_data = pyogrio.raw.read(str(path), read_geometry=True)
+    except Exception as exc:  # pyogrio's DataSourceError and friends
+        raise ConfigError(f"cannot read samples {path}: {exc}") from None
+    file_crs = crs or meta.get("crs")
+    if not file_crs:
+        raise ConfigError(f"samples {path} have no CRS; give one (--crs)")
+    names = [str(n) for n in meta["fields"]]
+    cols = {n: list(v) for n, v in zip(names, field_data)}
+    return cols, shapely.from_wkb(wkb), file_crs
+
+
+def load_samples(path: str | Path, class_field: str, *, crs: str | None = None,
+                 date_field: str | None = None) -> Samples:
+    """Read labelled points/polygons (see the module docstring for the formats)."""
+    import shapely
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"samples file not found: {path}")
+    cols, geoms, file_crs = _read_table(path, crs)
+    names = list(cols)
+    cname = _pick_field(names, class_field, (), path, "class")
+    dname = _pick_field(names, date_field, ("year", "date"), path, "date/year")
+    geoms = np.asarray(geoms, dtype=object)
+    if geoms.size == 0:
+        raise ConfigError(f"samples {path} hold no feature")
+    ids = np.arange(geoms.size, dtype=np.int64)
+    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    if empty.any():
+        raise ConfigError(f"samples {path}: features {ids[empty][:10].tolist()} have no geometry")
+    types = set(shapely.get_type_id(geoms).tolist())
+    bad = types - {0, 3, 6}  # Point, Polygon, MultiPolygon
+    if bad:
+        raise ConfigError(f"samples {path}: only Point, Polygon and MultiPolygon geometries are supported, "
+                          f"found {sorted(shapely.GeometryType(t).name for t in bad)}")
+    classes = _class_codes(cols[cname], path, cname)
+    years = None
+    if dname is not None:
+        years = np.array([_year_of(v, f"samples {path}: feature {i} field {dname!r}")
+                          for i, v in enumerate(cols[dname])], dtype=np.int64)
+    return Samples(path=path, geometries=geoms, classes=classes, years=years, ids=ids, crs=str(file_crs),
+                   sha256=sha256_file(path), date_field=dname)
+
+
+def _to_grid_crs(geoms: np.ndarray, src: str, dst: str) -> np.ndarray:
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    if CRS.from_user_input(src) == CRS.from_user_input(dst):
+        return geoms
+
+    def _fn(xy: np.ndarray) -> np.ndarray:
+        xs, ys = transform(src, dst, xy[:, 0].tolist(), xy[:, 1].tolist())
+        return np.column_stack([xs, ys])
+
+    return shapely.transform(geoms, _fn)
+
+
+# ---------------------------------------------------------------------- pixels
+
+
+@dataclass
+class PixelTable:
+    """One row per sampled pixel and year."""
+
+    sample_id: np.ndarray  # int64: feature number in the samples file
+    cls: np.ndarray  # int64 class code
+    year: np.ndarray  # int64
+    gx: np.ndarray  # int64 pixel column from the grid origin
+    gy: np.ndarray  # int64 pixel row from the grid origin
+    x: np.ndarray  # float64 pixel centre, grid CRS
+    y: np.ndarray
+    group: np.ndarray  # str CV group ("P12" polygon, "B3_-2" block)
+    kind: np.ndarray  # str "point" | "polygon"
+
+    def __len__(self) -> int:
+        return int(self.cls.size)
+
+    def take(self, idx) -> PixelTable:
+        return PixelTable(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
+
+
+def sample_pixels(samples: Samples, grid: TileGrid, *, years: list[int], max_pixels_per_polygon: int,
+                  cv_block_size: float, cv_groups: str = "auto", random_state: int = 0) -> PixelTable:
+    """Pixels of the samples on the grid, with CV groups; one row per (pixel, year).
+
+    ``years`` is used for samples without their own year (one copy per year).
+    """
+    import shapely
+
+    geoms = _to_grid_crs(samples.geometries, samples.crs, grid.crs)
+    rng = np.random.default_rng(random_state)
+    ps, ox, oy = grid.pixel_size, grid.origin_x, grid.origin_y
+    rows: dict[str, list] = {k: [] for k in ("sample_id", "cls", "gx", "gy", "group", "kind", "year")}
+
+    def _block(x: float, y: float) -> str:
+        return f"B{math.floor((x - ox) / cv_block_size)}_{math.floor((oy - y) / cv_block_size)}"
+
+    for i, g in enumerate(geoms):
+        sid = int(samples.ids[i])
+        if shapely.get_type_id(g) == 0:
+            gx = np.array([math.floor((g.x - ox) / ps)])
+            gy = np.array([math.floor((oy - g.y) / ps)])
+            group = np.array([f"P{sid}" if cv_groups == "polygon" else _block(g.x, g.y)])
+            kind = "point"
+        else:
+            minx, miny, maxx, maxy = g.bounds
+            cx0, cx1 = math.floor((minx - ox) / ps), math.ceil((maxx - ox) / ps)
+            cy0, cy1 = math.floor((oy - maxy) / ps), math.ceil((oy - miny) / ps)
+            cgx, cgy = np.meshgrid(np.arange(cx0, cx1), np.arange(cy0, cy1))
+            cgx, cgy = cgx.ravel(), cgy.ravel()
+            inside = shapely.contains_xy(g, ox + (cgx + 0.5) * ps, oy - (cgy + 0.5) * ps)
+            gx, gy = cgx[inside], cgy[inside]
+            if gx.size == 0:
+                p = g.representative_point()
+                gx = np.array([math.floor((p.x - ox) / ps)])
+                gy = np.array([math.floor((oy - p.y) / ps)])
+            if gx.size > max_pixels_per_polygon:
+                keep = np.sort(rng.choice(gx.size, max_pixels_per_polygon, replace=False))
+                gx, gy = gx[keep], gy[keep]
+            if cv_groups == "block":
+                p = g.representative_point()
+                gid = _block(p.x, p.y)
+            else:  # auto / polygon: the polygon is the group
+                gid = f"P{sid}"
+            group = np.full(gx.size, gid, dtype=object)
+            kind = "polygon"
+        sample_years = [int(samples.years[i])] if samples.years is not None else years
+        for yr in sample_years:
+            rows["sample_id"].append(np.full(gx.size, sid, np.int64))
+            rows["cls"].append(np.full(gx.size, samples.classes[i], np.int64))
+            rows["gx"].append(gx.astype(np.int64))
+            rows["gy"].append(gy.astype(np.int64))
+            rows["group"].append(np.asarray(group, dtype=object))
+            rows["kind"].append(np.full(gx.size, kind, dtype=object))
+            rows["year"].append(np.full(gx.size, yr, np.int64))
+    cat = {k: np.concatenate(v) for k, v in rows.items()}
+    return PixelTable(sample_id=cat["sample_id"], cls=cat["cls"], year=cat["year"], gx=cat["gx"], gy=cat["gy"],
+                      x=ox + (cat["gx"] + 0.5) * ps, y=oy - (cat["gy"] + 0.5) * ps,
+                      group=cat["group"].astype(str), kind=cat["kind"].astype(str))
+
+
+# ---------------------------------------------------------------------- overlay
+
+
+@dataclass(frozen=True)
+class _OverlayJob:
+    tile_index: tuple[int, int]
+    rows: np.ndarray  # indices into the pixel table
+    row0: int
+    col0: int
+    height: int
+    width: int
+
+
+def _overlay_jobs(pixels: PixelTable, grid: TileGrid, block_size: int) -> list[_OverlayJob]:
+    ts = grid.tile_size
+    ix, iy = np.floor_divide(pixels.gx, ts), np.floor_divide(pixels.gy, ts)
+    row, col = pixels.gy - iy * ts, pixels.gx - ix * ts
+    keys = np.stack([iy, ix, row // block_size, col // block_size], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    jobs = []
+    for k, (kiy, kix, _, _) in enumerate(uniq):
+        idx = np.flatnonzero(inverse == k)
+        r, c = row[idx], col[idx]
+        jobs.append(_OverlayJob((int(kix), int(kiy)), idx, int(r.min()), int(c.min()),
+                                int(r.max() - r.min() + 1), int(c.max() - c.min() + 1)))
+    return jobs
+
+
+def _run_overlay_job(cfg, grid: TileGrid, job: _OverlayJob, pixels: PixelTable, threads: int):
+    from rasterio.windows import Window
+
+    from . import gapfill, read
+    from .features import features_for_year
+
+    tile = grid.tile(job.tile_index)
+    window = Window(job.col0, job.row0, job.width, job.height)
+    result = read.read_block(cfg, tile, window, threads=threads)
+    filled, _flags = gapfill.fill_gaps_config(result.data, cfg, threads=threads)
+    season = int(cfg.inputs.periods.season_size)
+    start = int(cfg.inputs.periods.start_year)
+    ts = grid.tile_size
+    local = (pixels.gy[job.rows] - job.tile_index[1] * ts - job.row0) * job.width + \
+            (pixels.gx[job.rows] - job.tile_index[0] * ts - job.col0)
+    years = pixels.year[job.rows]
+    out = None
+    for yr in np.unique(years):
+        feats = features_for_year(filled, bands=result.bands, season_size=season, year_index=int(yr) - start,
+                                  indices=cfg.features.indices)
+        if out is None:
+            out = np.empty((job.rows.size, feats.shape[1]), np.float32)
+        sel = years == yr
+        out[sel] = feats[local[sel]]
+    return job.rows, out, tuple(result.bands), {"tile": tile.id, "window": [job.col0, job.row0, job.width,
+                                                                             job.height],
+                                                "missing_hrefs": list(result.missing), "read": dict(result.stats)}
+
+
+def extract_features(cfg, pixels: PixelTable, *, threads: int | None = None) -> tuple[np.ndarray, list[str], dict]:
+    """Overlay the pixels on the gap-filled cube: ``(n_pixels, n_features)`` float32, names, stats."""
+    from joblib import Parallel, delayed
+
+    grid = TileGrid.from_config(cfg.grid)
+    jobs = _overlay_jobs(pixels, grid, cfg.processing.block_size)
+    n_threads = available_threads(threads or cfg.processing.threads)
+    n_outer = max(1, min(len(jobs), n_threads))
+    inner = max(1, n_threads // n_outer)
+    t0 = time.perf_counter()
+    results = Parallel(n_jobs=n_outer, prefer="threads")(
+        delayed(_run_overlay_job)(cfg, grid, job, pixels, inner) for job in jobs
+    )
+    bands = results[0][2]
+    names = make_feature_names(bands, int(cfg.inputs.periods.season_size), cfg.features.indices)
+    X = np.full((len(pixels), len(names)), np.nan, np.float32)
+    for rows, feats, _, _ in results:
+        X[rows] = feats
+    stats = {
+        "windows": len(jobs),
+        "tiles": sorted({r[3]["tile"] for r in results}),
+        "threads": n_threads,
+        "parallel_windows": n_outer,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "missing_inputs": sorted({m for r in results for m in r[3]["missing_hrefs"]}),
+    }
+    return X, names, stats
+
+
+# ---------------------------------------------------------------------- feature table
+
+
+def write_feature_table(path: Path, pixels: PixelTable, X: np.ndarray, names: list[str], metadata: dict) -> None:
+    """The feature table as Parquet (one row per pixel and year), written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {
+        "sample_id": pa.array(pixels.sample_id), "class": pa.array(pixels.cls), "year": pa.array(pixels.year),
+        "group": pa.array(pixels.group.tolist(), pa.string()), "kind": pa.array(pixels.kind.tolist(), pa.string()),
+        "gx": pa.array(pixels.gx), "gy": pa.array(pixels.gy), "x": pa.array(pixels.x), "y": pa.array(pixels.y),
+    }
+    for j, n in enumerate(names):
+        cols[n] = pa.array(X[:, j])
+    table = pa.table(cols).replace_schema_metadata({b"ecocube": json.dumps(metadata).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_feature_table(path: Path) -> tuple[PixelTable, np.ndarray, list[str], dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"ecocube", b"{}"))
+    names = list(meta.get("feature_names", []))
+    pixels = PixelTable(
+        sample_id=np.asarray(table.column("sample_id")), cls=np.asarray(table.column("class")),
+        year=np.asarray(table.column("year")), gx=np.asarray(table.column("gx")), gy=np.asarray(table.column("gy")),
+        x=np.asarray(table.column("x")), y=np.asarray(table.column("y")),
+        group=np.asarray(table.column("group").to_pylist(), dtype=str),
+        kind=np.asarray(table.column("kind").to_pylist(), dtype=str),
+    )
+    X = np.column_stack([np.asarray(table.column(n), dtype=np.float32) for n in names]) if names else \
+        np.empty((len(pixels), 0), np.float32)
+    return pixels, X, names, meta
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: list[int], class_names: list[str] | None = None,
+             *, majority_class: int | None = None) -> dict:
+    """Accuracy figures of held-out probabilities ``proba`` (columns in ``classes`` order)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    classes = [int(c) for c in classes]
+    class_names = class_names or [str(c) for c in classes]
+    codes = np.asarray(classes)
+    y_pred = codes[np.argmax(proba, axis=1)]
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=codes, zero_division=0)
+    per_class = []
+    for k, c in enumerate(classes):
+        pos = y_true == c
+        auc = float(roc_auc_score(pos, proba[:, k])) if 0 < pos.sum() < pos.size else None
+        per_class.append({"code": c, "name": class_names[k], "precision": float(p[k]), "recall": float(r[k]),
+                          "f1": float(f[k]), "support": int(s[k]), "roc_auc": auc})
+    clipped = np.clip(proba, 1e-15, 1.0)
+    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    out = {
+        "n": int(y_true.size),
+        "overall_accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1_weighted": float(f1_score(y_true, y_pred, labels=codes, average="weighted", zero_division=0)),
+        "f1_macro": float(f1_score(y_true, y_pred, labels=codes, average="macro", zero_division=0)),
+        "kappa": float(cohen_kappa_score(y_true, y_pred, labels=codes)),
+        "log_loss": float(log_loss(y_true, clipped, labels=codes)),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": classes, "rows": "true", "columns": "predicted",
+                             "matrix": confusion_matrix(y_true, y_pred, labels=codes).tolist()},
+    }
+    if majority_class is not None:
+        base = np.full(y_true.size, majority_class)
+        prior = np.array([np.mean(y_true == c) for c in classes])
+        out["baseline"] = {
+            "rule": f"always the majority class {majority_class}",
+            "overall_accuracy": float(accuracy_score(y_true, base)),
+            "f1_weighted": float(f1_score(y_true, base, labels=codes, average="weighted", zero_division=0)),
+            "f1_macro": float(f1_score(y_true, base, labels=codes, average="macro", zero_division=0)),
+            "log_loss": float(log_loss(y_true, np.tile(np.clip(prior, 1e-15, 1), (y_true.size, 1)), labels=codes)),
+        }
+    return out
+
+
+def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int,
+                   random_state: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Held-out probabilities from a grouped, stratified K-fold (``classes`` = sorted codes of ``y``).
+
+    Returns ``(proba (n, n_classes), fold (n,), per-fold dicts)``; every row is predicted by
+    a model that saw none of its group.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    classes = np.unique(y)
+    n_groups = np.unique(groups).size
+    n_splits = min(folds, n_groups)
+    if n_splits < 2:
+        raise ModelError(f"spatial cross-validation needs at least 2 groups, got {n_groups}: "
+                         "lower model.cv_block_size or add samples")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    proba = np.full((y.size, classes.size), np.nan)
+    fold_of = np.full(y.size, -1, np.int64)
+    per_fold = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(splitter.split(X, y, groups))
+    for k, (train, test) in enumerate(splits):
+        model = make_model()
+        inner_groups = groups[train]
+        if np.unique(inner_groups).size < 2:
+            inner_groups = None
+        model.fit(X[train], y[train], groups=inner_groups)
+        p = model.predict_proba(X[test])
+        cols = np.searchsorted(classes, model.classes_)
+        block = np.zeros((test.size, classes.size))
+        block[:, cols] = p
+        proba[test] = block
+        fold_of[test] = k
+        acc = float(np.mean(classes[np.argmax(block, axis=1)] == y[test]))
+        per_fold.append({"fold": k, "n_train": int(train.size), "n_test": int(test.size),
+                         "groups_test": int(np.unique(groups[test]).size), "overall_accuracy": acc,
+                         "classes_in_train": [int(c) for c in model.classes_]})
+    return proba, fold_of, per_fold
+
+
+# ---------------------------------------------------------------------- bundle I/O
+
+
+def save_bundle(bundle: ModelBundle, folder: str | Path) -> Path:
+    """Write ``model.joblib`` (compressed) then ``model.json`` (with the model's checksum).
+
+    Each file is written to a temporary name and renamed, ``model.json`` last: a reader
+    sees either the old or the new bundle, and :func:`load_bundle` detects a mismatch
+    between the two files by the checksum.
+    """
+    import joblib
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = folder / MODEL_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_FILE}.", suffix=".part", dir=folder)
+    os.close(fd)
+    try:
+        joblib.dump(bundle.model, tmp, compress=3)
+        os.replace(tmp, model_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    n_in = getattr(bundle.model, "n_features_in_", None)
+    if n_in is not None and n_in != len(bundle.feature_names):
+        raise ModelError(f"bundle lists {len(bundle.feature_names)} feature names but the model takes {n_in}")
+    meta = dict(bundle.metadata)
+    meta.update({
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_file": MODEL_FILE,
+        "model_sha256": sha256_file(model_path),
+        "feature_names": list(bundle.feature_names),
+        "n_features": len(bundle.feature_names),
+        "classes": [{"code": int(c), "name": n, "color": col}
+                    for c, n, col in zip(bundle.classes, bundle.class_names, bundle.colors)],
+        "versions": package_versions(),
+    })
+    _atomic_write_text(folder / META_FILE, _dumps(meta))
+    return folder
+
+
+def load_bundle(folder: str | Path, expected_features: list[str] | None = None, *,
+                check_versions: bool = True) -> ModelBundle:
+    """Load a bundle written by :func:`save_bundle`, refusing anything that does not fit.
+
+    Raises :class:`ModelError` when the folder or a file is missing, the checksum differs,
+    the bundle was pickled by another major.minor version of scikit-learn or LightGBM
+    (``check_versions=False`` skips this at your own risk), or ``expected_features`` differs
+    from the bundle's feature names — including the same names in another order, which
+    would predict with shuffled features.
+    """
+    import joblib
+
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.exists():
+        raise ModelError(f"model bundle not found: {folder} has no {META_FILE} (train one with `ecocube train`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model bundle {meta_path} is not readable JSON: {exc}") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise ModelError(f"{meta_path} is not an ecocube model bundle (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > BUNDLE_VERSION:
+        raise ModelError(f"model bundle {folder} has format version {meta['format_version']}; this ecocube reads "
+                         f"up to {BUNDLE_VERSION}: upgrade ecocube")
+    if check_versions:
+        here = package_versions()
+        for pkg in PICKLE_PACKAGES:
+            then = meta.get("versions", {}).get(pkg)
+            if then and _major_minor(then) != _major_minor(here.get(pkg, "")):
+                raise ModelError(
+                    f"model bundle {folder} was saved with {pkg} {then}, this environment has {here.get(pkg)}; "
+                    f"pickled models are not portable across versions: retrain, or install {pkg}=={then}"
+                )
+    model_path = folder / meta.get("model_file", MODEL_FILE)
+    if not model_path.exists():
+        raise ModelError(f"model bundle {folder}: {model_path.name} is missing")
+    if sha256_file(model_path) != meta.get("model_sha256"):
+        raise ModelError(f"model bundle {folder}: {model_path.name} does not match the checksum in {META_FILE} "
+                         "(corrupt, or from another training run)")
+    names = list(meta.get("feature_names") or [])
+    if expected_features is not None:
+        check_features(names, list(expected_features), folder)
+    try:
+        from sklearn.exceptions import InconsistentVersionWarning
+    except ImportError:  # pragma: no cover - scikit-learn < 1.3
+        InconsistentVersionWarning = UserWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        try:
+            model = joblib.load(model_path)
+        except InconsistentVersionWarning as exc:
+            raise ModelError(f"model bundle {folder}: {exc}") from None
+        except Exception as exc:
+            raise ModelError(f"model bundle {folder}: cannot load {model_path.name}: {exc}") from None
+    n_in = getattr(model, "n_features_in_", None)
+    if n_in is not None and n_in != len(names):
+        raise ModelError(f"model bundle {folder}: the model takes {n_in} features, {META_FILE} lists {len(names)}")
+    classes = meta.get("classes") or []
+    model_classes = [int(c) for c in getattr(model, "classes_", [])]
+    if model_classes and model_classes != [int(c["code"]) for c in classes]:
+        raise ModelError(f"model bundle {folder}: class codes in {META_FILE} {[c['code'] for c in classes]} "
+                         f"differ from the model's {model_classes}")
+    return ModelBundle(model=model, feature_names=names, classes=[int(c["code"]) for c in classes],
+                       class_names=[c["name"] for c in classes], colors=[c["color"] for c in classes], metadata=meta)
+
+
+def check_features(have: list[str], expected: list[str], where: str | Path = "model") -> None:
+    """Raise :class:`ModelError` unless ``expected`` equals the model's feature names, in order."""
+    if have == expected:
+        return
+    if sorted(have) == sorted(expected) and len(have) == len(expected):
+        first = next(i for i, (a, b) in enumerate(zip(have, expected)) if a != b)
+        raise ModelError(
+            f"model bundle {where}: the features are the same but in another order (position {first}: model "
+            f"{have[first]!r}, data {expected[first]!r}); refusing to predict with shuffled features"
+        )
+    missing = [n for n in have if n not in expected]
+    extra = [n for n in expected if n not in have]
+    raise ModelError(
+        f"model bundle {where}: features do not match: the model needs {len(have)}, the data has {len(expected)}"
+        + (f"; missing from the data: {', '.join(missing[:10])}" if missing else "")
+        + (f"; not in the model: {', '.join(extra[:10])}" if extra else "")
+        + " (were bands, season_size or features.indices changed since training?)"
+    )
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_plots(report: dict, folder: Path) -> dict[str, str]:
+    """Confusion matrix, per-class F1 and feature importance as PNG (matplotlib, Agg)."""
+    metrics = report["metrics"]
+    names = [c["name"] for c in metrics["per_class"]]
+    out = {}
+
+    cm = np.asarray(metrics["confusion_matrix"]["matrix"], dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(names)
+    fig = _figure(1.2 + 0.7 * n, 1.0 + 0.6 * n)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    ax.set_title("Confusion matrix (spatial CV, row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save_png(fig, folder / "confusion_matrix.png")
+    out["confusion_matrix"] = "confusion_matrix.png"
+
+    f1 = [c["f1"] for c in metrics["per_class"]]
+    colors = [c.get("color", "#888888") for c in report["classes"]]
+    fig = _figure(1.5 + 0.6 * n, 3.5)
+    ax = fig.add_subplot()
+    ax.bar(range(n), f1, color=colors, edgecolor="black")
+    ax.axhline(metrics["f1_weighted"], color="black", linestyle="--", label=f"weighted F1 {metrics['f1_weighted']:.2f}")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 (spatial CV)")
+    ax.legend(loc="lower right")
+    _save_png(fig, folder / "per_class_f1.png")
+    out["per_class_f1"] = "per_class_f1.png"
+
+    imp = report["feature_importance"][:25]
+    fig = _figure(6.0, 0.8 + 0.25 * max(len(imp), 1))
+    ax = fig.add_subplot()
+    ax.barh(range(len(imp))[::-1], [d["importance"] for d in imp], color="#4c72b0")
+    ax.set_yticks(range(len(imp))[::-1], [d["feature"] for d in imp], fontsize=8)
+    ax.set_xlabel("mean normalised importance of the base learners")
+    ax.set_title("Feature importance (final model)")
+    _save_png(fig, folder / "feature_importance.png")
+    out["feature_importance"] = "feature_importance.png"
+    return out
+
+
+def report_markdown(report: dict) -> str:
+    m, b = report["metrics"], report["metrics"].get("baseline", {})
+    cv = report["cv"]
+    lines = [
+        f"# Training report: {report['run']}",
+        "",
+        f"Samples: `{report['samples']['file']}` (field `{report['samples']['class_field']}`, sha256 "
+        f"`{report['samples']['sha256'][:16]}…`): {report['samples']['features']} features → "
+        f"{report['samples']['pixels_used']} pixel samples used ({report['samples']['pixels_dropped_nan']} dropped "
+        f"for unfilled gaps), years {', '.join(map(str, report['samples']['years']))}.",
+        "",
+        f"Accuracy from **{cv['scheme']}** cross-validation: {cv['folds']} folds over {cv['groups']} groups; "
+        "every figure below comes from predictions of models that never saw the group of the pixel.",
+        "",
+        "| metric | model | majority-class baseline |",
+        "|---|---|---|",
+        f"| overall accuracy | {m['overall_accuracy']:.3f} | {b.get('overall_accuracy', float('nan')):.3f} |",
+        f"| weighted F1 | {m['f1_weighted']:.3f} | {b.get('f1_weighted', float('nan')):.3f} |",
+        f"| macro F1 | {m['f1_macro']:.3f} | {b.get('f1_macro', float('nan')):.3f} |",
+        f"| log loss | {m['log_loss']:.3f} | {b.get('log_loss', float('nan')):.3f} |",
+        f"| Cohen's kappa | {m['kappa']:.3f} | 0 |",
+        "",
+        "## Per class",
+        "",
+        "| code | class | precision | recall | F1 | ROC AUC (one vs all) | support |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in m["per_class"]:
+        auc = "–" if c["roc_auc"] is None else f"{c['roc_auc']:.3f}"
+        lines.append(f"| {c['code']} | {c['name']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+                     f"{auc} | {c['support']} |")
+    cm = m["confusion_matrix"]
+    names = {c["code"]: c["name"] for c in m["per_class"]}
+    lines += ["", "## Confusion matrix (rows: reference, columns: predicted)", "",
+              "| | " + " | ".join(names[c] for c in cm["labels"]) + " |",
+              "|---" * (len(cm["labels"]) + 1) + "|"]
+    for code, row in zip(cm["labels"], cm["matrix"]):
+        lines.append(f"| **{names[code]}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![per-class F1](per_class_f1.png)", "",
+              "## Most important features", "", "| feature | importance |", "|---|---|"]
+    lines += [f"| {d['feature']} | {d['importance']:.4f} |" for d in report["feature_importance"][:15]]
+    lines += ["", "![feature importance](feature_importance.png)", "", "## Folds", "",
+              "| fold | train | test | test groups | OA |", "|---|---|---|---|---|"]
+    lines += [f"| {f['fold']} | {f['n_train']} | {f['n_test']} | {f['groups_test']} | {f['overall_accuracy']:.3f} |"
+              for f in cv["per_fold"]]
+    mdl = report["model"]
+    lines += ["", "## Model", "",
+              f"Stacked ensemble of {', '.join(mdl['base_learners'])} ({mdl['n_estimators']} trees each), "
+              f"multinomial logistic meta-learner on {mdl['cv_folds']}-fold out-of-fold probabilities, "
+              f"class weights {mdl['class_weight']}. {report['n_features']} features; "
+              f"versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    report: dict
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str:
+    parts = {
+        "samples": samples.sha256, "class_field": class_field, "date_field": samples.date_field,
+        "crs": samples.crs, "years": years,
+        "cfg": cfg.model_dump(mode="json", include={"grid", "inputs", "gapfill", "features"}),
+        "pixels": cfg.model.model_dump(mode="json", include={"max_pixels_per_polygon", "cv_block_size", "cv_groups",
+                                                             "random_state"}),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _make_model(cfg, threads: int, *, cv_folds: int | None = None) -> EnsembleClassifier:
+    m = cfg.model
+    return EnsembleClassifier(
+        base_learners=tuple(m.base_learners), n_estimators=m.n_estimators, max_depth=m.max_depth,
+        learning_rate=m.learning_rate, cv_folds=cv_folds or m.cv_folds,
+        class_weight=None if m.class_weight == "none" else "balanced",
+        nan_policy="impute" if m.nan_policy == "impute" else "raise", n_jobs=threads, random_state=m.random_state,
+    )
+
+
+def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str | Path | None = None,
+                year: int | None = None, threads: int | None = None, samples_crs: str | None = None,
+                date_field: str | None = None, overwrite: bool = False) -> TrainResult:
+    """Train the ensemble on labelled samples, evaluate it by spatial CV, save bundle + report.
+
+    ``out_dir`` defaults to ``cfg.model.path``. An existing bundle there is replaced only with
+    ``overwrite=True`` (:class:`FileOverwriteError` otherwise). A ``features.parquet`` left by
+    an earlier run with the same samples and settings is reused instead of reading again.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else Path(cfg.model.path)
+    if (out / META_FILE).exists() and not overwrite:
+        raise FileOverwriteError(f"a model bundle exists in {out}; use --overwrite to replace it")
+    n_threads = available_threads(threads or cfg.processing.threads)
+    periods = cfg.inputs.periods
+    run_years = list(range(periods.start_year, periods.end_year + 1))
+    if year is not None and year not in run_years:
+        raise ConfigError(f"year {year} is outside the run's years {run_years[0]}..{run_years[-1]}")
+
+    samples = load_samples(samples_path, class_field, crs=samples_crs, date_field=date_field or cfg.model.date_field)
+    if samples.years is not None:
+        outside = sorted(set(samples.years.tolist()) - set(run_years))
+        if outside:
+            raise ConfigError(f"samples {samples.path}: years {outside} are outside the run's years "
+                              f"{run_years[0]}..{run_years[-1]} (field {samples.date_field!r})")
+    legend = {c.code: c for c in cfg.model.classes}
+    unknown = sorted(set(samples.classes.tolist()) - set(legend))
+    if unknown:
+        raise ConfigError(f"samples {samples.path}: class codes {unknown} in field {class_field!r} are not in "
+                          f"model.classes ({', '.join(str(c) for c in legend)})")
+    years = [year] if year is not None else run_years
+    grid = TileGrid.from_config(cfg.grid)
+
+    key = _cache_key(cfg, samples, class_field, years)
+    table_path = out / FEATURE_TABLE
+    reused = False
+    overlay_stats: dict = {}
+    if table_path.exists():
+        try:
+            pixels, X, names, meta = read_feature_table(table_path)
+            reused = meta.get("cache_key") == key
+        except Exception as exc:  # an unreadable old table is simply rebuilt
+            log.warning("ignoring unreadable feature table %s: %s", table_path, exc)
+    if reused:
+        overlay_stats = meta.get("overlay", {})
+        log.info("reusing feature table %s (%d rows)", table_path, len(pixels))
+    else:
+        pixels = sample_pixels(samples, grid, years=years, max_pixels_per_polygon=cfg.model.max_pixels_per_polygon,
+                               cv_block_size=cfg.model.cv_block_size, cv_groups=cfg.model.cv_groups,
+                               random_state=cfg.model.random_state)
+        log.info("overlaying %d pixel samples from %d features", len(pixels), len(samples))
+        X, names, overlay_stats = extract_features(cfg, pixels, threads=n_threads)
+        write_feature_table(table_path, pixels, X, names,
+                            {"cache_key": key, "feature_names": names, "overlay": overlay_stats,
+                             "samples_sha256": samples.sha256})
+    t_overlay = time.perf_counter() - t_start
+
+    finite = np.isfinite(X).all(axis=1)
+    n_dropped = 0
+    if cfg.model.nan_policy == "drop":
+        n_dropped = int((~finite).sum())
+        keep = finite
+    else:
+        keep = ~np.isnan(X).all(axis=1)  # a pixel without any value has nothing to impute from
+        n_dropped = int((~keep).sum())
+    if n_dropped:
+        log.warning("%d of %d pixel samples keep unfilled gaps and are %s", n_dropped, len(pixels),
+                    "dropped" if cfg.model.nan_policy == "drop" else "dropped (all features missing)")
+    pixels, X = pixels.take(np.flatnonzero(keep)), X[keep]
+    y = pixels.cls
+    present = np.unique(y)
+    if present.size < 2:
+        raise ModelError(f"samples {samples.path}: after the overlay only class(es) {present.tolist()} remain; "
+                         "training needs at least 2 classes")
+    group_codes = np.unique(pixels.group, return_inverse=True)[1].ravel()
+
+    t0 = time.perf_counter()
+    proba, fold_of, per_fold = cross_validate(lambda: _make_model(cfg, n_threads), X, y, group_codes,
+                                              folds=cfg.model.cv_folds, random_state=cfg.model.random_state)
+    t_cv = time.perf_counter() - t0
+    counts = {int(c): int((y == c).sum()) for c in present}
+    majority = max(counts, key=lambda c: (counts[c], -c))
+    class_names = [legend[int(c)].name for c in present]
+    metrics = evaluate(y, proba, present.tolist(), class_names, majority_class=majority)
+
+    t0 = time.perf_counter()
+    model = _make_model(cfg, n_threads).fit(X, y, groups=group_codes)
+    t_fit = time.perf_counter() - t0
+    importance = sorted(({"feature": n, "importance": float(v)} for n, v in zip(names, model.feature_importances_)),
+                        key=lambda d: -d["importance"])
+
+    codes = [int(c) for c in model.classes_]
+    kinds = sorted(set(pixels.kind.tolist()))
+    scheme = {"auto": "polygon" if kinds == ["polygon"] else "spatial-block"}.get(cfg.model.cv_groups,
+                                                                                  cfg.model.cv_groups)
+    if cfg.model.cv_groups == "auto" and len(kinds) > 1:
+        scheme = "polygon (polygons) + spatial-block (points)"
+    elif scheme == "block":
+        scheme = "spatial-block"
+    table_hash = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
+    report = {
+        "run": cfg.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "samples": {
+            "file": samples.path.name, "sha256": samples.sha256, "class_field": class_field,
+            "date_field": samples.date_field, "features": len(samples), "kinds": kinds,
+            "years": sorted(set(pixels.year.tolist())), "pixels_used": int(y.size),
+            "pixels_dropped_nan": n_dropped, "class_counts": {str(k): v for k, v in counts.items()},
+            "training_table_sha256": table_hash,
+            "classes_without_samples": [c.code for c in cfg.model.classes if c.code not in counts],
+        },
+        "cv": {"scheme": scheme, "block_size": cfg.model.cv_block_size, "folds": len(per_fold),
+               "groups": int(np.unique(group_codes).size), "per_fold": per_fold},
+        "metrics": metrics,
+        "classes": [{"code": c, "name": legend[c].name, "color": legend[c].color} for c in codes],
+        "n_features": len(names),
+        "feature_importance": importance,
+        "model": {"base_learners": list(cfg.model.base_learners), "n_estimators": cfg.model.n_estimators,
+                  "cv_folds": cfg.model.cv_folds, "class_weight": cfg.model.class_weight, "max_depth": cfg.model.max_depth,
+                  "learning_rate": cfg.model.learning_rate, "nan_policy": cfg.model.nan_policy,
+                  "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_)},
+        "features": {"bands": [n[:-3] for n in names if n.endswith("_s1") and n[:-3] not in cfg.features.indices],
+                     "season_size": periods.season_size, "indices": list(cfg.features.indices)},
+        "overlay": {**overlay_stats, "reused_feature_table": reused},
+        "timing_seconds": {"overlay": round(t_overlay, 3), "cross_validation": round(t_cv, 3),
+                           "final_fit": round(t_fit, 3)},
+        "threads": n_threads,
+        "versions": package_versions(),
+    }
+    bundle = ModelBundle(
+        model=model, feature_names=list(names), classes=codes, class_names=[legend[c].name for c in codes],
+        colors=[legend[c].color for c in codes],
+        metadata={
+            "run": cfg.name, "training_samples_sha256": samples.sha256, "training_table_sha256": table_hash,
+            "samples_file": samples.path.name, "class_field": class_field,
+            "season_size": periods.season_size, "indices": list(cfg.features.indices),
+            "years": report["samples"]["years"], "cv": {k: v for k, v in report["cv"].items() if k != "per_fold"},
+            "metrics": {k: metrics[k] for k in ("overall_accuracy", "f1_weighted", "f1_macro", "kappa", "log_loss")},
+            "baseline": metrics.get("baseline"), "model": report["model"],
+        },
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(report, out)
+    report["plots"] = plots
+    _atomic_write_text(out / "report.json", _dumps(report))
+    _atomic_write_text(out / "report.md", report_markdown(report))
+    save_bundle(bundle, out)
+    files = {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",
+             "report_md": out / "report.md", "features": table_path, **{k: out / v for k, v in plots.items()}}
+    log.info("trained on %d pixels: OA %.3f, weighted F1 %.3f (spatial CV; baseline OA %.3f) -> %s", y.size,
+             metrics["overall_accuracy"], metrics["f1_weighted"], metrics["baseline"]["overall_accuracy"], out)
+    return TrainResult(bundle=bundle, report=report, out_dir=out, files=files)
