@@ -487,3 +487,70 @@ def test_site_examples_validate_and_render(example, tmp_path):
     assert f"#SBATCH --cpus-per-task={section['cpus_per_task']}" in text
     fin = S.render_finalize_script(cfg, run_yaml=tmp_path / "run.yaml", array_job_id="9")
     subprocess.run(["bash", "-n"], input=fin, text=True, check=True)
+
+
+# =========================================================================== real ecocube in the jobs
+
+
+def _real_command() -> str | None:
+    """``None`` (the packaged templates with ecocube itself) once ``run-task --tiles-file``
+    and ``finalize`` exist in the CLI; until then the shim that makes the same library
+    calls (task_tiles + tile.run_tiles, mosaic.finalize)."""
+    from ecocube.cli import cli
+
+    helps = [CliRunner().invoke(cli, [c, "--help"]) for c in ("run-task", "finalize")]
+    if all(h.exit_code == 0 for h in helps) and "--tiles-file" in helps[0].output:
+        return None
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(DATA / 'ecocube_shim.py'))}"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """Demo inputs (2×2 tiles of 32 px, one year) and a small trained model."""
+    from ecocube.demo import demo_config_dict, make_demo_inputs
+    from ecocube.train import train_model
+
+    root = tmp_path_factory.mktemp("demo run")
+    spec = make_demo_inputs(root, tiles_x=2, tiles_y=2, tile_size=32, start_year=2019, end_year=2019,
+                            n_samples=150)
+    d = demo_config_dict(spec)
+    d["model"].update(n_estimators=10, cv_folds=2)
+    d["slurm"] = {"cpus_per_task": 1, "mem_per_cpu": "900M", "time": "2", "signal_seconds": 20,
+                  "finalize_time": "2", "finalize_cpus": 1, "tiles_per_task": 2, "throttle": 2,
+                  "command": _real_command()}
+    (root / "run.yaml").write_text(yaml.safe_dump(d))
+    train_model(load_config(root / "run.yaml"), spec.samples, "lc", threads=1)
+    return root / "run.yaml"
+
+
+def test_real_tiles_fail_resubmit_and_finalize_catalog(local_slurm, demo_run):
+    """Real tile processing in the array: an input goes missing → both tasks fail with the
+    URL in the error line → it comes back → resubmit --failed → finalize writes the catalog."""
+    cfg = load_config(demo_run)
+    gone = demo_run.parent / "inputs" / "2019" / "Q2" / "red.tif"
+    hidden = gone.with_name("red.tif.hidden")
+    gone.rename(hidden)
+    try:
+        plan = S.submit(cfg, demo_run)
+        assert plan.n_tasks == 2 and len(plan.tiles) == 4
+        _wait_jobs(plan.array_job_id, plan.finalize_job_id, timeout=180)
+    finally:
+        hidden.rename(gone)
+    st = S.slurm_status(cfg)
+    assert [t.state for t in st.tasks] == ["FAILED", "FAILED"], S.format_status(st)
+    assert st.counts()["tiles"] == {"failed": 4}
+    assert st.finalize.state == "CANCELLED"
+    for t in st.tasks:
+        assert "red.tif" in (t.error_line or ""), S.format_status(st)
+    assert "Q2/red.tif" in S.format_status(st)
+
+    plan2 = S.resubmit_failed(cfg, demo_run)
+    assert sorted(plan2.tiles) == sorted(plan.tiles)
+    _wait_jobs(plan2.array_job_id, plan2.finalize_job_id, timeout=180)
+    st = S.slurm_status(cfg)
+    assert st.counts()["tiles"] == {"done": 4}, S.format_status(st)
+    assert st.finalize.state == "COMPLETED", S.format_status(st)
+    store = _store(demo_run)
+    catalog = json.loads(store.get_bytes("catalog/catalog.json"))
+    assert catalog["type"] == "Catalog"
+    assert len(store.list("class/")) == 4  # one class raster per tile (one year)
