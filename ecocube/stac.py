@@ -483,9 +483,33 @@ def _core_schema(obj: dict[str, Any]) -> str | None:
     return f"https://schemas.stacspec.org/v{version}/{kind}-spec/json-schema/{kind}.json"
 
 
+def _deepest_errors(error, limit: int = 5) -> list:
+    """The most specific causes of an error: the deepest leaves of its oneOf/anyOf tree.
+
+    Schemas like the extensions' ``oneOf: [item, collection]`` fail on both branches; the
+    branch that got furthest into the object (``$.assets.x.raster:bands[0].data_type``)
+    says what is wrong, not the shallow ``$.type: 'Collection' was expected``.
+    """
+    leaves = []
+    stack = [error]
+    while stack:
+        err = stack.pop()
+        if err.context:
+            stack.extend(err.context)
+        else:
+            leaves.append(err)
+    depth = max(len(e.absolute_path) for e in leaves)
+    seen, out = set(), []
+    for leaf in sorted((e for e in leaves if len(e.absolute_path) == depth), key=lambda e: e.json_path):
+        sig = (leaf.json_path, leaf.message)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(leaf)
+    return out[:limit]
+
+
 def _validate_object(obj: dict[str, Any], href: str, registry) -> list[ValidationIssue]:
     from jsonschema import Draft7Validator
-    from jsonschema.exceptions import best_match
     from referencing.exceptions import Unresolvable
 
     issues: list[ValidationIssue] = []
@@ -505,12 +529,9 @@ def _validate_object(obj: dict[str, Any], href: str, registry) -> list[Validatio
         validator = Draft7Validator(resolved.contents, registry=registry)
         try:
             for error in validator.iter_errors(obj):
-                detail = best_match(error.context) if error.context else error
-                deepest = detail if len(detail.absolute_path) >= len(error.absolute_path) else error
-                message = deepest.message
-                if len(message) > 300:
-                    message = message[:300] + " ..."
-                issues.append(ValidationIssue(href, deepest.json_path, message, url))
+                for leaf in _deepest_errors(error):
+                    message = leaf.message if len(leaf.message) <= 300 else leaf.message[:300] + " ..."
+                    issues.append(ValidationIssue(href, leaf.json_path, message, url))
         except Unresolvable as exc:
             issues.append(ValidationIssue(href, "$", f"schema reference cannot be resolved offline: {exc}", url))
     return issues

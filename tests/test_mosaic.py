@@ -83,16 +83,6 @@ def tile_arrays(tile_id: str, seed: int = 0) -> dict[tuple[str, str, str], np.nd
     return out
 
 
-@pytest.fixture(autouse=True)
-def _gdal_cachemax_int(monkeypatch):
-    """env.GDAL_READ_OPTIONS holds GDAL_CACHEMAX as the string "256", which rasterio.Env
-    rejects (TypeError: an integer is required); until env.py is fixed, use the int."""
-    import ecocube.env
-
-    if isinstance(ecocube.env.GDAL_READ_OPTIONS.get("GDAL_CACHEMAX"), str):
-        monkeypatch.setitem(ecocube.env.GDAL_READ_OPTIONS, "GDAL_CACHEMAX", 256)
-
-
 NODATA = {"proba": 255, "class": 65535, "uncertainty": 255, "composite": -32768, "flags": None, "count": None}
 
 
