@@ -49,12 +49,12 @@ from .errors import ConfigError
 
 #: role -> band names that play it (case-insensitive), in order of preference
 BAND_ALIASES: dict[str, tuple[str, ...]] = {
-    "blue": ("blue", "b02", "b2"),
-    "green": ("green", "b03", "b3"),
-    "red": ("red", "b04", "b4"),
-    "nir": ("nir", "b08", "b8", "b8a"),
-    "swir1": ("swir1", "swir16", "b11"),
-    "swir2": ("swir2", "swir22", "b12"),
+    "blue": ("blue", "B02", "B2"),
+    "green": ("green", "B03", "B3"),
+    "red": ("red", "B04", "B4"),
+    "nir": ("nir", "B08", "B8", "B8A"),
+    "swir1": ("swir1", "swir16", "B11"),
+    "swir2": ("swir2", "swir22", "B12"),
 }
 
 #: index -> band roles it needs
@@ -82,7 +82,7 @@ def band_roles(bands: Sequence[str], indices: Sequence[str]) -> dict[str, int]:
         for role in INDEX_BANDS[index]:
             if role in roles:
                 continue
-            pos = next((lower.index(a) for a in BAND_ALIASES[role] if a in lower), None)
+            pos = next((lower.index(a.lower()) for a in BAND_ALIASES[role] if a.lower() in lower), None)
             if pos is None:
                 raise ConfigError(
                     f"index {index!r} needs the {role} band, but none of the bands {list(bands)} is "
