@@ -379,172 +379,210 @@ def _window_plan(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.
 
 
 @njit(nogil=True, cache=True)
-def _median_sorted(vals, n):  # pragma: no cover - compiled
-    """Median of vals[:n] (n >= 1), sorting them in place (insertion sort: n is small)."""
-    for i in range(1, n):
-        v = vals[i]
-        j = i - 1
-        while j >= 0 and vals[j] > v:
-            vals[j + 1] = vals[j]
-            j -= 1
-        vals[j + 1] = v
-    if n % 2 == 1:
-        return vals[n // 2]
-    return (vals[n // 2 - 1] + vals[n // 2]) * 0.5
+def _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt):  # pragma: no cover - compiled
+    """Copy row y of cube into row[P:P+T] (time, band, x); initial flags; outliers -> NaN."""
+    T, B, _, X = cube.shape
+    for t in range(T):
+        for b in range(B):
+            for x in range(X):
+                v = cube[t, b, y, x]
+                row[P + t, b, x] = v
+                frow[t, b, x] = 0 if v == v else 255
+    if not do_outlier:
+        return
+    for b in range(B):
+        for x in range(X):
+            n = 0
+            for t in range(T):
+                v = row[P + t, b, x]
+                if v == v:
+                    srt[n] = v
+                    n += 1
+            if n == 0:
+                continue
+            for gap in (57, 23, 10, 4, 1):  # shell sort of srt[:n] (Ciura gaps)
+                for i in range(gap, n):
+                    v64 = srt[i]
+                    j = i
+                    while j >= gap and srt[j - gap] > v64:
+                        srt[j] = srt[j - gap]
+                        j -= gap
+                    srt[j] = v64
+            # numpy's default (linear) percentiles of srt[:n], in float64
+            pos = q_lo / 100.0 * (n - 1)
+            i0 = int(np.floor(pos))
+            i1 = min(i0 + 1, n - 1)
+            lo = srt[i0] + (srt[i1] - srt[i0]) * (pos - i0)
+            pos = q_hi / 100.0 * (n - 1)
+            i0 = int(np.floor(pos))
+            i1 = min(i0 + 1, n - 1)
+            hi = srt[i0] + (srt[i1] - srt[i0]) * (pos - i0)
+            for t in range(T):
+                v64 = np.float64(row[P + t, b, x])
+                if v64 < lo or v64 > hi:  # False for NaN
+                    row[P + t, b, x] = np.nan
+                    frow[t, b, x] = 254
 
 
 @njit(nogil=True, cache=True)
-def _percentile_sorted(s, n, q):  # pragma: no cover - compiled
-    """numpy's default (linear) percentile q of the sorted s[:n], in float64."""
-    pos = q / 100.0 * (n - 1)
-    i0 = int(np.floor(pos))
-    i1 = min(i0 + 1, n - 1)
-    return s[i0] + (s[i1] - s[i0]) * (pos - i0)
+def _store_row(row, frow, out, flags, y, P):  # pragma: no cover - compiled
+    """Write the row's values (observed, NaN at gaps) and initial flags to the outputs."""
+    T, B, X = frow.shape
+    for t in range(T):
+        for b in range(B):
+            for x in range(X):
+                out[t, b, y, x] = row[P + t, b, x]
+                flags[t, b, y, x] = frow[t, b, x]
 
 
 @njit(nogil=True, cache=True)
-def _fill_rows(cube, out, flags, y0, y1, linear, direction, shared,  # pragma: no cover - compiled
-               w_codes, w_start, w_offs, pad, widest, do_outlier, q_lo, q_hi):
-    """Fill rows y0..y1 of cube (time, band, y, x) into out/flags (out may be cube).
+def _validity(row, ok, b_lo, b_hi, P, T):  # pragma: no cover - compiled
+    """ok[P+t, x] = bands b_lo..b_hi-1 are all valid at (t, x); the padding stays False."""
+    X = row.shape[2]
+    for t in range(P, P + T):
+        for x in range(X):
+            ok[t, x] = row[t, b_lo, x] == row[t, b_lo, x]
+        for b in range(b_lo + 1, b_hi):
+            for x in range(X):
+                ok[t, x] = ok[t, x] and row[t, b, x] == row[t, b, x]
 
-    Works row by row in the native layout (x innermost, so every access is a
-    contiguous run over x) on a private copy of the row, padded in time with ``pad``
-    gap periods on both sides so that window offsets need no bounds checks.
+
+@njit(nogil=True, cache=True)
+def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover - compiled
+               w_codes, w_start, w_offs, vals, idx):
+    """Fill the gaps of bands b_lo..b_hi-1 of one row from the windows of ``ok``."""
+    T = frow.shape[0]
+    X = frow.shape[2]
+    nwin = w_codes.shape[0]
+    for t in range(T):
+        tp = P + t
+        for x in range(X):
+            if ok[tp, x]:
+                continue
+            n = 0
+            w = 0
+            while w < nwin:
+                for i in range(w_start[w], w_start[w + 1]):
+                    k = tp + w_offs[i]
+                    if ok[k, x]:
+                        idx[n] = k
+                        n += 1
+                if n > 0:
+                    break
+                w += 1
+            if n == 0:
+                continue
+            code = w_codes[w]
+            for b in range(b_lo, b_hi):
+                if row[tp, b, x] == row[tp, b, x]:
+                    continue  # shared flags: this band was observed
+                if n == 1:
+                    out[t, b, y, x] = row[idx[0], b, x]
+                elif n == 2:
+                    out[t, b, y, x] = (np.float64(row[idx[0], b, x]) + np.float64(row[idx[1], b, x])) * 0.5
+                else:  # median of n > 2 values: insertion sort (n is small)
+                    for i in range(n):
+                        v = np.float64(row[idx[i], b, x])
+                        j = i - 1
+                        while j >= 0 and vals[j] > v:
+                            vals[j + 1] = vals[j]
+                            j -= 1
+                        vals[j + 1] = v
+                    if n % 2 == 1:
+                        out[t, b, y, x] = vals[n // 2]
+                    else:
+                        out[t, b, y, x] = (vals[n // 2 - 1] + vals[n // 2]) * 0.5
+                flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
+
+
+@njit(nogil=True, cache=True)
+def _linear_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, direction, prev, nxt,  # pragma: no cover
+                 last):
+    """Linear interpolation (or nearest value) of the gaps of bands b_lo..b_hi-1 of one row."""
+    T = frow.shape[0]
+    X = frow.shape[2]
+    last[:] = -1
+    for t in range(T):
+        for x in range(X):
+            prev[t, x] = last[x]
+            if ok[P + t, x]:
+                last[x] = t
+    last[:] = -1
+    for t in range(T - 1, -1, -1):
+        for x in range(X):
+            nxt[t, x] = last[x]
+            if ok[P + t, x]:
+                last[x] = t
+    for t in range(T):
+        for x in range(X):
+            if ok[P + t, x]:
+                continue
+            a = prev[t, x] if direction != 2 else -1
+            c = nxt[t, x] if direction != 1 else -1
+            if a < 0 and c < 0:
+                continue
+            code = 121 if (a >= 0 and c >= 0) else 122
+            for b in range(b_lo, b_hi):
+                if row[P + t, b, x] == row[P + t, b, x]:
+                    continue  # shared flags: this band was observed
+                if a >= 0 and c >= 0:
+                    va = np.float64(row[P + a, b, x])
+                    vc = np.float64(row[P + c, b, x])
+                    out[t, b, y, x] = va + (vc - va) * (t - a) / (c - a)
+                elif a >= 0:
+                    out[t, b, y, x] = row[P + a, b, x]
+                else:
+                    out[t, b, y, x] = row[P + c, b, x]
+                flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
+
+
+@njit(nogil=True, cache=True)
+def _tmwm_rows(cube, out, flags, y0, y1, shared, w_codes, w_start, w_offs, pad, widest,  # pragma: no cover
+               do_outlier, q_lo, q_hi):
+    """TMWM of rows y0..y1 of cube (time, band, y, x) into out/flags (out may be cube).
+
+    Row by row in the native layout (x innermost: every access is a contiguous run over
+    x) on a private copy of the row, padded in time with ``pad`` gap periods on both
+    sides so that window offsets need no bounds checks.
     """
-    T = cube.shape[0]
-    B = cube.shape[1]
-    X = cube.shape[3]
+    T, B, _, X = cube.shape
     P = pad
-    Tp = T + 2 * P
-    row = np.full((Tp, B, X), np.nan, np.float32)
+    row = np.full((T + 2 * P, B, X), np.nan, np.float32)
     frow = np.empty((T, B, X), np.uint8)
-    joint = np.zeros((Tp, X), np.bool_)
+    ok = np.zeros((T + 2 * P, X), np.bool_)
     srt = np.empty(T, np.float64)
     vals = np.empty(widest, np.float64)
     idx = np.empty(widest, np.int64)
-    if linear:
-        prev = np.empty((T, X), np.int32)
-        nxt = np.empty((T, X), np.int32)
-    else:
-        prev = np.empty((0, 0), np.int32)
-        nxt = np.empty((0, 0), np.int32)
-    last = np.empty(X, np.int32)
-    nwin = w_codes.shape[0]
-    ngroups = 1 if shared else B
     for y in range(y0, y1):
-        for t in range(T):
-            for b in range(B):
-                for x in range(X):
-                    v = cube[t, b, y, x]
-                    row[P + t, b, x] = v
-                    frow[t, b, x] = 0 if v == v else 255
-        if do_outlier:
-            for b in range(B):
-                for x in range(X):
-                    n = 0
-                    for t in range(T):
-                        v = row[P + t, b, x]
-                        if v == v:
-                            srt[n] = v
-                            n += 1
-                    if n == 0:
-                        continue
-                    srt[:n].sort()
-                    lo = _percentile_sorted(srt, n, q_lo)
-                    hi = _percentile_sorted(srt, n, q_hi)
-                    for t in range(T):
-                        v64 = np.float64(row[P + t, b, x])
-                        if v64 < lo or v64 > hi:  # False for NaN
-                            row[P + t, b, x] = np.nan
-                            frow[t, b, x] = 254
-        if shared:
-            for t in range(P, P + T):
-                for x in range(X):
-                    ok = True
-                    for b in range(B):
-                        ok = ok and row[t, b, x] == row[t, b, x]
-                    joint[t, x] = ok
-        for t in range(T):
-            for b in range(B):
-                for x in range(X):
-                    out[t, b, y, x] = row[P + t, b, x]
-                    flags[t, b, y, x] = frow[t, b, x]
-        for g in range(ngroups):
+        _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt)
+        _store_row(row, frow, out, flags, y, P)
+        for g in range(1 if shared else B):  # one call site each: one compiled specialisation
             b_lo = 0 if shared else g
             b_hi = B if shared else g + 1
-            if linear:
-                # previous / next valid period of every (t, x), -1 if none
-                last[:] = -1
-                for t in range(T):
-                    for x in range(X):
-                        prev[t, x] = last[x]
-                        ok = joint[P + t, x] if shared else row[P + t, g, x] == row[P + t, g, x]
-                        if ok:
-                            last[x] = t
-                last[:] = -1
-                for t in range(T - 1, -1, -1):
-                    for x in range(X):
-                        nxt[t, x] = last[x]
-                        ok = joint[P + t, x] if shared else row[P + t, g, x] == row[P + t, g, x]
-                        if ok:
-                            last[x] = t
-            for t in range(T):
-                tp = P + t
-                for x in range(X):
-                    if shared:
-                        if joint[tp, x]:
-                            continue
-                    elif row[tp, g, x] == row[tp, g, x]:
-                        continue
-                    if linear:
-                        a = prev[t, x] if direction != 2 else -1
-                        c = nxt[t, x] if direction != 1 else -1
-                        if a < 0 and c < 0:
-                            continue
-                        code = 121 if (a >= 0 and c >= 0) else 122
-                        for b in range(b_lo, b_hi):
-                            if row[tp, b, x] == row[tp, b, x]:
-                                continue  # shared: this band was observed
-                            if a >= 0 and c >= 0:
-                                va = np.float64(row[P + a, b, x])
-                                vc = np.float64(row[P + c, b, x])
-                                out[t, b, y, x] = va + (vc - va) * (t - a) / (c - a)
-                            elif a >= 0:
-                                out[t, b, y, x] = row[P + a, b, x]
-                            else:
-                                out[t, b, y, x] = row[P + c, b, x]
-                            flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
-                        continue
-                    n = 0
-                    w = 0
-                    while w < nwin:
-                        for i in range(w_start[w], w_start[w + 1]):
-                            k = tp + w_offs[i]
-                            if shared:
-                                ok = joint[k, x]
-                            else:
-                                ok = row[k, g, x] == row[k, g, x]
-                            if ok:
-                                idx[n] = k
-                                n += 1
-                        if n > 0:
-                            break
-                        w += 1
-                    if n == 0:
-                        continue
-                    code = w_codes[w]
-                    for b in range(b_lo, b_hi):
-                        if row[tp, b, x] == row[tp, b, x]:
-                            continue  # shared: this band was observed
-                        if n == 1:
-                            out[t, b, y, x] = row[idx[0], b, x]
-                        elif n == 2:
-                            out[t, b, y, x] = (np.float64(row[idx[0], b, x]) + np.float64(row[idx[1], b, x])) * 0.5
-                        else:
-                            for i in range(n):
-                                vals[i] = row[idx[i], b, x]
-                            out[t, b, y, x] = _median_sorted(vals, n)
-                        flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
+            _validity(row, ok, b_lo, b_hi, P, T)
+            _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, w_codes, w_start, w_offs, vals, idx)
+
+
+@njit(nogil=True, cache=True)
+def _linear_rows(cube, out, flags, y0, y1, shared, direction, pad, do_outlier, q_lo, q_hi):  # pragma: no cover
+    """Linear interpolation of rows y0..y1 (see :func:`_tmwm_rows`); ``pad`` is 0."""
+    T, B, _, X = cube.shape
+    P = pad
+    row = np.full((T, B, X), np.nan, np.float32)
+    frow = np.empty((T, B, X), np.uint8)
+    ok = np.zeros((T, X), np.bool_)
+    srt = np.empty(T, np.float64)
+    prev = np.empty((T, X), np.int32)
+    nxt = np.empty((T, X), np.int32)
+    last = np.empty(X, np.int32)
+    for y in range(y0, y1):
+        _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt)
+        _store_row(row, frow, out, flags, y, P)
+        for g in range(1 if shared else B):
+            b_lo = 0 if shared else g
+            b_hi = B if shared else g + 1
+            _validity(row, ok, b_lo, b_hi, P, T)
+            _linear_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, direction, prev, nxt, last)
 
 
 # --------------------------------------------------------------------------- public API
@@ -589,17 +627,18 @@ def fill_gaps(
     if cube4.size == 0:
         return out4.reshape(arr.shape), flags4.reshape(arr.shape)
 
+    q_lo, q_hi = (float(q) for q in outlier_percentiles) if outlier_percentiles is not None else (0.0, 100.0)
+    shared = bool(shared_flags) and B > 1
+    do_outlier = outlier_percentiles is not None
     if method == "tmwm":
         windows = candidate_windows(season_size, h_same, h_neib, h_annual, direction)
         w_codes, w_start, w_offs, pad, widest = _window_plan(windows)
+        kernel = _tmwm_rows
+        args = (shared, w_codes, w_start, w_offs, pad, widest, do_outlier, q_lo, q_hi)
     else:
-        w_codes, w_start, w_offs, pad, widest = (np.zeros(0, np.uint8), np.zeros(1, np.int64),
-                                                 np.zeros(0, np.int64), 0, 1)
-    q_lo, q_hi = (float(q) for q in outlier_percentiles) if outlier_percentiles is not None else (0.0, 100.0)
-    args = (method == "linear", _DIRECTIONS.index(direction), bool(shared_flags) and B > 1,
-            w_codes, w_start, w_offs, pad, widest, outlier_percentiles is not None, q_lo, q_hi)
+        kernel = _linear_rows
+        args = (shared, _DIRECTIONS.index(direction), 0, do_outlier, q_lo, q_hi)
 
-    kernel = _fill_rows
     n_threads = min(available_threads(threads), Y)
     if n_threads <= 1:
         kernel(cube4, out4, flags4, 0, Y, *args)
