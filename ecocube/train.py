@@ -16,7 +16,8 @@ The flow of :func:`train_model`:
    drawn at random with ``model.random_state``; a polygon too small to hold a pixel centre
    samples the pixel of its representative point).
 4. **Overlay** (:func:`extract_features`): the pixels are grouped by tile of the run's grid
-   and by processing block (``processing.block_size``); for each group only the window
+   (and by processing block, ``processing.block_size``, where a tile's samples spread over
+   more than ``MERGE_BLOCKS`` blocks' worth of pixels); for each group only the window
    spanning its pixels is read (:func:`ecocube.read.read_block`), gap-filled
    (:func:`ecocube.gapfill.fill_gaps_config`) and turned into features
    (:func:`ecocube.features.features_for_year`). Groups run in parallel on joblib threads,
@@ -417,19 +418,37 @@ class _OverlayJob:
     width: int
 
 
+#: a tile's samples are read in one window when its bounding box holds at most this many
+#: processing blocks' worth of pixels; otherwise one window per processing block
+MERGE_BLOCKS = 4
+
+
 def _overlay_jobs(pixels: PixelTable, grid: TileGrid, block_size: int) -> list[_OverlayJob]:
+    """Windows to read: per tile, the bounding box of its pixels, split by processing block
+    when that box is larger than ``MERGE_BLOCKS`` blocks (memory stays bounded by the block size)."""
     ts = grid.tile_size
     ix, iy = np.floor_divide(pixels.gx, ts), np.floor_divide(pixels.gy, ts)
     row, col = pixels.gy - iy * ts, pixels.gx - ix * ts
-    keys = np.stack([iy, ix, row // block_size, col // block_size], axis=1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
+    tiles, tile_of = np.unique(np.stack([iy, ix], axis=1), axis=0, return_inverse=True)
+    tile_of = tile_of.ravel()
     jobs = []
-    for k, (kiy, kix, _, _) in enumerate(uniq):
-        idx = np.flatnonzero(inverse == k)
+
+    def _job(tix, tiy, idx):
         r, c = row[idx], col[idx]
-        jobs.append(_OverlayJob((int(kix), int(kiy)), idx, int(r.min()), int(c.min()),
-                                int(r.max() - r.min() + 1), int(c.max() - c.min() + 1)))
+        return _OverlayJob((int(tix), int(tiy)), idx, int(r.min()), int(c.min()),
+                           int(r.max() - r.min() + 1), int(c.max() - c.min() + 1))
+
+    for t, (tiy, tix) in enumerate(tiles):
+        idx = np.flatnonzero(tile_of == t)
+        whole = _job(tix, tiy, idx)
+        if whole.height * whole.width <= MERGE_BLOCKS * block_size * block_size:
+            jobs.append(whole)
+            continue
+        keys = np.stack([row[idx] // block_size, col[idx] // block_size], axis=1)
+        _, block_of = np.unique(keys, axis=0, return_inverse=True)
+        block_of = block_of.ravel()
+        for b in range(int(block_of.max()) + 1):
+            jobs.append(_job(tix, tiy, idx[block_of == b]))
     return jobs
 
 
@@ -589,13 +608,32 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: list[int], class_na
     return out
 
 
+def _cv_fold(make_model, X, y, groups, classes, k, train, test, threads):
+    model = make_model(threads)
+    inner_groups = groups[train]
+    if np.unique(inner_groups).size < 2:
+        inner_groups = None
+    model.fit(X[train], y[train], groups=inner_groups)
+    p = model.predict_proba(X[test])
+    block = np.zeros((test.size, classes.size))
+    block[:, np.searchsorted(classes, model.classes_)] = p
+    acc = float(np.mean(classes[np.argmax(block, axis=1)] == y[test]))
+    info = {"fold": k, "n_train": int(train.size), "n_test": int(test.size),
+            "groups_test": int(np.unique(groups[test]).size), "overall_accuracy": acc,
+            "classes_in_train": [int(c) for c in model.classes_]}
+    return test, block, info
+
+
 def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int,
-                   random_state: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                   random_state: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Held-out probabilities from a grouped, stratified K-fold (``classes`` = sorted codes of ``y``).
 
-    Returns ``(proba (n, n_classes), fold (n,), per-fold dicts)``; every row is predicted by
-    a model that saw none of its group.
+    ``make_model(n_threads)`` returns a fresh estimator with ``fit(X, y, groups=)``. The
+    folds run on joblib threads (at most ``threads`` of them), the allocation's threads
+    shared between them. Returns ``(proba (n, n_classes), fold (n,), per-fold dicts)``;
+    every row is predicted by a model that saw none of its group.
     """
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedGroupKFold
 
     classes = np.unique(y)
@@ -605,28 +643,22 @@ def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
         raise ModelError(f"spatial cross-validation needs at least 2 groups, got {n_groups}: "
                          "lower model.cv_block_size or add samples")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
-    proba = np.full((y.size, classes.size), np.nan)
-    fold_of = np.full(y.size, -1, np.int64)
-    per_fold = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splits = list(splitter.split(X, y, groups))
-    for k, (train, test) in enumerate(splits):
-        model = make_model()
-        inner_groups = groups[train]
-        if np.unique(inner_groups).size < 2:
-            inner_groups = None
-        model.fit(X[train], y[train], groups=inner_groups)
-        p = model.predict_proba(X[test])
-        cols = np.searchsorted(classes, model.classes_)
-        block = np.zeros((test.size, classes.size))
-        block[:, cols] = p
+    n_outer = max(1, min(int(threads), len(splits)))
+    inner = max(1, int(threads) // n_outer)
+    results = Parallel(n_jobs=n_outer, prefer="threads")(
+        delayed(_cv_fold)(make_model, X, y, groups, classes, k, train, test, inner)
+        for k, (train, test) in enumerate(splits)
+    )
+    proba = np.full((y.size, classes.size), np.nan)
+    fold_of = np.full(y.size, -1, np.int64)
+    per_fold = []
+    for k, (test, block, info) in enumerate(results):
         proba[test] = block
         fold_of[test] = k
-        acc = float(np.mean(classes[np.argmax(block, axis=1)] == y[test]))
-        per_fold.append({"fold": k, "n_train": int(train.size), "n_test": int(test.size),
-                         "groups_test": int(np.unique(groups[test]).size), "overall_accuracy": acc,
-                         "classes_in_train": [int(c) for c in model.classes_]})
+        per_fold.append(info)
     return proba, fold_of, per_fold
 
 
@@ -997,8 +1029,8 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     group_codes = np.unique(pixels.group, return_inverse=True)[1].ravel()
 
     t0 = time.perf_counter()
-    proba, fold_of, per_fold = cross_validate(lambda: _make_model(cfg, n_threads), X, y, group_codes,
-                                              folds=cfg.model.cv_folds, random_state=cfg.model.random_state)
+    proba, fold_of, per_fold = cross_validate(lambda t: _make_model(cfg, t), X, y, group_codes, folds=cfg.model.cv_folds,
+                                              random_state=cfg.model.random_state, threads=n_threads)
     t_cv = time.perf_counter() - t0
     counts = {int(c): int((y == c).sum()) for c in present}
     majority = max(counts, key=lambda c: (counts[c], -c))
@@ -1022,6 +1054,8 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     table_hash = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
     report = {
         "run": cfg.name,
+        # headline figures (spatial CV), repeated from "metrics" for quick access
+        **{k: metrics[k] for k in ("overall_accuracy", "f1_weighted", "f1_macro", "kappa", "log_loss")},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "samples": {
             "file": samples.path.name, "sha256": samples.sha256, "class_field": class_field,

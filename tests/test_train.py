@@ -200,14 +200,14 @@ def test_cross_validation_keeps_groups_apart():
             return super().fit(X, y, groups=groups)
 
     proba, fold, per_fold = cross_validate(
-        lambda: Recorder(base_learners=("rf",), n_estimators=5, cv_folds=3, n_jobs=1, random_state=0),
-        X, y, groups, folds=4, random_state=0)
+        lambda t: Recorder(base_learners=("rf",), n_estimators=5, cv_folds=3, n_jobs=t, random_state=0),
+        X, y, groups, folds=4, random_state=0, threads=1)
     assert len(per_fold) == 4 and (fold >= 0).all()
     for k, train_groups in enumerate(seen):
         assert not train_groups & set(groups[fold == k].tolist())
     assert (proba.argmax(1) == y).mean() > 0.9
     with pytest.raises(ModelError, match="at least 2 groups"):
-        cross_validate(lambda: None, X, y, np.zeros(120), folds=3, random_state=0)
+        cross_validate(lambda t: None, X, y, np.zeros(120), folds=3, random_state=0)
 
 
 # ---------------------------------------------------------------------- bundle
@@ -417,3 +417,19 @@ def test_real_series_rerun_reuses_the_feature_table_and_reproduces(belgium_model
                         overwrite=True)
     assert again.report["overlay"]["reused_feature_table"] is True
     assert again.report["metrics"] == first.report["metrics"]  # seeded: the same figures
+
+
+def test_overlay_windows_merge_per_tile_and_split_by_block_when_spread():
+    from ecocube.train import PixelTable, _overlay_jobs
+
+    grid = TileGrid(crs="EPSG:32631", origin_x=0, origin_y=0, pixel_size=1, tile_size=100)
+    gx, gy = np.array([0, 99, 5, 150, 160]), np.array([0, 99, 5, 10, 12])
+    n = gx.size
+    table = PixelTable(sample_id=np.arange(n), cls=np.ones(n, int), year=np.ones(n, int), gx=gx, gy=gy,
+                       x=gx * 1.0, y=gy * 1.0, group=np.array(["g"] * n), kind=np.array(["point"] * n))
+    jobs = [(j.tile_index, j.rows.tolist(), j.row0, j.col0, j.height, j.width) for j in _overlay_jobs(table, grid, 16)]
+    # tile (0,0): samples spread over 100x100 px > 4 blocks of 16x16 -> one window per block;
+    # tile (1,0): two close samples -> one 3x11 window
+    assert jobs == [((0, 0), [0, 2], 0, 0, 6, 6), ((0, 0), [1], 99, 99, 1, 1), ((1, 0), [3, 4], 10, 50, 3, 11)]
+    merged = _overlay_jobs(table, grid, 64)  # 4 blocks of 64x64 hold the whole tile
+    assert [(j.tile_index, j.height, j.width) for j in merged] == [((0, 0), 100, 100), ((1, 0), 3, 11)]
