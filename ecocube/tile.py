@@ -445,7 +445,7 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     try:
         store.cleanup_stale(_tile_prefixes(tile.id))
         write_status(store, record)
-        work = store.work_dir(tile.id)
+        work = _work_dir(store, tile.id, cfg.processing.tmp_dir)
     except EcocubeError as exc:
         raise TileError(f"cannot start tile {tile.id}: {exc}", tile=tile.id) from exc
 
@@ -479,6 +479,17 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     log.info("tile %s: done in %.1f s (completeness %.3f, %d outputs)", tile.id, record["seconds"],
              record.get("completeness", 0.0), len(record.get("outputs", {})))
     return record
+
+
+def _work_dir(store, tile_id: str, tmp_dir) -> Path:
+    """Local scratch for the tile's outputs: ``processing.tmp_dir`` (e.g. node-local disk)
+    if set, else the store's own (inside a local store, so publishing is a rename)."""
+    if tmp_dir is None:
+        return store.work_dir(tile_id)
+    import tempfile
+
+    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"ecocube-{tile_id}.", dir=tmp_dir))
 
 
 def _finish(record: dict, timer: _Timer, t_start: float, state: str, exc: BaseException | None) -> None:

@@ -203,7 +203,8 @@ def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
 
 
 def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
-    small = make_cfg(scene["root"], str(tmp_path / "a"), processing={"block_size": 16})
+    # outputs staged on "node-local" scratch, then copied into the store
+    small = make_cfg(scene["root"], str(tmp_path / "a"), processing={"block_size": 16, "tmp_dir": str(tmp_path / "scratch")})
     whole = make_cfg(scene["root"], str(tmp_path / "b"), processing={"block_size": 32})
     ra = process_tile(tile_of(small), small, bundle=bundle)
     rb = process_tile(tile_of(whole), whole, bundle=bundle)
@@ -213,6 +214,8 @@ def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
                 "composite/X0000_Y0000/2019-04-01/nir.tif", "flags/X0000_Y0000/2020-10-01/red.tif"]:
         np.testing.assert_array_equal(read_tif(tmp_path / "a" / key)[0], read_tif(tmp_path / "b" / key)[0])
     assert ra["gaps"] == rb["gaps"] and ra["predicted_pixels"] == rb["predicted_pixels"]
+    assert list((tmp_path / "scratch").iterdir()) == []  # scratch cleaned
+    assert not (tmp_path / "a" / ".ecocube-tmp").exists() or not any((tmp_path / "a" / ".ecocube-tmp").iterdir())
 
 
 def test_rerun_skips_verified_tiles_and_redoes_changed_ones(scene, bundle, tmp_path):
