@@ -431,6 +431,13 @@ def test_cli_run_tile_run_status_and_run_task(scene, model_dir, tmp_path, monkey
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     code, out, err = ecocube("run-task", str(run_yaml))
     assert code == 2 and "SLURM_ARRAY_TASK_ID" in err
+    # a submission's tile list (line i = tiles of task i), as `ecocube slurm submit` writes it
+    LocalStore(tmp_path / "out").put_bytes(b"X0001_Y0000\nX0000_Y0000 X0001_Y0000\n", "slurm/s1/tiles.txt")
+    code, out, err = ecocube("run-task", str(run_yaml), "--task-id", "1", "--tiles-file", "slurm/s1/tiles.txt")
+    assert code == 0 and "task 1: tiles X0000_Y0000 X0001_Y0000" in err
+    assert out.splitlines() == ["X0000_Y0000: already done (attempt 1), outputs verified; skipped",
+                                "X0001_Y0000: already done (attempt 1), outputs verified; skipped",
+                                "2 tiles: 2 done (2 skipped as already done), 0 failed"]
 
     code, out, err = ecocube("run", str(run_yaml), "--no-progress")
     assert code == 0 and "2 tiles: 2 done (2 skipped as already done), 0 failed" in out

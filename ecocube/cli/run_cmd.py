@@ -106,10 +106,14 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress) ->
 @threads_option
 @click.option("--task-id", type=click.IntRange(min=0), default=None,
               help="Array task index (default: $SLURM_ARRAY_TASK_ID).")
-def run_task(run_yaml, overrides, overwrite, threads, task_id) -> None:
-    """Process the tiles of one Slurm array task (slurm.tiles_per_task tiles each).
+@click.option("--tiles-file", default=None,
+              help="Tile list of a submission (store key or local file, one line of tile ids per task), "
+                   "as written by 'ecocube slurm submit'.")
+def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file) -> None:
+    """Process the tiles of one Slurm array task.
 
-    The tiles of task i are a fixed, contiguous slice of the run's tiles in grid order.
+    Without --tiles-file, task i takes a fixed, contiguous slice of slurm.tiles_per_task
+    tiles of the run's tiles in grid order; with it, the tiles on line i of the list.
     Failed tiles do not stop the others; the task exits non-zero if any failed.
     """
     from ..env import slurm_context
@@ -122,7 +126,12 @@ def run_task(run_yaml, overrides, overwrite, threads, task_id) -> None:
         task_id = slurm_context().array_task_id
         if task_id is None:
             raise ConfigError("no task id: give --task-id or run inside a Slurm array job (SLURM_ARRAY_TASK_ID)")
-    tiles = tiles_for_task(_tiles(cfg), task_id, cfg.slurm.tiles_per_task)
+    if tiles_file is not None:
+        from ..slurm import task_tiles
+
+        tiles = task_tiles(cfg, tiles_file, task_id)
+    else:
+        tiles = tiles_for_task(_tiles(cfg), task_id, cfg.slurm.tiles_per_task)
     click.echo(f"task {task_id}: tiles {' '.join(t.id for t in tiles)}", err=True)
     records = run_tiles(cfg, tiles, workers=1, overwrite=overwrite, progress=False, threads=threads)
     for rec in records:
