@@ -390,6 +390,9 @@ def _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt):  # pragma: no
                 frow[t, b, x] = 0 if v == v else 255
     if not do_outlier:
         return
+    SEL = 16
+    sel_lo = np.empty(SEL, np.float64)
+    sel_hi = np.empty(SEL, np.float64)
     for b in range(B):
         for x in range(X):
             n = 0
@@ -400,23 +403,63 @@ def _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt):  # pragma: no
                     n += 1
             if n == 0:
                 continue
-            for gap in (57, 23, 10, 4, 1):  # shell sort of srt[:n] (Ciura gaps)
-                for i in range(gap, n):
+            # numpy's default (linear) percentiles of srt[:n], in float64: order statistics
+            # a0, a1 (low) and c0, c1 (high) by partial selection when they lie near the
+            # ends (the usual envelope), else by sorting
+            pos_lo = q_lo / 100.0 * (n - 1)
+            a0 = int(np.floor(pos_lo))
+            a1 = min(a0 + 1, n - 1)
+            pos_hi = q_hi / 100.0 * (n - 1)
+            c0 = int(np.floor(pos_hi))
+            c1 = min(c0 + 1, n - 1)
+            kl = a1 + 1
+            kh = n - c0
+            if kl <= SEL and kh <= SEL:
+                ml = 0
+                mh = 0
+                for i in range(n):
                     v64 = srt[i]
-                    j = i
-                    while j >= gap and srt[j - gap] > v64:
-                        srt[j] = srt[j - gap]
-                        j -= gap
-                    srt[j] = v64
-            # numpy's default (linear) percentiles of srt[:n], in float64
-            pos = q_lo / 100.0 * (n - 1)
-            i0 = int(np.floor(pos))
-            i1 = min(i0 + 1, n - 1)
-            lo = srt[i0] + (srt[i1] - srt[i0]) * (pos - i0)
-            pos = q_hi / 100.0 * (n - 1)
-            i0 = int(np.floor(pos))
-            i1 = min(i0 + 1, n - 1)
-            hi = srt[i0] + (srt[i1] - srt[i0]) * (pos - i0)
+                    j = -1
+                    if ml < kl:
+                        j = ml
+                        ml += 1
+                    elif v64 < sel_lo[kl - 1]:
+                        j = kl - 1
+                    if j >= 0:
+                        while j > 0 and sel_lo[j - 1] > v64:
+                            sel_lo[j] = sel_lo[j - 1]
+                            j -= 1
+                        sel_lo[j] = v64
+                    j = -1
+                    if mh < kh:
+                        j = mh
+                        mh += 1
+                    elif v64 > sel_hi[kh - 1]:
+                        j = kh - 1
+                    if j >= 0:
+                        while j > 0 and sel_hi[j - 1] < v64:
+                            sel_hi[j] = sel_hi[j - 1]
+                            j -= 1
+                        sel_hi[j] = v64
+                s_a0 = sel_lo[a0]
+                s_a1 = sel_lo[a1]
+                s_c0 = sel_hi[n - 1 - c0]
+                s_c1 = sel_hi[n - 1 - c1]
+            else:
+                for gap in (57, 23, 10, 4, 1):  # shell sort of srt[:n] (Ciura gaps)
+                    for i in range(gap, n):
+                        v64 = srt[i]
+                        j = i
+                        while j >= gap and srt[j - gap] > v64:
+                            srt[j] = srt[j - gap]
+                            j -= gap
+                        srt[j] = v64
+                s_a0 = srt[a0]
+                s_a1 = srt[a1]
+                s_c0 = srt[c0]
+                s_c1 = srt[c1]
+            lo = s_a0 + (s_a1 - s_a0) * (pos_lo - a0)
+            hi = s_c0 + (s_c1 - s_c0) * (pos_hi - c0)
             for t in range(T):
                 v64 = np.float64(row[P + t, b, x])
                 if v64 < lo or v64 > hi:  # False for NaN
@@ -462,13 +505,27 @@ def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover 
             n = 0
             w = 0
             while w < nwin:
-                for i in range(w_start[w], w_start[w + 1]):
-                    k = tp + w_offs[i]
-                    if ok[k, x]:
-                        idx[n] = k
-                        n += 1
-                if n > 0:
-                    break
+                s0 = w_start[w]
+                m = w_start[w + 1] - s0
+                if m <= 2:
+                    # one or two new offsets (most windows): no index list, few branches
+                    k1 = tp + w_offs[s0]
+                    k2 = tp + w_offs[s0 + m - 1]
+                    ok1 = ok[k1, x]
+                    ok2 = ok[k2, x] and m == 2
+                    if ok1 or ok2:
+                        idx[0] = k1 if ok1 else k2
+                        idx[1] = k2
+                        n = 2 if (ok1 and ok2) else 1
+                        break
+                else:
+                    for i in range(s0, s0 + m):
+                        k = tp + w_offs[i]
+                        if ok[k, x]:
+                            idx[n] = k
+                            n += 1
+                    if n > 0:
+                        break
                 w += 1
             if n == 0:
                 continue

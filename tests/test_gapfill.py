@@ -234,6 +234,21 @@ def test_direction_past_and_future_see_one_side_only(cube, p, method, cut):
     np.testing.assert_array_equal(full[1][cut:], suffix[1])
 
 
+@pytest.mark.parametrize("q", [(2.0, 98.0), (25.0, 75.0), (0.0, 100.0), (40.0, 41.0)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_outliers_long_series_match_reference(q, shared):
+    """84 periods: both the partial-selection and the sorting path of the percentiles."""
+    rng = np.random.default_rng(7)
+    cube = rng.normal(0.3, 0.05, (84, 2, 3, 4)).astype(np.float32)
+    cube[rng.random(cube.shape) < 0.3] = np.nan
+    cube[5, 0, 1, 1] = 9.0  # a clear outlier
+    kw = dict(season_size=4, h_same=2, h_neib=1, h_annual=2, outlier_percentiles=q, shared_flags=shared)
+    got = fill_gaps(cube, threads=2, **kw)
+    assert_same(got, ref_fill(cube, **kw))
+    if q == (2.0, 98.0):
+        assert got[1][5, 0, 1, 1] & 128 and got[0][5, 0, 1, 1] < 1.0
+
+
 # --------------------------------------------------------------------------- worked examples
 
 
