@@ -618,3 +618,46 @@ def test_cli_rejects_bad_stacks(tmp_path):
     res = run(good[0], good[0], "--season-size", 4, "--out", tmp_path / "o")
     assert res.returncode == 2 and "unique" in res.stderr
     assert not list((tmp_path / "o").rglob("*.tif"))
+
+
+def test_cli_integer_masked_without_nodata_and_options(tmp_path):
+    """uint16 inputs with an internal mask and no nodata: unfilled pixels go to the mask."""
+    import rasterio
+    from affine import Affine
+    from click.testing import CliRunner
+
+    from ecocube.cli import cli
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(100, 2000, (12, 5, 6)).astype(np.uint16)
+    masks = np.where(rng.random(truth.shape) < 0.4, 0, 255).astype(np.uint8)
+    masks[:, 0, 0] = 0  # a pixel never observed
+    paths = []
+    for k in range(12):
+        path = tmp_path / "in" / f"p{k:02d}.tif"
+        path.parent.mkdir(exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", width=6, height=5, count=1, dtype="uint16",
+                           crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 50)) as dst:
+            dst.write(truth[k], 1)
+            dst.write_mask(masks[k])
+        paths.append(path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["gapfill", *map(str, paths), "--season-size", "4", "--out", str(out),
+                                   "--direction", "past", "--outlier-percentiles", "5", "95", "--h-neib", "2"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    cube = np.where(masks == 0, np.nan, truth.astype(np.float32))
+    want_f, want_fl = fill_gaps(cube, season_size=4, direction="past", outlier_percentiles=(5, 95), h_neib=2)
+    for k, p in enumerate(paths):
+        with rasterio.open(out / "filled" / p.name) as src:
+            got, got_mask = src.read(1), src.read_masks(1)
+            assert src.nodata is None
+        flags = _read(out / "flags" / p.name)[0]
+        np.testing.assert_array_equal(flags, want_fl[k])
+        np.testing.assert_array_equal(got_mask == 0, np.isnan(want_f[k]))
+        ok = ~np.isnan(want_f[k])
+        expect = np.where(want_fl[k] == 0, truth[k], np.rint(np.nan_to_num(want_f[k])).astype(np.uint16))
+        np.testing.assert_array_equal(got[ok], expect[ok])
+    assert flags[0, 0] == FLAG_UNFILLED
+    outliers = [(f >= 129) & (f <= 254) for f in (_read(out / "flags" / p.name)[0] for p in paths)]
+    assert sum(int(o.sum()) for o in outliers) == int(((want_fl >= 129) & (want_fl <= 254)).sum()) > 0
