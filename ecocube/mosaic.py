@@ -586,7 +586,7 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
         bar.set_label(label, fontsize=7)
     png_path = Path(png_path)
     part = png_path.with_name(f".{png_path.name}.part")
-    fig.savefig(part, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.04)
+    fig.savefig(part, format="png", facecolor="white")  # fixed layout: "tight" costs a second draw
     os.replace(part, png_path)
 
 
@@ -657,15 +657,24 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
         crs, transform, shape, bounds = cog.crs, cog.transform, (cog.height, cog.width), tuple(cog.bounds)
         overviews = cog.overviews(1)
     title = f"{collection} {sources.period}" + (f" · {asset}" if asset not in (collection, sources.layer) else "")
-    render_thumbnail(local_cog, local_png, product=sources.product, title=title, classes=cfg.model.classes,
-                     flag_legend=flag_legend_for(cfg) if sources.product == "flags" else None)
+    # one thumbnail per STAC item is shown: none for count layers (they sit beside their band)
+    # and, for the flags item (one asset per band), only for the first band
+    bands = list(cfg.bands)
+    wants_thumbnail = sources.product != "count" and (
+        sources.product != "flags" or not bands or sources.layer == bands[0])
+    if wants_thumbnail:
+        render_thumbnail(local_cog, local_png, product=sources.product, title=title, classes=cfg.model.classes,
+                         flag_legend=flag_legend_for(cfg) if sources.product == "flags" else None)
+    else:
+        png_key = None
     size = local_cog.stat().st_size
     checksum = sha256_multihash(local_cog)
 
     # the COG first: a crash never leaves a thumbnail or VRT of a missing COG
     store.put_file(local_cog, key, sha256=checksum[4:], move=True)
     store.put_file(published_vrt, vrt_key, move=True)
-    store.put_file(local_png, png_key, move=True)
+    if png_key is not None:
+        store.put_file(local_png, png_key, move=True)
 
     grid_bounds = [list(t.bounds) for t in meta.tiles]
     result = MosaicLayer(

@@ -24,6 +24,7 @@ is not available offline).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -463,6 +464,7 @@ def schema_registry(schema_dir: str | Path = PACKAGED_SCHEMAS):
 
     root = Path(schema_dir).resolve()
 
+    @functools.lru_cache(maxsize=None)  # each schema file is read and parsed once
     def retrieve(uri: str):
         parts = urlsplit(uri)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -508,7 +510,8 @@ def _deepest_errors(error, limit: int = 5) -> list:
     return out[:limit]
 
 
-def _validate_object(obj: dict[str, Any], href: str, registry) -> list[ValidationIssue]:
+def _validate_object(obj: dict[str, Any], href: str, registry,
+                     validators: dict[str, Any] | None = None) -> list[ValidationIssue]:
     from jsonschema import Draft7Validator
     from referencing.exceptions import Unresolvable
 
@@ -520,13 +523,16 @@ def _validate_object(obj: dict[str, Any], href: str, registry) -> list[Validatio
     extensions = obj.get("stac_extensions", [])
     if not isinstance(extensions, list):
         return [ValidationIssue(href, "$.stac_extensions", "must be a list of schema URLs")]
+    validators = {} if validators is None else validators
     for url in [core, *extensions]:
-        try:
-            resolved = registry.resolver().lookup(url)
-        except Unresolvable:
-            issues.append(ValidationIssue(href, "$", "schema not available offline (not in the shipped schemas)", url))
-            continue
-        validator = Draft7Validator(resolved.contents, registry=registry)
+        validator = validators.get(url)
+        if validator is None:
+            try:
+                resolved = registry.resolver().lookup(url)
+            except Unresolvable:
+                issues.append(ValidationIssue(href, "$", "schema not available offline (not in the shipped schemas)", url))
+                continue
+            validator = validators[url] = Draft7Validator(resolved.contents, registry=registry)
         try:
             for error in validator.iter_errors(obj):
                 for leaf in _deepest_errors(error):
@@ -550,6 +556,7 @@ def validate_catalog(path: str | Path, *, schema_dir: str | Path = PACKAGED_SCHE
     if path.is_dir():
         path = path / "catalog.json"
     registry = schema_registry(schema_dir)
+    validators: dict[str, Any] = {}  # one compiled validator per schema URL for the whole walk
     issues: list[ValidationIssue] = []
     seen: set[Path] = set()
     queue = [path.resolve()]
@@ -570,7 +577,7 @@ def validate_catalog(path: str | Path, *, schema_dir: str | Path = PACKAGED_SCHE
         if not isinstance(obj, dict):
             issues.append(ValidationIssue(str(current), "$", "not a JSON object"))
             continue
-        issues.extend(_validate_object(obj, str(current), registry))
+        issues.extend(_validate_object(obj, str(current), registry, validators))
         links = obj.get("links", []) if isinstance(obj.get("links"), list) else []
         if root_self is None:
             root_self = next((ln.get("href") for ln in links if isinstance(ln, dict) and ln.get("rel") == "self"), "")
