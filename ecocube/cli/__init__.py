@@ -71,20 +71,21 @@ def _unavailable(name: str, help_text: str) -> click.Command:
 
 
 def configure_logging(verbosity: int) -> None:
-    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
-    if verbosity < -2:
+    # default: warnings only (results are printed, progress has a bar); -v info, -vv debug
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    if verbosity < -1:
         level = logging.CRITICAL
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     # GDAL messages go through rasterio's loggers; keep them quiet unless -vv
     logging.getLogger("rasterio").setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "numba", "matplotlib", "PIL"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "numba", "matplotlib", "PIL", "pyogrio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="ecocube")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", count=True, help="Less log output.")
+@click.option("-v", "--verbose", count=True, help="More log output: -v progress details, -vv debug.")
+@click.option("-q", "--quiet", count=True, help="Less log output: -q errors only.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """ecocube: gap-filled, ML-predicted data cubes from satellite archives, tile by tile."""
