@@ -34,7 +34,10 @@ to float32). A window is a *set* of time indices ``k + o`` for a set of offsets 
 ``direction`` restricts every window to one side of the gap: ``past`` keeps only offsets
 ``o < 0``, ``future`` only ``o > 0``, ``both`` keeps all. Windows are sets, so an index
 reached twice (e.g. ``S = 2``: ``-S+1 == -1``) counts once in the median. A window that
-becomes empty after the restriction is skipped.
+becomes empty after the restriction is skipped, and ``h_* = 0`` skips a phase. Windows of
+different phases may overlap: with ``h_neib >= 1`` the contiguous window ``h = 1``
+(``k-1, k+1``) lies inside the neighbouring-season window ``h = 1``, so it can never be
+the first with data and its code (81) does not occur.
 
 ``linear`` — temporal linear interpolation
 ------------------------------------------
@@ -81,16 +84,19 @@ code       meaning
 So ``code & 127`` tells how a value was filled and ``code & 128`` (below 254) that it
 replaced an outlier; ``flag_phase`` and :func:`decode_flag` decode codes.
 
-Performance: a compiled kernel (numba, ``nogil``, cached on disk) runs per image row
-on a thread pool with the allocation's threads. Each row is gathered into a small
-transposed buffer, so the series of a pixel is contiguous. Because the windows of one
-phase are nested and every earlier window was empty, only the offsets a window adds to
-all earlier windows are inspected (precomputed once per call). Extra memory: the output
-(input size, or none with ``inplace=True``) plus the uint8 flags (a quarter of it).
+Performance: compiled kernels (numba, ``nogil``, cached on disk: the first call in a
+fresh environment compiles for a few seconds, later processes load the cache in well under
+a second) run over chunks of image rows on a thread pool with the allocation's threads.
+Each row is copied into a small buffer padded in time, and every loop runs over x, the
+contiguous axis. Because the windows of one phase are nested and every window tried
+before was empty, only the offsets that a window adds to all earlier windows are looked
+at (precomputed once per call). Extra memory: the output (the input's size, or nothing
+with ``inplace=True``) plus the uint8 flags (a quarter of it), plus a few rows per thread.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -109,18 +115,18 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FLAG_OBSERVED",
-    "FLAG_UNFILLED",
-    "FLAG_OUTLIER",
-    "FLAG_OUTLIER_UNFILLED",
+    "FLAG_LEGEND",
     "FLAG_LINEAR",
     "FLAG_NEAREST",
-    "FLAG_LEGEND",
+    "FLAG_OBSERVED",
+    "FLAG_OUTLIER",
+    "FLAG_OUTLIER_UNFILLED",
+    "FLAG_UNFILLED",
     "MAX_H",
-    "PHASE_SAME_SEASON",
-    "PHASE_NEIGHBOUR_SEASONS",
     "PHASE_CONTIGUOUS",
     "PHASE_LINEAR",
+    "PHASE_NEIGHBOUR_SEASONS",
+    "PHASE_SAME_SEASON",
     "FlagInfo",
     "Window",
     "candidate_windows",
@@ -129,6 +135,7 @@ __all__ = [
     "fill_gaps_config",
     "flag_code",
     "flag_legend",
+    "flag_legend_config",
     "flag_phase",
 ]
 
@@ -279,19 +286,26 @@ def flag_legend(
     h_annual: int = MAX_H,
     direction: str = "both",
     outliers: bool = True,
+    season_size: int | None = None,
 ) -> dict[int, str]:
     """Flag code -> human description, for the STAC metadata of a flag layer.
 
-    Only codes the given settings can produce are listed (default: every TMWM code).
+    Only codes the given settings can produce are listed (default: every TMWM code);
+    with ``season_size``, windows that add no period to earlier ones are left out too.
     ``method="none"`` gives observed/unfilled only.
     """
-    _check_params(method if method != "none" else "tmwm", 1, h_same, h_neib, h_annual, direction, None)
+    _check_params(method if method != "none" else "tmwm", season_size or 1, h_same, h_neib, h_annual,
+                  direction, None)
     codes = [FLAG_OBSERVED]
     fills: list[int] = []
     if method == "tmwm":
-        fills += [flag_code(1, h) for h in range(1, h_same + 1)]
-        fills += [flag_code(2, h) for h in range(1, h_neib + 1)]
-        fills += [flag_code(3, h) for h in range(1, h_annual + 1)]
+        if season_size is not None:
+            fills += [int(c) for c in _window_plan(candidate_windows(season_size, h_same, h_neib, h_annual,
+                                                                      direction))[0]]
+        else:
+            fills += [flag_code(1, h) for h in range(1, h_same + 1)]
+            fills += [flag_code(2, h) for h in range(1, h_neib + 1)]
+            fills += [flag_code(3, h) for h in range(1, h_annual + 1)]
     elif method == "linear":
         fills += [FLAG_LINEAR, FLAG_NEAREST] if direction == "both" else [FLAG_NEAREST]
     codes += fills
@@ -299,14 +313,6 @@ def flag_legend(
         codes += [c | FLAG_OUTLIER for c in fills] + [FLAG_OUTLIER_UNFILLED]
     codes.append(FLAG_UNFILLED)
     return {c: _describe(c, direction) for c in sorted(codes)}
-
-
-#: every code the TMWM method can produce with the largest windows, plus the linear ones
-FLAG_LEGEND: dict[int, str] = {
-    **flag_legend("tmwm"),
-    **flag_legend("linear"),
-}
-FLAG_LEGEND = dict(sorted(FLAG_LEGEND.items()))
 
 
 # --------------------------------------------------------------------------- windows
@@ -375,6 +381,14 @@ def _window_plan(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.
     return (np.asarray(codes, np.uint8), np.asarray(starts, np.int64), np.asarray(flat, np.int64), pad, widest)
 
 
+#: every code the TMWM method can produce with the largest windows, plus the linear ones
+FLAG_LEGEND: dict[int, str] = {
+    **flag_legend("tmwm"),
+    **flag_legend("linear"),
+}
+FLAG_LEGEND = dict(sorted(FLAG_LEGEND.items()))
+
+
 # --------------------------------------------------------------------------- kernel
 
 
@@ -387,7 +401,7 @@ def _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt):  # pragma: no
             for x in range(X):
                 v = cube[t, b, y, x]
                 row[P + t, b, x] = v
-                frow[t, b, x] = 0 if v == v else 255
+                frow[t, b, x] = 255 if np.isnan(v) else 0
     if not do_outlier:
         return
     SEL = 16
@@ -398,7 +412,7 @@ def _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt):  # pragma: no
             n = 0
             for t in range(T):
                 v = row[P + t, b, x]
-                if v == v:
+                if not np.isnan(v):
                     srt[n] = v
                     n += 1
             if n == 0:
@@ -484,10 +498,10 @@ def _validity(row, ok, b_lo, b_hi, P, T):  # pragma: no cover - compiled
     X = row.shape[2]
     for t in range(P, P + T):
         for x in range(X):
-            ok[t, x] = row[t, b_lo, x] == row[t, b_lo, x]
+            ok[t, x] = not np.isnan(row[t, b_lo, x])
         for b in range(b_lo + 1, b_hi):
             for x in range(X):
-                ok[t, x] = ok[t, x] and row[t, b, x] == row[t, b, x]
+                ok[t, x] = ok[t, x] and not np.isnan(row[t, b, x])
 
 
 @njit(nogil=True, cache=True)
@@ -531,7 +545,7 @@ def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover 
                 continue
             code = w_codes[w]
             for b in range(b_lo, b_hi):
-                if row[tp, b, x] == row[tp, b, x]:
+                if not np.isnan(row[tp, b, x]):
                     continue  # shared flags: this band was observed
                 if n == 1:
                     out[t, b, y, x] = row[idx[0], b, x]
@@ -580,7 +594,7 @@ def _linear_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, direction, prev, n
                 continue
             code = 121 if (a >= 0 and c >= 0) else 122
             for b in range(b_lo, b_hi):
-                if row[P + t, b, x] == row[P + t, b, x]:
+                if not np.isnan(row[P + t, b, x]):
                     continue  # shared flags: this band was observed
                 if a >= 0 and c >= 0:
                     va = np.float64(row[P + a, b, x])
@@ -680,7 +694,7 @@ def fill_gaps(
     cube4 = arr if arr.ndim == 4 else arr.reshape(arr.shape[0], 1, *arr.shape[1:])
     out4 = cube4 if inplace else np.empty_like(cube4)
     flags4 = np.empty(cube4.shape, np.uint8)
-    T, B, Y, X = cube4.shape
+    _, B, Y, _ = cube4.shape
     if cube4.size == 0:
         return out4.reshape(arr.shape), flags4.reshape(arr.shape)
 
@@ -705,7 +719,7 @@ def fill_gaps(
         edges = np.linspace(0, Y, n_chunks + 1).astype(np.int64)
         with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="ecocube-gapfill") as pool:
             futures = [pool.submit(kernel, cube4, out4, flags4, int(a), int(b), *args)
-                       for a, b in zip(edges[:-1], edges[1:]) if b > a]
+                       for a, b in itertools.pairwise(edges) if b > a]
             for f in futures:
                 f.result()
     return out4.reshape(arr.shape), flags4.reshape(arr.shape)
@@ -742,4 +756,5 @@ def flag_legend_config(cfg: RunConfig) -> dict[int, str]:
     """:func:`flag_legend` for a run configuration's ``gapfill`` section."""
     g = cfg.gapfill
     return flag_legend(g.method, h_same=g.h_same, h_neib=g.h_neib, h_annual=g.h_annual,
-                       direction=g.direction, outliers=g.outlier_percentiles is not None)
+                       direction=g.direction, outliers=g.outlier_percentiles is not None,
+                       season_size=int(cfg.inputs.periods.season_size))

@@ -182,6 +182,7 @@ def test_tmwm_matches_reference(cube, p, threads):
     got = fill_gaps(cube, method="tmwm", threads=threads, **p)
     assert_same(got, ref_fill(cube, method="tmwm", **p))
     assert_contract(cube, *got)
+    assert set(np.unique(got[1]).tolist()) <= set(flag_legend("tmwm", outliers=False, **p))
 
 
 @SETTINGS
@@ -242,7 +243,8 @@ def test_outliers_long_series_match_reference(q, shared):
     cube = rng.normal(0.3, 0.05, (84, 2, 3, 4)).astype(np.float32)
     cube[rng.random(cube.shape) < 0.3] = np.nan
     cube[5, 0, 1, 1] = 9.0  # a clear outlier
-    kw = dict(season_size=4, h_same=2, h_neib=1, h_annual=2, outlier_percentiles=q, shared_flags=shared)
+    kw = {"season_size": 4, "h_same": 2, "h_neib": 1, "h_annual": 2, "outlier_percentiles": q,
+          "shared_flags": shared}
     got = fill_gaps(cube, threads=2, **kw)
     assert_same(got, ref_fill(cube, **kw))
     if q == (2.0, 98.0):
@@ -359,6 +361,12 @@ def test_flag_legend_and_decoding():
     assert 129 in past and 254 in past
     assert list(flag_legend("linear", outliers=False)) == [0, 121, 122, 255]
     assert list(flag_legend("none")) == [0, 255]
+    # with the season size, windows that add nothing new are left out (81 lies inside 41)
+    assert list(flag_legend("tmwm", h_same=2, h_neib=1, h_annual=2, season_size=4, outliers=False)) == [
+        0, 1, 2, 41, 82, 255]
+    # S=1: neighbouring windows h=2, 3 add offsets ±3, ±4
+    assert list(flag_legend("tmwm", h_same=2, h_neib=3, h_annual=3, season_size=1, outliers=False)) == [
+        0, 1, 2, 42, 43, 255]
     json.dumps(FLAG_LEGEND)  # serialisable for STAC
     for code in FLAG_LEGEND:
         info = decode_flag(code)
@@ -399,6 +407,9 @@ def test_fill_gaps_config(tmp_path, synthetic_cube):
     sub = np.ascontiguousarray(synthetic_cube[:, :, :3, :3])
     assert_same(fill_gaps_config(sub, cfg), ref_fill(sub, season_size=4, h_same=3, h_neib=1, h_annual=1,
                                                      shared_flags=True))
+    from ecocube.gapfill import flag_legend_config
+
+    assert list(flag_legend_config(cfg)) == [0, 1, 2, 3, 41, 255]
     none = fill_gaps_config(synthetic_cube, _run_config(tmp_path, {"method": "none"}))
     np.testing.assert_array_equal(none[0], synthetic_cube)
     np.testing.assert_array_equal(none[1], np.where(np.isnan(synthetic_cube), 255, 0))
@@ -459,7 +470,7 @@ def holdout_errors(cube, season_size, *, frac=0.2, seed=0, **kw):
     masked = cube.copy()
     masked[hide] = np.nan
     filled, flags = fill_gaps(masked, season_size=season_size, **kw)
-    lin, lin_flags = fill_gaps(masked, method="linear", season_size=season_size)
+    lin, _ = fill_gaps(masked, method="linear", season_size=season_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         naive = np.broadcast_to(np.nanmean(masked, axis=0), cube.shape)  # the pixel's mean
@@ -610,7 +621,7 @@ def test_cli_rejects_bad_stacks(tmp_path):
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "ecocube", "gapfill", *map(str, args)],
-                              capture_output=True, text=True, timeout=120)
+                              check=False, capture_output=True, text=True, timeout=120)
 
     res = run(*good, other, "--season-size", 4, "--out", tmp_path / "o")
     assert res.returncode == 2 and "ecocube: error:" in res.stderr

@@ -131,9 +131,9 @@ def fill_raster_stack(
             nodata = first.nodata
             if nodata is None and np.issubdtype(dtype, np.floating):
                 nodata = float("nan")
-            base = dict(driver="GTiff", width=first.width, height=first.height, count=1, crs=first.crs,
-                        transform=first.transform, tiled=True, blockxsize=256, blockysize=256,
-                        compress="deflate", BIGTIFF="IF_SAFER")
+            base = {"driver": "GTiff", "width": first.width, "height": first.height, "count": 1,
+                    "crs": first.crs, "transform": first.transform, "tiled": True, "blockxsize": 256,
+                    "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
             for sub in ("filled", "flags"):
                 (out_dir / sub).mkdir(parents=True, exist_ok=True)
             outs, flag_outs = [], []

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
 
     from ecocube.gapfill import fill_gaps
 
-    params = dict(season_size=4, h_same=2, h_neib=1, h_annual=2)
+    params = {"season_size": 4, "h_same": 2, "h_neib": 1, "h_annual": 2}
     result: dict = {"benchmark": "gapfill", "python": platform.python_version(), "machine": platform.machine(),
                     "cpus_usable": len(os.sched_getaffinity(0)), "loadavg_start": os.getloadavg()[0],
                     "params": params, "size": args.size, "periods": 84}
