@@ -122,7 +122,7 @@ class SeaweedS3:
         log = self.root / "weed.log"
         cmd = [
             weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=30",
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=300",
             f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={self.port + 10000}", f"-s3.config={s3cfg}",
             # no Iceberg / Lance listeners: they take fixed ports (8181, 9101) and clash
