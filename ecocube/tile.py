@@ -12,6 +12,12 @@ to the store (atomic per object), stale objects of earlier attempts are removed,
 status record ``status/<tile>.json`` is written **last**. A rerun skips a tile whose
 record says ``done`` and whose outputs still match the record's checksums.
 
+Memory: one block's cube (read data, reasons, counts, filled values, flags: about
+``7 × periods × bands × block_size²`` bytes, 460 MB for 84 × 6 at 256²) plus a constant
+per open output GeoTIFF (~0.7 MB with deflate: the compressor state and one internal
+block), i.e. ~1.1 GB for 84 periods × 6 bands with composite, flags and count layers.
+Neither grows with the tile size (``scripts/bench/tile.py``).
+
 SIGTERM/SIGINT (see :func:`stop_on_signals`) stop the tile after the current block:
 nothing is published, the record says ``interrupted`` and :class:`Interrupted` is raised.
 Any other failure writes a ``failed`` record with the error and raises
