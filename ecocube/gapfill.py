@@ -506,15 +506,22 @@ def _validity(row, ok, b_lo, b_hi, P, T):  # pragma: no cover - compiled
 
 @njit(nogil=True, cache=True)
 def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover - compiled
-               w_codes, w_start, w_offs, vals, idx):
-    """Fill the gaps of bands b_lo..b_hi-1 of one row from the windows of ``ok``."""
+               w_codes, w_start, w_offs, win, nval, idx, vals):
+    """Fill the gaps of bands b_lo..b_hi-1 of one row from the windows of ``ok``.
+
+    Per period: first the window of every gap pixel (from ``ok``: one band's validity or
+    the joint one), then the values band by band, through 1-D views of the outputs.
+    """
     T = frow.shape[0]
     X = frow.shape[2]
     nwin = w_codes.shape[0]
     for t in range(T):
         tp = P + t
+        ok_t = ok[tp]
+        gaps = 0
         for x in range(X):
-            if ok[tp, x]:
+            win[x] = -1
+            if ok_t[x]:
                 continue
             n = 0
             w = 0
@@ -528,42 +535,53 @@ def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover 
                     ok1 = ok[k1, x]
                     ok2 = ok[k2, x] and m == 2
                     if ok1 or ok2:
-                        idx[0] = k1 if ok1 else k2
-                        idx[1] = k2
+                        idx[x, 0] = k1 if ok1 else k2
+                        idx[x, 1] = k2
                         n = 2 if (ok1 and ok2) else 1
                         break
                 else:
                     for i in range(s0, s0 + m):
                         k = tp + w_offs[i]
                         if ok[k, x]:
-                            idx[n] = k
+                            idx[x, n] = k
                             n += 1
                     if n > 0:
                         break
                 w += 1
-            if n == 0:
-                continue
-            code = w_codes[w]
-            for b in range(b_lo, b_hi):
-                if not np.isnan(row[tp, b, x]):
-                    continue  # shared flags: this band was observed
+            if n > 0:
+                win[x] = w
+                nval[x] = n
+                gaps += 1
+        if gaps == 0:
+            continue
+        for b in range(b_lo, b_hi):
+            out_v = out[t, b, y]
+            flags_v = flags[t, b, y]
+            frow_v = frow[t, b]
+            row_b = row[:, b, :]
+            for x in range(X):
+                w = win[x]
+                if w < 0 or not np.isnan(row_b[tp, x]):
+                    continue  # observed, unfillable, or (shared flags) this band observed
+                n = nval[x]
                 if n == 1:
-                    out[t, b, y, x] = row[idx[0], b, x]
+                    out_v[x] = row_b[idx[x, 0], x]
                 elif n == 2:
-                    out[t, b, y, x] = (np.float64(row[idx[0], b, x]) + np.float64(row[idx[1], b, x])) * 0.5
+                    out_v[x] = (np.float64(row_b[idx[x, 0], x]) + np.float64(row_b[idx[x, 1], x])) * 0.5
                 else:  # median of n > 2 values: insertion sort (n is small)
                     for i in range(n):
-                        v = np.float64(row[idx[i], b, x])
+                        v = np.float64(row_b[idx[x, i], x])
                         j = i - 1
                         while j >= 0 and vals[j] > v:
                             vals[j + 1] = vals[j]
                             j -= 1
                         vals[j + 1] = v
                     if n % 2 == 1:
-                        out[t, b, y, x] = vals[n // 2]
+                        out_v[x] = vals[n // 2]
                     else:
-                        out[t, b, y, x] = (vals[n // 2 - 1] + vals[n // 2]) * 0.5
-                flags[t, b, y, x] = code if frow[t, b, x] == 255 else code | 128
+                        out_v[x] = (vals[n // 2 - 1] + vals[n // 2]) * 0.5
+                code = w_codes[w]
+                flags_v[x] = code if frow_v[x] == 255 else code | 128
 
 
 @njit(nogil=True, cache=True)
@@ -623,7 +641,9 @@ def _tmwm_rows(cube, out, flags, y0, y1, shared, w_codes, w_start, w_offs, pad, 
     ok = np.zeros((T + 2 * P, X), np.bool_)
     srt = np.empty(T, np.float64)
     vals = np.empty(widest, np.float64)
-    idx = np.empty(widest, np.int64)
+    idx = np.empty((X, max(widest, 2)), np.int64)
+    win = np.empty(X, np.int64)
+    nval = np.empty(X, np.int64)
     for y in range(y0, y1):
         _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt)
         _store_row(row, frow, out, flags, y, P)
@@ -631,7 +651,8 @@ def _tmwm_rows(cube, out, flags, y0, y1, shared, w_codes, w_start, w_offs, pad, 
             b_lo = 0 if shared else g
             b_hi = B if shared else g + 1
             _validity(row, ok, b_lo, b_hi, P, T)
-            _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, w_codes, w_start, w_offs, vals, idx)
+            _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, w_codes, w_start, w_offs, win, nval, idx,
+                       vals)
 
 
 @njit(nogil=True, cache=True)
