@@ -402,7 +402,8 @@ class S3Store(Store):
                 # S3-compatible servers do not all speak the newer flexible checksums
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                max_pool_connections=max(10, 2 * self.max_concurrency),
+                # parallel publishing (processing.publish_threads) × parts per upload
+                max_pool_connections=max(32, 8 * self.max_concurrency),
             )
             self._client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         return self._client
