@@ -746,11 +746,14 @@ def fill_gaps(
     return out4.reshape(arr.shape), flags4.reshape(arr.shape)
 
 
-def fill_gaps_config(cube: np.ndarray, cfg: RunConfig, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fill_gaps_config(
+    cube: np.ndarray, cfg: RunConfig, threads: int | None = None, *, inplace: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`fill_gaps` with the run's ``gapfill`` section and ``inputs.periods.season_size``.
 
     ``method: none`` returns the cube (as float32) unchanged, with flags 0 where observed
     and 255 at gaps. ``threads`` defaults to ``processing.threads``, then the allocation.
+    ``inplace`` as in :func:`fill_gaps` (saves a cube's worth of memory).
     """
     g = cfg.gapfill
     if threads is None:
@@ -770,6 +773,7 @@ def fill_gaps_config(cube: np.ndarray, cfg: RunConfig, threads: int | None = Non
         shared_flags=g.shared_flags,
         outlier_percentiles=g.outlier_percentiles,
         threads=threads,
+        inplace=inplace,
     )
 
 

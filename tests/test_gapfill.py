@@ -404,6 +404,9 @@ def test_fill_gaps_config(tmp_path, synthetic_cube):
     cfg = _run_config(tmp_path, {"method": "tmwm", "h_same": 3, "h_neib": 1, "h_annual": 1, "shared_flags": True})
     got = fill_gaps_config(synthetic_cube, cfg, threads=1)
     assert_same(got, fill_gaps(synthetic_cube, season_size=4, h_same=3, h_neib=1, h_annual=1, shared_flags=True))
+    work = synthetic_cube.copy()
+    assert_same(fill_gaps_config(work, cfg, inplace=True), got)
+    np.testing.assert_array_equal(work, got[0])
     sub = np.ascontiguousarray(synthetic_cube[:, :, :3, :3])
     assert_same(fill_gaps_config(sub, cfg), ref_fill(sub, season_size=4, h_same=3, h_neib=1, h_annual=1,
                                                      shared_flags=True))
