@@ -24,7 +24,7 @@ GDAL_READ_OPTIONS: dict[str, str | int] = {
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "CPL_VSIL_CURL_CHUNK_SIZE": str(256 * 1024),
-    "GDAL_CACHEMAX": 256,  # an int: rasterio.Env rejects a string here
+    "GDAL_CACHEMAX": 256 * 2**20,  # bytes, as an int: rasterio.Env rejects strings here
 }
 
 

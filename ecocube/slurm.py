@@ -394,6 +394,9 @@ def task_tiles(cfg, tiles_file: str, task_id: int | None = None, *, store=None) 
 
 
 def _read_tiles_file(cfg, key: str, store) -> str:
+    local = Path(key)
+    if local.is_absolute() and local.is_file():  # a local file, not a store key
+        return local.read_text()
     if store is None:
         store = _open_store(cfg)
     try:

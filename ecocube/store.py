@@ -569,27 +569,10 @@ class S3Store(Store):
 
 def _rasterio_env(*, threads: int = 1, s3_endpoint: str | None = None, s3_region: str | None = None,
                   s3_profile: str | None = None):
-    """``ecocube.env``'s GDAL options in a scoped ``rasterio.Env``, credentials via boto3.
+    """``ecocube.env``'s scoped GDAL environment, credentials via boto3."""
+    from .env import rasterio_env
 
-    Numeric options are passed as numbers (``rasterio.Env`` refuses ``GDAL_CACHEMAX`` as a
-    string).
-    """
-    import rasterio
-    from rasterio.session import AWSSession
-
-    from .env import gdal_options
-
-    opts: dict[str, Any] = dict(gdal_options(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region))
-    if isinstance(opts.get("GDAL_CACHEMAX"), str) and opts["GDAL_CACHEMAX"].isdigit():
-        opts["GDAL_CACHEMAX"] = int(opts["GDAL_CACHEMAX"])
-    if not (s3_endpoint or s3_profile):
-        return rasterio.Env(**opts)
-    import boto3
-
-    session = boto3.Session(profile_name=s3_profile, region_name=s3_region)
-    endpoint = opts.get("AWS_S3_ENDPOINT")
-    aws = AWSSession(session, endpoint_url=endpoint) if endpoint else AWSSession(session)
-    return rasterio.Env(session=aws, **opts)
+    return rasterio_env(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region, s3_profile=s3_profile)
 
 
 def _client_error_code(exc: Exception) -> str | None:

@@ -54,17 +54,6 @@ def _open_inputs(files, stack: ExitStack):
     return sources
 
 
-def _local_env(opts: dict):
-    """rasterio.Env for local files with ecocube's GDAL options (GDAL_CACHEMAX as an int,
-    which rasterio requires)."""
-    import rasterio
-
-    opts = dict(opts)
-    if "GDAL_CACHEMAX" in opts:
-        opts["GDAL_CACHEMAX"] = int(opts["GDAL_CACHEMAX"])
-    return rasterio.Env(**opts)
-
-
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Filled float32 values as the output data type (integers: rounded and clipped)."""
     if np.issubdtype(dtype, np.integer):
@@ -98,7 +87,7 @@ def fill_raster_stack(
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    from ..env import available_threads, gdal_options
+    from ..env import available_threads, rasterio_env
     from ..gapfill import fill_gaps, flag_legend
 
     files = [Path(f) for f in files]
@@ -124,7 +113,7 @@ def fill_raster_stack(
     temps: list[tuple[Path, Path]] = []
     token = uuid.uuid4().hex[:8]
     try:
-        with _local_env(gdal_options(threads=n_threads)), ExitStack() as stack:
+        with rasterio_env(threads=n_threads), ExitStack() as stack:
             sources = _open_inputs(files, stack)
             first = sources[0]
             dtype = np.dtype(first.dtypes[0])
