@@ -47,8 +47,9 @@ from .errors import ConfigError, EcocubeError, GridError, SlurmError
 
 log = logging.getLogger(__name__)
 
-#: the packaged templates (``slurm/`` at the top of the source tree)
-DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
+#: the packaged templates: a copy of ``slurm/`` at the top of the source tree, shipped in the
+#: package so that a wheel install has them (tests/test_slurm.py checks the copies agree)
+DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent / "data" / "slurm-templates"
 ARRAY_TEMPLATE = "array.sbatch"
 FINALIZE_TEMPLATE = "finalize.sbatch"
 

@@ -554,3 +554,12 @@ def test_real_tiles_fail_resubmit_and_finalize_catalog(local_slurm, demo_run):
     catalog = json.loads(store.get_bytes("catalog/catalog.json"))
     assert catalog["type"] == "Catalog"
     assert len(store.list("class/")) == 4  # one class raster per tile (one year)
+
+
+def test_packaged_templates_match_repo_templates():
+    """The sbatch templates ship inside the package (wheel installs) and equal slurm/."""
+    from ecocube.slurm import DEFAULT_TEMPLATE_DIR
+
+    repo = Path(__file__).resolve().parents[1] / "slurm"
+    for name in ("array.sbatch", "finalize.sbatch"):
+        assert (DEFAULT_TEMPLATE_DIR / name).read_text() == (repo / name).read_text(), name
