@@ -376,6 +376,13 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         X = self._prepared(X)
         return self._base_proba(X).std(axis=0)
 
+    def predict_proba_and_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_proba`` and ``predict_uncertainty`` from one pass of the base learners."""
+        X = self._prepared(X)
+        base = self._base_proba(X)
+        proba = self.meta_learner_.predict_proba(np.concatenate(list(base), axis=1))
+        return proba, base.std(axis=0)
+
 
 # ---------------------------------------------------------------------- bundle
 
@@ -413,6 +420,10 @@ class ModelBundle:
 
     def predict_uncertainty(self, X) -> np.ndarray:
         return self.model.predict_uncertainty(self._check(X))
+
+    def predict_proba_and_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Both at the cost of one pass of the base learners (what tile prediction needs)."""
+        return self.model.predict_proba_and_uncertainty(self._check(X))
 
 
 def __getattr__(name: str):

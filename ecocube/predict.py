@@ -52,8 +52,13 @@ def _predict_chunk(bundle, X: np.ndarray, rows: np.ndarray, codes: np.ndarray,
     Xc = X[rows]
     # OpenMP limits are per thread (libgomp ICVs), so each worker thread sets its own
     with threadpool_limits(limits=1, user_api="openmp"):
-        proba = np.asarray(bundle.predict_proba(Xc), dtype=np.float64)
-        unc = np.asarray(bundle.predict_uncertainty(Xc), dtype=np.float64)
+        both = getattr(bundle, "predict_proba_and_uncertainty", None)
+        if both is not None:  # one pass of the base learners instead of two
+            proba, unc = both(Xc)
+        else:
+            proba, unc = bundle.predict_proba(Xc), bundle.predict_uncertainty(Xc)
+        proba = np.asarray(proba, dtype=np.float64)
+        unc = np.asarray(unc, dtype=np.float64)
     n_classes = codes.shape[0]
     if proba.shape != (rows.shape[0], n_classes):
         raise ValueError(f"model returned probabilities of shape {proba.shape}, "

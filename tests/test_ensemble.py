@@ -221,3 +221,15 @@ def test_bundle_checks_feature_count():
     assert bundle.predict_proba(X).shape == (60, 3)
     with pytest.raises(ModelError, match="expects 6 features"):
         bundle.predict_proba(X[:, :5])
+
+
+def test_proba_and_uncertainty_in_one_pass_equal_the_separate_calls():
+    from sklearn.datasets import make_classification
+
+    from ecocube.ensemble import EnsembleClassifier
+
+    X, y = make_classification(n_samples=300, n_features=6, n_informative=4, n_classes=3, random_state=1)
+    clf = EnsembleClassifier(n_estimators=20, cv_folds=3, random_state=0).fit(X, y)
+    proba, unc = clf.predict_proba_and_uncertainty(X)
+    np.testing.assert_array_equal(proba, clf.predict_proba(X))
+    np.testing.assert_array_equal(unc, clf.predict_uncertainty(X))
