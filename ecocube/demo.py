@@ -223,7 +223,7 @@ def demo_config_dict(spec: DemoSpec) -> dict:
                          "threshold": 50},
             }],
         },
-        "gapfill": {"method": "tmwm", "h_same": 1, "h_neib": 1, "h_annual": 2},
+        "gapfill": {"method": "tmwm", "h_same": 2, "h_neib": 1, "h_annual": 3},
         "features": {"indices": ["ndvi"]},
         "model": {
             "path": "model",

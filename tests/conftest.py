@@ -47,16 +47,27 @@ def seaweed():
 
 @pytest.fixture
 def s3_bucket(seaweed, monkeypatch, request):
-    """A fresh bucket on the session's SeaweedFS, with AWS variables set for boto3/GDAL."""
-    import re
+    """A fresh bucket with AWS variables set, emptied and deleted after the test.
+
+    SeaweedFS gives every bucket its own volumes: deleting them keeps the session server
+    from running out.
+    """
     import uuid
 
     for k, v in seaweed.env().items():
         monkeypatch.setenv(k, v)
-    name = re.sub(r"[^a-z0-9-]", "-", f"t-{request.node.name.lower()}")[:40].strip("-")
-    name = f"{name}-{uuid.uuid4().hex[:8]}"
-    seaweed.create_bucket(name)
-    return name
+    name = f"t-{request.node.name.lower()[:24].strip('-_[]')}-{uuid.uuid4().hex[:8]}".replace("_", "-")
+    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
+    client = seaweed.client()
+    client.create_bucket(Bucket=name)
+    yield name
+    for up in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if objs:
+            client.delete_objects(Bucket=name, Delete={"Objects": objs, "Quiet": True})
+    client.delete_bucket(Bucket=name)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +48,8 @@ def test_demo_tiles_have_status_and_outputs(demo_run):
     for path in records:
         rec = json.loads(path.read_text())
         assert rec["state"] == "done"
-        assert rec["completeness"] == pytest.approx(1.0)
+        # a pixel is left unpredicted only where no gap-fill window holds a clear value
+        assert rec["completeness"] > 0.99
     tile = records[0].stem
     with rasterio.open(store / "proba" / tile / "2020-01-01" / "proba.tif") as ds:
         assert ds.count == 5 and ds.dtypes[0] == "uint8"

@@ -22,7 +22,7 @@ from ecocube.mosaic import (
     read_manifest,
     render_thumbnail,
 )
-from ecocube.store import LocalStore, open_store
+from ecocube.store import open_store
 
 CLASSES = [
     {"code": 1, "name": "cropland", "color": "#f2d16b"},

@@ -19,7 +19,6 @@ from ecocube.stac import (
     CLASSIFICATION,
     PACKAGED_SCHEMAS,
     PACKAGED_TEMPLATES,
-    build_catalog,
     load_templates,
     period_interval,
     schema_registry,

@@ -26,32 +26,6 @@ from ecocube.store import (
 )
 
 
-@pytest.fixture
-def s3_bucket(seaweed, monkeypatch, request):
-    """A fresh bucket with AWS variables set, emptied and deleted after the test.
-
-    Overrides the conftest fixture of the same name: SeaweedFS gives every bucket its own
-    volumes, and the session server runs out of them after a few buckets unless they are
-    deleted again.
-    """
-    import uuid
-
-    for k, v in seaweed.env().items():
-        monkeypatch.setenv(k, v)
-    name = f"t-{request.node.name.lower()[:24].strip('-_[]')}-{uuid.uuid4().hex[:8]}".replace("_", "-")
-    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
-    client = seaweed.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    for up in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        client.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if objs:
-            client.delete_objects(Bucket=name, Delete={"Objects": objs, "Quiet": True})
-    client.delete_bucket(Bucket=name)
-
-
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):
     if request.param == "local":

@@ -42,13 +42,15 @@ def _describe(rec: dict) -> str:
 def _finish_many(records: list[dict], n_tiles: int) -> None:
     from ..errors import TileError
 
-    failed = [r["tile"] for r in records if r.get("state") == "failed"]
+    failed_records = [r for r in records if r.get("state") == "failed"]
+    failed = [r["tile"] for r in failed_records]
     done = sum(1 for r in records if r.get("state") == "done")
     skipped = sum(1 for r in records if r.get("skipped"))
     click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed")
     if failed:
-        raise TileError(f"{len(failed)} of {n_tiles} tiles failed: {' '.join(failed)} "
-                        "(see 'ecocube status' for the errors)")
+        first = failed_records[0].get("error") or "unknown error"
+        raise TileError(f"{len(failed)} of {n_tiles} tiles failed: {' '.join(failed)}; "
+                        f"first error: {first} (see 'ecocube status' for all errors)")
 
 
 @click.command("run-tile")
