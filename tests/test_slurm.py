@@ -491,18 +491,6 @@ def test_site_examples_validate_and_render(example, tmp_path):
 # =========================================================================== real ecocube in the jobs
 
 
-def _real_command() -> str | None:
-    """``None`` (the packaged templates with ecocube itself) once ``run-task --tiles-file``
-    and ``finalize`` exist in the CLI; until then the shim that makes the same library
-    calls (task_tiles + tile.run_tiles, mosaic.finalize)."""
-    from ecocube.cli import cli
-
-    helps = [CliRunner().invoke(cli, [c, "--help"]) for c in ("run-task", "finalize")]
-    if all(h.exit_code == 0 for h in helps) and "--tiles-file" in helps[0].output:
-        return None
-    return f"{shlex.quote(sys.executable)} {shlex.quote(str(DATA / 'ecocube_shim.py'))}"
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """Demo inputs (2×2 tiles of 32 px, one year) and a small trained model."""
@@ -515,8 +503,7 @@ def demo_run(tmp_path_factory):
     d = demo_config_dict(spec)
     d["model"].update(n_estimators=10, cv_folds=2)
     d["slurm"] = {"cpus_per_task": 1, "mem_per_cpu": "900M", "time": "2", "signal_seconds": 20,
-                  "finalize_time": "2", "finalize_cpus": 1, "tiles_per_task": 2, "throttle": 2,
-                  "command": _real_command()}
+                  "finalize_time": "2", "finalize_cpus": 1, "tiles_per_task": 2, "throttle": 2}
     (root / "run.yaml").write_text(yaml.safe_dump(d))
     train_model(load_config(root / "run.yaml"), spec.samples, "lc", threads=1)
     return root / "run.yaml"
