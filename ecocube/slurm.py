@@ -663,24 +663,31 @@ def parse_key_values(line: str) -> dict[str, str]:
     return out
 
 
-def parse_scontrol_jobs(text: str) -> list[TaskInfo]:
-    """Parse ``scontrol show job -o JOB`` output (one record per line)."""
+def _parse_key_value_jobs(text: str, source: str, *, with_reason: bool) -> list[TaskInfo]:
+    """Records of ``Key=Value ...`` lines, one job or array-task range per line."""
     out = []
     for line in text.splitlines():
         if "JobId=" not in line:
             continue
         rec = parse_key_values(line)
         state = _norm_state(rec.get("JobState", "UNKNOWN"))
-        reason = rec.get("Reason")
+        reason = rec.get("Reason") if with_reason else None
         reason = None if reason in (None, "None", "(null)") else reason
-        node = rec.get("NodeList") or None
+        node = rec.get("NodeList")
+        node = None if node in (None, "", "(null)") else node
         exit_code = rec.get("ExitCode")
-        if "ArrayJobId" in rec and rec.get("ArrayTaskId"):
+        # 4294967294 (NO_VAL) is what jobcomp writes for a job that is not an array task
+        if rec.get("ArrayJobId") and rec.get("ArrayTaskId") not in (None, "", "4294967294"):
             for t in parse_task_ranges(rec["ArrayTaskId"]):
-                out.append(TaskInfo(rec["ArrayJobId"], t, state, exit_code, reason, node, "scontrol"))
+                out.append(TaskInfo(rec["ArrayJobId"], t, state, exit_code, reason, node, source))
         else:
-            out.append(TaskInfo(rec["JobId"], None, state, exit_code, reason, node, "scontrol"))
+            out.append(TaskInfo(rec["JobId"], None, state, exit_code, reason, node, source))
     return out
+
+
+def parse_scontrol_jobs(text: str) -> list[TaskInfo]:
+    """Parse ``scontrol show job -o JOB`` output (one record per line)."""
+    return _parse_key_value_jobs(text, "scontrol", with_reason=True)
 
 
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Reason"
@@ -705,20 +712,7 @@ def parse_sacct(text: str) -> list[TaskInfo]:
 
 def parse_jobcomp(text: str) -> list[TaskInfo]:
     """Parse a ``jobcomp/filetxt`` file (one ``Key=Value ...`` record per finished job)."""
-    out = []
-    for line in text.splitlines():
-        if "JobId=" not in line:
-            continue
-        rec = parse_key_values(line)
-        state = _norm_state(rec.get("JobState", "UNKNOWN"))
-        node = rec.get("NodeList")
-        node = None if node in (None, "", "(null)") else node
-        if rec.get("ArrayJobId") and rec.get("ArrayTaskId") not in (None, "", "4294967294"):
-            for t in parse_task_ranges(rec["ArrayTaskId"]):
-                out.append(TaskInfo(rec["ArrayJobId"], t, state, rec.get("ExitCode"), None, node, "jobcomp"))
-        else:
-            out.append(TaskInfo(rec["JobId"], None, state, rec.get("ExitCode"), None, node, "jobcomp"))
-    return out
+    return _parse_key_value_jobs(text, "jobcomp", with_reason=False)
 
 
 def parse_scontrol_config(text: str) -> dict[str, str]:
