@@ -11,13 +11,24 @@ Record fields (schema version 1)::
     array_task_id}, started, finished (ISO 8601 UTC), seconds, timings {stage: s},
     peak_rss_bytes, threads, block_size, blocks, bytes_read, bytes_written, requests,
     gaps {...}, predicted_pixels, target_pixels, completeness, missing_inputs,
-    outputs {key: {sha256, size}}, error, ecocube
+    outputs {key: {sha256, size}}, error, ecocube, heartbeat (ISO 8601 UTC, refreshed by
+    a running tile at most every :data:`HEARTBEAT_SECONDS` between blocks)
+
+Stale records: a tile whose process was killed with SIGKILL, whose node died or whose Slurm
+job was cancelled keeps ``state: running`` for ever. :func:`stale_reason` tells such a
+record apart from a live one: on the host that wrote it, the process ``pid`` is gone (or
+the pid now belongs to a younger process); elsewhere, the heartbeat (else ``started``) is
+older than ``stale_after`` seconds (default :data:`DEFAULT_STALE_AFTER`). Summaries report
+stale tiles separately and count them among the tiles to redo.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
+from datetime import datetime
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +44,12 @@ STATUS_PREFIX = "status/"
 
 #: every state a record can hold; ``pending`` means "no record"
 STATES = ("done", "failed", "interrupted", "running", "pending")
+#: the states a summary reports: ``stale`` is a ``running`` record whose process is gone
+SUMMARY_STATES = ("done", "failed", "interrupted", "running", "stale", "pending")
+#: a running tile refreshes its record's ``heartbeat`` at most this often (between blocks)
+HEARTBEAT_SECONDS = 60.0
+#: a running record from another host without a heartbeat for this long is stale
+DEFAULT_STALE_AFTER = 3600.0
 
 
 def status_key(tile_id: str) -> str:
@@ -122,6 +139,80 @@ def tile_states(cfg, store=None, *, tiles: Iterable | None = None, threads: int 
     return records
 
 
+def _epoch(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.timestamp() if t.tzinfo is not None else None
+
+
+def stale_reason(record: Mapping[str, Any] | None, *, stale_after: float = DEFAULT_STALE_AFTER,
+                 now: float | None = None, host: str | None = None) -> str | None:
+    """Why a ``running`` record is stale, or ``None`` (not running, or plausibly alive).
+
+    On the host that wrote the record (``host``, default this machine's name) the process
+    decides: a missing pid, a zombie, or a pid now held by a process created after the tile
+    started means stale. A record from another host is stale when its ``heartbeat`` (else
+    ``started``) is older than ``stale_after`` seconds, or when it has neither timestamp.
+    """
+    if record is None or record.get("state") != "running":
+        return None
+    host = host if host is not None else socket.gethostname()
+    now = time.time() if now is None else now
+    pid = record.get("pid")
+    started = _epoch(record.get("started"))
+    if record.get("host") == host and isinstance(pid, int) and pid > 0:
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            created = proc.create_time()
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return f"process {pid} on {host} is gone"
+        except psutil.AccessDenied:  # another user's live process: it exists
+            return None
+        if zombie:
+            return f"process {pid} on {host} has exited"
+        if started is not None and created > started + 1.0:  # ``started`` has 1 s resolution
+            return f"pid {pid} on {host} now belongs to another process"
+        return None
+    beat = _epoch(record.get("heartbeat"))
+    what = "heartbeat"
+    if beat is None:
+        beat, what = started, "start"
+    where = f"{record.get('host') or 'unknown host'}:{pid}"
+    if beat is None:
+        return f"no heartbeat or start time from {where}"
+    age = now - beat
+    if age > stale_after:
+        return f"no heartbeat from {where} for {age:.0f} s (last {what} {_iso(beat)}, limit {stale_after:.0f} s)"
+    return None
+
+
+def _iso(epoch: float) -> str:
+    from datetime import timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def effective_state(record: Mapping[str, Any] | None, **stale_kw: Any) -> str:
+    """The state a summary reports: the record's, ``stale`` for a dead ``running`` record,
+    ``pending`` without a record (or with an unknown state)."""
+    state = _recorded_state(record)
+    if state == "running" and stale_reason(record, **stale_kw) is not None:
+        return "stale"
+    return state
+
+
+def _recorded_state(record: Mapping[str, Any] | None) -> str:
+    state = "pending" if record is None else str(record.get("state", "pending"))
+    return state if state in STATES else "pending"
+
+
 @dataclass
 class StatusSummary:
     """Counts per state, completeness per tile and overall, failed tile ids."""
@@ -135,10 +226,19 @@ class StatusSummary:
     pending: list[str]
     total: int
     errors: dict[str, str] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    stale_reasons: dict[str, str] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
 
     @property
     def all_done(self) -> bool:
         return self.counts.get("done", 0) == self.total
+
+    @property
+    def to_redo(self) -> list[str]:
+        """Failed, interrupted and stale tiles, in grid order (what a resubmission takes
+        besides the pending ones)."""
+        return [t for t, s in self.states.items() if s in ("failed", "interrupted", "stale")]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,23 +249,35 @@ class StatusSummary:
             "failed": self.failed,
             "interrupted": self.interrupted,
             "running": self.running,
+            "stale": self.stale,
+            "stale_reasons": self.stale_reasons,
             "pending": self.pending,
             "errors": self.errors,
         }
 
 
-def summarize(states: Mapping[str, Mapping[str, Any] | None]) -> StatusSummary:
-    """Summarise :func:`tile_states`. Tiles not done count as completeness 0 overall."""
-    counts: Counter[str] = Counter({s: 0 for s in STATES})
+def summarize(states: Mapping[str, Mapping[str, Any] | None], *, stale_after: float = DEFAULT_STALE_AFTER,
+              now: float | None = None, host: str | None = None) -> StatusSummary:
+    """Summarise :func:`tile_states`. Tiles not done count as completeness 0 overall;
+    ``running`` records whose process is gone are reported as ``stale`` (:func:`stale_reason`)."""
+    counts: Counter[str] = Counter({s: 0 for s in SUMMARY_STATES})
     completeness: dict[str, float] = {}
-    by_state: dict[str, list[str]] = {s: [] for s in STATES}
+    by_state: dict[str, list[str]] = {s: [] for s in SUMMARY_STATES}
     errors: dict[str, str] = {}
+    stale_reasons: dict[str, str] = {}
+    effective: dict[str, str] = {}
+    host = host if host is not None else socket.gethostname()
+    now = time.time() if now is None else now
     for tile_id, rec in states.items():
-        state = "pending" if rec is None else str(rec.get("state", "pending"))
-        if state not in counts:
-            state = "pending"
+        state = _recorded_state(rec)
+        if state == "running":
+            reason = stale_reason(rec, stale_after=stale_after, now=now, host=host)
+            if reason is not None:
+                state = "stale"
+                stale_reasons[tile_id] = reason
         counts[state] += 1
         by_state[state].append(tile_id)
+        effective[tile_id] = state
         if rec is not None and state == "done":
             completeness[tile_id] = float(rec.get("completeness") or 0.0)
         else:
@@ -184,6 +296,9 @@ def summarize(states: Mapping[str, Mapping[str, Any] | None]) -> StatusSummary:
         pending=by_state["pending"],
         total=total,
         errors=errors,
+        stale=by_state["stale"],
+        stale_reasons=stale_reasons,
+        states=effective,
     )
 
 
@@ -192,14 +307,22 @@ def format_summary(summary: StatusSummary) -> str:
     c = summary.counts
     line = (f"{summary.total} tiles: {c.get('done', 0)} done, {c.get('failed', 0)} failed, "
             f"{c.get('interrupted', 0)} interrupted, {c.get('running', 0)} running, "
-            f"{c.get('pending', 0)} pending; completeness {100 * summary.overall_completeness:.1f} %")
+            f"{c.get('stale', 0)} stale, {c.get('pending', 0)} pending; "
+            f"completeness {100 * summary.overall_completeness:.1f} %")
     if summary.failed:
         line += "\nfailed: " + " ".join(summary.failed)
+    if summary.stale:
+        line += "\nstale (process gone, still recorded as running): " + " ".join(summary.stale)
     return line
 
 
-def format_table(states: Mapping[str, Mapping[str, Any] | None]) -> str:
-    """A fixed-width table: tile, state, attempt, completeness, seconds, host, error."""
+def format_table(states: Mapping[str, Mapping[str, Any] | None],
+                 stale_reasons: Mapping[str, str] | None = None) -> str:
+    """A fixed-width table: tile, state, attempt, completeness, seconds, host, error.
+
+    Tiles in ``stale_reasons`` (:attr:`StatusSummary.stale_reasons`) show state ``stale``
+    and the reason in place of an error."""
+    stale_reasons = stale_reasons or {}
     rows = [("tile", "state", "attempt", "complete", "seconds", "host", "error")]
     for tile_id, rec in states.items():
         if rec is None:
@@ -207,10 +330,10 @@ def format_table(states: Mapping[str, Mapping[str, Any] | None]) -> str:
             continue
         comp = rec.get("completeness")
         secs = rec.get("seconds")
-        err = str(rec.get("error") or "").splitlines()[0:1]
+        err = str(rec.get("error") or stale_reasons.get(tile_id) or "").splitlines()[0:1]
         rows.append((
             tile_id,
-            str(rec.get("state")),
+            "stale" if tile_id in stale_reasons else str(rec.get("state")),
             str(rec.get("attempt", "")),
             f"{100 * comp:.1f} %" if isinstance(comp, (int, float)) else "",
             f"{secs:.1f}" if isinstance(secs, (int, float)) else "",

@@ -51,7 +51,7 @@ from . import __version__
 from .config import LAYERS
 from .errors import EcocubeError, Interrupted, ModelError, TileError
 from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
-from .status import SCHEMA_VERSION, read_status, verify_outputs, write_status
+from .status import HEARTBEAT_SECONDS, SCHEMA_VERSION, read_status, verify_outputs, write_status
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +237,22 @@ def _internal_blocksize(block_size: int) -> int:
 
 
 class TileWriter:
-    """Temporary GeoTIFFs of one tile, opened once, written window by window."""
+    """The output GeoTIFFs of one tile, written window by window into a local folder.
+
+    Outputs are either *direct* (opened once, written block by block: the few per-year
+    prediction layers) or *staged* (the per-period cube layers — ``composite``, ``flags``,
+    ``count`` —, 3 × periods × bands of them). An open compressed GeoTIFF costs ~0.7 MB
+    (the deflate state and one internal block), so 1,512 of them open for the whole tile
+    (84 periods × 6 bands) would cost ~1.1 GB. Staged outputs are instead appended, block
+    by block, as raw arrays to one scratch file per layer (page cache, not process memory),
+    and :meth:`close` writes each GeoTIFF from there, ``threads`` at a time, window by window
+    and in the same window order, so the files are the same as if written directly. Peak
+    memory: the direct outputs plus ``threads`` open GeoTIFFs and windows. Scratch disk:
+    about ``5 × periods × bands × pixels`` bytes until :meth:`close`.
+    """
 
     def __init__(self, folder: Path, tile, specs: Sequence[OutputSpec], *, block_size: int,
-                 compress: str = "deflate", threads: int = 1):
+                 compress: str = "deflate", threads: int = 1, staged: Sequence[str] = CUBE_LAYERS):
         self.folder = folder
         self.tile = tile
         self.specs = list(specs)
@@ -249,12 +261,18 @@ class TileWriter:
         self._paths: dict[str, Path] = {}
         self._blocksize = _internal_blocksize(block_size)
         self._compress = compress
-        self._ensure_file_limit(len(self.specs) + 64)
+        self._staged_specs = {s.key(tile.id): s for s in self.specs if s.product in staged}
+        # per staged key: [(window, offset, shape)] in write order, offsets in the product's scratch file
+        self._staged: dict[str, list[tuple[Any, int, tuple[int, ...]]]] = {k: [] for k in self._staged_specs}
+        self._scratch: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        direct = [s for s in self.specs if s.key(tile.id) not in self._staged_specs]
+        self._ensure_file_limit(len(direct) + self.threads + len(staged) + 64)
         try:
-            for spec in self.specs:
+            for spec in direct:
                 self._open(spec)
         except BaseException:
-            self.close()
+            self.abort()
             raise
 
     @staticmethod
@@ -266,12 +284,15 @@ class TileWriter:
                                 "raise 'ulimit -n' or write fewer layers")
             resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
-    def _open(self, spec: OutputSpec) -> None:
-        import rasterio
-
+    def _path(self, spec: OutputSpec) -> Path:
         key = spec.key(self.tile.id)
         path = self.folder.joinpath(*key.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _create(self, spec: OutputSpec, path: Path):
+        import rasterio
+
         profile = dict(
             driver="GTiff", width=self.tile.width, height=self.tile.height, count=spec.count, dtype=spec.dtype,
             crs=self.tile.crs, transform=self.tile.transform, nodata=spec.nodata, tiled=True,
@@ -279,36 +300,85 @@ class TileWriter:
             predictor=2, interleave="band", bigtiff="IF_SAFER",
         )
         dst = rasterio.open(path, "w", **profile)
-        self._datasets[key] = dst
+        try:
+            for i, desc in enumerate(spec.descriptions[: spec.count], start=1):
+                dst.set_band_description(i, desc)
+            if spec.scale is not None:
+                dst.scales = (spec.scale,) * spec.count
+                dst.offsets = (0.0,) * spec.count
+            dst.update_tags(tile=self.tile.id, product=spec.product, period=spec.period,
+                            ecocube_version=__version__, **spec.tags)
+        except BaseException:
+            dst.close()
+            raise
+        return dst
+
+    def _open(self, spec: OutputSpec) -> None:
+        key = spec.key(self.tile.id)
+        path = self._path(spec)
+        self._datasets[key] = self._create(spec, path)
         self._paths[key] = path
-        for i, desc in enumerate(spec.descriptions[: spec.count], start=1):
-            dst.set_band_description(i, desc)
-        if spec.scale is not None:
-            dst.scales = (spec.scale,) * spec.count
-            dst.offsets = (0.0,) * spec.count
-        dst.update_tags(tile=self.tile.id, product=spec.product, period=spec.period, ecocube_version=__version__,
-                        **spec.tags)
+
+    def _stage(self, key: str, arr: np.ndarray, window) -> None:
+        spec = self._staged_specs[key]
+        arr = np.ascontiguousarray(arr, dtype=spec.dtype)
+        f = self._scratch.get(spec.product)
+        if f is None:
+            f = self._scratch[spec.product] = open(self.folder / f".{spec.product}.staging", "w+b")  # noqa: SIM115
+        offset = f.tell()
+        f.write(memoryview(arr).cast("B"))
+        self._staged[key].append((window, offset, arr.shape))
 
     def write(self, items: Sequence[tuple[str, np.ndarray]], window) -> None:
-        """Write ``(key, array (count, h, w) or (h, w))`` pairs into ``window``, in parallel."""
+        """Write ``(key, array (count, h, w) or (h, w))`` pairs into ``window``.
+
+        Staged outputs are appended to their scratch file; direct ones are written in
+        parallel (``threads``).
+        """
+        direct = []
+        for key, arr in items:
+            arr = arr if arr.ndim == 3 else arr[None]
+            if key in self._staged_specs:
+                self._stage(key, arr, window)
+            else:
+                direct.append((key, arr))
 
         def _one(item):
             key, arr = item
-            arr = arr if arr.ndim == 3 else arr[None]
             self._datasets[key].write(arr, window=window)
 
-        if self.threads == 1 or len(items) < 4:
-            for it in items:
+        if self.threads == 1 or len(direct) < 4:
+            for it in direct:
                 _one(it)
         else:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
-                list(pool.map(_one, items))
+                list(pool.map(_one, direct))
+
+    def _finish_staged(self, key: str) -> None:
+        spec = self._staged_specs[key]
+        path = self._path(spec)
+        f = self._scratch[spec.product]
+        itemsize = np.dtype(spec.dtype).itemsize
+        dst = self._create(spec, path)
+        try:
+            for window, offset, shape in self._staged[key]:
+                nbytes = int(np.prod(shape)) * itemsize
+                buf = os.pread(f.fileno(), nbytes, offset)
+                if len(buf) != nbytes:
+                    raise TileError(f"tile {self.tile.id}: staging file of {spec.product} is truncated "
+                                    f"({len(buf)} of {nbytes} bytes at {offset})", tile=self.tile.id)
+                dst.write(np.frombuffer(buf, dtype=spec.dtype).reshape(shape), window=window)
+        finally:
+            dst.close()
+        with self._lock:
+            self._paths[key] = path
 
     @property
     def paths(self) -> dict[str, Path]:
         return dict(self._paths)
 
     def close(self) -> None:
+        """Finish every output: close the direct ones, write the staged ones (in parallel)."""
         errors = []
         for key, dst in list(self._datasets.items()):
             try:
@@ -316,9 +386,38 @@ class TileWriter:
             except Exception as exc:  # noqa: BLE001 - collected and re-raised below
                 errors.append(f"{key}: {exc}")
         self._datasets.clear()
+        try:
+            if not errors:
+                staged = [k for k, parts in self._staged.items() if parts]
+                for f in self._scratch.values():
+                    f.flush()
+                with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(staged) or 1))) as pool:
+                    futures = {pool.submit(self._finish_staged, k): k for k in staged}
+                    for fut, key in futures.items():
+                        exc = fut.exception()
+                        if exc is not None:
+                            errors.append(f"{key}: {exc}")
+        finally:
+            self._drop_scratch()
         if errors:
             raise TileError(f"cannot finish {len(errors)} outputs of tile {self.tile.id}: {errors[0]}",
                             tile=self.tile.id)
+
+    def abort(self) -> None:
+        """Close everything without finishing the staged outputs (the tile is abandoned)."""
+        for dst in list(self._datasets.values()):
+            with contextlib.suppress(Exception):
+                dst.close()
+        self._datasets.clear()
+        self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        for product, f in list(self._scratch.items()):
+            with contextlib.suppress(Exception):
+                f.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / f".{product}.staging").unlink()
+        self._scratch.clear()
 
 
 # --------------------------------------------------------------------------- process_tile
@@ -396,6 +495,7 @@ def _base_record(tile, cfg, attempt: int, threads: int) -> dict[str, Any]:
     from .env import slurm_context
 
     ctx = slurm_context()
+    started = _now()
     return {
         "schema": SCHEMA_VERSION,
         "tile": tile.id,
@@ -405,7 +505,8 @@ def _base_record(tile, cfg, attempt: int, threads: int) -> dict[str, Any]:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "task": {"job_id": ctx.job_id, "array_job_id": ctx.array_job_id, "array_task_id": ctx.array_task_id},
-        "started": _now(),
+        "started": started,
+        "heartbeat": started,
         "finished": None,
         "seconds": None,
         "threads": threads,
@@ -518,6 +619,20 @@ def _write_final(store, record: dict) -> None:
         log.error("tile %s: could not write the %s status record: %s", record["tile"], record["state"], exc)
 
 
+def _heartbeat(store, record: dict, last: float, blocks_done: int) -> float:
+    """Refresh the running record's ``heartbeat`` (at most every ``HEARTBEAT_SECONDS``) so
+    that ``ecocube status`` can tell a live tile on another node from a dead one."""
+    now = time.monotonic()
+    if now - last < HEARTBEAT_SECONDS:
+        return last
+    record.update(heartbeat=_now(), blocks_done=blocks_done)
+    try:
+        write_status(store, record)
+    except EcocubeError as exc:  # a missed heartbeat must not fail the tile
+        log.warning("tile %s: could not refresh the heartbeat: %s", record["tile"], exc)
+    return now
+
+
 def _check_stop(stop, tile, done_blocks: int, n_blocks: int) -> None:
     if stop is not None and stop.is_set():
         reason = getattr(stop, "reason", "a stop request")
@@ -546,6 +661,7 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
     bytes_read = 0
     requests = 0
     missing: set[str] = set()
+    beat = time.monotonic()
 
     try:
         for i, window in enumerate(windows):
@@ -618,6 +734,7 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
                                           count[t, b].astype(np.uint16, copy=False)))
                 writer.write(items, window)
             del res, filled, flags, items, comp, count
+            beat = _heartbeat(store, record, beat, i + 1)
 
         _check_stop(stop, tile, len(windows), len(windows))
         with timer("write"):
@@ -626,8 +743,7 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
         writer = None
     finally:
         if writer is not None:
-            with contextlib.suppress(Exception):
-                writer.close()
+            writer.abort()
 
     # publish: every output under its final key, then remove objects of earlier attempts
     with timer("publish"):

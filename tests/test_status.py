@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
 
+import psutil
 import pytest
+from click.testing import CliRunner
 
 from ecocube.config import config_from_dict
 from ecocube.errors import StoreError
@@ -12,6 +22,7 @@ from ecocube.status import (
     format_summary,
     format_table,
     read_status,
+    stale_reason,
     status_key,
     summarize,
     tile_states,
@@ -77,20 +88,23 @@ def test_tile_states_and_summary(tmp_path):
     write_status(store, {"tile": "X0001_Y0000", "state": "done", "completeness": 0.5, "attempt": 1})
     write_status(store, {"tile": "X0002_Y0000", "state": "failed", "error": "ReadError: 404 http://x/a.tif",
                          "attempt": 3})
-    write_status(store, {"tile": "X0003_Y0000", "state": "running", "attempt": 1, "host": "node7"})
+    write_status(store, {"tile": "X0003_Y0000", "state": "running", "attempt": 1, "host": "node7", "pid": 42,
+                         "started": _iso(time.time() - 60), "heartbeat": _iso(time.time() - 5)})
     write_status(store, {"tile": "X0099_Y0000", "state": "done", "completeness": 1.0})  # not in this run
     states = tile_states(cfg)
     assert list(states) == ["X0000_Y0000", "X0001_Y0000", "X0002_Y0000", "X0003_Y0000", "X0004_Y0000"]
     assert states["X0004_Y0000"] is None and states["X0002_Y0000"]["attempt"] == 3
     s = summarize(states)
-    assert s.counts == {"done": 2, "failed": 1, "interrupted": 0, "running": 1, "pending": 1}
+    assert s.counts == {"done": 2, "failed": 1, "interrupted": 0, "running": 1, "stale": 0, "pending": 1}
     assert s.failed == ["X0002_Y0000"] and s.running == ["X0003_Y0000"] and s.pending == ["X0004_Y0000"]
     assert s.completeness["X0001_Y0000"] == 0.5 and s.completeness["X0002_Y0000"] == 0.0
     assert s.overall_completeness == pytest.approx(1.5 / 5)
     assert not s.all_done
     assert s.errors == {"X0002_Y0000": "ReadError: 404 http://x/a.tif"}
     text = format_summary(s)
-    assert text.startswith("5 tiles: 2 done, 1 failed, 0 interrupted, 1 running, 1 pending; completeness 30.0 %")
+    assert text.startswith("5 tiles: 2 done, 1 failed, 0 interrupted, 1 running, 0 stale, 1 pending; "
+                           "completeness 30.0 %")
+    assert s.to_redo == ["X0002_Y0000"]
     assert text.endswith("failed: X0002_Y0000")
     table = format_table(states).splitlines()
     assert table[0].split() == ["tile", "state", "attempt", "complete", "seconds", "host", "error"]
@@ -104,3 +118,137 @@ def test_tile_states_of_an_empty_store(tmp_path):
     cfg = _cfg(tmp_path, ["X0000_Y0000"])
     s = summarize(tile_states(cfg))
     assert s.pending == ["X0000_Y0000"] and s.overall_completeness == 0.0
+
+
+# --------------------------------------------------------------------------- stale running records
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def _running(**kw):
+    return {"tile": "X0000_Y0000", "state": "running", "attempt": 1, **kw}
+
+
+def test_stale_reason_other_host_uses_the_heartbeat_then_the_start_time():
+    now = 1_700_000_000.0
+    old, fresh = _iso(now - 7200), _iso(now - 30)
+    rec = _running(host="node7", pid=123, started=old, heartbeat=fresh)
+    assert stale_reason(rec, now=now, host="login1") is None
+    rec["heartbeat"] = _iso(now - 3700)
+    reason = stale_reason(rec, now=now, host="login1")
+    assert reason.startswith("no heartbeat from node7:123 for 3700 s") and "limit 3600 s" in reason
+    assert stale_reason(rec, now=now, host="login1", stale_after=4000) is None  # configurable
+    # records written before heartbeats existed: the start time decides
+    assert "last start" in stale_reason(_running(host="node7", pid=1, started=old), now=now, host="login1")
+    assert stale_reason(_running(host="node7", pid=1, started=fresh), now=now, host="login1") is None
+    assert stale_reason(_running(host="node7"), now=now, host="login1") == "no heartbeat or start time from node7:None"
+    # only running records can be stale
+    assert stale_reason({**rec, "state": "failed"}, now=now, host="login1") is None
+    assert stale_reason(None) is None
+
+
+def test_stale_reason_same_host_asks_the_process_table():
+    host = socket.gethostname()
+    me = psutil.Process()
+    started = _iso(me.create_time() + 2)
+    # a live process that started before the tile: running, however old its heartbeat
+    rec = _running(host=host, pid=os.getpid(), started=started, heartbeat=_iso(0))
+    assert stale_reason(rec) is None
+    # the pid was reused: the process holding it is younger than the tile
+    rec["started"] = _iso(me.create_time() - 600)
+    assert stale_reason(rec) == f"pid {os.getpid()} on {host} now belongs to another process"
+    # a pid that is not there
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    gone = _running(host=host, pid=proc.pid, started=_iso(time.time()), heartbeat=_iso(time.time()))
+    assert stale_reason(gone) == f"process {proc.pid} on {host} is gone"
+
+
+SLOW_TILE = textwrap.dedent("""
+    import sys, time
+    from ecocube.config import config_from_dict
+    from ecocube.grid import TileGrid
+    from ecocube.tile import Stages, process_tile
+
+    cfg = config_from_dict({
+        "grid": {"crs": "EPSG:3035", "origin": [0, 0], "pixel_size": 10, "tile_size": 10},
+        "aoi": {"tiles": ["X0000_Y0000", "X0001_Y0000"]},
+        "inputs": {"sources": [{"name": "s", "href": "/nowhere/{band}.tif", "bands": ["red"]}]},
+        "model": {"classes": [{"code": 1, "name": "a"}, {"code": 2, "name": "b"}]},
+        "output": {"store": sys.argv[1], "layers": ["composite"]},
+    })
+
+    def read_forever(cfg, tile, window, *, threads=None):
+        time.sleep(600)
+
+    process_tile(TileGrid.from_config(cfg.grid).tile("X0000_Y0000"), cfg, stages=Stages(read_block=read_forever))
+""")
+
+
+def test_sigkilled_tile_is_reported_stale_and_listed_for_redo(tmp_path):
+    from ecocube.cli import cli
+    from ecocube.slurm import tiles_to_do
+    from ecocube.tile import Stages, process_tile
+
+    out = tmp_path / "out"
+    data = {
+        "grid": {"crs": "EPSG:3035", "origin": [0, 0], "pixel_size": 10, "tile_size": 10},
+        "aoi": {"tiles": ["X0000_Y0000", "X0001_Y0000"]},
+        "inputs": {"sources": [{"name": "s", "href": "/nowhere/{band}.tif", "bands": ["red"]}]},
+        "model": {"classes": [{"code": 1, "name": "a"}, {"code": 2, "name": "b"}]},
+        "output": {"store": str(out), "layers": ["composite"]},
+    }
+    cfg = config_from_dict(data)
+    (tmp_path / "run.yaml").write_text(json.dumps(data))
+    store = LocalStore(out)
+    write_status(store, {"tile": "X0001_Y0000", "state": "done", "completeness": 1.0, "attempt": 1})
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TILE, str(out)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while read_status(store, "X0000_Y0000") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        rec = read_status(store, "X0000_Y0000")
+        assert rec["state"] == "running" and rec["pid"] == proc.pid and rec["host"] == socket.gethostname()
+        assert rec["heartbeat"] == rec["started"]
+        live = summarize(tile_states(cfg))
+        assert live.running == ["X0000_Y0000"] and live.stale == [] and live.to_redo == []
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, the record stays "running"
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert read_status(store, "X0000_Y0000")["state"] == "running"
+
+    s = summarize(tile_states(cfg))
+    assert s.stale == ["X0000_Y0000"] and s.running == [] and s.counts["stale"] == 1
+    assert s.stale_reasons == {"X0000_Y0000": f"process {proc.pid} on {socket.gethostname()} is gone"}
+    assert s.to_redo == ["X0000_Y0000"]
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["status", str(tmp_path / "run.yaml")], catch_exceptions=False)
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    assert lines[1].split()[:3] == ["X0000_Y0000", "stale", "1"] and "is gone" in lines[1]
+    assert "2 tiles: 1 done, 0 failed, 0 interrupted, 0 running, 1 stale, 0 pending" in res.output
+    assert lines[-1] == "stale (process gone, still recorded as running): X0000_Y0000"
+    res = runner.invoke(cli, ["status", str(tmp_path / "run.yaml"), "--failed"], catch_exceptions=False)
+    assert res.output.split() == ["X0000_Y0000"]
+    res = runner.invoke(cli, ["status", str(tmp_path / "run.yaml"), "--json"], catch_exceptions=False)
+    data = json.loads(res.output)
+    assert data["stale"] == ["X0000_Y0000"] and data["tiles"]["X0000_Y0000"]["state"] == "stale"
+    # the Slurm resubmission takes it (every tile not done)
+    assert tiles_to_do(cfg)[0] == ["X0000_Y0000"]
+
+    # a rerun does not skip it: it starts attempt 2 (here failing at once on purpose)
+    def broken(cfg_, tile, window, *, threads=None):
+        raise OSError("no inputs in this test")
+
+    from ecocube.errors import TileError
+    from ecocube.grid import TileGrid
+
+    with pytest.raises(TileError, match="OSError: no inputs in this test"):
+        process_tile(TileGrid.from_config(cfg.grid).tile("X0000_Y0000"), cfg, stages=Stages(read_block=broken))
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "failed" and rec["attempt"] == 2 and rec["pid"] == os.getpid()

@@ -334,6 +334,31 @@ def test_sigterm_stops_after_the_current_block_and_publishes_nothing(scene, bund
     assert rec2["state"] == "done" and rec2["attempt"] == 2
 
 
+def test_running_record_heartbeat_is_refreshed_between_blocks(scene, tmp_path, monkeypatch):
+    import ecocube.tile
+
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["composite"]})
+    store = LocalStore(tmp_path / "out")
+    seen = []
+
+    def read_and_look(cfg_, tile, window, *, threads=None):
+        seen.append(read_status(store, tile.id))
+        return Stages().read_block(cfg_, tile, window, threads=threads)
+
+    monkeypatch.setattr(ecocube.tile, "HEARTBEAT_SECONDS", 0.0)  # every block (default: at most once a minute)
+    rec = process_tile(tile_of(cfg), cfg, stages=_fake_stages(read_block=read_and_look))
+    assert [r["state"] for r in seen] == ["running"] * 4
+    assert seen[0]["heartbeat"] == seen[0]["started"] and "blocks_done" not in seen[0]
+    assert [r.get("blocks_done") for r in seen[1:]] == [1, 2, 3]
+    assert all(r["heartbeat"] >= r["started"] for r in seen)
+    assert rec["state"] == "done" and rec["blocks_done"] == 4
+
+    monkeypatch.setattr(ecocube.tile, "HEARTBEAT_SECONDS", 3600.0)
+    seen.clear()
+    process_tile(tile_of(cfg), cfg, stages=_fake_stages(read_block=read_and_look), overwrite=True)
+    assert [r.get("blocks_done") for r in seen] == [None] * 4  # throttled: no rewrite between blocks
+
+
 def test_run_tiles_runs_all_tiles_and_reports_failures(scene, bundle, tmp_path, monkeypatch):
     cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["composite", "flags", "count"]})
     tiles = TileGrid.from_config(cfg.grid).tiles_for_aoi(cfg.aoi)
@@ -412,7 +437,7 @@ def test_cli_run_tile_run_status_and_run_task(scene, model_dir, tmp_path, monkey
         return info.value.code, out.out, out.err
 
     code, out, err = ecocube("status", str(run_yaml))
-    assert code == 0 and "2 tiles: 0 done, 0 failed, 0 interrupted, 0 running, 2 pending; completeness 0.0 %" in out
+    assert code == 0 and "2 tiles: 0 done, 0 failed, 0 interrupted, 0 running, 0 stale, 2 pending; completeness 0.0 %" in out
 
     code, out, err = ecocube("run-tile", str(run_yaml), "--tile", "X0000_Y0000")
     assert code == 0 and out.startswith("X0000_Y0000: done in ") and f"{N_OUTPUTS_PER_TILE} outputs" in out

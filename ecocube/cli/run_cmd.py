@@ -145,26 +145,36 @@ def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file) -> No
 @run_config_argument
 @config_override_option
 @json_option
-@click.option("--failed", "only_failed", is_flag=True, help="Print only the ids of failed tiles, one a line.")
-def status(run_yaml, overrides, as_json, only_failed) -> None:
-    """Show done / failed / interrupted / running / pending tiles and completeness."""
-    from ..status import format_summary, format_table, summarize, tile_states
+@click.option("--failed", "only_failed", is_flag=True,
+              help="Print only the ids of the tiles to redo (failed, interrupted and stale), one a line.")
+@click.option("--stale-after", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="A running tile of another host without a heartbeat for this long is stale "
+                   "(default 3600; on this host a running tile is stale as soon as its process is gone).")
+def status(run_yaml, overrides, as_json, only_failed, stale_after) -> None:
+    """Show done / failed / interrupted / running / stale / pending tiles and completeness.
+
+    A tile recorded as running whose process died (SIGKILL, a lost node, a cancelled job)
+    is shown as stale and counted among the tiles to redo.
+    """
+    from ..status import DEFAULT_STALE_AFTER, format_summary, format_table, summarize, tile_states
 
     cfg = load_run_config(run_yaml, overrides)
     states = tile_states(cfg, tiles=_tiles(cfg))
-    summary = summarize(states)
+    summary = summarize(states, stale_after=DEFAULT_STALE_AFTER if stale_after is None else stale_after)
     if only_failed:
-        for tile_id in summary.failed:
+        for tile_id in summary.to_redo:
             click.echo(tile_id)
         return
     if as_json:
         out = summary.to_dict()
         out["tiles"] = {
-            k: (None if r is None else {f: r.get(f) for f in ("state", "attempt", "completeness", "seconds",
-                                                              "host", "error", "finished", "peak_rss_bytes")})
+            k: (None if r is None else {
+                **{f: r.get(f) for f in ("state", "attempt", "completeness", "seconds", "host", "pid", "error",
+                                         "finished", "heartbeat", "peak_rss_bytes")},
+                "state": summary.states[k]})
             for k, r in states.items()
         }
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
-    click.echo(format_table(states))
+    click.echo(format_table(states, summary.stale_reasons))
     click.echo(format_summary(summary))
