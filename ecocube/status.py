@@ -28,11 +28,11 @@ import json
 import logging
 import socket
 import time
-from datetime import datetime
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from .errors import StoreError
