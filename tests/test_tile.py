@@ -566,3 +566,65 @@ def test_model_missing_or_mismatched_fails_clearly(scene, model_dir, tmp_path):
     rec = read_status(LocalStore(tmp_path / "out2"), "X0000_Y0000")
     assert rec["state"] == "failed" and rec["error_type"] == "ModelError"
     assert LocalStore(tmp_path / "out2").list("") == ["status/X0000_Y0000.json"]
+
+
+def test_tile_writer_stages_cube_layers_and_writes_the_same_geotiffs(tmp_path):
+    """Staged outputs (scratch file, GeoTIFF written at close) equal directly written ones,
+    bit for bit in pixels and in every declared property; only direct outputs stay open."""
+    from types import SimpleNamespace
+
+    from rasterio.windows import Window
+
+    from ecocube.tile import TileWriter
+
+    h, w, block = 40, 56, 16  # edge blocks are partial
+    tile = SimpleNamespace(id="X0001_Y0002", width=w, height=h, crs="EPSG:32632",
+                           transform=Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]))
+    periods = [SimpleNamespace(id=f"2020-{m:02d}-01") for m in (1, 4)]
+    specs = plan_outputs(("proba", "class", "composite", "flags", "count"), periods=periods, bands=BANDS,
+                         years=[2020], classes=[10, 20, 30], class_names=["crop", "forest", "water"])
+    rng = np.random.default_rng(3)
+    data = {}
+    for s in specs:
+        info = np.iinfo(s.dtype)
+        data[s.key(tile.id)] = rng.integers(info.min, info.max, (s.count, h, w), endpoint=True).astype(s.dtype)
+    windows = [Window(c, r, min(block, w - c), min(block, h - r)) for r in range(0, h, block) for c in range(0, w, block)]
+
+    def run(folder, staged):
+        writer = TileWriter(folder, tile, specs, block_size=block, threads=2, staged=staged)
+        n_open = len(writer._datasets)
+        for win in windows:
+            sl = (slice(None), slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
+            writer.write([(k, a[sl] if a.shape[0] > 1 else a[sl][0]) for k, a in data.items()], win)
+        writer.close()
+        assert sorted(p.name for p in folder.iterdir() if p.is_file()) == []  # no scratch files left
+        return writer.paths, n_open
+
+    direct, n_direct = run(tmp_path / "direct", staged=())
+    staged, n_staged = run(tmp_path / "staged", staged=("composite", "flags", "count"))
+    assert n_direct == len(specs) and n_staged == 2  # proba + class of the one year
+    assert sorted(direct) == sorted(staged) == sorted(data)
+    for key in data:
+        with rasterio.open(direct[key]) as a, rasterio.open(staged[key]) as b:
+            assert b.profile == a.profile and b.tags() == a.tags() and b.descriptions == a.descriptions
+            assert b.scales == a.scales and b.offsets == a.offsets and b.nodata == a.nodata
+            assert b.profile["compress"] == "deflate" and b.block_shapes == [(16, 16)] * b.count
+            np.testing.assert_array_equal(b.read(), data[key])
+            np.testing.assert_array_equal(a.read(), data[key])
+
+
+def test_tile_writer_abort_leaves_no_outputs_or_scratch(tmp_path):
+    from types import SimpleNamespace
+
+    from rasterio.windows import Window
+
+    from ecocube.tile import TileWriter
+
+    tile = SimpleNamespace(id="X0000_Y0000", width=32, height=32, crs="EPSG:32632",
+                           transform=Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]))
+    specs = plan_outputs(("composite", "flags"), periods=[SimpleNamespace(id="2020-01-01")], bands=BANDS, years=[])
+    writer = TileWriter(tmp_path, tile, specs, block_size=16, threads=2)
+    writer.write([(s.key(tile.id), np.ones((16, 16), s.dtype)) for s in specs], Window(0, 0, 16, 16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".composite.staging", ".flags.staging"]
+    writer.abort()
+    assert writer.paths == {} and [p for p in tmp_path.rglob("*") if p.is_file()] == []
