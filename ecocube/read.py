@@ -64,6 +64,15 @@ class ReadResult:
     ``data`` (time, band, y, x) float32, scaled (DN*scale+offset), NaN where not valid;
     ``reason`` the same shape, uint8 reason codes (``sources.REASON_*``); ``count`` uint16,
     the valid observations behind each value (1/0 for composite sources).
+
+    ``stats``: ``files`` read, ``attempts`` (file reads tried, retries included) and
+    ``retries``; ``bytes_read``: compressed bytes of the image blocks (TIFF tiles/strips)
+    the source windows intersect, from the files' block sizes — the image data fetched,
+    without headers, overviews or GDAL's read-ahead (over HTTP the bytes on the wire are
+    somewhat more; GDAL does not expose its request and byte counts to rasterio);
+    ``files_without_block_sizes``: files whose format reports no block sizes, not counted
+    in ``bytes_read`` (0 for GeoTIFF/COG); ``bytes_decoded``: bytes of the decoded source
+    windows; ``threads``, ``jobs``, ``seconds``, ``missing``.
     """
 
     data: np.ndarray
@@ -157,7 +166,8 @@ class _FileData:
     array: np.ndarray  # (len(indexes), h, w) native dtype
     nodata: float | None
     outside: np.ndarray | None  # (h, w) bool, True outside the file's footprint
-    nbytes: int
+    nbytes: int  # decoded bytes read from the file
+    block_bytes: int | None = 0  # compressed bytes of the image blocks read; None: unknown
 
 
 @dataclass
@@ -170,6 +180,7 @@ class _Patch:
     nodata: float | None
     resampling: str
     scale: tuple[float, float]  # XSCALE, YSCALE of the warp
+    block_bytes: int | None  # compressed bytes of the image blocks read; None: unknown
 
     @property
     def nbytes(self) -> int:
@@ -184,6 +195,26 @@ def _warp_dtype(dtype, nodata) -> np.dtype:
     with np.errstate(all="ignore"):
         fits = not np.isnan(nodata) and np.asarray(nodata).astype(dtype) == nodata
     return dtype if fits else np.dtype(np.float64)
+
+
+def _block_bytes(src, indexes, window) -> int | None:
+    """Compressed bytes of the image blocks (TIFF tiles/strips) of ``indexes`` that ``window``
+    intersects, from the TIFF block sizes (no I/O beyond the header GDAL already read);
+    None when the format does not report them. Headers, overviews and GDAL's read-ahead are
+    not included: over HTTP the bytes fetched are somewhat more."""
+    if window is None:
+        return 0
+    try:
+        bh, bw = src.block_shapes[0]
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        rows = range(r0 // bh, (r1 - 1) // bh + 1)
+        cols = range(c0 // bw, (c1 - 1) // bw + 1)
+        separate = src.count > 1 and src.interleaving is not None and src.interleaving.name == "band"
+        bands = indexes if separate else indexes[:1]
+        return int(sum(src.block_size(b, i, j) for b in bands for i in rows for j in cols))
+    except Exception:  # noqa: BLE001 - not a TIFF (or no block sizes): unknown, not zero
+        return None
 
 
 class _Missing:
@@ -247,7 +278,8 @@ class _Reader:
 
         west, south, east, north = array_bounds(self.height, self.width, self.dst_transform)
         self._dst_bounds = (west, south, east, north)
-        self.stats = {"files": 0, "attempts": 0, "retries": 0, "bytes_decoded": 0}
+        self.stats = {"files": 0, "attempts": 0, "retries": 0, "bytes_read": 0, "bytes_decoded": 0,
+                      "files_without_block_sizes": 0}
 
     # ------------------------------------------------------------------ environment
     def gdal_env(self):
@@ -274,6 +306,10 @@ class _Reader:
                 with self._lock:
                     self.stats["files"] += 1
                     self.stats["bytes_decoded"] += result.nbytes
+                    if result.block_bytes is None:
+                        self.stats["files_without_block_sizes"] += 1
+                    else:
+                        self.stats["bytes_read"] += result.block_bytes
                 return result
             except _FATAL_PASSTHROUGH:
                 raise
@@ -314,15 +350,17 @@ class _Reader:
             nodata = job.nodata if job.nodata is not None else src.nodata
             aligned = self._aligned_offsets(src)
             if aligned is not None:
-                arr, outside = self._read_aligned(src, job, nodata, aligned)
-                return _FileData(arr, nodata, outside, int(arr.nbytes))
+                arr, outside, win = self._read_aligned(src, job, nodata, aligned)
+                return _FileData(arr, nodata, outside, int(arr.nbytes) if win is not None else 0,
+                                 _block_bytes(src, job.indexes, win))
             if src.crs is None:
                 raise _BadInputError("the file has no CRS: cannot reproject it onto the tile grid")
             win, scale = self._source_window(src, job.resampling)
             if win is None:  # the block lies entirely outside the file
                 return self._outside(src.dtypes[0], len(job.indexes), nodata)
             arr = src.read(list(job.indexes), window=win)
-            return _Patch(arr, src.window_transform(win), src.crs, nodata, job.resampling, scale)
+            return _Patch(arr, src.window_transform(win), src.crs, nodata, job.resampling, scale,
+                          _block_bytes(src, job.indexes, win))
 
     def _source_window(self, src, resampling: str):
         """(window, (xscale, yscale)) of ``src`` for the block: the window the warp can touch
@@ -382,8 +420,7 @@ class _Reader:
     def _outside(self, dtype, n: int, nodata) -> _FileData:
         dtype = _warp_dtype(dtype, nodata)
         arr = np.full((n, self.height, self.width), nodata if nodata is not None else 0, dtype)
-        return _FileData(arr, nodata, None if nodata is not None else np.ones((self.height, self.width), bool),
-                         int(arr.nbytes))
+        return _FileData(arr, nodata, None if nodata is not None else np.ones((self.height, self.width), bool), 0, 0)
 
     def warp(self, patch: "_Patch") -> _FileData:
         """Reproject a source window read by a worker onto the block.
@@ -406,11 +443,11 @@ class _Reader:
             if patch.nodata is not None:
                 arr = np.full((n, self.height, self.width), patch.nodata, dtype)
                 reproject(src, arr, src_nodata=patch.nodata, dst_nodata=patch.nodata, **kw)
-                return _FileData(arr, patch.nodata, None, int(arr.nbytes))
+                return _FileData(arr, patch.nodata, None, patch.nbytes, patch.block_bytes)
             arr = np.zeros((n + 1, self.height, self.width), dtype)
             reproject(src, arr, dst_alpha=n + 1, **kw)
         outside = arr[-1] == 0
-        return _FileData(arr[:-1], None, outside if outside.any() else None, int(arr[:-1].nbytes))
+        return _FileData(arr[:-1], None, outside if outside.any() else None, patch.nbytes, patch.block_bytes)
 
     def _aligned_offsets(self, src) -> tuple[int, int] | None:
         """(col, row) offset of the block in the source when both grids coincide, else None."""
@@ -437,11 +474,13 @@ class _Reader:
         dtype = np.result_type(src.dtypes[0], np.asarray(fill).dtype) if nodata is not None else src.dtypes[0]
         arr = np.full((len(job.indexes), h, w), fill, dtype=dtype)
         outside = np.ones((h, w), bool)
+        win = None
         if c1 > c0 and r1 > r0:
-            part = src.read(list(job.indexes), window=Window(c0, r0, c1 - c0, r1 - r0))
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+            part = src.read(list(job.indexes), window=win)
             arr[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
             outside[r0 - row:r1 - row, c0 - col:c1 - col] = False
-        return arr, (outside if outside.any() else None)
+        return arr, (outside if outside.any() else None), win
 
     # ------------------------------------------------------------------ error classes
     def _classify(self, href: str, path: str, exc: BaseException) -> tuple[str, str]:

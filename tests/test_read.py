@@ -220,6 +220,37 @@ def test_s3_missing_key_is_missing_not_cloud(series, tile, seaweed, s3_bucket):
     assert f"s3://{s3_bucket}/s2/S2L2A_20190501_10m.tif" in str(err.value) and TILE in str(err.value)
 
 
+def test_bilinear_window_and_threads_do_not_change_values(series, tile):
+    """The warp's kernel scale is set from the source grid, not estimated by GDAL from the
+    clipped source window (which widened the kernel near file edges): threads change nothing,
+    and a bilinear window agrees with the slice of the whole tile up to GDAL's approximate
+    transformer (0.125 px error threshold, interpolated over the block: rare 1-DN changes)."""
+    cfg = _cfg(*_templates(str(series)), resampling="bilinear")
+    whole = read_block(cfg, tile, threads=1)
+    many = read_block(cfg, tile, threads=4)
+    np.testing.assert_array_equal(many.data, whole.data)
+    part = read_block(cfg, tile, Window(16, 8, 24, 32), threads=4)
+    ref = whole.data[:, :, 8:40, 16:40]
+    np.testing.assert_array_equal(part.count, whole.count[:, :, 8:40, 16:40])
+    np.testing.assert_array_equal(np.isnan(part.data), np.isnan(ref))
+    differ = ~np.isnan(ref) & (part.data != ref)
+    assert differ.mean() < 1e-3
+    assert np.nanmax(np.abs(part.data - ref)) <= 1.5e-4  # one DN at scale 1e-4
+
+
+def test_bytes_read_are_the_compressed_blocks_of_the_window(series, tile):
+    result = read_block(_cfg(*_templates(str(series))), tile, threads=2)
+    blocks = files = 0
+    for f in series.glob("*.tif"):  # one 64x64 block per file, pixel-interleaved: the tile needs it
+        with rasterio.open(f) as src:
+            assert src.block_shapes[0] == (64, 64)
+            blocks += src.block_size(1, 0, 0)
+        files += f.stat().st_size
+    assert result.stats["bytes_read"] == blocks and 0.5 * files < blocks < files
+    assert result.stats["files_without_block_sizes"] == 0
+    assert result.stats["attempts"] == result.stats["files"] == 2 * len(DATES)
+
+
 def test_aligned_source_is_read_without_warp(tmp_path, make_cog, tile):
     """A source already on the tile grid: exact values, footprint outside is nodata."""
     arr = (np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) + 1)
@@ -246,6 +277,12 @@ def test_aligned_source_is_read_without_warp(tmp_path, make_cog, tile):
     for q in (0, 2, 3):
         assert (r.reason[q] == REASON_MISSING).all() and np.isnan(r.data[q]).all()
     assert len(r.missing) == 3 and all(m.endswith(".tif") for m in r.missing)
+    with rasterio.open(path) as src:  # 40x40 px in 16 px blocks: 3x3 blocks, all under the tile
+        sizes = {(i, j): src.block_size(1, i, j) for i in range(3) for j in range(3)}
+    assert r.stats["bytes_read"] == sum(sizes.values())
+    # tile pixels 8..24 are file pixels 0..16: only the first block
+    part = read_block(cfg, tile, Window(0, 0, 24, 24), threads=1)
+    assert part.stats["bytes_read"] == sizes[0, 0]
 
 
 # ----------------------------------------------------------------------------- faults
