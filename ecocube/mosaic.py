@@ -48,7 +48,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .env import available_threads
+from .env import GDAL_READ_OPTIONS, available_threads
 from .errors import EcocubeError, FileOverwriteError, StoreError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 CATEGORICAL = frozenset({"class", "flags", "count"})
 PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
 MANIFEST_KEY = "catalog/mosaics.json"
+#: GDAL block cache limit (bytes) while mosaicking: the per-thread read environments'
+#: value, so the process-wide limit never changes under a running layer
+MOSAIC_CACHEMAX = int(GDAL_READ_OPTIONS["GDAL_CACHEMAX"])
 CATALOG_PREFIX = "catalog"
 
 TILE_KEY_RE = re.compile(
@@ -362,23 +365,25 @@ class _Stats:
         self.lo = np.full(count, np.inf)
         self.hi = np.full(count, -np.inf)
 
-    def add(self, data: np.ndarray, nodata: float | None) -> None:
+    def add(self, data: np.ndarray, nodata: float | None, rows: int = 256) -> None:
+        """Accumulate one window, ``rows`` rows at a time (float64 temporaries stay small)."""
         for b in range(data.shape[0]):
-            band = data[b]
-            self.total[b] += band.size
-            if nodata is None:
-                valid = band.ravel()
-            elif isinstance(nodata, float) and math.isnan(nodata):
-                valid = band[~np.isnan(band)]
-            else:
-                valid = band[band != nodata]
-            if valid.size:
-                v = valid.astype(np.float64)
-                self.n[b] += v.size
-                self.s1[b] += v.sum()
-                self.s2[b] += np.square(v).sum()
-                self.lo[b] = min(self.lo[b], v.min())
-                self.hi[b] = max(self.hi[b], v.max())
+            self.total[b] += data[b].size
+            for r in range(0, data.shape[1], rows):
+                band = data[b, r:r + rows]
+                if nodata is None:
+                    valid = band.ravel()
+                elif isinstance(nodata, float) and math.isnan(nodata):
+                    valid = band[~np.isnan(band)]
+                else:
+                    valid = band[band != nodata]
+                if valid.size:
+                    v = valid.astype(np.float64)
+                    self.n[b] += v.size
+                    self.s1[b] += v.sum()
+                    self.s2[b] += np.dot(v, v)
+                    self.lo[b] = min(self.lo[b], v.min())
+                    self.hi[b] = max(self.hi[b], v.max())
 
     def result(self, scales: Sequence[float], offsets: Sequence[float]) -> list[dict[str, float]]:
         out = []
@@ -617,7 +622,9 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
     local_cog = work / f"{asset}.tif"
     local_vrt = work / f"{asset}.vrt"
     local_png = work / f"{asset}.png"
-    with store.rasterio_env(threads=threads):
+    # no per-file VSI cache: each window is read once, and with up to GDAL's dataset pool
+    # (100) tile files open at once, per-handle caches (64 MB each) grew with the tile count
+    with store.rasterio_env(threads=threads), rasterio.Env(VSI_CACHE="FALSE"):
         paths = [store.gdal_path(k) for k in sources.keys]
         meta = _read_tile_meta(paths, sources.keys, threads, store.rasterio_env)
         # the working VRT points at what GDAL can open from here; the published one is
@@ -724,6 +731,8 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
     whose tiles changed needs ``overwrite=True`` (else :class:`FileOverwriteError`).
     Returns the layers (also written to ``catalog/mosaics.json``).
     """
+    import rasterio
+
     store = _store_for(cfg, store)
     layers = find_layers(cfg, store, products=products)
     if not layers:
@@ -770,7 +779,10 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
                 results.append(layer)
             log.info("%s %s (%d tiles)", layer.state, store.url(layer.key), len(layer.tiles))
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # GDAL's block cache is one per process: pin its limit here, in the calling thread, so
+        # that a layer thread leaving its scoped environment restores this limit and not
+        # GDAL's default (5 % of RAM) while other layers still run
+        with rasterio.Env(GDAL_CACHEMAX=MOSAIC_CACHEMAX), ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(_job, todo))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
