@@ -73,7 +73,10 @@ def _read_block(cfg, tile, window, *, threads=None):
 def _fill_gaps(cube, cfg, *, threads=None):
     from .gapfill import fill_gaps_config
 
-    return fill_gaps_config(cube, cfg, threads=threads)
+    # in place when possible: the tile never needs the unfilled cube again (saves a cube)
+    inplace = (isinstance(cube, np.ndarray) and cube.dtype == np.float32 and cube.flags.c_contiguous
+               and cube.flags.writeable)
+    return fill_gaps_config(cube, cfg, threads=threads, inplace=inplace)
 
 
 def _features_for_year(filled, *, bands, season_size, year_index, indices):
@@ -102,7 +105,7 @@ class Stages:
     publishing and status logic unchanged.
     """
 
-    read_block: Callable = _read_block
+    read_block: Callable = _read_block  # returns a fresh cube: the default fill_gaps overwrites it
     fill_gaps: Callable = _fill_gaps
     features_for_year: Callable = _features_for_year
     feature_names: Callable = _feature_names
@@ -437,17 +440,27 @@ def _tile_prefixes(tile_id: str) -> list[str]:
     return [f"{p}/{tile_id}/" for p in LAYERS]
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
 class _Timer:
+    """Wall and process CPU seconds per stage (CPU / wall ≈ the cores a stage kept busy)."""
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         try:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+            self.cpu[stage] = self.cpu.get(stage, 0.0) + _cpu_seconds() - c0
 
 
 class _GapStats:
@@ -604,6 +617,7 @@ def _finish(record: dict, timer: _Timer, t_start: float, state: str, exc: BaseEx
     record["finished"] = _now()
     record["seconds"] = round(time.perf_counter() - t_start, 3)
     record["timings"] = {k: round(v, 3) for k, v in timer.seconds.items()}
+    record["cpu_seconds"] = {k: round(v, 3) for k, v in timer.cpu.items()}
     record["peak_rss_bytes"] = peak_rss_bytes()
     if exc is not None:
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -721,23 +735,27 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
                         items.append((output_key("uncertainty", tile.id, per, "uncertainty"), unc.reshape(h, w)))
                     del X
             with timer("write"):
-                comp = _to_composite(filled, cfg.output.composite_scale, stats) if "composite" in layers else None
+                writer.write(items, window)  # the prediction layers
                 count = np.asarray(res.count) if "count" in layers else None
+                # the cube layers period by period: the int16 composite is made one slice at a
+                # time (a whole-block conversion held ~4 float32 copies of the block's cube)
                 for t, period in enumerate(res.periods):
+                    items = []
                     for b, band in enumerate(bands):
-                        if comp is not None:
-                            items.append((output_key("composite", tile.id, period.id, band), comp[t, b]))
+                        if "composite" in layers:
+                            items.append((output_key("composite", tile.id, period.id, band),
+                                          _to_composite(filled[t, b], cfg.output.composite_scale, stats)))
                         if "flags" in layers:
                             items.append((output_key("flags", tile.id, period.id, band), flags[t, b]))
                         if count is not None:
                             items.append((output_key("count", tile.id, period.id, band),
                                           count[t, b].astype(np.uint16, copy=False)))
-                writer.write(items, window)
-            del res, filled, flags, items, comp, count
+                    writer.write(items, window)
+            del res, filled, flags, items, count
             beat = _heartbeat(store, record, beat, i + 1)
 
         _check_stop(stop, tile, len(windows), len(windows))
-        with timer("write"):
+        with timer("finish"):  # the staged cube layers' GeoTIFFs are written here
             writer.close()
         paths = writer.paths
         writer = None

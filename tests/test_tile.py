@@ -152,6 +152,7 @@ def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
     for key, meta in rec["outputs"].items():
         assert sha256_file(store.url(key)) == meta["sha256"]
     assert set(rec["timings"]) >= {"read", "gapfill", "features", "predict", "write", "publish"}
+    assert set(rec["cpu_seconds"]) == set(rec["timings"]) and all(v >= 0 for v in rec["cpu_seconds"].values())
     assert rec["peak_rss_bytes"] > 50 * 2**20 and rec["bytes_written"] > 0
 
     # gap statistics match the planted gaps of this tile

@@ -156,7 +156,7 @@ def child(yaml_path: str) -> None:
     print(json.dumps({
         "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "cpu_per_wall": round(cpu / wall, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "timings": rec["timings"], "outputs": len(rec["outputs"]),
+        "timings": rec["timings"], "cpu_seconds": rec.get("cpu_seconds", {}), "outputs": len(rec["outputs"]),
         "bytes_written": rec["bytes_written"], "completeness": round(rec["completeness"], 4),
         "blocks": rec["blocks"],
     }))
@@ -206,6 +206,10 @@ def main() -> None:
             res.update(tile=size, block=block, pixels=size * size)
             results.append(res)
             _log(f"  {res['wall_s']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB, CPU/wall {res['cpu_per_wall']}")
+            cpu = res.get("cpu_seconds", {})
+            _log("  per stage (wall s, CPU/wall): " + ", ".join(
+                f"{k} {v:.1f} s ×{cpu[k] / v:.2f}" if k in cpu and v > 0 else f"{k} {v:.1f} s"
+                for k, v in res["timings"].items()))
             import shutil
 
             shutil.rmtree(work / f"out-{size}-{block}", ignore_errors=True)
