@@ -422,16 +422,43 @@ def publish_catalog(cfg, *, store=None, layers: list[MosaicLayer] | None = None,
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         # children first, catalog.json last: a reader never sees a root that links to nothing
         files.sort(key=lambda p: (p.name in ("catalog.json", "index.html"), len(p.parts) * -1, str(p)))
+        published = []
         for path in files:
             key = f"{CATALOG_PREFIX}/{path.relative_to(staging).as_posix()}"
             store.put_file(path, key, move=True)
+            published.append(key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    _remove_unpublished(store, published, layers)
     root = store.url(f"{CATALOG_PREFIX}/catalog.json")
     index_url = store.url(index) if index else None
     if getattr(store, "local", False):
         return BuiltCatalog(Path(root), Path(index_url) if index_url else None, len(files))
     return BuiltCatalog(root, index_url, len(files))
+
+
+#: the keys the last publish wrote under catalog/ (its JSON and HTML plus every mosaic file)
+PUBLISHED_LIST_KEY = f"{CATALOG_PREFIX}/published.json"
+
+
+def _remove_unpublished(store, published: list[str], layers: list[MosaicLayer]) -> list[str]:
+    """Delete what the previous publish wrote and this one no longer references.
+
+    Runs after ``catalog.json`` is in place, so a reader never sees a link to a deleted
+    file. Only keys recorded by ecocube's previous publish are candidates: files a person
+    put under ``catalog/`` are never touched.
+    """
+    current = set(published) | {MANIFEST_KEY, PUBLISHED_LIST_KEY}
+    for layer in layers:
+        current.update(k for k in (layer.key, layer.vrt_key, layer.thumbnail_key) if k)
+    raw = store.get_bytes_or_none(PUBLISHED_LIST_KEY)
+    previous = set(json.loads(raw.decode())["keys"]) if raw else set()
+    stale = sorted(k for k in previous - current if k.startswith(f"{CATALOG_PREFIX}/"))
+    if stale:
+        log.info("removing %d catalog files no longer referenced (e.g. %s)", len(stale), stale[0])
+        store.delete_many(stale)
+    store.put_bytes(json.dumps({"keys": sorted(current)}, indent=1).encode(), PUBLISHED_LIST_KEY)
+    return stale
 
 
 # --------------------------------------------------------------------------- validation

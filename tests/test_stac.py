@@ -272,3 +272,30 @@ def test_period_interval():
     assert period_interval("2019-10-01", 3)[1].isoformat() == "2019-12-31T23:59:59+00:00"
     assert period_interval("2020-01-01", 12)[1].isoformat() == "2020-12-31T23:59:59+00:00"
     assert period_interval("2020-02-01", 1)[1].isoformat() == "2020-02-29T23:59:59+00:00"
+
+
+def test_rerun_removes_catalog_files_no_longer_referenced(tmp_path):
+    """A finalize rerun after a period disappeared leaves no orphaned item/COG behind,
+    and never deletes files that ecocube did not publish."""
+    cfg = run_config(tmp_path, str(tmp_path / "store"))
+    store = open_store(cfg.output)
+    write_tile_outputs(store, cfg)
+    finalize(cfg, store=store, threads=2)
+    root = Path(store.url("catalog"))
+    gone_item = root / "composite-blue" / "composite-blue-2019-04-01"
+    assert (gone_item / "composite-blue-2019-04-01.json").is_file() and (gone_item / "blue.tif").is_file()
+    (root / "notes.txt").write_text("a person's own file")
+
+    # the second period of every per-period product disappears from the tiles
+    for key in store.list(""):
+        if "/2019-04-01/" in key and key.split("/")[0] in ("composite", "flags", "count"):
+            store.delete(key)
+    finalize(cfg, store=store, threads=2, overwrite=True)
+
+    assert not gone_item.exists() or not any(gone_item.iterdir())
+    assert not list(root.rglob("*2019-04-01*.json"))
+    assert (root / "composite-blue" / "composite-blue-2019-01-01" / "blue.tif").is_file()
+    assert (root / "notes.txt").read_text() == "a person's own file"
+    assert validate_catalog(root / "catalog.json") == []
+    published = json.loads((root / "published.json").read_text())["keys"]
+    assert all((root.parent / k).is_file() for k in published)
