@@ -450,10 +450,17 @@ def new_submission_id(now: _dt.datetime | None = None) -> str:
 
 def record_state(record: Mapping | None) -> str:
     """The state of a tile status record (``done``, ``failed``, ``interrupted``,
-    ``running``), or ``pending`` when the tile has no record (see :mod:`ecocube.status`)."""
+    ``running``, ``stale`` for a running record whose process is gone), or ``pending`` when
+    the tile has no record (see :mod:`ecocube.status`)."""
     if record is None:
         return "pending"
-    return str(record.get("state") or "unknown").lower()
+    state = str(record.get("state") or "unknown").lower()
+    if state == "running":
+        from .status import stale_reason
+
+        if stale_reason(record) is not None:  # its process is gone (SIGKILL, node failure)
+            return "stale"
+    return state
 
 
 def tiles_to_do(cfg, store=None, *, states: Mapping[str, Mapping | None] | None = None) -> tuple[list[str], dict]:
@@ -1071,7 +1078,7 @@ def slurm_status(cfg, *, store=None, states=None, submission: str | None = None)
 def format_status(st: RunStatus) -> str:
     """The human-readable table printed by ``ecocube slurm status``."""
     c = st.counts()
-    order = ("done", "failed", "interrupted", "running", "pending")
+    order = ("done", "failed", "interrupted", "running", "stale", "pending")
     tile_counts = "  ".join(f"{k} {c['tiles'].get(k, 0)}" for k in order)
     others = "  ".join(f"{k} {v}" for k, v in sorted(c["tiles"].items()) if k not in order)
     lines = []

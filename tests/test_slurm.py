@@ -549,3 +549,21 @@ def test_packaged_templates_match_repo_templates():
     repo = Path(__file__).resolve().parents[1] / "slurm"
     for name in ("array.sbatch", "finalize.sbatch"):
         assert (DEFAULT_TEMPLATE_DIR / name).read_text() == (repo / name).read_text(), name
+
+
+def test_record_state_reports_running_record_of_dead_process_as_stale():
+    import socket
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rec = {"tile": "X0000_Y0000", "state": "running", "host": socket.gethostname(), "pid": proc.pid,
+           "started": started, "heartbeat": started}
+    assert S.record_state(rec) == "stale"
+    alive = dict(rec, pid=os.getpid())  # this test process, started before the record
+    assert S.record_state(alive) == "running"
+    assert S.record_state(None) == "pending"
+    assert S.record_state({"state": "DONE"}) == "done"
