@@ -45,13 +45,19 @@ def _to_percent(values: np.ndarray) -> np.ndarray:
 
 
 def _predict_chunk(bundle, X: np.ndarray, rows: np.ndarray, codes: np.ndarray,
-                   proba_out: np.ndarray, hard_out: np.ndarray, unc_out: np.ndarray) -> None:
-    """Predict ``X[rows]`` and write into the outputs at ``rows`` (disjoint between chunks)."""
-    from threadpoolctl import threadpool_limits
+                   proba_out: np.ndarray, hard_out: np.ndarray, unc_out: np.ndarray, controller=None) -> None:
+    """Predict ``X[rows]`` and write into the outputs at ``rows`` (disjoint between chunks).
 
+    ``controller``: a ``threadpoolctl.ThreadpoolController`` (finding the native libraries
+    is the slow part of ``threadpool_limits``: ~4 ms, serial, so it is done once per block).
+    """
+    if controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        controller = ThreadpoolController()
     Xc = X[rows]
     # OpenMP limits are per thread (libgomp ICVs), so each worker thread sets its own
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with controller.limit(limits=1, user_api="openmp"):
         both = getattr(bundle, "predict_proba_and_uncertainty", None)
         if both is not None:  # one pass of the base learners instead of two
             proba, unc = both(Xc)
@@ -143,15 +149,16 @@ def predict_block(bundle, X: np.ndarray, *, threads: int | None = None,
     # at least one chunk per thread, at most chunk_rows rows per chunk
     n_chunks = max(min(threads, rows.size), -(-rows.size // max(1, chunk_rows)))
     chunks = [c for c in np.array_split(rows, n_chunks) if c.size]
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 
+    controller = ThreadpoolController()
     # BLAS thread pools are process-wide: limit them once, around all chunks
-    with threadpool_limits(limits=1, user_api="blas"), learner_threads(bundle, 1):
+    with controller.limit(limits=1, user_api="blas"), learner_threads(bundle, 1):
         if threads == 1 or len(chunks) == 1:
             for c in chunks:
-                _predict_chunk(bundle, X, c, codes, proba, hard, unc)
+                _predict_chunk(bundle, X, c, codes, proba, hard, unc, controller)
         else:
             Parallel(n_jobs=min(threads, len(chunks)), prefer="threads", require="sharedmem")(
-                delayed(_predict_chunk)(bundle, X, c, codes, proba, hard, unc) for c in chunks
+                delayed(_predict_chunk)(bundle, X, c, codes, proba, hard, unc, controller) for c in chunks
             )
     return proba, hard, unc

@@ -504,6 +504,27 @@ def _to_composite(filled: np.ndarray, scale: float, stats: _GapStats) -> np.ndar
     return out
 
 
+def _stage_cube(writer: TileWriter, tile_id: str, window, periods, bands, layers, filled: np.ndarray,
+                flags: np.ndarray, count: np.ndarray | None, scale: float, stats: _GapStats) -> None:
+    """Stage one block's cube layers (``composite``, ``flags``, ``count``), period by period.
+
+    The int16 composite is made one ``(h, w)`` slice at a time: converting the whole block
+    at once held about four float32 copies of the block's cube.
+    """
+    for t, period in enumerate(periods):
+        items = []
+        for b, band in enumerate(bands):
+            if "composite" in layers:
+                items.append((output_key("composite", tile_id, period.id, band),
+                              _to_composite(filled[t, b], scale, stats)))
+            if "flags" in layers:
+                items.append((output_key("flags", tile_id, period.id, band), flags[t, b]))
+            if "count" in layers:
+                items.append((output_key("count", tile_id, period.id, band),
+                              np.asarray(count[t, b]).astype(np.uint16, copy=False)))
+        writer.write(items, window)
+
+
 def _base_record(tile, cfg, attempt: int, threads: int) -> dict[str, Any]:
     from .env import slurm_context
 
@@ -676,6 +697,8 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
     requests = 0
     missing: set[str] = set()
     beat = time.monotonic()
+    staging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecocube-stage")
+    pending = None
 
     try:
         for i, window in enumerate(windows):
@@ -714,6 +737,10 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
                 raise TileError(f"block {i} returned bands {res.bands}, the first block {bands}", tile=tile.id)
 
             h, w = int(window.height), int(window.width)
+            if any(layer in layers for layer in CUBE_LAYERS):
+                # the cube layers are staged by a second thread while this one predicts
+                pending = staging.submit(_stage_cube, writer, tile.id, window, res.periods, bands, layers,
+                                         filled, flags, res.count, cfg.output.composite_scale, stats)
             items: list[tuple[str, np.ndarray]] = []
             if want_pred:
                 for year in years:
@@ -736,22 +763,10 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
                     del X
             with timer("write"):
                 writer.write(items, window)  # the prediction layers
-                count = np.asarray(res.count) if "count" in layers else None
-                # the cube layers period by period: the int16 composite is made one slice at a
-                # time (a whole-block conversion held ~4 float32 copies of the block's cube)
-                for t, period in enumerate(res.periods):
-                    items = []
-                    for b, band in enumerate(bands):
-                        if "composite" in layers:
-                            items.append((output_key("composite", tile.id, period.id, band),
-                                          _to_composite(filled[t, b], cfg.output.composite_scale, stats)))
-                        if "flags" in layers:
-                            items.append((output_key("flags", tile.id, period.id, band), flags[t, b]))
-                        if count is not None:
-                            items.append((output_key("count", tile.id, period.id, band),
-                                          count[t, b].astype(np.uint16, copy=False)))
-                    writer.write(items, window)
-            del res, filled, flags, items, count
+                if pending is not None:
+                    pending.result()  # re-raises a staging error
+                    pending = None
+            del res, filled, flags, items
             beat = _heartbeat(store, record, beat, i + 1)
 
         _check_stop(stop, tile, len(windows), len(windows))
@@ -760,6 +775,10 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
         paths = writer.paths
         writer = None
     finally:
+        if pending is not None:  # an error while the cube layers were staged: let them finish first
+            with contextlib.suppress(BaseException):
+                pending.result()
+        staging.shutdown(wait=True)
         if writer is not None:
             writer.abort()
 

@@ -629,3 +629,45 @@ def test_tile_writer_abort_leaves_no_outputs_or_scratch(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".composite.staging", ".flags.staging"]
     writer.abort()
     assert writer.paths == {} and [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_cube_layers_are_staged_beside_prediction_and_a_staging_error_fails_the_tile(scene, bundle, tmp_path,
+                                                                                     monkeypatch):
+    import errno
+    import threading
+
+    from ecocube.tile import TileWriter
+
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), processing={"block_size": 16,
+                                                                      "tmp_dir": str(tmp_path / "scratch")})
+    staged_in, predicted_in = set(), set()
+    real_stage, real_predict = TileWriter._stage, Stages().predict_block
+
+    def stage(self, key, arr, window):
+        staged_in.add(threading.current_thread().name.split("_")[0])
+        return real_stage(self, key, arr, window)
+
+    def predict(bundle_, X, *, threads=None):
+        predicted_in.add(threading.current_thread().name)
+        return real_predict(bundle_, X, threads=threads)
+
+    monkeypatch.setattr(TileWriter, "_stage", stage)
+    rec = process_tile(tile_of(cfg), cfg, bundle=bundle, stages=_fake_stages(predict_block=predict))
+    assert rec["state"] == "done" and len(rec["outputs"]) == N_OUTPUTS_PER_TILE
+    assert staged_in == {"ecocube-stage"} and predicted_in == {"MainThread"}
+
+    calls = []
+
+    def full_disk(self, key, arr, window):
+        calls.append(key)
+        if len(calls) == 100:  # in the second block (72 staged slices a block)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_stage(self, key, arr, window)
+
+    monkeypatch.setattr(TileWriter, "_stage", full_disk)
+    with pytest.raises(TileError, match="tile X0000_Y0000 failed: OSError: .*No space left on device"):
+        process_tile(tile_of(cfg), cfg, bundle=bundle, overwrite=True)
+    store = LocalStore(tmp_path / "out")
+    assert read_status(store, "X0000_Y0000")["state"] == "failed"
+    assert sorted(k for k in store.list("") if not k.startswith("status/")) == sorted(rec["outputs"])  # attempt 1's
+    assert [p for p in (tmp_path / "scratch").rglob("*") if p.is_file()] == []  # no staging file left
