@@ -2,21 +2,23 @@
 
 For each processing block (``tile.blocks(cfg.processing.block_size)``)::
 
-    read_block -> fill_gaps_config -> features_for_year (per year) -> predict_block
-               -> write the block's window into local temporary GeoTIFFs
+    read_block -> fill_gaps_config (in place) -> features_for_year (per year) -> predict_block
+               -> write the year's prediction windows into local temporary GeoTIFFs
+    (beside features/predict, a second thread stages the block's per-period cube layers)
 
-The temporary GeoTIFFs (tiled, compressed, with nodata, scale and band descriptions)
-are opened once per tile and written window by window, so memory is bounded by the
-block size, not by the tile size. When every block is written the files are published
-to the store (atomic per object), stale objects of earlier attempts are removed, and the
-status record ``status/<tile>.json`` is written **last**. A rerun skips a tile whose
-record says ``done`` and whose outputs still match the record's checksums.
-
-Memory: one block's cube (read data, reasons, counts, filled values, flags: about
-``7 × periods × bands × block_size²`` bytes, 460 MB for 84 × 6 at 256²) plus a constant
-per open output GeoTIFF (~0.7 MB with deflate: the compressor state and one internal
-block), i.e. ~1.1 GB for 84 periods × 6 bands with composite, flags and count layers.
-Neither grows with the tile size (``scripts/bench/tile.py``).
+The few per-year prediction GeoTIFFs are opened once per tile and written window by
+window. The per-period cube layers (composite, flags, count: 3 × periods × bands files)
+are staged as raw arrays in one scratch file per layer and written as GeoTIFFs once every
+block is done, ``threads`` at a time (see :class:`TileWriter`); an open deflate GeoTIFF
+costs ~0.7 MB, so keeping 1,512 open (84 periods × 6 bands) cost ~1.1 GB. Memory is
+bounded by the block size, not by the tile size: one block's cube (read data filled in
+place, reasons, counts, flags: about ``8 × periods × bands × block_size²`` bytes, 265 MB
+for 84 × 6 at 256²) plus the model and the libraries (``scripts/bench/tile.py``).
+Scratch disk: about ``5 × periods × bands × pixels`` bytes of staged layers. When every
+output is written the files are published to the store (atomic per object), stale objects
+of earlier attempts are removed, and the status record ``status/<tile>.json`` is written
+**last**. A rerun skips a tile whose record says ``done`` and whose outputs still match
+the record's checksums.
 
 SIGTERM/SIGINT (see :func:`stop_on_signals`) stop the tile after the current block:
 nothing is published, the record says ``interrupted`` and :class:`Interrupted` is raised.
@@ -269,6 +271,7 @@ class TileWriter:
         self._staged: dict[str, list[tuple[Any, int, tuple[int, ...]]]] = {k: [] for k in self._staged_specs}
         self._scratch: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._check_scratch_space()
         direct = [s for s in self.specs if s.key(tile.id) not in self._staged_specs]
         self._ensure_file_limit(len(direct) + self.threads + len(staged) + 64)
         try:
@@ -277,6 +280,25 @@ class TileWriter:
         except BaseException:
             self.abort()
             raise
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Bytes the staged layers take on the scratch disk once every block is written."""
+        px = int(self.tile.width) * int(self.tile.height)
+        return sum(np.dtype(s.dtype).itemsize * s.count * px for s in self._staged_specs.values())
+
+    def _check_scratch_space(self) -> None:
+        """Fail before the first block, not after an hour, when the scratch disk is too small."""
+        needed = self.scratch_bytes
+        if not needed:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(self.folder)
+        free = st.f_bavail * st.f_frsize
+        if free < needed:
+            raise TileError(f"tile {self.tile.id}: staging its {len(self._staged_specs)} cube layers needs "
+                            f"{needed / 2**30:.1f} GiB of scratch in {self.folder}, only {free / 2**30:.1f} GiB "
+                            "are free (set processing.tmp_dir to a larger local disk)", tile=self.tile.id)
 
     @staticmethod
     def _ensure_file_limit(needed: int) -> None:
@@ -463,6 +485,16 @@ class _Timer:
             self.cpu[stage] = self.cpu.get(stage, 0.0) + _cpu_seconds() - c0
 
 
+def _count_codes(codes: np.ndarray) -> np.ndarray:
+    """Histogram of uint8 codes, slice by slice: ``np.bincount`` casts its input to int64,
+    which for a whole block's cube (84 × 6 × 256² values) is a 264 MB temporary."""
+    arr = np.asarray(codes, dtype=np.uint8)
+    counts = np.zeros(256, dtype=np.int64)
+    for part in (arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr[None]):
+        counts += np.bincount(part, minlength=256)
+    return counts
+
+
 class _GapStats:
     """Counts of flag codes, read reasons and clipped composite values over the tile."""
 
@@ -472,9 +504,9 @@ class _GapStats:
         self.clipped = 0
 
     def add(self, flags: np.ndarray, reason: np.ndarray | None) -> None:
-        self.flags += np.bincount(np.asarray(flags, dtype=np.uint8).ravel(), minlength=256)
+        self.flags += _count_codes(flags)
         if reason is not None:
-            self.reasons += np.bincount(np.asarray(reason, dtype=np.uint8).ravel(), minlength=256)
+            self.reasons += _count_codes(reason)
 
     def to_dict(self) -> dict[str, Any]:
         total = int(self.flags.sum())
@@ -559,7 +591,10 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     returned with ``"skipped": True``) unless ``overwrite``. ``bundle`` defaults to
     ``load_bundle(cfg.model.path, expected_features=...)`` when a prediction layer is
     requested. ``threads`` defaults to ``cfg.processing.threads`` or the allocation, and is
-    shared by reading, gap-filling, prediction and writing (they run one after the other).
+    used by reading, gap-filling, prediction and the final GeoTIFF writing, which run one
+    after the other; staging the cube layers runs beside features and prediction. The
+    record's ``timings`` and ``cpu_seconds`` (process CPU per stage) show how many cores
+    each stage kept busy.
     """
     from .env import available_threads
     from .store import open_store

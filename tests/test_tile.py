@@ -671,3 +671,27 @@ def test_cube_layers_are_staged_beside_prediction_and_a_staging_error_fails_the_
     assert read_status(store, "X0000_Y0000")["state"] == "failed"
     assert sorted(k for k in store.list("") if not k.startswith("status/")) == sorted(rec["outputs"])  # attempt 1's
     assert [p for p in (tmp_path / "scratch").rglob("*") if p.is_file()] == []  # no staging file left
+
+
+def test_tile_writer_refuses_to_start_without_scratch_space_for_the_staged_layers(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ecocube.tile import TileWriter
+
+    tile = SimpleNamespace(id="X0003_Y0004", width=1000, height=1000, crs="EPSG:32632",
+                           transform=Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]))
+    periods = [SimpleNamespace(id=f"2020-{m:02d}-01") for m in (1, 4, 7, 10)]
+    specs = plan_outputs(("class", "composite", "flags", "count"), periods=periods, bands=BANDS, years=[2020],
+                         classes=[10, 20], class_names=["a", "b"])
+    real = os.statvfs(tmp_path)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=50 * 2**20 // real.f_frsize,
+                                                                    f_frsize=real.f_frsize))
+    # 4 periods x 3 bands x (2 + 1 + 2 bytes) x 10^6 px = 60 MB > 50 MiB free
+    with pytest.raises(TileError, match=r"tile X0003_Y0004: staging its 36 cube layers needs 0\.1 GiB .* "
+                                        r"only 0\.0 GiB are free \(set processing.tmp_dir"):
+        TileWriter(tmp_path, tile, specs, block_size=256, threads=2)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(os, "statvfs", lambda path: real)
+    writer = TileWriter(tmp_path, tile, specs, block_size=256, threads=2)
+    assert writer.scratch_bytes == 4 * 3 * 5 * 10**6
+    writer.abort()
