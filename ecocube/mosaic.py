@@ -30,6 +30,7 @@ with collections ``proba``, ``class``, ``uncertainty``, ``composite-{band}`` (as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .env import GDAL_READ_OPTIONS, available_threads
+from .env import available_threads
 from .errors import EcocubeError, FileOverwriteError, StoreError
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,15 @@ log = logging.getLogger(__name__)
 CATEGORICAL = frozenset({"class", "flags", "count"})
 PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
 MANIFEST_KEY = "catalog/mosaics.json"
-#: GDAL block cache limit (bytes) while mosaicking: the per-thread read environments'
-#: value, so the process-wide limit never changes under a running layer
-MOSAIC_CACHEMAX = int(GDAL_READ_OPTIONS["GDAL_CACHEMAX"])
+#: GDAL block cache (bytes) per layer mosaicked in parallel; the process-wide limit is this
+#: times the parallel layers, at least :data:`MOSAIC_CACHEMAX_MIN`. Every window is read from
+#: the tiles once and written to the staging file once, so the cache only needs the blocks in
+#: flight. With the readers' 256 MB, the cached blocks churned through glibc's heap and peak
+#: RSS grew with the mosaic (2 layers in parallel, 2000² / 4000² / 8000² / 12000² px: 210 / 326
+#: / 631 / 929 MiB); with 64 MB: 207 / 344 / 404 / 433 MiB (452 at 16000²), same wall time
+#: (scripts/bench/mosaic.py)
+MOSAIC_CACHEMAX = 32 * 2**20
+MOSAIC_CACHEMAX_MIN = 64 * 2**20
 CATALOG_PREFIX = "catalog"
 
 TILE_KEY_RE = re.compile(
@@ -231,6 +238,27 @@ class _LayerMeta:
     colorinterp: tuple[str, ...]
     block: tuple[int, int]
     tiles: tuple[_TileMeta, ...]
+
+
+def mosaic_cachemax(parallel_layers: int) -> int:
+    """GDAL block cache limit (bytes) while ``parallel_layers`` layers are mosaicked at once."""
+    return max(MOSAIC_CACHEMAX_MIN, MOSAIC_CACHEMAX * max(1, parallel_layers))
+
+
+@contextlib.contextmanager
+def _mosaic_env(store, threads: int, cachemax: int):
+    """One thread's GDAL environment: the store's, with the mosaic cache limit and no VSI cache.
+
+    The store's environment sets its own (larger) ``GDAL_CACHEMAX``, and GDAL's cache limit is
+    one per process: every mosaic thread re-pins the mosaic limit right away, so the limit
+    seen by running layers stays the mosaic's. No per-file VSI cache: each window is read
+    once, and with up to GDAL's dataset pool (100) tile files open at once, per-handle caches
+    (64 MB each) grew with the tile count.
+    """
+    import rasterio
+
+    with store.rasterio_env(threads=threads), rasterio.Env(VSI_CACHE="FALSE", GDAL_CACHEMAX=cachemax):
+        yield
 
 
 def _read_tile_meta(paths: Sequence[str], keys: Sequence[str], threads: int, env) -> _LayerMeta:
@@ -602,10 +630,12 @@ def _relpath_from(base_key: str, target_key: str) -> str:
     return os.path.relpath(target_key, os.path.dirname(base_key)).replace(os.sep, "/")
 
 
-def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_dir: str | Path) -> MosaicLayer:
+def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_dir: str | Path,
+                 cachemax: int | None = None) -> MosaicLayer:
     """Mosaic one product/layer/period: VRT → COG (+ thumbnail), uploaded to the store.
 
-    Replaces an existing COG: :func:`mosaic_run` decides what is up to date.
+    Replaces an existing COG: :func:`mosaic_run` decides what is up to date. ``cachemax``:
+    GDAL block cache limit in bytes (default :func:`mosaic_cachemax` of one layer).
     """
     import rasterio
     from rasterio.enums import Resampling
@@ -622,11 +652,14 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
     local_cog = work / f"{asset}.tif"
     local_vrt = work / f"{asset}.vrt"
     local_png = work / f"{asset}.png"
-    # no per-file VSI cache: each window is read once, and with up to GDAL's dataset pool
-    # (100) tile files open at once, per-handle caches (64 MB each) grew with the tile count
-    with store.rasterio_env(threads=threads), rasterio.Env(VSI_CACHE="FALSE"):
+    cachemax = mosaic_cachemax(1) if cachemax is None else cachemax
+
+    def env():
+        return _mosaic_env(store, threads, cachemax)
+
+    with env():
         paths = [store.gdal_path(k) for k in sources.keys]
-        meta = _read_tile_meta(paths, sources.keys, threads, store.rasterio_env)
+        meta = _read_tile_meta(paths, sources.keys, threads, env)
         # the working VRT points at what GDAL can open from here; the published one is
         # relative for a local store (it sits inside it) and /vsis3/ for S3
         work_vrt = vrt_xml(meta)
@@ -759,6 +792,7 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
             + ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""))
     workers = max(1, min(total, len(todo)))
     per_layer = max(1, total // workers)
+    cachemax = mosaic_cachemax(workers)
     log.info("mosaicking %d layers (%d up to date) with %d workers × %d threads",
              len(todo), len(kept), workers, per_layer)
 
@@ -770,7 +804,7 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
 
         def _job(src: LayerSources) -> None:
             try:
-                layer = mosaic_layer(cfg, store, src, threads=per_layer, work_dir=tmp)
+                layer = mosaic_layer(cfg, store, src, threads=per_layer, work_dir=tmp, cachemax=cachemax)
             except EcocubeError as exc:
                 with lock:
                     errors.append(exc)
@@ -782,7 +816,7 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
         # GDAL's block cache is one per process: pin its limit here, in the calling thread, so
         # that a layer thread leaving its scoped environment restores this limit and not
         # GDAL's default (5 % of RAM) while other layers still run
-        with rasterio.Env(GDAL_CACHEMAX=MOSAIC_CACHEMAX), ThreadPoolExecutor(max_workers=workers) as pool:
+        with rasterio.Env(GDAL_CACHEMAX=cachemax), ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(_job, todo))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
