@@ -500,9 +500,14 @@ class S3Store(Store):
             tmp.unlink(missing_ok=True)
         return local
 
+    def _listing_prefix(self, prefix: str) -> tuple[str, int]:
+        """The bucket-level prefix for a store prefix, and how much of a bucket key to cut."""
+        if not self.prefix:
+            return prefix, 0
+        return f"{self.prefix}/{prefix}", len(self.prefix) + 1
+
     def list(self, prefix: str = "") -> list[str]:
-        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
-        strip = len(self.prefix) + 1 if self.prefix else 0
+        full, strip = self._listing_prefix(prefix)
         keys = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
@@ -543,8 +548,7 @@ class S3Store(Store):
 
     def incomplete_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """``(key, upload_id)`` of multipart uploads under ``prefix`` never completed or aborted."""
-        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
-        strip = len(self.prefix) + 1 if self.prefix else 0
+        full, strip = self._listing_prefix(prefix)
         found = []
         try:
             paginator = self.client.get_paginator("list_multipart_uploads")

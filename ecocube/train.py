@@ -38,6 +38,7 @@ The flow of :func:`train_model`:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -83,18 +84,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_path(path: Path, suffix: str = ".part"):
+    """A temp path beside ``path``: renamed onto ``path`` when the block succeeds, removed
+    when it fails, so ``path`` is either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -526,15 +535,8 @@ def write_feature_table(path: Path, pixels: PixelTable, X: np.ndarray, names: li
     for j, n in enumerate(names):
         cols[n] = pa.array(X[:, j])
     table = pa.table(cols).replace_schema_metadata({b"ecocube": json.dumps(metadata).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with _atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_feature_table(path: Path) -> tuple[PixelTable, np.ndarray, list[str], dict]:
@@ -677,14 +679,8 @@ def save_bundle(bundle: ModelBundle, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / MODEL_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_FILE}.", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
+    with _atomic_path(model_path) as tmp:
         joblib.dump(bundle.model, tmp, compress=3)
-        os.replace(tmp, model_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     n_in = getattr(bundle.model, "n_features_in_", None)
     if n_in is not None and n_in != len(bundle.feature_names):
         raise ModelError(f"bundle lists {len(bundle.feature_names)} feature names but the model takes {n_in}")
@@ -805,14 +801,8 @@ def _figure(width: float, height: float):
 
 
 def _save_png(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with _atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by suffix
         fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_plots(report: dict, folder: Path) -> dict[str, str]:
