@@ -103,7 +103,7 @@ def test_catalog_validates_and_reads_back(finished_run):
 
 
 def test_composite_and_flags_items(finished_run):
-    cfg, store, result = finished_run
+    _, _, result = finished_run
     cat = pystac.Catalog.from_file(str(result["catalog"]))
     comp = cat.get_child("composite-nir")
     items = sorted(comp.get_items(), key=lambda i: i.id)
@@ -122,9 +122,15 @@ def test_composite_and_flags_items(finished_run):
     assert set(fitem.assets) == {"blue", "nir", "thumbnail"}
     legend = {c["value"]: c["description"] for c in fitem.assets["blue"].extra_fields["classification:classes"]}
     assert 0 in legend and 255 in legend
-    from ecocube.gapfill import flag_legend_config
-
-    assert legend == flag_legend_config(cfg)
+    # written out by hand for this run's gap-fill settings (TMWM h_same=2, h_neib=1, h_annual=2,
+    # both directions, no outlier screening, 4 periods a year): observed, same season ±1 and ±2
+    # years (codes 1, 2), neighbouring periods ±1 year (41), the 2 periods either side (82; its
+    # h=1 window, code 81, adds no period to 41's), unfilled (255)
+    assert sorted(legend) == [0, 1, 2, 41, 82, 255]
+    assert legend[0].startswith("observed value")
+    for code, phase, h in ((1, 1, 1), (2, 1, 2), (41, 2, 1), (82, 3, 2)):
+        assert legend[code].endswith(f"(TMWM phase {phase}, h={h})"), (code, legend[code])
+    assert legend[255].startswith("gap; no candidate window had a valid value")
     proba = next(iter(cat.get_child("proba").get_items())).assets["proba"]
     assert [b["name"] for b in proba.extra_fields["raster:bands"]] == ["cropland", "forest", "water"]
     assert all(b["unit"] == "%" for b in proba.extra_fields["raster:bands"])
@@ -143,7 +149,14 @@ def test_validation_reports_object_and_path(finished_run, tmp_path):
     issues = validate_catalog(copy)
     text = "\n".join(map(str, issues))
     assert str(item_path) in text
-    assert "$.assets.class['classification:classes'][1]" in text or "classification:classes" in text
+    # each problem names its object and the JSON path of the offending value, not just its schema
+    where = {(Path(i.href).resolve(), i.json_path): i.message for i in issues}
+    flags_item = (copy / "flags" / "flags-2019-01-01" / "flags-2019-01-01.json").resolve()
+    item_path = item_path.resolve()
+    assert "'description' is a required property" in where[
+        (item_path, "$.assets.class['classification:classes'][1]")]
+    assert "'uint13' is not one of" in where[(item_path, "$.assets.class['raster:bands'][0].data_type")]
+    assert where[(flags_item, "$.assets.blue.href")] == "asset file ./blue.tif does not exist"
     assert "'description' is a required property" in text
     assert "'uint13' is not one of" in text
     assert "asset file ./blue.tif does not exist" in text
