@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,7 +46,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .env import available_threads
-from .errors import ModelError
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -382,54 +380,3 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         base = self._base_proba(X)
         proba = self.meta_learner_.predict_proba(np.concatenate(list(base), axis=1))
         return proba, base.std(axis=0)
-
-
-# ---------------------------------------------------------------------- bundle
-
-
-@dataclass
-class ModelBundle:
-    """A fitted model with what prediction needs to use it safely.
-
-    ``feature_names`` is the exact column order the model was trained on; ``classes`` are
-    the class codes in the model's probability column order, with their names and colours.
-    Saving and loading live in :mod:`ecocube.train` (``save_bundle``/``load_bundle``).
-    """
-
-    model: EnsembleClassifier
-    feature_names: list[str]
-    classes: list[int]
-    class_names: list[str]
-    colors: list[str]
-    metadata: dict = field(default_factory=dict)
-
-    def _check(self, X) -> np.ndarray:
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
-            raise ModelError(
-                f"the model expects {len(self.feature_names)} features ({', '.join(self.feature_names[:4])}, ...), "
-                f"got an array of shape {X.shape}"
-            )
-        return X
-
-    def predict_proba(self, X) -> np.ndarray:
-        return self.model.predict_proba(self._check(X))
-
-    def predict(self, X) -> np.ndarray:
-        return self.model.predict(self._check(X))
-
-    def predict_uncertainty(self, X) -> np.ndarray:
-        return self.model.predict_uncertainty(self._check(X))
-
-    def predict_proba_and_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """Both at the cost of one pass of the base learners (what tile prediction needs)."""
-        return self.model.predict_proba_and_uncertainty(self._check(X))
-
-
-def __getattr__(name: str):
-    """``save_bundle``/``load_bundle`` are in :mod:`ecocube.train`; reachable here too."""
-    if name in ("save_bundle", "load_bundle"):
-        from . import train
-
-        return getattr(train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

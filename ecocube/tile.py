@@ -94,7 +94,7 @@ def _feature_names(bands, season_size, indices):
 
 
 def _load_bundle(path, *, expected_features=None):
-    from .train import load_bundle
+    from .bundle import load_bundle
 
     return load_bundle(path, expected_features=expected_features)
 

@@ -32,7 +32,7 @@ The flow of :func:`train_model`:
    predicts the held-out groups. The metrics (:func:`evaluate`) are computed on these
    held-out predictions only, and compared with the majority-class baseline.
 6. **Final model**: the ensemble fitted on all samples, saved as a bundle
-   (:func:`save_bundle`: ``model.joblib`` + ``model.json``) next to ``report.json``,
+   (:func:`ecocube.bundle.save_bundle`: ``model.joblib`` + ``model.json``) next to ``report.json``,
    ``report.md`` and PNG plots, in ``out_dir`` or ``model.path``.
 """
 
@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -56,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from .ensemble import EnsembleClassifier, ModelBundle
+from .bundle import META_FILE, MODEL_FILE, ModelBundle, package_versions, save_bundle, strict_json
+from .ensemble import EnsembleClassifier
 from .env import available_threads
 from .errors import ConfigError, FileOverwriteError, ModelError
 from .features import feature_names as make_feature_names
@@ -64,13 +64,7 @@ from .grid import TileGrid
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "ecocube-model"
-BUNDLE_VERSION = 1
-MODEL_FILE = "model.joblib"
-META_FILE = "model.json"
 FEATURE_TABLE = "features.parquet"
-#: packages whose version a pickled model depends on (major.minor must match to load)
-PICKLE_PACKAGES = ("scikit-learn", "lightgbm")
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -108,49 +102,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, date)):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _clean_json(obj):
-    """Replace NaN/inf floats by None so the JSON is strict."""
-    if isinstance(obj, dict):
-        return {k: _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _dumps(obj) -> str:
-    return json.dumps(_clean_json(json.loads(json.dumps(obj, default=_json_default))), indent=2, allow_nan=False)
-
-
-def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("ecocube", "numpy", "scikit-learn", "lightgbm", "joblib"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:  # pragma: no cover - not installed
-            out[name] = "not installed"
-    return out
-
-
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(version.split(".")[:2])
 
 
 # ---------------------------------------------------------------------- samples
@@ -664,130 +615,6 @@ def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
     return proba, fold_of, per_fold
 
 
-# ---------------------------------------------------------------------- bundle I/O
-
-
-def save_bundle(bundle: ModelBundle, folder: str | Path) -> Path:
-    """Write ``model.joblib`` (compressed) then ``model.json`` (with the model's checksum).
-
-    Each file is written to a temporary name and renamed, ``model.json`` last: a reader
-    sees either the old or the new bundle, and :func:`load_bundle` detects a mismatch
-    between the two files by the checksum.
-    """
-    import joblib
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path = folder / MODEL_FILE
-    with _atomic_path(model_path) as tmp:
-        joblib.dump(bundle.model, tmp, compress=3)
-    n_in = getattr(bundle.model, "n_features_in_", None)
-    if n_in is not None and n_in != len(bundle.feature_names):
-        raise ModelError(f"bundle lists {len(bundle.feature_names)} feature names but the model takes {n_in}")
-    meta = dict(bundle.metadata)
-    meta.update({
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
-        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model_file": MODEL_FILE,
-        "model_sha256": sha256_file(model_path),
-        "feature_names": list(bundle.feature_names),
-        "n_features": len(bundle.feature_names),
-        "classes": [{"code": int(c), "name": n, "color": col}
-                    for c, n, col in zip(bundle.classes, bundle.class_names, bundle.colors)],
-        "versions": package_versions(),
-    })
-    _atomic_write_text(folder / META_FILE, _dumps(meta))
-    return folder
-
-
-def load_bundle(folder: str | Path, expected_features: list[str] | None = None, *,
-                check_versions: bool = True) -> ModelBundle:
-    """Load a bundle written by :func:`save_bundle`, refusing anything that does not fit.
-
-    Raises :class:`ModelError` when the folder or a file is missing, the checksum differs,
-    the bundle was pickled by another major.minor version of scikit-learn or LightGBM
-    (``check_versions=False`` skips this at your own risk), or ``expected_features`` differs
-    from the bundle's feature names — including the same names in another order, which
-    would predict with shuffled features.
-    """
-    import joblib
-
-    folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.exists():
-        raise ModelError(f"model bundle not found: {folder} has no {META_FILE} (train one with `ecocube train`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model bundle {meta_path} is not readable JSON: {exc}") from None
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise ModelError(f"{meta_path} is not an ecocube model bundle (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > BUNDLE_VERSION:
-        raise ModelError(f"model bundle {folder} has format version {meta['format_version']}; this ecocube reads "
-                         f"up to {BUNDLE_VERSION}: upgrade ecocube")
-    if check_versions:
-        here = package_versions()
-        for pkg in PICKLE_PACKAGES:
-            then = meta.get("versions", {}).get(pkg)
-            if then and _major_minor(then) != _major_minor(here.get(pkg, "")):
-                raise ModelError(
-                    f"model bundle {folder} was saved with {pkg} {then}, this environment has {here.get(pkg)}; "
-                    f"pickled models are not portable across versions: retrain, or install {pkg}=={then}"
-                )
-    model_path = folder / meta.get("model_file", MODEL_FILE)
-    if not model_path.exists():
-        raise ModelError(f"model bundle {folder}: {model_path.name} is missing")
-    if sha256_file(model_path) != meta.get("model_sha256"):
-        raise ModelError(f"model bundle {folder}: {model_path.name} does not match the checksum in {META_FILE} "
-                         "(corrupt, or from another training run)")
-    names = list(meta.get("feature_names") or [])
-    if expected_features is not None:
-        check_features(names, list(expected_features), folder)
-    try:
-        from sklearn.exceptions import InconsistentVersionWarning
-    except ImportError:  # pragma: no cover - scikit-learn < 1.3
-        InconsistentVersionWarning = UserWarning
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InconsistentVersionWarning)
-        try:
-            model = joblib.load(model_path)
-        except InconsistentVersionWarning as exc:
-            raise ModelError(f"model bundle {folder}: {exc}") from None
-        except Exception as exc:
-            raise ModelError(f"model bundle {folder}: cannot load {model_path.name}: {exc}") from None
-    n_in = getattr(model, "n_features_in_", None)
-    if n_in is not None and n_in != len(names):
-        raise ModelError(f"model bundle {folder}: the model takes {n_in} features, {META_FILE} lists {len(names)}")
-    classes = meta.get("classes") or []
-    model_classes = [int(c) for c in getattr(model, "classes_", [])]
-    if model_classes and model_classes != [int(c["code"]) for c in classes]:
-        raise ModelError(f"model bundle {folder}: class codes in {META_FILE} {[c['code'] for c in classes]} "
-                         f"differ from the model's {model_classes}")
-    return ModelBundle(model=model, feature_names=names, classes=[int(c["code"]) for c in classes],
-                       class_names=[c["name"] for c in classes], colors=[c["color"] for c in classes], metadata=meta)
-
-
-def check_features(have: list[str], expected: list[str], where: str | Path = "model") -> None:
-    """Raise :class:`ModelError` unless ``expected`` equals the model's feature names, in order."""
-    if have == expected:
-        return
-    if sorted(have) == sorted(expected) and len(have) == len(expected):
-        first = next(i for i, (a, b) in enumerate(zip(have, expected)) if a != b)
-        raise ModelError(
-            f"model bundle {where}: the features are the same but in another order (position {first}: model "
-            f"{have[first]!r}, data {expected[first]!r}); refusing to predict with shuffled features"
-        )
-    missing = [n for n in have if n not in expected]
-    extra = [n for n in expected if n not in have]
-    raise ModelError(
-        f"model bundle {where}: features do not match: the model needs {len(have)}, the data has {len(expected)}"
-        + (f"; missing from the data: {', '.join(missing[:10])}" if missing else "")
-        + (f"; not in the model: {', '.join(extra[:10])}" if extra else "")
-        + " (were bands, season_size or features.indices changed since training?)"
-    )
-
-
 # ---------------------------------------------------------------------- report
 
 
@@ -1088,7 +915,7 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, out)
     report["plots"] = plots
-    _atomic_write_text(out / "report.json", _dumps(report))
+    _atomic_write_text(out / "report.json", strict_json(report))
     _atomic_write_text(out / "report.md", report_markdown(report))
     save_bundle(bundle, out)
     files = {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",

@@ -10,7 +10,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from ecocube.ensemble import EnsembleClassifier, ModelBundle
+from ecocube.bundle import ModelBundle
+from ecocube.ensemble import EnsembleClassifier
 from ecocube.errors import ModelError
 
 

@@ -59,7 +59,8 @@ def clean_cube(height: int, width: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle():
     """A small real stacked ensemble trained on features of the clean cube."""
-    from ecocube.ensemble import EnsembleClassifier, ModelBundle
+    from ecocube.bundle import ModelBundle
+    from ecocube.ensemble import EnsembleClassifier
     from ecocube.features import feature_names, features_for_year
 
     cube = clean_cube(48, 48, seed=1)
@@ -76,8 +77,8 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def model_dir(bundle, tmp_path_factory):
-    """The bundle saved by ecocube.train.save_bundle, as `ecocube train` would."""
-    from ecocube.train import save_bundle
+    """The bundle saved by ecocube.bundle.save_bundle, as `ecocube train` would."""
+    from ecocube.bundle import save_bundle
 
     return save_bundle(bundle, tmp_path_factory.mktemp("model") / "model")
 

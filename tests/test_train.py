@@ -12,19 +12,18 @@ import rasterio
 import shapely
 from affine import Affine
 
+from ecocube.bundle import ModelBundle, load_bundle, save_bundle
 from ecocube.config import config_from_dict
-from ecocube.ensemble import EnsembleClassifier, ModelBundle
+from ecocube.ensemble import EnsembleClassifier
 from ecocube.errors import ConfigError, FileOverwriteError, ModelError
 from ecocube.features import feature_names
 from ecocube.grid import TileGrid
 from ecocube.train import (
     cross_validate,
     evaluate,
-    load_bundle,
     load_samples,
     read_feature_table,
     sample_pixels,
-    save_bundle,
     sha256_file,
     train_model,
 )

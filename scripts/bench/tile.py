@@ -88,9 +88,9 @@ def train_bundle(folder: Path, n_bands: int, seed: int = 0) -> Path:
     """A tiny real stacked ensemble (RF + LightGBM, 10 trees) on synthetic features."""
     import numpy as np
 
-    from ecocube.ensemble import EnsembleClassifier, ModelBundle
+    from ecocube.bundle import ModelBundle, save_bundle
+    from ecocube.ensemble import EnsembleClassifier
     from ecocube.features import feature_names
-    from ecocube.train import save_bundle
 
     if (folder / "model.json").exists():
         return folder
