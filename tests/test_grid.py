@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,27 +66,24 @@ def test_bbox_excludes_touching_tiles():
     assert sorted(t.id for t in tiles) == ["X0002_Y0003", "X0003_Y0003"]
 
 
-def test_continental_grid_is_fast():
+def test_continental_grid():
     # 2520 km × 2520 km of Europe in EPSG:3035, 30 km tiles at 30 m: 84 × 84 = 7,056 tiles
+    # (its speed is measured by scripts/bench/grid.py, not here)
     bbox = (2610000.0, 1420000.0, 5130000.0, 3940000.0)  # aligned with the grid
-    t0 = time.perf_counter()
     tiles = EU.tiles_for_bbox(bbox)
-    elapsed = time.perf_counter() - t0
     assert len(tiles) == 84 * 84
     assert len({t.id for t in tiles}) == len(tiles)
-    assert elapsed < 1.0, f"{len(tiles)} tiles took {elapsed:.2f}s"
+    assert tiles[0].id == "X0057_Y0052" and tiles[-1].id == "X0140_Y0135"
 
 
-def test_seven_thousand_tiles_from_geometry_fast():
+def test_seven_thousand_tiles_from_geometry():
     import shapely
 
     # a rough "continent": a 2600 km disc, about 7,000 tiles of 30 km
+    # (its speed is measured by scripts/bench/grid.py, not here)
     disc = shapely.Point(4300000, 3200000).buffer(1420000, 64)
-    t0 = time.perf_counter()
     tiles = EU.tiles_for_geometries([disc])
-    elapsed = time.perf_counter() - t0
     assert 6500 < len(tiles) < 7500
-    assert elapsed < 1.0, f"{len(tiles)} tiles took {elapsed:.2f}s"
     # every tile really intersects the disc, and none that does is left out
     got = {t.id for t in tiles}
     ref = {t.id for t in EU.tiles_for_bbox(disc.bounds)
