@@ -399,7 +399,8 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
     return "\n".join(lines)
 
 
-_PATH_KEYS = (("aoi", "path"), ("model", "path"), ("slurm", "log_dir"), ("finalize", "stac", "templates"))
+_PATH_KEYS = (("aoi", "path"), ("model", "path"), ("slurm", "log_dir"), ("finalize", "stac", "templates"),
+              ("processing", "tmp_dir"), ("slurm", "templates"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

@@ -7,12 +7,25 @@ failure). Errors carry the file, URL, key or tile they concern in their message.
 
 from __future__ import annotations
 
+import re
+
+#: ``scheme://user:password@host`` -> ``scheme://***@host`` (keys inside an endpoint URL)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s:'\"]+:[^\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any ``scheme://user:secret@host`` URL replaced."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
 
 class EcocubeError(Exception):
-    """Root of all ecocube errors."""
+    """Root of all ecocube errors. Messages never carry credentials of URLs (:func:`redact`)."""
 
     #: process exit code the CLI uses for this kind of error
     exit_code: int = 1
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(EcocubeError, ValueError):

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, EcocubeError, GridError, SlurmError
+from .preflight import estimate_output_bytes, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -512,34 +513,9 @@ def estimate_task_memory(cfg) -> int:
     n_feat = (n_band + len(cfg.features.indices)) * p.season_size
     n_cls = len(cfg.model.classes)
     block = cfg.processing.block_size ** 2
-    tile = cfg.grid.tile_size ** 2
     compute = block * n_time * n_band * (4 + 1 + 2 + 4 + 1) + block * n_feat * 4 * 2 + block * n_cls * 4 * 3
-    outputs = tile * _output_bytes_per_pixel(cfg)
+    outputs = estimate_output_bytes(cfg, 1)
     return int(compute + outputs + 600 * 1024**2)
-
-
-def _output_bytes_per_pixel(cfg) -> int:
-    p = cfg.inputs.periods
-    n_time = (p.end_year - p.start_year + 1) * p.season_size
-    n_years = p.end_year - p.start_year + 1
-    n_band = len(cfg.bands)
-    n_cls = len(cfg.model.classes)
-    per = {"proba": n_cls * n_years, "class": 2 * n_years, "uncertainty": n_years,
-           "composite": 2 * n_time * n_band, "flags": n_time * n_band, "count": 2 * n_time * n_band}
-    return sum(per[layer] for layer in cfg.output.layers)
-
-
-def estimate_output_bytes(cfg, n_tiles: int) -> int:
-    """Uncompressed size (bytes) of the per-tile outputs of ``n_tiles`` tiles (an upper bound)."""
-    return n_tiles * cfg.grid.tile_size**2 * _output_bytes_per_pixel(cfg)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 # =========================================================================== running Slurm commands

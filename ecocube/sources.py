@@ -17,6 +17,7 @@ is ``k = (year - start_year) * S + (season - 1)``, the period id its start date.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: reason codes (uint8) behind each value of a read
 REASON_VALID = 0
@@ -250,8 +253,8 @@ def parse_day(text: str) -> date:
         if len(text) == 10:
             return date.fromisoformat(text)
         return datetime.fromisoformat(text.replace("Z", "+00:00")).date()
-    except ValueError:
-        raise ConfigError(f"not a date: {text!r} (use YYYY-MM-DD or an ISO datetime)") from None
+    except ValueError as exc:
+        raise ConfigError(f"not a date: {text!r} ({exc}; use YYYY-MM-DD or an ISO datetime)") from None
 
 
 def _band_index(src_cfg, band: str) -> int:
@@ -260,7 +263,7 @@ def _band_index(src_cfg, band: str) -> int:
     return 1
 
 
-def _check_source_templates(src_cfg) -> None:
+def check_source_templates(src_cfg) -> None:
     what = f"inputs.sources[{src_cfg.name}]"
     if src_cfg.href is not None:
         allowed = TEMPLATE_FIELDS if src_cfg.stac_items else tuple(f for f in TEMPLATE_FIELDS if f != "item")
@@ -278,7 +281,7 @@ def _check_source_templates(src_cfg) -> None:
 
 def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = None) -> SourceCatalog:
     """The observations of one :class:`ecocube.config.SourceConfig` for one tile."""
-    _check_source_templates(src_cfg)
+    check_source_templates(src_cfg)
     cat = SourceCatalog(
         name=src_cfg.name, kind=src_cfg.kind, bands=tuple(src_cfg.bands), scale=float(src_cfg.scale),
         offset=float(src_cfg.offset), nodata=src_cfg.nodata, resampling=src_cfg.resampling,
@@ -294,10 +297,12 @@ def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = Non
             cat.observations.setdefault(p.index, []).append(Observation(src_cfg.name, p, None, bands, mask))
         return cat
 
+    dropped: list[date] = []
     if src_cfg.stac_items is not None:
         for day, item_id, assets in stac_acquisitions(src_cfg.stac_items):
             p = period_of(day, periods)
             if p is None:
+                dropped.append(day)
                 continue
             f = acquisition_fields(day, p, tile_id, item_id)
             bands = {}
@@ -333,6 +338,7 @@ def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = Non
             seen.add(day)
             p = period_of(day, periods)
             if p is None:
+                dropped.append(day)
                 continue
             f = acquisition_fields(day, p, tile_id)
             bands = {b: (format_href(src_cfg.href, {**f, "band": b}), _band_index(src_cfg, b)) for b in src_cfg.bands}
@@ -340,7 +346,41 @@ def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = Non
             cat.observations.setdefault(p.index, []).append(Observation(src_cfg.name, p, day, bands, mask))
     for obs in cat.observations.values():
         obs.sort(key=lambda o: o.day)
+    if dropped:
+        _warn_dropped(src_cfg, dropped, periods)
     return cat
+
+
+_WARNED: set[tuple] = set()
+
+
+def dropped_dates_message(src_cfg, dropped: Sequence[date], periods: Sequence[Period]) -> str:
+    """The warning for acquisitions that fall outside every configured period."""
+    days = sorted(set(dropped))
+    shown = ", ".join(d.isoformat() for d in days[:5]) + (" ..." if len(days) > 5 else "")
+    span = f"{periods[0].start.isoformat()}..{periods[-1].end.isoformat()}" if periods else "(no periods)"
+    return (f"inputs.sources[{src_cfg.name}]: {len(days)} acquisition date(s) outside the periods {span} "
+            f"are not read: {shown}")
+
+
+def _warn_dropped(src_cfg, dropped: Sequence[date], periods: Sequence[Period]) -> None:
+    """Log once per process and source (a catalog is built for every tile)."""
+    msg = dropped_dates_message(src_cfg, dropped, periods)
+    if (src_cfg.name, msg) not in _WARNED:
+        _WARNED.add((src_cfg.name, msg))
+        log.warning("%s", msg)
+
+
+def dates_outside_periods(src_cfg, periods: Sequence[Period]) -> list[date]:
+    """Acquisition dates of an ``acquisitions`` source that no period holds (pure; may raise
+    :class:`ConfigError` for a date that does not exist, e.g. 2020-02-30)."""
+    if src_cfg.kind != "acquisitions":
+        return []
+    if src_cfg.stac_items is not None:
+        days = [d for d, _, _ in stac_acquisitions(src_cfg.stac_items)]
+    else:
+        days = [parse_day(t) for t in src_cfg.dates or ()]
+    return sorted({d for d in days if period_of(d, periods) is None})
 
 
 def input_catalog(inputs_cfg, tile_id: str | None = None) -> tuple[list[Period], list[SourceCatalog]]:

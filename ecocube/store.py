@@ -187,7 +187,10 @@ class LocalStore(Store):
         return self.root / LOCAL_TMP_DIR
 
     def _tmp_name(self) -> Path:
-        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's temporary folder {self.tmp_root}: {exc}") from exc
         return self.tmp_root / f"put.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
 
     def _publish(self, tmp: Path, key: str) -> Path:

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import __version__
 from .config import LAYERS
-from .errors import EcocubeError, Interrupted, ModelError, TileError
+from .errors import EcocubeError, Interrupted, ModelError, TileError, redact
 from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
 from .status import HEARTBEAT_SECONDS, SCHEMA_VERSION, read_status, verify_outputs, write_status
 
@@ -296,8 +296,10 @@ class TileWriter:
         st = os.statvfs(self.folder)
         free = st.f_bavail * st.f_frsize
         if free < needed:
+            from .preflight import format_bytes
+
             raise TileError(f"tile {self.tile.id}: staging its {len(self._staged_specs)} cube layers needs "
-                            f"{needed / 2**30:.1f} GiB of scratch in {self.folder}, only {free / 2**30:.1f} GiB "
+                            f"{format_bytes(needed)} of scratch in {self.folder}, only {format_bytes(free)} "
                             "are free (set processing.tmp_dir to a larger local disk)", tile=self.tile.id)
 
     @staticmethod
@@ -676,7 +678,7 @@ def _finish(record: dict, timer: _Timer, t_start: float, state: str, exc: BaseEx
     record["cpu_seconds"] = {k: round(v, 3) for k, v in timer.cpu.items()}
     record["peak_rss_bytes"] = peak_rss_bytes()
     if exc is not None:
-        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["error"] = redact(f"{type(exc).__name__}: {exc}")
         record["error_type"] = type(exc).__name__
     if state != "done":
         record["outputs"] = {}

@@ -100,7 +100,7 @@ def test_overrides_are_validated(example):
 
 def test_config_check_cli(example):
     runner = CliRunner()
-    ok = runner.invoke(cli, ["config", "check", str(example)])
+    ok = runner.invoke(cli, ["config", "check", "--no-preflight", str(example)])
     assert ok.exit_code == 0, ok.output
     assert "valid — 9 tiles" in ok.output
 

@@ -324,7 +324,7 @@ def test_array_fails_status_resubmit_finalize(local_slurm, tmp_path):
     run_yaml = _make_run(tmp_path / "camp aign's", tiles_per_task=2, throttle=2)
     (run_yaml.parent / "FAIL_TILES").write_text("X0002_Y0000\n")
     runner = CliRunner()
-    res = runner.invoke(S_cli(), ["submit", str(run_yaml)], catch_exceptions=False)
+    res = runner.invoke(S_cli(), ["submit", str(run_yaml), "--no-preflight"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "3 array tasks" in res.output
     jobs = S.read_jobs(_store(run_yaml))["submissions"]
@@ -451,7 +451,7 @@ def test_sbatch_errors_leave_nothing_submitted(local_slurm, tmp_path):
 
     # no Slurm on PATH
     env = dict(os.environ, PATH=str(tmp_path / "empty"))
-    res = subprocess.run([sys.executable, "-m", "ecocube", "slurm", "submit", str(run_yaml)],
+    res = subprocess.run([sys.executable, "-m", "ecocube", "slurm", "submit", str(run_yaml), "--no-preflight"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 1
     assert "ecocube: error: squeue not found: is Slurm installed and on PATH?" in res.stderr or \

@@ -688,8 +688,8 @@ def test_tile_writer_refuses_to_start_without_scratch_space_for_the_staged_layer
     monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=50 * 2**20 // real.f_frsize,
                                                                     f_frsize=real.f_frsize))
     # 4 periods x 3 bands x (2 + 1 + 2 bytes) x 10^6 px = 60 MB > 50 MiB free
-    with pytest.raises(TileError, match=r"tile X0003_Y0004: staging its 36 cube layers needs 0\.1 GiB .* "
-                                        r"only 0\.0 GiB are free \(set processing.tmp_dir"):
+    with pytest.raises(TileError, match=r"tile X0003_Y0004: staging its 36 cube layers needs 57\.2 MiB .* "
+                                        r"only 50\.0 MiB are free \(set processing.tmp_dir"):
         TileWriter(tmp_path, tile, specs, block_size=256, threads=2)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(os, "statvfs", lambda path: real)

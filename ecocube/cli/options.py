@@ -28,3 +28,15 @@ overwrite_option = click.option(
 
 def load_run_config(run_yaml: Path, overrides: tuple[str, ...] = ()) -> RunConfig:
     return load_config(run_yaml, dict(parse_override(o) for o in overrides))
+
+
+def run_preflight(cfg: RunConfig, run_yaml: Path, *, inputs: bool = True):
+    """The full pre-flight (``ecocube.preflight``): warnings to stderr, problems as one
+    ConfigError (exit 2) listing each on its own line."""
+    from ..preflight import preflight
+
+    report = preflight(cfg, inputs=inputs)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    report.raise_for_problems(str(run_yaml))
+    return report

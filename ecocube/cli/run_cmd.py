@@ -19,6 +19,8 @@ def _tiles(cfg, ids: tuple[str, ...] = ()):
 
     grid = TileGrid.from_config(cfg.grid)
     tiles = grid.tiles_for_aoi(cfg.aoi)
+    if not tiles:
+        raise GridError("the area of interest holds no tile of the grid: nothing to do (check aoi and grid.origin)")
     if ids:
         known = {t.id: t for t in tiles}
         unknown = [i for i in ids if i not in known]

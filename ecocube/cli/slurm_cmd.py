@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import config_override_option, load_run_config, run_config_argument
+from .options import config_override_option, load_run_config, run_config_argument, run_preflight
 
 tiles_per_task_option = click.option(
     "--tiles-per-task", "-k", type=click.IntRange(min=1), default=None,
@@ -54,12 +54,22 @@ def _print_plan(plan, *, dry_run: bool) -> None:
 @tiles_per_task_option
 @throttle_option
 @click.option("--dry-run", is_flag=True, help="Print the scripts and estimates; submit nothing.")
+@click.option("--inputs/--no-inputs", "open_inputs", default=True,
+              help="Pre-flight opens a sample of the input files (default) or skips it.")
+@click.option("--no-preflight", is_flag=True,
+              help="Skip the pre-flight entirely (test rigs whose slurm.command is a stand-in).")
 @config_override_option
-def submit_cmd(run_yaml, tiles_per_task, throttle, dry_run, overrides):
-    """Submit the tiles left to do as an array job, and the finalize job behind it."""
+def submit_cmd(run_yaml, tiles_per_task, throttle, dry_run, open_inputs, no_preflight, overrides):
+    """Submit the tiles left to do as an array job, and the finalize job behind it.
+
+    The full pre-flight (as ``ecocube config check``) runs first: nothing is submitted
+    while it finds a problem (exit 2, every problem on its own line).
+    """
     from .. import slurm as slurm_lib
 
     cfg = load_run_config(run_yaml, overrides)
+    if not no_preflight:
+        run_preflight(cfg, run_yaml, inputs=open_inputs)
     if dry_run:
         plan = slurm_lib.plan_submission(cfg, run_yaml, tiles_per_task=tiles_per_task, throttle=throttle)
     else:
