@@ -177,7 +177,7 @@ def _check_model(cfg, report: PreflightReport) -> None:
     if not any(layer in PREDICTION_PRODUCTS for layer in cfg.output.layers):
         return
     from .features import feature_names
-    from .train import load_bundle
+    from .bundle import load_bundle
 
     try:
         expected = list(feature_names(_band_names(cfg), cfg.inputs.periods.season_size,
