@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .atomic import write_text_atomic
 from .errors import ConfigError, EcocubeError
 
 log = logging.getLogger(__name__)
@@ -280,11 +281,7 @@ def write_browser(catalog_dir: str | Path) -> Path:
     if not (root_dir / "catalog.json").is_file():
         raise EcocubeError(f"no catalog.json in {root_dir}")
     page = render_index(root_dir)
-    target = root_dir / "index.html"
-    part = root_dir / ".index.html.part"
-    part.write_text(page, encoding="utf-8")
-    os.replace(part, target)
-    return target
+    return write_text_atomic(root_dir / "index.html", page)
 
 
 # --------------------------------------------------------------------------- server

@@ -30,12 +30,9 @@ model never imports training code.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import platform
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -44,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, sha256_file, write_text_atomic
 from .errors import ModelError
-from .store import sha256_file
 
 BUNDLE_FORMAT = "ecocube-model"
 BUNDLE_VERSION = 1
@@ -108,28 +105,6 @@ def strict_json(obj) -> str:
     """Indented, strict JSON (NaN/inf -> null; numpy scalars, arrays, paths, dates converted):
     the encoding of ``model.json`` and of the training report."""
     return json.dumps(_clean_json(json.loads(json.dumps(obj, default=_json_default))), indent=2, allow_nan=False)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path, suffix: str = ".part"):
-    """A temp path beside ``path``: renamed onto ``path`` when the block succeeds, removed
-    when it fails, so ``path`` is either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(text.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------- the bundle
@@ -206,7 +181,7 @@ def save_bundle(bundle: ModelBundle, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / MODEL_FILE
-    with _atomic_path(model_path) as tmp:
+    with atomic_path(model_path) as tmp:
         joblib.dump(bundle.model, tmp, compress=3)
     n_in = getattr(bundle.model, "n_features_in_", None)
     if n_in is not None and n_in != len(bundle.feature_names):
@@ -228,7 +203,7 @@ def save_bundle(bundle: ModelBundle, folder: str | Path) -> Path:
         meta[ENGINES_KEY] = engine_records({ENGINES_KEY: bundle.engines}, folder)
     else:
         meta.pop(ENGINES_KEY, None)
-    _atomic_write_text(folder / META_FILE, strict_json(meta))
+    write_text_atomic(folder / META_FILE, strict_json(meta), fsync="file")
     return folder
 
 

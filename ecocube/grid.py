@@ -20,6 +20,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
+from .atomic import atomic_path
 from .errors import GridError
 
 TILE_ID_RE = re.compile(r"^X(-?\d{1,7})_Y(-?\d{1,7})$")
@@ -291,19 +292,17 @@ def write_grid(tiles: Iterable[Tile], path: str | Path, crs: str) -> Path:
         np.array([t.index.ix for t in tiles], dtype=np.int32),
         np.array([t.index.iy for t in tiles], dtype=np.int32),
     ]
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
-    tmp.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pyogrio.raw.write(
-        str(tmp),
-        geometry=shapely.to_wkb(geoms),
-        field_data=field_data,
-        fields=["tile_id", "ix", "iy"],
-        crs=crs,
-        geometry_type="Polygon",
-        driver=driver,
-        layer="tiles" if driver == "GPKG" else None,
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pyogrio.raw.write(
+            str(tmp),
+            geometry=shapely.to_wkb(geoms),
+            field_data=field_data,
+            fields=["tile_id", "ix", "iy"],
+            crs=crs,
+            geometry_type="Polygon",
+            driver=driver,
+            # named explicitly: by default the layer would be named after the temporary file
+            layer="tiles" if driver == "GPKG" else path.stem,
+        )
     return path
 

@@ -49,6 +49,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from .atomic import atomic_path, sha256_file
 from .env import available_threads
 from .errors import EcocubeError, FileOverwriteError, StoreError
 
@@ -502,24 +503,18 @@ def write_cog(src, dst_path: str | Path, *, product: str, compress: str = "defla
                 dst.write_colormap(1, colormap)
             if tags:
                 dst.update_tags(**tags)
-        part = dst_path.with_name(f".{dst_path.name}.part")
         try:
-            rasterio.shutil.copy(staging, part, driver="COG",
-                                 **_cog_options(product, compress, blocksize, threads, src.dtypes[0]))
+            with atomic_path(dst_path, mkdir=False) as part:
+                rasterio.shutil.copy(staging, part, driver="COG",
+                                     **_cog_options(product, compress, blocksize, threads, src.dtypes[0]))
         except rasterio.errors.RasterioError as exc:
-            part.unlink(missing_ok=True)
             raise EcocubeError(f"writing the COG {dst_path} failed: {exc}") from None
-        os.replace(part, dst_path)
     return stats.result(scales, offsets)
 
 
 def sha256_multihash(path: str | Path, chunk: int = 1 << 20) -> str:
     """The STAC file extension checksum: multihash (0x12 sha2-256, 0x20 bytes) as hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return "1220" + h.hexdigest()
+    return "1220" + sha256_file(path, chunk)
 
 
 # --------------------------------------------------------------------------- thumbnails
@@ -617,10 +612,8 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
         bar = fig.colorbar(image, cax=cax)
         bar.ax.tick_params(labelsize=7)
         bar.set_label(label, fontsize=7)
-    png_path = Path(png_path)
-    part = png_path.with_name(f".{png_path.name}.part")
-    fig.savefig(part, format="png", facecolor="white")  # fixed layout: "tight" costs a second draw
-    os.replace(part, png_path)
+    with atomic_path(png_path, mkdir=False) as part:
+        fig.savefig(part, format="png", facecolor="white")  # fixed layout: "tight" costs a second draw
 
 
 # --------------------------------------------------------------------------- one layer

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import env as ecoenv
+from .atomic import atomic_path, write_text_atomic
 from .errors import ConfigError, GridError, InputMissingError, ReadError
 from .sources import (
     REASON_MASKED,
@@ -858,20 +859,18 @@ def write_read_dump(result: ReadResult, tile, window, folder) -> dict:
     window = _norm_window(tile, window)
     transform = tile.window_transform(window)
     T, B, h, w = result.data.shape
-    tmp = folder / ".read.part.npz"
-    np.savez_compressed(tmp, data=result.data, reason=result.reason, count=result.count,
-                        bands=np.array(result.bands), periods=np.array([p.id for p in result.periods]))
-    tmp.replace(folder / "read.npz")
+    with atomic_path(folder / "read.npz") as tmp:  # the temp name ends in .npz: numpy adds none
+        np.savez_compressed(tmp, data=result.data, reason=result.reason, count=result.count,
+                            bands=np.array(result.bands), periods=np.array([p.id for p in result.periods]))
     for p in result.periods:
-        part = folder / f".{p.id}.part.tif"
-        with rasterio.open(part, "w", driver="GTiff", width=w, height=h, count=B, dtype="float32",
-                           crs=tile.crs, transform=transform, nodata=float("nan"), compress="deflate",
-                           tiled=w >= 16 and h >= 16 and w % 16 == 0 and h % 16 == 0) as dst:
-            dst.write(result.data[p.index])
-            for i, b in enumerate(result.bands, start=1):
-                dst.set_band_description(i, b)
-            dst.update_tags(period=p.id, tile=tile.id)
-        part.replace(folder / f"{p.id}.tif")
+        with atomic_path(folder / f"{p.id}.tif") as part:  # noqa: SIM117 (the dataset closes first)
+            with rasterio.open(part, "w", driver="GTiff", width=w, height=h, count=B, dtype="float32",
+                               crs=tile.crs, transform=transform, nodata=float("nan"), compress="deflate",
+                               tiled=w >= 16 and h >= 16 and w % 16 == 0 and h % 16 == 0) as dst:
+                dst.write(result.data[p.index])
+                for i, b in enumerate(result.bands, start=1):
+                    dst.set_band_description(i, b)
+                dst.update_tags(period=p.id, tile=tile.id)
     n = h * w
     summary = {
         "tile": tile.id,
@@ -890,7 +889,5 @@ def write_read_dump(result: ReadResult, tile, window, folder) -> dict:
         "missing": list(result.missing),
         "stats": result.stats,
     }
-    part = folder / ".summary.part.json"
-    part.write_text(json.dumps(summary, indent=1))
-    part.replace(folder / "summary.json")
+    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .atomic import atomic_path, sha256_file
 from .errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
 #: folder (inside a local store root) that holds temporary files before they are published
 LOCAL_TMP_DIR = ".ecocube-tmp"
-
-_HASH_CHUNK = 4 * 1024 * 1024
 
 
 class ObjectNotFound(StoreError, FileNotFoundError):
@@ -54,15 +53,6 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None  # None when the object was not written by ecocube
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (bounded memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def norm_key(key: str) -> str:
@@ -193,20 +183,10 @@ class LocalStore(Store):
             raise StoreError(f"cannot create the store's temporary folder {self.tmp_root}: {exc}") from exc
         return self.tmp_root / f"put.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
 
-    def _publish(self, tmp: Path, key: str) -> Path:
-        dst = self._path(key)
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if self.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            os.replace(tmp, dst)
-        except OSError as exc:
-            raise StoreError(f"cannot publish {dst}: {exc}") from exc
-        return dst
+    def _atomic(self, key: str):
+        """An :func:`~ecocube.atomic.atomic_path` onto the key's file, its temporary file
+        under ``.ecocube-tmp`` (where :meth:`cleanup_stale` finds those of killed writers)."""
+        return atomic_path(self._path(key), tmp=self._tmp_name(), fsync=self.fsync)
 
     # interface
     def exists(self, key: str) -> bool:
@@ -227,31 +207,29 @@ class LocalStore(Store):
         local = Path(local)
         digest = sha256 or sha256_file(local)
         size = local.stat().st_size
-        tmp = self._tmp_name()
         try:
-            if move:
-                try:
-                    os.replace(local, tmp)  # same file system: a rename, no copy
-                except OSError:
+            with self._atomic(key) as tmp:
+                if move:
+                    try:
+                        os.replace(local, tmp)  # same file system: a rename, no copy
+                    except OSError:
+                        shutil.copyfile(local, tmp)
+                else:
                     shutil.copyfile(local, tmp)
-            else:
-                shutil.copyfile(local, tmp)
-            self._publish(tmp, key)
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(f"cannot publish {local} as {self._path(key)}: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         return ObjectInfo(key, size, digest)
 
     def put_bytes(self, data: bytes, key: str) -> ObjectInfo:
-        tmp = self._tmp_name()
         try:
-            tmp.write_bytes(data)
-            self._publish(tmp, key)
+            with self._atomic(key) as tmp:
+                tmp.write_bytes(data)
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(f"cannot write {self._path(key)}: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
 
     def get_bytes(self, key: str) -> bytes:
@@ -266,7 +244,8 @@ class LocalStore(Store):
     def get_file(self, key: str, local: str | Path) -> Path:
         src, local = self._path(key), Path(local)
         try:
-            shutil.copyfile(src, local)
+            with atomic_path(local, mkdir=False) as tmp:
+                shutil.copyfile(src, tmp)
         except FileNotFoundError:
             raise ObjectNotFound(f"no such object: {src}") from None
         except OSError as exc:
@@ -493,14 +472,11 @@ class S3Store(Store):
 
     def get_file(self, key: str, local: str | Path) -> Path:
         local = Path(local)
-        tmp = local.with_name(f".{local.name}.part-{uuid.uuid4().hex[:8]}")
         try:
-            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer_config())
-            os.replace(tmp, local)
+            with atomic_path(local, mkdir=False) as tmp:
+                self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer_config())
         except Exception as exc:
             raise self._error("download", key, exc) from None
-        finally:
-            tmp.unlink(missing_ok=True)
         return local
 
     def _listing_prefix(self, prefix: str) -> tuple[str, int]:

@@ -846,7 +846,7 @@ def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop
 
 
 def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[str, Any]]:
-    from .store import sha256_file
+    from .atomic import sha256_file
 
     def _one(item):
         key, path = item

@@ -38,14 +38,11 @@ The flow of :func:`train_model`:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -55,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, sha256_file, write_text_atomic
 from .bundle import META_FILE, MODEL_FILE, ModelBundle, package_versions, save_bundle, strict_json
 from .ensemble import EnsembleClassifier
 from .env import available_threads
@@ -65,43 +63,6 @@ from .grid import TileGrid
 log = logging.getLogger(__name__)
 
 FEATURE_TABLE = "features.parquet"
-
-
-# ---------------------------------------------------------------------- small helpers
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path, suffix: str = ".part"):
-    """A temp path beside ``path``: renamed onto ``path`` when the block succeeds, removed
-    when it fails, so ``path`` is either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------- samples
@@ -486,7 +447,7 @@ def write_feature_table(path: Path, pixels: PixelTable, X: np.ndarray, names: li
     for j, n in enumerate(names):
         cols[n] = pa.array(X[:, j])
     table = pa.table(cols).replace_schema_metadata({b"ecocube": json.dumps(metadata).encode()})
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
@@ -628,7 +589,7 @@ def _figure(width: float, height: float):
 
 
 def _save_png(fig, path: Path) -> None:
-    with _atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by suffix
+    with atomic_path(path) as tmp:  # the temp name keeps ".png": matplotlib picks the format by suffix
         fig.savefig(tmp, format="png", bbox_inches="tight")
 
 
@@ -915,8 +876,8 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, out)
     report["plots"] = plots
-    _atomic_write_text(out / "report.json", strict_json(report))
-    _atomic_write_text(out / "report.md", report_markdown(report))
+    write_text_atomic(out / "report.json", strict_json(report), fsync="file")
+    write_text_atomic(out / "report.md", report_markdown(report), fsync="file")
     save_bundle(bundle, out)
     files = {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",
              "report_md": out / "report.md", "features": table_path, **{k: out / v for k, v in plots.items()}}

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import click
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import ConfigError, FileOverwriteError, ReadError, StoreError
 from .options import overwrite_option
 
@@ -110,10 +109,12 @@ def fill_raster_stack(
     legend = flag_legend(method, h_same=h_same, h_neib=h_neib, h_annual=h_annual, direction=direction,
                          outliers=outlier_percentiles is not None)
     counts = np.zeros(256, np.int64)
-    temps: list[tuple[Path, Path]] = []
-    token = uuid.uuid4().hex[:8]
     try:
         with rasterio_env(threads=n_threads), ExitStack() as stack:
+            # entered first, so left last: every output is renamed into place only when all of
+            # them are written and closed, and all temporary files go on any error
+            temps = [(stack.enter_context(atomic_path(f)), stack.enter_context(atomic_path(g)))
+                     for f, g in targets]
             sources = _open_inputs(files, stack)
             first = sources[0]
             dtype = np.dtype(first.dtypes[0])
@@ -123,13 +124,8 @@ def fill_raster_stack(
             base = {"driver": "GTiff", "width": first.width, "height": first.height, "count": 1,
                     "crs": first.crs, "transform": first.transform, "tiled": True, "blockxsize": 256,
                     "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
-            for sub in ("filled", "flags"):
-                (out_dir / sub).mkdir(parents=True, exist_ok=True)
             outs, flag_outs = [], []
-            for src, (filled_path, flags_path) in zip(sources, targets):
-                tmp_filled = filled_path.with_name(f".{filled_path.name}.{token}.tmp")
-                tmp_flags = flags_path.with_name(f".{flags_path.name}.{token}.tmp")
-                temps.append((tmp_filled, tmp_flags))
+            for src, (tmp_filled, tmp_flags) in zip(sources, temps):
                 dst = stack.enter_context(rasterio.open(tmp_filled, "w", **base, dtype=dtype, nodata=nodata))
                 dst.scales, dst.offsets = src.scales, src.offsets
                 dst.descriptions, dst.units = src.descriptions, src.units
@@ -174,16 +170,8 @@ def fill_raster_stack(
                         if use_mask:
                             outs[k].write_mask(np.where(unfilled[k], 0, 255).astype(np.uint8), window=win)
                     log.debug("gap-filled window %s", win)
-        for (tmp_filled, tmp_flags), (filled_path, flags_path) in zip(temps, targets):
-            os.replace(tmp_filled, filled_path)
-            os.replace(tmp_flags, flags_path)
     except RasterioError as exc:
         raise StoreError(f"cannot write gap-filled rasters in {out_dir}: {exc}") from None
-    finally:
-        for pair in temps:
-            for tmp in pair:
-                tmp.unlink(missing_ok=True)
-                Path(str(tmp) + ".msk").unlink(missing_ok=True)
     gaps = int(counts[1:].sum())
     return {"files": len(files), "out": str(out_dir), "gaps": gaps,
             "unfilled": int(counts[255] + counts[254]), "filled": gaps - int(counts[255] + counts[254]),
