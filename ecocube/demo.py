@@ -283,7 +283,7 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
     records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress)
     timings["tiles"] = time.perf_counter() - t0
 
-    from .mosaic import finalize
+    from .finalize import finalize
 
     t0 = time.perf_counter()
     echo("[4/4] finalizing: COG mosaics, STAC catalog, browser ...")

@@ -15,8 +15,9 @@ tiles with a ``done`` status record only), :func:`mosaic_run`
    VRT and thumbnail to ``catalog/{collection}/{item}/`` in the store.
 
 Layers run in parallel threads; the thread budget comes from the allocation
-(:func:`ecocube.env.available_threads`). A manifest ``catalog/mosaics.json`` lists every
-layer with the metadata :mod:`ecocube.stac` needs, so building the catalog opens no raster.
+(:func:`ecocube.env.available_threads`). The manifest ``catalog/mosaics.json``
+(:mod:`ecocube.manifest`) lists every layer with the metadata :mod:`ecocube.stac` needs, so
+building the catalog opens no raster.
 
 Output keys (item folders follow pystac's best-practice layout)::
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -40,9 +40,9 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -52,13 +52,14 @@ import numpy as np
 from .atomic import atomic_path, sha256_file
 from .env import available_threads
 from .errors import EcocubeError, FileOverwriteError, StoreError
+from .manifest import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, read_manifest, write_manifest
+from .store import store_for
 
 log = logging.getLogger(__name__)
 
 #: products whose overviews (and reprojection) use nearest neighbour
 CATEGORICAL = frozenset({"class", "flags", "count"})
 PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
-MANIFEST_KEY = "catalog/mosaics.json"
 #: GDAL block cache (bytes) per layer mosaicked in parallel; the process-wide limit is this
 #: times the parallel layers, at least :data:`MOSAIC_CACHEMAX_MIN`. Every window is read from
 #: the tiles once and written to the staging file once, so the cache only needs the blocks in
@@ -68,7 +69,6 @@ MANIFEST_KEY = "catalog/mosaics.json"
 #: (scripts/bench/mosaic.py)
 MOSAIC_CACHEMAX = 32 * 2**20
 MOSAIC_CACHEMAX_MIN = 64 * 2**20
-CATALOG_PREFIX = "catalog"
 
 TILE_KEY_RE = re.compile(
     r"^(?P<product>proba|class|uncertainty|composite|flags|count)/"
@@ -125,57 +125,7 @@ class LayerSources:
         return hashlib.sha256("\n".join(self.keys).encode()).hexdigest()
 
 
-@dataclass
-class MosaicLayer:
-    """One finished mosaic layer: what the STAC catalog needs, with no raster to open."""
-
-    product: str
-    layer: str
-    period: str
-    collection: str
-    item_id: str
-    asset: str
-    key: str  # COG key in the store
-    vrt_key: str
-    thumbnail_key: str | None
-    tiles: list[str]
-    tile_bounds: list[list[float]]  # per tile (left, bottom, right, top) in the grid CRS
-    crs: str  # as "EPSG:xxxx" when it has an EPSG code, else WKT
-    transform: list[float]  # 6 affine coefficients (a, b, c, d, e, f)
-    shape: list[int]  # (height, width)
-    bounds: list[float]  # (left, bottom, right, top) in ``crs``
-    dtype: str
-    count: int
-    nodata: float | None
-    scales: list[float]
-    offsets: list[float]
-    descriptions: list[str | None]
-    statistics: list[dict[str, float]]
-    overviews: list[int]
-    size: int
-    checksum: str  # multihash sha2-256, hex
-    sources_digest: str
-    compress: str
-    state: str = "written"  # written | up-to-date
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MosaicLayer:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-
 # --------------------------------------------------------------------------- discovery
-
-
-def _store_for(cfg, store):
-    if store is not None:
-        return store
-    from .store import open_store
-
-    return open_store(cfg.output)
 
 
 def _tile_done(store, tile_id: str, cache: dict[str, bool]) -> bool:
@@ -729,25 +679,6 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
 # --------------------------------------------------------------------------- whole run
 
 
-def read_manifest(store) -> dict[str, MosaicLayer]:
-    """The layers of the last mosaic run, by COG key (empty if there is none)."""
-    if not store.exists(MANIFEST_KEY):
-        return {}
-    try:
-        data = json.loads(store.get_bytes(MANIFEST_KEY))
-        return {d["key"]: MosaicLayer.from_dict(d) for d in data["layers"]}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"mosaic manifest {store.url(MANIFEST_KEY)} is not valid: {exc}") from None
-
-
-def write_manifest(store, layers: Iterable[MosaicLayer], cfg) -> None:
-    from . import __version__
-
-    doc = {"ecocube_version": __version__, "run": cfg.name,
-           "layers": [layer.to_dict() for layer in sorted(layers, key=lambda x: x.key)]}
-    store.put_bytes(json.dumps(doc, indent=1).encode(), MANIFEST_KEY)
-
-
 def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None = None,
                products: Sequence[str] | None = None, work_dir: str | Path | None = None) -> list[MosaicLayer]:
     """Mosaic every finished product/layer/period of the run into COGs under ``catalog/``.
@@ -759,7 +690,7 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
     """
     import rasterio
 
-    store = _store_for(cfg, store)
+    store = store_for(cfg, store)
     layers = find_layers(cfg, store, products=products)
     if not layers:
         raise StoreError(f"no finished tile outputs to mosaic in {store!r} "
@@ -824,19 +755,3 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
         kind = kinds.pop() if len(kinds) == 1 else EcocubeError
         raise kind(f"{len(errors)} of {len(todo)} mosaic layers failed:\n  " + "\n  ".join(map(str, errors)))
     return sorted(results, key=lambda x: x.key)
-
-
-def finalize(cfg, *, store=None, overwrite: bool = False, threads: int | None = None,
-             validate: bool = True) -> dict[str, Any]:
-    """The last job of a run: mosaics, STAC catalog (validated offline) and the HTML browser.
-
-    Returns ``{"layers": [MosaicLayer...], "catalog": path or URL of catalog.json,
-    "index": path or URL of index.html, "objects": number of catalog files}``. Raises
-    :class:`EcocubeError` (nothing published) if the catalog does not validate.
-    """
-    from .stac import publish_catalog
-
-    store = _store_for(cfg, store)
-    layers = mosaic_run(cfg, store=store, overwrite=overwrite, threads=threads)
-    built = publish_catalog(cfg, store=store, layers=layers, validate=validate, browser=True)
-    return {"layers": layers, "catalog": built.catalog, "index": built.index, "objects": built.objects}

@@ -1,7 +1,7 @@
 """The STAC catalog of a run, and its offline validation.
 
-:func:`build_catalog` turns the mosaic manifest (``catalog/mosaics.json``, written by
-:func:`ecocube.mosaic.mosaic_run`) into a pystac catalog without opening a raster:
+:func:`build_catalog` turns the mosaic manifest (``catalog/mosaics.json``, :mod:`ecocube.manifest`,
+written by :func:`ecocube.mosaic.mosaic_run`) into a pystac catalog without opening a raster:
 
 - one collection per product — ``proba``, ``class``, ``uncertainty``, ``composite-{band}``
   (assets ``{band}`` and ``count``) and ``flags`` (one asset per band) — with title,
@@ -40,7 +40,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError, EcocubeError, StoreError
-from .mosaic import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, flag_legend_for, read_manifest
+from .manifest import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, read_manifest
+from .store import store_for
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,10 @@ def _classes(cfg) -> list[dict[str, Any]]:
 
 
 def _flag_classes(cfg) -> list[dict[str, Any]]:
-    return [{"value": code, "name": f"flag_{code}", "description": text}
-            for code, text in sorted(flag_legend_for(cfg).items())]
+    from .gapfill import flag_legend_config
+
+    return [{"value": int(code), "name": f"flag_{code}", "description": str(text)}
+            for code, text in sorted(flag_legend_config(cfg).items())]
 
 
 # --------------------------------------------------------------------------- build
@@ -389,9 +392,7 @@ def publish_catalog(cfg, *, store=None, layers: list[MosaicLayer] | None = None,
     """:func:`build_catalog` with the details (index.html, number of objects)."""
     import pystac
 
-    from .mosaic import _store_for
-
-    store = _store_for(cfg, store)
+    store = store_for(cfg, store)
     if layers is None:
         layers = list(read_manifest(store).values())
     if not layers:

@@ -590,6 +590,16 @@ def parse_store_url(store: str) -> tuple[str, str, str]:
     return "local", store, ""
 
 
+def store_for(cfg, store: Store | None = None, *, tmp_dir: str | Path | None = None) -> Store:
+    """``store`` when one is given, else the store of the run configuration ``cfg`` (``cfg.output``).
+
+    The one way library functions that take an optional ``store=`` find the run's store.
+    """
+    if store is not None:
+        return store
+    return open_store(cfg.output, tmp_dir=tmp_dir)
+
+
 def open_store(output_cfg, *, tmp_dir: str | Path | None = None) -> LocalStore | S3Store:
     """The store of an :class:`ecocube.config.OutputConfig` (``cfg.output``)."""
     kind, where, prefix = parse_store_url(str(output_cfg.store))

@@ -15,7 +15,7 @@ import rasterio
 
 from ecocube.browse import BackgroundServer, footprint_svg, human_size, make_server, parse_ranges, write_browser
 from ecocube.errors import ConfigError, EcocubeError
-from ecocube.mosaic import finalize
+from ecocube.finalize import finalize
 from ecocube.store import open_store
 from test_mosaic import run_config, write_tile_outputs
 

@@ -14,12 +14,12 @@ from rio_cogeo.cogeo import cog_validate
 from ecocube.config import config_from_dict
 from ecocube.errors import FileOverwriteError
 from ecocube.grid import TileGrid
+from ecocube.manifest import read_manifest
 from ecocube.mosaic import (
     collection_for,
     find_layers,
     mosaic_run,
     output_key,
-    read_manifest,
     render_thumbnail,
 )
 from ecocube.store import open_store

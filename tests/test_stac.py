@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ecocube.cli import cli
 from ecocube.config import config_from_dict
 from ecocube.errors import ConfigError
-from ecocube.mosaic import finalize
+from ecocube.finalize import finalize
 from ecocube.stac import (
     CLASSIFICATION,
     PACKAGED_SCHEMAS,

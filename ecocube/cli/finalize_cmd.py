@@ -84,7 +84,7 @@ def stac_validate(catalog: Path, schemas, no_assets: bool) -> None:
 @threads_option
 def finalize(run_yaml: Path, overrides, overwrite: bool, threads) -> None:
     """Mosaic + STAC catalog + browser: the job Slurm runs after the tiles."""
-    from ..mosaic import finalize as run_finalize
+    from ..finalize import finalize as run_finalize
 
     cfg = load_run_config(run_yaml, overrides)
     result = run_finalize(cfg, overwrite=overwrite, threads=threads)
