@@ -90,7 +90,7 @@ def gdal_options(
     ``s3_endpoint`` is an endpoint URL such as ``http://127.0.0.1:8333`` for an
     S3-compatible server; it becomes ``AWS_S3_ENDPOINT``/``AWS_HTTPS``/path-style access.
     Credentials are never put here: they come from the usual AWS configuration via a
-    boto3 session (see :func:`rasterio_env`).
+    boto3 session (see :func:`ecocube.store.gdal_env`).
     """
     opts = dict(GDAL_READ_OPTIONS)
     opts["GDAL_NUM_THREADS"] = str(max(1, threads))
@@ -113,23 +113,16 @@ def rasterio_env(
     threads: int = 1,
     s3_endpoint: str | None = None,
     s3_region: str | None = None,
-    s3_profile: str | None = None,
     extra: Mapping[str, str] | None = None,
+    session=None,
 ):
-    """A scoped ``rasterio.Env`` with ecocube's GDAL options and AWS credentials.
+    """A scoped ``rasterio.Env`` with ecocube's GDAL options (:func:`gdal_options`).
 
-    Credentials come from boto3's usual chain (env vars, profile, instance role) and are
-    handed to GDAL through ``rasterio.session.AWSSession``; they are never logged.
+    ``session`` is a ``rasterio.session`` object that hands credentials to GDAL; for S3,
+    :func:`ecocube.store.gdal_env` makes one from boto3's usual chain (boto3 is used only
+    behind :mod:`ecocube.store`). Credentials are never logged.
     """
     import rasterio
-    from rasterio.session import AWSSession
 
     opts = gdal_options(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region, extra=extra)
-    session = None
-    if s3_endpoint or s3_profile:
-        import boto3
-
-        bsession = boto3.Session(profile_name=s3_profile, region_name=s3_region)
-        endpoint = opts.get("AWS_S3_ENDPOINT")
-        session = AWSSession(bsession, endpoint_url=endpoint) if endpoint else AWSSession(bsession)
     return rasterio.Env(session=session, **opts) if session else rasterio.Env(**opts)

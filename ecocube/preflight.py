@@ -239,7 +239,7 @@ def _open_one(ref, env_factory) -> str | None:
 
 
 def _check_inputs(cfg, tiles, report: PreflightReport, sample: int) -> None:
-    from . import env as ecoenv
+    from .store import gdal_env
 
     try:
         refs, total = _sample_refs(cfg, tiles, sample)
@@ -254,9 +254,8 @@ def _check_inputs(cfg, tiles, report: PreflightReport, sample: int) -> None:
     timeout = str(max(1, round(cfg.inputs.http_timeout)))
 
     def env_factory():
-        return ecoenv.rasterio_env(threads=1, s3_endpoint=s3.endpoint_url, s3_region=s3.region,
-                                   s3_profile=s3.profile,
-                                   extra={"GDAL_HTTP_TIMEOUT": timeout, "GDAL_HTTP_MAX_RETRY": "0"})
+        return gdal_env(threads=1, s3_endpoint=s3.endpoint_url, s3_region=s3.region, s3_profile=s3.profile,
+                        extra={"GDAL_HTTP_TIMEOUT": timeout, "GDAL_HTTP_MAX_RETRY": "0"})
 
     with ThreadPoolExecutor(max_workers=min(8, len(refs))) as pool:
         found = [p for p in pool.map(lambda r: _open_one(r, env_factory), refs) if p]

@@ -52,6 +52,7 @@ from .sources import (
     SourceCatalog,
     input_catalog,
 )
+from .store import gdal_env, probe_s3_object
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class _Reader:
                  "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, round(min(self.http_timeout, 10))))}
         kw = dict(threads=1, s3_endpoint=self.s3_endpoint, s3_region=self.s3_region,
                   s3_profile=self.s3_profile, extra=extra)
-        return ecoenv.rasterio_env(**kw)
+        return gdal_env(**kw)
 
     # ------------------------------------------------------------------ one file, retried
     def read(self, job: _Job) -> _FileData:
@@ -518,23 +519,8 @@ class _Reader:
                 except urllib.error.HTTPError as err:
                     return int(err.code), str(err)
             if href.startswith("s3://") or href.startswith("/vsis3/"):
-                import boto3
-                import botocore.exceptions
-
-                rest = href.removeprefix("s3://").removeprefix("/vsis3/")
-                bucket, _, key = rest.partition("/")
-                session = boto3.Session(profile_name=self.s3_profile, region_name=self.s3_region)
-                from botocore.config import Config
-
-                client = session.client("s3", endpoint_url=self.s3_endpoint, config=Config(
-                    s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                    connect_timeout=self.http_timeout, read_timeout=self.http_timeout))
-                try:
-                    client.head_object(Bucket=bucket, Key=key)
-                    return 200, "ok"
-                except botocore.exceptions.ClientError as err:
-                    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                    return (int(status) if status else None), str(err)
+                return probe_s3_object(href, endpoint_url=self.s3_endpoint, region=self.s3_region,
+                                       profile=self.s3_profile, timeout=self.http_timeout)
         except Exception as exc:  # noqa: BLE001 - a failed probe only means "unknown"
             return None, f"{type(exc).__name__}: {exc}"
         return None, "no probe for this scheme"

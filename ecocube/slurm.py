@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import ConfigError, EcocubeError, GridError, SlurmError
 from .preflight import estimate_output_bytes, format_bytes
+from .store import store_for
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +401,7 @@ def _read_tiles_file(cfg, key: str, store) -> str:
     if local.is_absolute() and local.is_file():  # a local file, not a store key
         return local.read_text()
     if store is None:
-        store = _open_store(cfg)
+        store = store_for(cfg)
     try:
         if store.exists(key):
             return store.get_bytes(key).decode()
@@ -415,12 +416,6 @@ def _read_tiles_file(cfg, key: str, store) -> str:
 
 
 # =========================================================================== store records
-
-
-def _open_store(cfg):
-    from .store import open_store
-
-    return open_store(cfg.output)
 
 
 def read_jobs(store) -> dict:
@@ -803,7 +798,7 @@ def plan_submission(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: in
     if throttle is not None and throttle < 1:
         raise ConfigError(f"--throttle must be >= 1, got {throttle}")
     if store is None and states is None:
-        store = _open_store(cfg)
+        store = store_for(cfg)
     todo, all_states = tiles_to_do(cfg, store, states=states)
     tasks = split_tasks(todo, k)
     submission = submission or new_submission_id()
@@ -839,7 +834,7 @@ def submit(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None 
     the new one. When the finalize job cannot be submitted, the array is cancelled, and
     when the record cannot be written, both are: nothing stays half-submitted.
     """
-    store = store if store is not None else _open_store(cfg)
+    store = store_for(cfg, store)
     jobs = read_jobs(store)
     previous = jobs["submissions"][-1] if jobs["submissions"] else None
     cancelled: list[str] = []
@@ -927,7 +922,7 @@ def _cancel_quietly(ids: Iterable[str | None]) -> None:
 def resubmit_failed(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None = None,
                     throttle: int | None = None, command: str | None = None) -> SubmitPlan:
     """A new array over the failed and missing tiles only, with the finalize job behind it."""
-    store = store if store is not None else _open_store(cfg)
+    store = store_for(cfg, store)
     if not read_jobs(store)["submissions"]:
         raise SlurmError(f"nothing to resubmit: no submission recorded in {store.url(JOBS_KEY)}; "
                          "use `ecocube slurm submit` first")
@@ -1013,7 +1008,7 @@ def _record_error(record: Mapping | None) -> str | None:
 
 def slurm_status(cfg, *, store=None, states=None, submission: str | None = None) -> RunStatus:
     """Tasks of the latest (or the given) submission joined with the tile status records."""
-    store = store if store is not None else _open_store(cfg)
+    store = store_for(cfg, store)
     jobs = read_jobs(store)
     subs = jobs["submissions"]
     if submission is not None:

@@ -123,9 +123,9 @@ def verify_outputs(store, record: Mapping[str, Any], *, threads: int = 8) -> lis
 def tile_states(cfg, store=None, *, tiles: Iterable | None = None, threads: int = 8) -> dict[str, dict | None]:
     """``{tile_id: record or None}`` for the tiles of the run (or ``tiles``), in grid order."""
     from .grid import TileGrid
-    from .store import open_store
+    from .store import store_for
 
-    store = store if store is not None else open_store(cfg.output)
+    store = store_for(cfg, store)
     if tiles is None:
         tiles = TileGrid.from_config(cfg.grid).tiles_for_aoi(cfg.aoi)
     ids = [t if isinstance(t, str) else t.id for t in tiles]

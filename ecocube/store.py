@@ -285,7 +285,7 @@ class LocalStore(Store):
         return str(self._path(key))
 
     def rasterio_env(self, *, threads: int = 1):
-        return _rasterio_env(threads=threads)
+        return gdal_env(threads=threads)
 
     def work_dir(self, name: str) -> Path:
         """Under ``<root>/.ecocube-tmp`` so that publishing is a rename, not a copy."""
@@ -371,11 +371,10 @@ class S3Store(Store):
     @property
     def client(self):
         if self._client is None:
-            import boto3
             from botocore.config import Config
 
             try:
-                session = boto3.Session(profile_name=self.profile, region_name=self.region)
+                session = aws_session(profile=self.profile, region=self.region)
             except Exception as exc:  # botocore.exceptions.ProfileNotFound and friends
                 raise StoreError(f"cannot set up AWS session for s3://{self.bucket}: {exc}") from None
             config = Config(
@@ -410,8 +409,8 @@ class S3Store(Store):
         return StoreError(f"cannot {what} {self.url(key)}: {exc}")
 
     def rasterio_env(self, *, threads: int = 1):
-        return _rasterio_env(threads=threads, s3_endpoint=self.endpoint_url, s3_region=self.region,
-                             s3_profile=self.profile)
+        return gdal_env(threads=threads, s3_endpoint=self.endpoint_url, s3_region=self.region,
+                        s3_profile=self.profile)
 
     # interface
     def exists(self, key: str) -> bool:
@@ -550,12 +549,58 @@ class S3Store(Store):
         return removed
 
 
-def _rasterio_env(*, threads: int = 1, s3_endpoint: str | None = None, s3_region: str | None = None,
-                  s3_profile: str | None = None):
-    """``ecocube.env``'s scoped GDAL environment, credentials via boto3."""
-    from .env import rasterio_env
+# ----------------------------------------------------------------------------- AWS for GDAL and probes
 
-    return rasterio_env(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region, s3_profile=s3_profile)
+
+def aws_session(*, profile: str | None = None, region: str | None = None):
+    """A boto3 session from the usual AWS chain (environment, profile, role)."""
+    import boto3
+
+    return boto3.Session(profile_name=profile, region_name=region)
+
+
+def gdal_env(*, threads: int = 1, s3_endpoint: str | None = None, s3_region: str | None = None,
+             s3_profile: str | None = None, extra: dict[str, str] | None = None):
+    """:func:`ecocube.env.rasterio_env` with AWS credentials for GDAL's ``/vsis3/``.
+
+    When S3 is configured (an endpoint or a profile), the credentials of a boto3 session
+    (:func:`aws_session`) are handed to GDAL through ``rasterio.session.AWSSession``;
+    otherwise GDAL gets no session, as for local and HTTP files.
+    """
+    from .env import gdal_options, rasterio_env
+
+    session = None
+    if s3_endpoint or s3_profile:
+        from rasterio.session import AWSSession
+
+        bsession = aws_session(profile=s3_profile, region=s3_region)
+        endpoint = gdal_options(s3_endpoint=s3_endpoint).get("AWS_S3_ENDPOINT")
+        session = AWSSession(bsession, endpoint_url=endpoint) if endpoint else AWSSession(bsession)
+    return rasterio_env(threads=threads, s3_endpoint=s3_endpoint, s3_region=s3_region, extra=extra, session=session)
+
+
+def probe_s3_object(url: str, *, endpoint_url: str | None = None, region: str | None = None,
+                    profile: str | None = None, timeout: float = 10.0) -> tuple[int | None, str]:
+    """``(HTTP status, detail)`` of a HEAD request on an ``s3://`` or ``/vsis3/`` URL.
+
+    One attempt, path-style addressing: what a reader asks when GDAL's error does not say
+    whether an input is missing or the server is failing. The status is None when the
+    server's answer carries none; errors other than S3's own answers propagate.
+    """
+    import botocore.exceptions
+    from botocore.config import Config
+
+    rest = url.removeprefix("s3://").removeprefix("/vsis3/")
+    bucket, _, key = rest.partition("/")
+    client = aws_session(profile=profile, region=region).client("s3", endpoint_url=endpoint_url, config=Config(
+        s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+        connect_timeout=timeout, read_timeout=timeout))
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return 200, "ok"
+    except botocore.exceptions.ClientError as err:
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return (int(status) if status else None), str(err)
 
 
 def _client_error_code(exc: Exception) -> str | None:

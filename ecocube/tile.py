@@ -599,11 +599,11 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     each stage kept busy.
     """
     from .env import available_threads
-    from .store import open_store
+    from .store import store_for
 
     stages = stages or Stages()
     threads = available_threads(threads or cfg.processing.threads)
-    store = store if store is not None else open_store(cfg.output, tmp_dir=cfg.processing.tmp_dir)
+    store = store_for(cfg, store, tmp_dir=cfg.processing.tmp_dir)
     t_start = time.perf_counter()
 
     try:

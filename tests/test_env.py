@@ -223,6 +223,9 @@ def test_rasterio_env_is_scoped():
 
 
 def test_rasterio_env_hands_s3_settings_and_credentials_to_gdal(monkeypatch):
+    # the AWS session (boto3) is made behind ecocube.store, the only boto3 user
+    from ecocube.store import gdal_env as rasterio_env
+
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-example")
     with rasterio_env(threads=2, s3_endpoint="http://127.0.0.1:8333", s3_region="eu-west-1"):
