@@ -744,27 +744,67 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     if (out / META_FILE).exists() and not overwrite:
         raise FileOverwriteError(f"a model bundle exists in {out}; use --overwrite to replace it")
     n_threads = available_threads(threads or cfg.processing.threads)
+    samples, years = _checked_samples(cfg, samples_path, class_field, year=year, crs=samples_crs,
+                                      date_field=date_field or cfg.model.date_field)
+    table = _feature_table(cfg, samples, class_field, years, out / FEATURE_TABLE, threads=n_threads)
+    t_overlay = time.perf_counter() - t_start
+    rows = _training_rows(cfg, table, samples)
+    cv = _spatial_cv(cfg, rows, threads=n_threads)
+    model, t_fit = _fit_final(cfg, rows, threads=n_threads)
+    report = _training_report(cfg, samples, class_field, table, rows, cv, model, threads=n_threads,
+                              timings={"overlay": t_overlay, "cross_validation": cv.seconds, "final_fit": t_fit})
+    bundle = _make_bundle(cfg, samples, class_field, model, table.names, report)
+    files = _write_outputs(out, bundle, report, table.path)
+    log.info("trained on %d pixels: OA %.3f, weighted F1 %.3f (spatial CV; baseline OA %.3f) -> %s", rows.y.size,
+             cv.metrics["overall_accuracy"], cv.metrics["f1_weighted"], cv.metrics["baseline"]["overall_accuracy"],
+             out)
+    return TrainResult(bundle=bundle, report=report, out_dir=out, files=files)
+
+
+def _checked_samples(cfg, samples_path: str | Path, class_field: str, *, year: int | None, crs: str | None,
+                     date_field: str | None) -> tuple[Samples, list[int]]:
+    """The samples, checked against the run's years and class legend, and the years to overlay."""
     periods = cfg.inputs.periods
     run_years = list(range(periods.start_year, periods.end_year + 1))
     if year is not None and year not in run_years:
         raise ConfigError(f"year {year} is outside the run's years {run_years[0]}..{run_years[-1]}")
 
-    samples = load_samples(samples_path, class_field, crs=samples_crs, date_field=date_field or cfg.model.date_field)
+    samples = load_samples(samples_path, class_field, crs=crs, date_field=date_field)
     if samples.years is not None:
         outside = sorted(set(samples.years.tolist()) - set(run_years))
         if outside:
             raise ConfigError(f"samples {samples.path}: years {outside} are outside the run's years "
                               f"{run_years[0]}..{run_years[-1]} (field {samples.date_field!r})")
-    legend = {c.code: c for c in cfg.model.classes}
+    legend = _legend(cfg)
     unknown = sorted(set(samples.classes.tolist()) - set(legend))
     if unknown:
         raise ConfigError(f"samples {samples.path}: class codes {unknown} in field {class_field!r} are not in "
                           f"model.classes ({', '.join(str(c) for c in legend)})")
-    years = [year] if year is not None else run_years
-    grid = TileGrid.from_config(cfg.grid)
+    return samples, ([year] if year is not None else run_years)
 
+
+def _legend(cfg) -> dict:
+    return {c.code: c for c in cfg.model.classes}
+
+
+@dataclass
+class _FeatureTable:
+    """The overlay's result: one row of features per sampled pixel and year."""
+
+    path: Path
+    pixels: PixelTable
+    X: np.ndarray
+    names: list[str]
+    overlay_stats: dict
+    reused: bool
+
+
+def _feature_table(cfg, samples: Samples, class_field: str, years: list[int], table_path: Path, *,
+                   threads: int) -> _FeatureTable:
+    """The feature table at ``table_path`` when it was made from the same samples and settings,
+    else a new overlay (sample pixels, read, gap-fill, features), written there for next time."""
+    grid = TileGrid.from_config(cfg.grid)
     key = _cache_key(cfg, samples, class_field, years)
-    table_path = out / FEATURE_TABLE
     reused = False
     overlay_stats: dict = {}
     if table_path.exists():
@@ -781,12 +821,29 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
                                cv_block_size=cfg.model.cv_block_size, cv_groups=cfg.model.cv_groups,
                                random_state=cfg.model.random_state)
         log.info("overlaying %d pixel samples from %d features", len(pixels), len(samples))
-        X, names, overlay_stats = extract_features(cfg, pixels, threads=n_threads)
+        X, names, overlay_stats = extract_features(cfg, pixels, threads=threads)
         write_feature_table(table_path, pixels, X, names,
                             {"cache_key": key, "feature_names": names, "overlay": overlay_stats,
                              "samples_sha256": samples.sha256})
-    t_overlay = time.perf_counter() - t_start
+    return _FeatureTable(path=table_path, pixels=pixels, X=X, names=names, overlay_stats=overlay_stats,
+                         reused=reused)
 
+
+@dataclass
+class _TrainingRows:
+    """The rows the model is trained and evaluated on, with their CV groups."""
+
+    pixels: PixelTable
+    X: np.ndarray
+    y: np.ndarray  # class codes
+    groups: np.ndarray  # int64 CV group code per row
+    present: np.ndarray  # sorted class codes with samples
+    n_dropped: int  # rows dropped for unfilled gaps
+
+
+def _training_rows(cfg, table: _FeatureTable, samples: Samples) -> _TrainingRows:
+    """Drop the rows the NaN policy cannot use; refuse a table with fewer than 2 classes."""
+    X = table.X
     finite = np.isfinite(X).all(axis=1)
     n_dropped = 0
     if cfg.model.nan_policy == "drop":
@@ -796,41 +853,74 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
         keep = ~np.isnan(X).all(axis=1)  # a pixel without any value has nothing to impute from
         n_dropped = int((~keep).sum())
     if n_dropped:
-        log.warning("%d of %d pixel samples keep unfilled gaps and are %s", n_dropped, len(pixels),
+        log.warning("%d of %d pixel samples keep unfilled gaps and are %s", n_dropped, len(table.pixels),
                     "dropped" if cfg.model.nan_policy == "drop" else "dropped (all features missing)")
-    pixels, X = pixels.take(np.flatnonzero(keep)), X[keep]
+    pixels, X = table.pixels.take(np.flatnonzero(keep)), X[keep]
     y = pixels.cls
     present = np.unique(y)
     if present.size < 2:
         raise ModelError(f"samples {samples.path}: after the overlay only class(es) {present.tolist()} remain; "
                          "training needs at least 2 classes")
     group_codes = np.unique(pixels.group, return_inverse=True)[1].ravel()
+    return _TrainingRows(pixels=pixels, X=X, y=y, groups=group_codes, present=present, n_dropped=n_dropped)
 
+
+@dataclass
+class _CVResult:
+    """Held-out predictions of the spatial CV and the metrics computed on them."""
+
+    proba: np.ndarray
+    per_fold: list[dict]
+    metrics: dict
+    counts: dict[int, int]  # class code -> rows
+    seconds: float
+
+
+def _spatial_cv(cfg, rows: _TrainingRows, *, threads: int) -> _CVResult:
+    """Grouped CV of complete ensembles; metrics against the majority-class baseline."""
     t0 = time.perf_counter()
-    proba, fold_of, per_fold = cross_validate(lambda t: _make_model(cfg, t), X, y, group_codes, folds=cfg.model.cv_folds,
-                                              random_state=cfg.model.random_state, threads=n_threads)
-    t_cv = time.perf_counter() - t0
+    proba, _, per_fold = cross_validate(lambda t: _make_model(cfg, t), rows.X, rows.y, rows.groups,
+                                        folds=cfg.model.cv_folds, random_state=cfg.model.random_state,
+                                        threads=threads)
+    seconds = time.perf_counter() - t0
+    y, present = rows.y, rows.present
     counts = {int(c): int((y == c).sum()) for c in present}
     majority = max(counts, key=lambda c: (counts[c], -c))
+    legend = _legend(cfg)
     class_names = [legend[int(c)].name for c in present]
     metrics = evaluate(y, proba, present.tolist(), class_names, majority_class=majority)
+    return _CVResult(proba=proba, per_fold=per_fold, metrics=metrics, counts=counts, seconds=seconds)
 
+
+def _fit_final(cfg, rows: _TrainingRows, *, threads: int) -> tuple[EnsembleClassifier, float]:
+    """The ensemble fitted on all rows, and the seconds it took."""
     t0 = time.perf_counter()
-    model = _make_model(cfg, n_threads).fit(X, y, groups=group_codes)
-    t_fit = time.perf_counter() - t0
-    importance = sorted(({"feature": n, "importance": float(v)} for n, v in zip(names, model.feature_importances_)),
-                        key=lambda d: -d["importance"])
+    model = _make_model(cfg, threads).fit(rows.X, rows.y, groups=rows.groups)
+    return model, time.perf_counter() - t0
 
-    codes = [int(c) for c in model.classes_]
-    kinds = sorted(set(pixels.kind.tolist()))
+
+def _cv_scheme(cfg, kinds: list[str]) -> str:
     scheme = {"auto": "polygon" if kinds == ["polygon"] else "spatial-block"}.get(cfg.model.cv_groups,
                                                                                   cfg.model.cv_groups)
     if cfg.model.cv_groups == "auto" and len(kinds) > 1:
         scheme = "polygon (polygons) + spatial-block (points)"
     elif scheme == "block":
         scheme = "spatial-block"
-    table_hash = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
-    report = {
+    return scheme
+
+
+def _training_report(cfg, samples: Samples, class_field: str, table: _FeatureTable, rows: _TrainingRows,
+                     cv: _CVResult, model: EnsembleClassifier, *, threads: int, timings: dict[str, float]) -> dict:
+    """The report (``report.json``): data, CV scheme, held-out metrics, model, timings, versions."""
+    names, y, metrics, counts = table.names, rows.y, cv.metrics, cv.counts
+    legend = _legend(cfg)
+    periods = cfg.inputs.periods
+    importance = sorted(({"feature": n, "importance": float(v)} for n, v in zip(names, model.feature_importances_)),
+                        key=lambda d: -d["importance"])
+    codes = [int(c) for c in model.classes_]
+    kinds = sorted(set(rows.pixels.kind.tolist()))
+    table_hash = hashlib.sha256(np.ascontiguousarray(rows.X).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
+    return {
         "run": cfg.name,
         # headline figures (spatial CV), repeated from "metrics" for quick access
         **{k: metrics[k] for k in ("overall_accuracy", "f1_weighted", "f1_macro", "kappa", "log_loss")},
@@ -838,13 +928,13 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
         "samples": {
             "file": samples.path.name, "sha256": samples.sha256, "class_field": class_field,
             "date_field": samples.date_field, "features": len(samples), "kinds": kinds,
-            "years": sorted(set(pixels.year.tolist())), "pixels_used": int(y.size),
-            "pixels_dropped_nan": n_dropped, "class_counts": {str(k): v for k, v in counts.items()},
+            "years": sorted(set(rows.pixels.year.tolist())), "pixels_used": int(y.size),
+            "pixels_dropped_nan": rows.n_dropped, "class_counts": {str(k): v for k, v in counts.items()},
             "training_table_sha256": table_hash,
             "classes_without_samples": [c.code for c in cfg.model.classes if c.code not in counts],
         },
-        "cv": {"scheme": scheme, "block_size": cfg.model.cv_block_size, "folds": len(per_fold),
-               "groups": int(np.unique(group_codes).size), "per_fold": per_fold},
+        "cv": {"scheme": _cv_scheme(cfg, kinds), "block_size": cfg.model.cv_block_size, "folds": len(cv.per_fold),
+               "groups": int(np.unique(rows.groups).size), "per_fold": cv.per_fold},
         "metrics": metrics,
         "classes": [{"code": c, "name": legend[c].name, "color": legend[c].color} for c in codes],
         "n_features": len(names),
@@ -855,32 +945,41 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
                   "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_)},
         "features": {"bands": [n[:-3] for n in names if n.endswith("_s1") and n[:-3] not in cfg.features.indices],
                      "season_size": periods.season_size, "indices": list(cfg.features.indices)},
-        "overlay": {**overlay_stats, "reused_feature_table": reused},
-        "timing_seconds": {"overlay": round(t_overlay, 3), "cross_validation": round(t_cv, 3),
-                           "final_fit": round(t_fit, 3)},
-        "threads": n_threads,
+        "overlay": {**table.overlay_stats, "reused_feature_table": table.reused},
+        "timing_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "threads": threads,
         "versions": package_versions(),
     }
-    bundle = ModelBundle(
-        model=model, feature_names=list(names), classes=codes, class_names=[legend[c].name for c in codes],
-        colors=[legend[c].color for c in codes],
+
+
+def _make_bundle(cfg, samples: Samples, class_field: str, model: EnsembleClassifier, names: list[str],
+                 report: dict) -> ModelBundle:
+    """The model with its feature names, legend and the report's headline metadata."""
+    legend = _legend(cfg)
+    codes = [int(c) for c in model.classes_]
+    metrics = report["metrics"]
+    return ModelBundle(
+        model=model, feature_names=list(names), classes=codes,
+        class_names=[legend[c].name for c in codes], colors=[legend[c].color for c in codes],
         metadata={
-            "run": cfg.name, "training_samples_sha256": samples.sha256, "training_table_sha256": table_hash,
+            "run": cfg.name, "training_samples_sha256": samples.sha256,
+            "training_table_sha256": report["samples"]["training_table_sha256"],
             "samples_file": samples.path.name, "class_field": class_field,
-            "season_size": periods.season_size, "indices": list(cfg.features.indices),
+            "season_size": cfg.inputs.periods.season_size, "indices": list(cfg.features.indices),
             "years": report["samples"]["years"], "cv": {k: v for k, v in report["cv"].items() if k != "per_fold"},
             "metrics": {k: metrics[k] for k in ("overall_accuracy", "f1_weighted", "f1_macro", "kappa", "log_loss")},
             "baseline": metrics.get("baseline"), "model": report["model"],
         },
     )
+
+
+def _write_outputs(out: Path, bundle: ModelBundle, report: dict, table_path: Path) -> dict[str, Path]:
+    """Plots, ``report.json``, ``report.md``, then the bundle (``model.json`` last of all)."""
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, out)
     report["plots"] = plots
     write_text_atomic(out / "report.json", strict_json(report), fsync="file")
     write_text_atomic(out / "report.md", report_markdown(report), fsync="file")
     save_bundle(bundle, out)
-    files = {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",
-             "report_md": out / "report.md", "features": table_path, **{k: out / v for k, v in plots.items()}}
-    log.info("trained on %d pixels: OA %.3f, weighted F1 %.3f (spatial CV; baseline OA %.3f) -> %s", y.size,
-             metrics["overall_accuracy"], metrics["f1_weighted"], metrics["baseline"]["overall_accuracy"], out)
-    return TrainResult(bundle=bundle, report=report, out_dir=out, files=files)
+    return {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",
+            "report_md": out / "report.md", "features": table_path, **{k: out / v for k, v in plots.items()}}
