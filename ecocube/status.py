@@ -1,8 +1,10 @@
 """Per-tile status records: ``status/<tile>.json`` in the output store.
 
-A record is a small JSON document. ``process_tile`` writes one with ``state: running``
-when it starts and the final one (``done``, ``failed`` or ``interrupted``) **last**, after
-every output of the tile is published. A tile is done only when its record says so and
+A record is a small JSON document. :class:`TileStatus` is its lifecycle during one
+attempt at a tile and the one place that writes it: ``process_tile`` creates one and
+publishes it with ``state: running`` when it starts, refreshes its ``heartbeat`` between
+blocks, and publishes the final one (``done``, ``failed`` or ``interrupted``) **last**,
+after every output of the tile is published. A tile is done only when its record says so and
 its outputs still match the checksums listed in the record (:func:`verify_outputs`).
 
 Record fields (schema version 1)::
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import StoreError
+from .errors import EcocubeError, StoreError, redact
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,136 @@ def write_status(store, record: Mapping[str, Any]) -> None:
         raise ValueError(f"invalid tile state {record.get('state')!r}; expected one of {STATES[:-1]}")
     payload = json.dumps(dict(record), indent=2, sort_keys=True, default=_json_default).encode()
     store.put_bytes(payload, status_key(str(record["tile"])))
+
+
+def now_iso() -> str:
+    """The current UTC time as a record stores it (ISO 8601, whole seconds)."""
+    from datetime import timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class TileStatus:
+    """The status record of one attempt at a tile, through its whole lifecycle.
+
+    ``create`` → ``running`` (published when the attempt starts) → ``heartbeat`` (between
+    blocks, at most every ``heartbeat_seconds``) → one of ``done`` / ``failed`` /
+    ``interrupted`` (published **last**). Every write of the record during processing goes
+    through :meth:`_publish`; :attr:`record` is the plain dict that is written (and that
+    :func:`ecocube.tile.process_tile` returns), so readers see the same JSON as before.
+
+    A missed heartbeat only logs a warning; a ``failed``/``interrupted`` record that cannot
+    be written is logged (the tile's own error matters more); a ``done`` record that cannot
+    be written raises :class:`StoreError` (the tile is not done without it).
+    """
+
+    def __init__(self, store, record: dict[str, Any], *, heartbeat_seconds: float = HEARTBEAT_SECONDS,
+                 clock=time.monotonic):
+        self.store = store
+        self.record = record
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        self._clock = clock
+        self._last_beat = clock()
+
+    @classmethod
+    def create(cls, store, tile_id: str, *, run: str, attempt: int, threads: int, block_size: int,
+               shape: tuple[int, int], version: str, heartbeat_seconds: float = HEARTBEAT_SECONDS,
+               clock=time.monotonic) -> TileStatus:
+        """A new ``running`` record for attempt ``attempt`` of ``tile_id`` by this process
+        (host, pid, Slurm job and task); nothing is written until :meth:`running`."""
+        import os
+
+        from .env import slurm_context
+
+        ctx = slurm_context()
+        started = now_iso()
+        record = {
+            "schema": SCHEMA_VERSION,
+            "tile": tile_id,
+            "run": run,
+            "state": "running",
+            "attempt": attempt,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "task": {"job_id": ctx.job_id, "array_job_id": ctx.array_job_id, "array_task_id": ctx.array_task_id},
+            "started": started,
+            "heartbeat": started,
+            "finished": None,
+            "seconds": None,
+            "threads": threads,
+            "block_size": block_size,
+            "shape": [shape[0], shape[1]],
+            "ecocube": version,
+            "error": None,
+        }
+        return cls(store, record, heartbeat_seconds=heartbeat_seconds, clock=clock)
+
+    @property
+    def tile_id(self) -> str:
+        return str(self.record["tile"])
+
+    @property
+    def state(self) -> str:
+        return str(self.record["state"])
+
+    def running(self) -> None:
+        """Publish the ``running`` record (the attempt has started). Raises StoreError."""
+        self._publish()
+        self._last_beat = self._clock()
+
+    def heartbeat(self, blocks_done: int) -> bool:
+        """Refresh ``heartbeat`` and ``blocks_done`` (at most every ``heartbeat_seconds``) so
+        that ``ecocube status`` can tell a live tile on another node from a dead one.
+        Returns whether the record was rewritten; a failed write only logs a warning."""
+        now = self._clock()
+        if now - self._last_beat < self.heartbeat_seconds:
+            return False
+        self._last_beat = now
+        self.record.update(heartbeat=now_iso(), blocks_done=blocks_done)
+        try:
+            self._publish()
+        except EcocubeError as exc:  # a missed heartbeat must not fail the tile
+            log.warning("tile %s: could not refresh the heartbeat: %s", self.tile_id, exc)
+        return True
+
+    def done(self, results: Mapping[str, Any], measures: Mapping[str, Any]) -> dict[str, Any]:
+        """Record the tile's ``results`` (outputs with checksums, counts) and ``measures``
+        (``seconds``, ``timings``, ``cpu_seconds``, ``peak_rss_bytes``) and publish the ``done``
+        record. Raises StoreError when it cannot be written."""
+        self.record.update(results)
+        self._finish("done", measures, None)
+        self._publish()
+        return self.record
+
+    def failed(self, exc: BaseException, measures: Mapping[str, Any]) -> dict[str, Any]:
+        """Publish a ``failed`` record with ``exc`` as the error (no outputs)."""
+        return self._end("failed", exc, measures)
+
+    def interrupted(self, exc: BaseException, measures: Mapping[str, Any]) -> dict[str, Any]:
+        """Publish an ``interrupted`` record (a signal stopped the tile; nothing was published)."""
+        return self._end("interrupted", exc, measures)
+
+    def _end(self, state: str, exc: BaseException, measures: Mapping[str, Any]) -> dict[str, Any]:
+        self._finish(state, measures, exc)
+        try:
+            self._publish()
+        except Exception as err:  # noqa: BLE001 - the tile's own error matters more
+            log.error("tile %s: could not write the %s status record: %s", self.tile_id, state, err)
+        return self.record
+
+    def _finish(self, state: str, measures: Mapping[str, Any], exc: BaseException | None) -> None:
+        self.record["state"] = state
+        self.record["finished"] = now_iso()
+        self.record.update(measures)
+        if exc is not None:
+            self.record["error"] = redact(f"{type(exc).__name__}: {exc}")
+            self.record["error_type"] = type(exc).__name__
+        if state != "done":
+            self.record["outputs"] = {}
+
+    def _publish(self) -> None:
+        """The one place a tile's record is written during processing."""
+        write_status(self.store, self.record)
 
 
 def _json_default(value: Any) -> Any:

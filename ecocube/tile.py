@@ -36,14 +36,12 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +49,9 @@ import numpy as np
 
 from . import __version__
 from .config import LAYERS
-from .errors import EcocubeError, Interrupted, ModelError, TileError, redact
+from .errors import EcocubeError, Interrupted, ModelError, TileError
 from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
-from .status import HEARTBEAT_SECONDS, SCHEMA_VERSION, read_status, verify_outputs, write_status
+from .status import HEARTBEAT_SECONDS, TileStatus, read_status, verify_outputs
 
 log = logging.getLogger(__name__)
 
@@ -450,10 +448,6 @@ class TileWriter:
 # --------------------------------------------------------------------------- process_tile
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -485,6 +479,15 @@ class _Timer:
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
             self.cpu[stage] = self.cpu.get(stage, 0.0) + _cpu_seconds() - c0
+
+    def measures(self, t_start: float) -> dict[str, Any]:
+        """The record's ``seconds`` since ``t_start``, ``timings``, ``cpu_seconds`` and ``peak_rss_bytes``."""
+        return {
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "timings": {k: round(v, 3) for k, v in self.seconds.items()},
+            "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
 
 
 def _count_codes(codes: np.ndarray) -> np.ndarray:
@@ -559,32 +562,6 @@ def _stage_cube(writer: TileWriter, tile_id: str, window, periods, bands, layers
         writer.write(items, window)
 
 
-def _base_record(tile, cfg, attempt: int, threads: int) -> dict[str, Any]:
-    from .env import slurm_context
-
-    ctx = slurm_context()
-    started = _now()
-    return {
-        "schema": SCHEMA_VERSION,
-        "tile": tile.id,
-        "run": cfg.name,
-        "state": "running",
-        "attempt": attempt,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "task": {"job_id": ctx.job_id, "array_job_id": ctx.array_job_id, "array_task_id": ctx.array_task_id},
-        "started": started,
-        "heartbeat": started,
-        "finished": None,
-        "seconds": None,
-        "threads": threads,
-        "block_size": cfg.processing.block_size,
-        "shape": [tile.height, tile.width],
-        "ecocube": __version__,
-        "error": None,
-    }
-
-
 def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False, threads: int | None = None,
                  stages: Stages | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
     """Read, gap-fill, predict and write one tile; returns its status record.
@@ -606,57 +583,71 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     store = store_for(cfg, store, tmp_dir=cfg.processing.tmp_dir)
     t_start = time.perf_counter()
 
-    try:
-        previous = read_status(store, tile.id)
-    except EcocubeError as exc:
-        raise TileError(f"cannot read the status of tile {tile.id}: {exc}", tile=tile.id) from exc
-    if previous is not None and previous.get("state") == "done" and not overwrite:
-        problems = verify_outputs(store, previous, threads=cfg.processing.publish_threads)
-        if not problems:
-            log.info("tile %s: done (attempt %s), outputs verified; skipping", tile.id, previous.get("attempt"))
-            return {**previous, "skipped": True}
-        log.warning("tile %s: record says done but %d outputs do not match (%s); redoing it",
-                    tile.id, len(problems), problems[0])
-
-    attempt = int(previous.get("attempt") or 0) + 1 if previous else 1
-    record = _base_record(tile, cfg, attempt, threads)
-    try:
-        store.cleanup_stale(_tile_prefixes(tile.id))
-        write_status(store, record)
-        work = _work_dir(store, tile.id, cfg.processing.tmp_dir)
-    except EcocubeError as exc:
-        raise TileError(f"cannot start tile {tile.id}: {exc}", tile=tile.id) from exc
+    previous = _previous_record(store, tile)
+    if _still_done(store, tile, previous, cfg, overwrite):
+        return {**previous, "skipped": True}
+    status, work = _start_attempt(store, tile, cfg, previous, threads)
 
     timer = _Timer()
     try:
         try:
-            _process_blocks(tile, cfg, store, bundle, stages, threads, stop, work, record, timer)
+            results = _TileRun(tile, cfg, store, bundle, stages, threads, stop, work, status, timer).run()
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except Interrupted as exc:
-        _finish(record, timer, t_start, "interrupted", exc)
-        _write_final(store, record)
-        exc.record = record  # type: ignore[attr-defined]
+        exc.record = status.interrupted(exc, timer.measures(t_start))  # type: ignore[attr-defined]
         raise
     except KeyboardInterrupt as exc:
-        _finish(record, timer, t_start, "interrupted", exc)
-        _write_final(store, record)
+        status.interrupted(exc, timer.measures(t_start))
         raise Interrupted(f"tile {tile.id}: aborted by a second SIGINT; nothing was published") from None
     except Exception as exc:
-        _finish(record, timer, t_start, "failed", exc)
-        _write_final(store, record)
+        record = status.failed(exc, timer.measures(t_start))
         err = TileError(f"tile {tile.id} failed: {type(exc).__name__}: {exc}", tile=tile.id)
         err.record = record  # type: ignore[attr-defined]
         raise err from exc
-    _finish(record, timer, t_start, "done", None)
     try:
-        write_status(store, record)  # LAST: the tile is done only once this exists
+        record = status.done(results, timer.measures(t_start))  # LAST: the tile is done only once this exists
     except EcocubeError as exc:
         raise TileError(f"tile {tile.id}: outputs published but the status record failed: {exc}",
                         tile=tile.id) from exc
     log.info("tile %s: done in %.1f s (completeness %.3f, %d outputs)", tile.id, record["seconds"],
              record.get("completeness", 0.0), len(record.get("outputs", {})))
     return record
+
+
+def _previous_record(store, tile) -> dict[str, Any] | None:
+    try:
+        return read_status(store, tile.id)
+    except EcocubeError as exc:
+        raise TileError(f"cannot read the status of tile {tile.id}: {exc}", tile=tile.id) from exc
+
+
+def _still_done(store, tile, previous: dict[str, Any] | None, cfg, overwrite: bool) -> bool:
+    """Whether the previous attempt is done and its outputs still match its record."""
+    if previous is None or previous.get("state") != "done" or overwrite:
+        return False
+    problems = verify_outputs(store, previous, threads=cfg.processing.publish_threads)
+    if not problems:
+        log.info("tile %s: done (attempt %s), outputs verified; skipping", tile.id, previous.get("attempt"))
+        return True
+    log.warning("tile %s: record says done but %d outputs do not match (%s); redoing it",
+                tile.id, len(problems), problems[0])
+    return False
+
+
+def _start_attempt(store, tile, cfg, previous: dict[str, Any] | None, threads: int) -> tuple[TileStatus, Path]:
+    """Clear leftovers of an earlier attempt, publish the ``running`` record, make the scratch folder."""
+    attempt = int(previous.get("attempt") or 0) + 1 if previous else 1
+    status = TileStatus.create(store, tile.id, run=cfg.name, attempt=attempt, threads=threads,
+                               block_size=cfg.processing.block_size, shape=(tile.height, tile.width),
+                               version=__version__, heartbeat_seconds=HEARTBEAT_SECONDS)
+    try:
+        store.cleanup_stale(_tile_prefixes(tile.id))
+        status.running()
+        work = _work_dir(store, tile.id, cfg.processing.tmp_dir)
+    except EcocubeError as exc:
+        raise TileError(f"cannot start tile {tile.id}: {exc}", tile=tile.id) from exc
+    return status, work
 
 
 def _work_dir(store, tile_id: str, tmp_dir) -> Path:
@@ -670,41 +661,6 @@ def _work_dir(store, tile_id: str, tmp_dir) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"ecocube-{tile_id}.", dir=tmp_dir))
 
 
-def _finish(record: dict, timer: _Timer, t_start: float, state: str, exc: BaseException | None) -> None:
-    record["state"] = state
-    record["finished"] = _now()
-    record["seconds"] = round(time.perf_counter() - t_start, 3)
-    record["timings"] = {k: round(v, 3) for k, v in timer.seconds.items()}
-    record["cpu_seconds"] = {k: round(v, 3) for k, v in timer.cpu.items()}
-    record["peak_rss_bytes"] = peak_rss_bytes()
-    if exc is not None:
-        record["error"] = redact(f"{type(exc).__name__}: {exc}")
-        record["error_type"] = type(exc).__name__
-    if state != "done":
-        record["outputs"] = {}
-
-
-def _write_final(store, record: dict) -> None:
-    try:
-        write_status(store, record)
-    except Exception as exc:  # noqa: BLE001 - the original error matters more
-        log.error("tile %s: could not write the %s status record: %s", record["tile"], record["state"], exc)
-
-
-def _heartbeat(store, record: dict, last: float, blocks_done: int) -> float:
-    """Refresh the running record's ``heartbeat`` (at most every ``HEARTBEAT_SECONDS``) so
-    that ``ecocube status`` can tell a live tile on another node from a dead one."""
-    now = time.monotonic()
-    if now - last < HEARTBEAT_SECONDS:
-        return last
-    record.update(heartbeat=_now(), blocks_done=blocks_done)
-    try:
-        write_status(store, record)
-    except EcocubeError as exc:  # a missed heartbeat must not fail the tile
-        log.warning("tile %s: could not refresh the heartbeat: %s", record["tile"], exc)
-    return now
-
-
 def _check_stop(stop, tile, done_blocks: int, n_blocks: int) -> None:
     if stop is not None and stop.is_set():
         reason = getattr(stop, "reason", "a stop request")
@@ -712,137 +668,230 @@ def _check_stop(stop, tile, done_blocks: int, n_blocks: int) -> None:
                           "nothing was published")
 
 
-def _process_blocks(tile, cfg, store, bundle, stages: Stages, threads: int, stop, work: Path,
-                    record: dict, timer: _Timer) -> None:
-    layers = tuple(cfg.output.layers)
-    want_pred = any(layer in layers for layer in PREDICTION_LAYERS)
-    season_size = cfg.inputs.periods.season_size
-    start_year = cfg.inputs.periods.start_year
-    indices = tuple(cfg.features.indices)
-    block_size = cfg.processing.block_size
-    windows = list(tile.blocks(block_size))
-    if want_pred and bundle is None and not Path(cfg.model.path).exists():
-        raise ModelError(f"model bundle not found: {cfg.model.path} (train one with 'ecocube train')")
+class _Tally:
+    """What the blocks of a tile add up to: bytes and requests read, missing inputs, gap
+    statistics, predicted pixels."""
 
-    stats = _GapStats()
-    writer: TileWriter | None = None
-    bands: tuple[str, ...] = ()
-    years: list[int] = []
-    codes: np.ndarray | None = None
-    predicted = 0
-    bytes_read = 0
-    requests = 0
-    missing: set[str] = set()
-    beat = time.monotonic()
-    staging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecocube-stage")
-    pending = None
+    def __init__(self):
+        self.bytes_read = 0
+        self.requests = 0
+        self.missing: set[str] = set()
+        self.gaps = _GapStats()
+        self.predicted = 0
 
-    try:
-        for i, window in enumerate(windows):
-            _check_stop(stop, tile, i, len(windows))
-            with timer("read"):
-                res = stages.read_block(cfg, tile, window, threads=threads)
-            st = res.stats or {}
-            bytes_read += int(st.get("bytes_read", st.get("bytes_decoded", 0)) or 0)
-            requests += int(st.get("requests", st.get("attempts", 0)) or 0)
-            missing.update(res.missing or ())
-            with timer("gapfill"):
-                filled, flags = stages.fill_gaps(res.data, cfg, threads=threads)
-            if filled.shape != res.data.shape or flags.shape != res.data.shape:
-                raise TileError(f"gap-filling changed the cube shape {res.data.shape} -> "
-                                f"{filled.shape}/{flags.shape}", tile=tile.id)
-            stats.add(flags, getattr(res, "reason", None))
+    def add_read(self, res) -> None:
+        st = res.stats or {}
+        self.bytes_read += int(st.get("bytes_read", st.get("bytes_decoded", 0)) or 0)
+        self.requests += int(st.get("requests", st.get("attempts", 0)) or 0)
+        self.missing.update(res.missing or ())
 
-            if writer is None:
-                bands = tuple(res.bands)
-                years = sorted({int(p.year) for p in res.periods})
-                if want_pred and bundle is None:
-                    with timer("load_model"):
-                        expected = list(stages.feature_names(bands, season_size, indices))
-                        bundle = stages.load_bundle(cfg.model.path, expected_features=expected)
-                if want_pred:
-                    codes = np.asarray(bundle.classes)
-                    names = list(getattr(bundle, "class_names", None) or [str(c) for c in codes])
-                else:
-                    codes, names = np.array([], dtype=int), []
-                specs = plan_outputs(layers, periods=res.periods, bands=bands, years=years, classes=codes,
-                                     class_names=names, composite_scale=cfg.output.composite_scale)
-                with timer("write"):
-                    writer = TileWriter(work, tile, specs, block_size=block_size,
-                                        compress=cfg.processing.compress, threads=threads)
-            elif tuple(res.bands) != bands:
-                raise TileError(f"block {i} returned bands {res.bands}, the first block {bands}", tile=tile.id)
 
-            h, w = int(window.height), int(window.width)
-            if any(layer in layers for layer in CUBE_LAYERS):
-                # the cube layers are staged by a second thread while this one predicts
-                pending = staging.submit(_stage_cube, writer, tile.id, window, res.periods, bands, layers,
-                                         filled, flags, res.count, cfg.output.composite_scale, stats)
-            items: list[tuple[str, np.ndarray]] = []
-            if want_pred:
-                for year in years:
-                    with timer("features"):
-                        X = stages.features_for_year(filled, bands=bands, season_size=season_size,
-                                                     year_index=year - start_year, indices=indices)
-                    if X.shape[0] != h * w:
-                        raise TileError(f"features of block {i} have {X.shape[0]} rows for {h * w} pixels",
-                                        tile=tile.id)
-                    with timer("predict"):
-                        proba, hard, unc = stages.predict_block(bundle, X, threads=threads)
-                    predicted += int((hard != CLASS_NODATA).sum())
-                    per = year_period(year)
-                    if "proba" in layers:
-                        items.append((output_key("proba", tile.id, per, "proba"), proba.reshape(-1, h, w)))
-                    if "class" in layers:
-                        items.append((output_key("class", tile.id, per, "class"), hard.reshape(h, w)))
-                    if "uncertainty" in layers:
-                        items.append((output_key("uncertainty", tile.id, per, "uncertainty"), unc.reshape(h, w)))
-                    del X
-            with timer("write"):
-                writer.write(items, window)  # the prediction layers
-                if pending is not None:
-                    pending.result()  # re-raises a staging error
-                    pending = None
-            del res, filled, flags, items
-            beat = _heartbeat(store, record, beat, i + 1)
+class _Stager:
+    """A second thread that stages one block's cube layers while the main thread computes
+    features and predicts; at most one block is in flight."""
 
-        _check_stop(stop, tile, len(windows), len(windows))
-        with timer("finish"):  # the staged cube layers' GeoTIFFs are written here
-            writer.close()
-        paths = writer.paths
-        writer = None
-    finally:
-        if pending is not None:  # an error while the cube layers were staged: let them finish first
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecocube-stage")
+        self._pending = None
+
+    def submit(self, fn: Callable, *args) -> None:
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        """Wait for the block in flight; re-raises an error of its staging."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def close(self) -> None:
+        """Let a block still in flight (after an error elsewhere) finish, then stop the thread."""
+        if self._pending is not None:
             with contextlib.suppress(BaseException):
-                pending.result()
-        staging.shutdown(wait=True)
-        if writer is not None:
-            writer.abort()
+                self._pending.result()
+            self._pending = None
+        self._pool.shutdown(wait=True)
 
-    # publish: every output under its final key, then remove objects of earlier attempts
-    with timer("publish"):
-        outputs = _publish(store, paths, threads=cfg.processing.publish_threads)
-        stale = [k for p in _tile_prefixes(tile.id) for k in store.list(p) if k not in outputs]
-        if stale:
-            log.info("tile %s: removing %d stale objects of earlier attempts", tile.id, len(stale))
-            store.delete_many(stale)
 
-    target = tile.height * tile.width * len(years) if want_pred else 0
-    record.update({
-        "blocks": len(windows),
-        "bands": list(bands),
-        "years": years,
-        "layers": list(layers),
-        "bytes_read": bytes_read,
-        "requests": requests,
-        "bytes_written": int(sum(o["size"] for o in outputs.values())),
-        "gaps": stats.to_dict(),
-        "missing_inputs": sorted(missing),
-        "predicted_pixels": predicted,
-        "target_pixels": target,
-        "completeness": (predicted / target) if target else 1.0,
-        "outputs": outputs,
-    })
+class _TileRun:
+    """One attempt at a tile's blocks: read → gap-fill → features → predict → stage/write,
+    then publish. :meth:`run` is the sequence; each other method does one step.
+
+    The first block fixes the bands, the years, the model and the tile's output files
+    (:meth:`open_outputs`); later blocks must return the same bands.
+    """
+
+    def __init__(self, tile, cfg, store, bundle, stages: Stages, threads: int, stop, work: Path,
+                 status: TileStatus, timer: _Timer):
+        self.tile, self.cfg, self.store, self.bundle, self.stages = tile, cfg, store, bundle, stages
+        self.threads, self.stop, self.work, self.status, self.timer = threads, stop, work, status, timer
+        self.layers = tuple(cfg.output.layers)
+        self.want_pred = any(layer in self.layers for layer in PREDICTION_LAYERS)
+        self.want_cube = any(layer in self.layers for layer in CUBE_LAYERS)
+        self.season_size = cfg.inputs.periods.season_size
+        self.start_year = cfg.inputs.periods.start_year
+        self.indices = tuple(cfg.features.indices)
+        self.block_size = cfg.processing.block_size
+        self.tally = _Tally()
+        self.stager: _Stager | None = None
+        self.writer: TileWriter | None = None
+        self.bands: tuple[str, ...] = ()
+        self.years: list[int] = []
+
+    def run(self) -> dict[str, Any]:
+        """Every block, then the tile's outputs published; returns the results for the record."""
+        windows = list(self.tile.blocks(self.block_size))
+        self.check_model()
+        self.stager = _Stager()
+        try:
+            for i, window in enumerate(windows):
+                _check_stop(self.stop, self.tile, i, len(windows))
+                res = self.read(window)
+                filled, flags = self.gapfill(res)
+                self.open_outputs(res, i)
+                self.stage(window, res, filled, flags)  # on the second thread, beside features/predict
+                items = self.predict(filled, window, i)
+                self.write(items, window)
+                del res, filled, flags, items
+                self.status.heartbeat(i + 1)
+            _check_stop(self.stop, self.tile, len(windows), len(windows))
+            paths = self.finish()
+        finally:
+            self.close()
+        outputs = self.publish(paths)
+        return self.results(len(windows), outputs)
+
+    def check_model(self) -> None:
+        if self.want_pred and self.bundle is None and not Path(self.cfg.model.path).exists():
+            raise ModelError(f"model bundle not found: {self.cfg.model.path} (train one with 'ecocube train')")
+
+    def read(self, window):
+        with self.timer("read"):
+            res = self.stages.read_block(self.cfg, self.tile, window, threads=self.threads)
+        self.tally.add_read(res)
+        return res
+
+    def gapfill(self, res) -> tuple[np.ndarray, np.ndarray]:
+        with self.timer("gapfill"):
+            filled, flags = self.stages.fill_gaps(res.data, self.cfg, threads=self.threads)
+        if filled.shape != res.data.shape or flags.shape != res.data.shape:
+            raise TileError(f"gap-filling changed the cube shape {res.data.shape} -> "
+                            f"{filled.shape}/{flags.shape}", tile=self.tile.id)
+        self.tally.gaps.add(flags, getattr(res, "reason", None))
+        return filled, flags
+
+    def open_outputs(self, res, i: int) -> None:
+        """First block: bands, years, model and the tile's output files; later: same bands."""
+        if self.writer is not None:
+            if tuple(res.bands) != self.bands:
+                raise TileError(f"block {i} returned bands {res.bands}, the first block {self.bands}",
+                                tile=self.tile.id)
+            return
+        self.bands = tuple(res.bands)
+        self.years = sorted({int(p.year) for p in res.periods})
+        codes, names = self.model_classes()
+        specs = plan_outputs(self.layers, periods=res.periods, bands=self.bands, years=self.years, classes=codes,
+                             class_names=names, composite_scale=self.cfg.output.composite_scale)
+        with self.timer("write"):
+            self.writer = TileWriter(self.work, self.tile, specs, block_size=self.block_size,
+                                     compress=self.cfg.processing.compress, threads=self.threads)
+
+    def model_classes(self) -> tuple[np.ndarray, list[str]]:
+        """Class codes and names of the model (loaded now unless given), or none."""
+        if not self.want_pred:
+            return np.array([], dtype=int), []
+        if self.bundle is None:
+            with self.timer("load_model"):
+                expected = list(self.stages.feature_names(self.bands, self.season_size, self.indices))
+                self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected)
+        codes = np.asarray(self.bundle.classes)
+        names = list(getattr(self.bundle, "class_names", None) or [str(c) for c in codes])
+        return codes, names
+
+    def stage(self, window, res, filled: np.ndarray, flags: np.ndarray) -> None:
+        if self.want_cube:
+            self.stager.submit(_stage_cube, self.writer, self.tile.id, window, res.periods, self.bands,
+                               self.layers, filled, flags, res.count, self.cfg.output.composite_scale,
+                               self.tally.gaps)
+
+    def predict(self, filled: np.ndarray, window, i: int) -> list[tuple[str, np.ndarray]]:
+        """The block's prediction layers, year by year, as ``(key, array)`` pairs."""
+        items: list[tuple[str, np.ndarray]] = []
+        if not self.want_pred:
+            return items
+        h, w = int(window.height), int(window.width)
+        for year in self.years:
+            with self.timer("features"):
+                X = self.stages.features_for_year(filled, bands=self.bands, season_size=self.season_size,
+                                                  year_index=year - self.start_year, indices=self.indices)
+            if X.shape[0] != h * w:
+                raise TileError(f"features of block {i} have {X.shape[0]} rows for {h * w} pixels",
+                                tile=self.tile.id)
+            with self.timer("predict"):
+                proba, hard, unc = self.stages.predict_block(self.bundle, X, threads=self.threads)
+            self.tally.predicted += int((hard != CLASS_NODATA).sum())
+            items.extend(_prediction_items(self.tile.id, year, self.layers, proba, hard, unc, h, w))
+            del X
+        return items
+
+    def write(self, items: list[tuple[str, np.ndarray]], window) -> None:
+        """Write the prediction layers, then wait for the block's staging (re-raising its error)."""
+        with self.timer("write"):
+            self.writer.write(items, window)
+            self.stager.wait()
+
+    def finish(self) -> dict[str, Path]:
+        """Write the staged cube layers' GeoTIFFs; returns every output's local path."""
+        with self.timer("finish"):
+            self.writer.close()
+        paths = self.writer.paths
+        self.writer = None
+        return paths
+
+    def close(self) -> None:
+        """After the blocks (or an error): stop the staging thread, drop unfinished outputs."""
+        if self.stager is not None:
+            self.stager.close()
+        if self.writer is not None:
+            self.writer.abort()
+
+    def publish(self, paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
+        """Every output under its final key, then the objects of earlier attempts removed."""
+        with self.timer("publish"):
+            outputs = _publish(self.store, paths, threads=self.cfg.processing.publish_threads)
+            _remove_stale(self.store, self.tile.id, outputs)
+        return outputs
+
+    def results(self, n_blocks: int, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        tally = self.tally
+        target = self.tile.height * self.tile.width * len(self.years) if self.want_pred else 0
+        return {
+            "blocks": n_blocks,
+            "bands": list(self.bands),
+            "years": self.years,
+            "layers": list(self.layers),
+            "bytes_read": tally.bytes_read,
+            "requests": tally.requests,
+            "bytes_written": int(sum(o["size"] for o in outputs.values())),
+            "gaps": tally.gaps.to_dict(),
+            "missing_inputs": sorted(tally.missing),
+            "predicted_pixels": tally.predicted,
+            "target_pixels": target,
+            "completeness": (tally.predicted / target) if target else 1.0,
+            "outputs": outputs,
+        }
+
+
+def _prediction_items(tile_id: str, year: int, layers, proba: np.ndarray, hard: np.ndarray, unc: np.ndarray,
+                      h: int, w: int) -> list[tuple[str, np.ndarray]]:
+    per = year_period(year)
+    items = []
+    if "proba" in layers:
+        items.append((output_key("proba", tile_id, per, "proba"), proba.reshape(-1, h, w)))
+    if "class" in layers:
+        items.append((output_key("class", tile_id, per, "class"), hard.reshape(h, w)))
+    if "uncertainty" in layers:
+        items.append((output_key("uncertainty", tile_id, per, "uncertainty"), unc.reshape(h, w)))
+    return items
 
 
 def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[str, Any]]:
@@ -855,6 +904,14 @@ def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[s
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) or 1))) as pool:
         return dict(sorted(pool.map(_one, paths.items())))
+
+
+def _remove_stale(store, tile_id: str, outputs: dict[str, dict[str, Any]]) -> None:
+    """Delete the tile's objects that this attempt did not publish (earlier attempts' leftovers)."""
+    stale = [k for p in _tile_prefixes(tile_id) for k in store.list(p) if k not in outputs]
+    if stale:
+        log.info("tile %s: removing %d stale objects of earlier attempts", tile_id, len(stale))
+        store.delete_many(stale)
 
 
 # --------------------------------------------------------------------------- run_tiles

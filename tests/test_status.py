@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from ecocube.config import config_from_dict
 from ecocube.errors import StoreError
 from ecocube.status import (
+    TileStatus,
     format_summary,
     format_table,
     read_status,
@@ -129,6 +130,62 @@ def _iso(epoch: float) -> str:
 
 def _running(**kw):
     return {"tile": "X0000_Y0000", "state": "running", "attempt": 1, **kw}
+
+
+def _lifecycle(store, **kw):
+    return TileStatus.create(store, "X0000_Y0000", run="r", attempt=2, threads=3, block_size=64, shape=(10, 20),
+                             version="9.9", **kw)
+
+
+def test_tile_status_lifecycle_running_heartbeat_done(tmp_path):
+    store = LocalStore(tmp_path)
+    clock = [100.0]
+    status = _lifecycle(store, heartbeat_seconds=60.0, clock=lambda: clock[0])
+    assert read_status(store, "X0000_Y0000") is None  # create writes nothing
+    status.running()
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "running" and rec["attempt"] == 2 and rec["pid"] == os.getpid()
+    assert rec["host"] == socket.gethostname() and rec["shape"] == [10, 20] and rec["threads"] == 3
+    assert rec["heartbeat"] == rec["started"] and rec["finished"] is None and rec["ecocube"] == "9.9"
+
+    clock[0] = 159.0
+    assert status.heartbeat(1) is False  # throttled: under a minute since the last write
+    assert "blocks_done" not in read_status(store, "X0000_Y0000")
+    clock[0] = 161.0
+    assert status.heartbeat(2) is True
+    assert read_status(store, "X0000_Y0000")["blocks_done"] == 2
+
+    measures = {"seconds": 1.5, "timings": {"read": 1.0}, "cpu_seconds": {"read": 0.5}, "peak_rss_bytes": 7}
+    out = {"a/X0000_Y0000/p/b.tif": {"sha256": "ab", "size": 3}}
+    record = status.done({"completeness": 0.5, "outputs": out}, measures)
+    on_disk = read_status(store, "X0000_Y0000")
+    assert on_disk == json.loads(json.dumps(record))
+    assert on_disk["state"] == "done" and on_disk["outputs"] == out and on_disk["seconds"] == 1.5
+    assert on_disk["finished"] >= on_disk["started"] and "error_type" not in on_disk
+
+
+def test_tile_status_failed_and_interrupted_drop_outputs_and_survive_a_store_error(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    status = _lifecycle(store)
+    status.running()
+    status.record["outputs"] = {"k": {"sha256": "x", "size": 1}}
+    rec = status.failed(ValueError("bad pixel"), {"seconds": 2.0})
+    assert read_status(store, "X0000_Y0000") == rec
+    assert rec["state"] == "failed" and rec["error"] == "ValueError: bad pixel" and rec["error_type"] == "ValueError"
+    assert rec["outputs"] == {} and rec["seconds"] == 2.0
+
+    class BrokenStore:
+        def put_bytes(self, data, key):
+            raise StoreError("disk full")
+
+    broken = _lifecycle(BrokenStore(), heartbeat_seconds=0.0)
+    assert broken.heartbeat(1) is True  # a missed heartbeat only warns
+    assert "could not refresh the heartbeat: disk full" in caplog.text
+    with pytest.raises(StoreError, match="disk full"):
+        broken.done({}, {"seconds": 0.1})  # without its record the tile is not done
+    rec = broken.interrupted(KeyboardInterrupt(), {"seconds": 0.1})  # logged, not raised
+    assert rec["state"] == "interrupted" and rec["error"] == "KeyboardInterrupt: "
+    assert "could not write the interrupted status record: disk full" in caplog.text
 
 
 def test_stale_reason_other_host_uses_the_heartbeat_then_the_start_time():
