@@ -695,6 +695,171 @@ def _combine_reasons(reasons: np.ndarray, count: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _BlockPlan:
+    """What one block reads: the periods, the source catalogs, the bands of the cube, and
+    per period (in time order) its observations and the file jobs behind them."""
+
+    periods: list[Period]
+    catalogs: list[SourceCatalog]
+    bands: tuple[str, ...]
+    observations: list[list[tuple[SourceCatalog, Observation]]]
+    jobs: list[list[_Job]]
+
+    @classmethod
+    def for_tile(cls, inputs, tile_id: str) -> _BlockPlan:
+        periods, cats = input_catalog(inputs, tile_id)
+        observations = [[(cat, o) for cat in cats for o in cat.observations.get(p.index, [])] for p in periods]
+        jobs = [_jobs_for_period(obs, p.index) for p, obs in zip(periods, observations)]
+        return cls(list(periods), list(cats), band_names(inputs), observations, jobs)
+
+    @property
+    def n_jobs(self) -> int:
+        return sum(len(j) for j in self.jobs)
+
+
+class _BlockCube:
+    """The ``(time, band, y, x)`` arrays of one block, composited period by period."""
+
+    def __init__(self, plan: _BlockPlan, shape: tuple[int, int], composite_cfg):
+        h, w = shape
+        T, B = len(plan.periods), len(plan.bands)
+        self.plan = plan
+        self.shape = (h, w)
+        self.data = np.full((T, B, h, w), np.nan, np.float32)
+        self.reason = np.full((T, B, h, w), REASON_NODATA, np.uint8)
+        self.count = np.zeros((T, B, h, w), np.uint16)
+        self.band_slot = {b: i for i, b in enumerate(plan.bands)}
+        self.percentile = float(composite_cfg.percentile)
+        self.extras = tuple(float(q) for q in composite_cfg.extra_percentiles)
+
+    def add_period(self, k: int, results: dict) -> None:
+        """Composite period ``k`` from the files read for it (``results`` by job key)."""
+        for cat in self.plan.catalogs:
+            obs_list = [o for c, o in self.plan.observations[k] if c is cat]
+            slots = [self.band_slot[b] for b in cat.bands]
+            if not obs_list:
+                continue  # no observation of this source in the period: NODATA, count 0
+            layers = [_observation_layers(cat, o, results, self.shape) for o in obs_list]
+            if cat.kind == "composite":
+                self._put_composites(k, slots, layers)
+            else:
+                self._put_acquisitions(k, cat, slots, layers)
+
+    def _put_composites(self, k: int, slots: list[int], layers) -> None:
+        for values, rsn in layers:  # one per period (the last wins if listed twice)
+            self.data[k, slots] = values
+            self.reason[k, slots] = rsn
+            self.count[k, slots] = (rsn == REASON_VALID).astype(np.uint16)
+
+    def _put_acquisitions(self, k: int, cat: SourceCatalog, slots: list[int], layers) -> None:
+        """The period's percentile composite (and extra percentiles) of the acquisitions."""
+        stack = np.stack([v for v, _ in layers])  # (n_obs, nb, h, w)
+        rsn = np.stack([r for _, r in layers])
+        n_valid = np.sum(rsn == REASON_VALID, axis=0).astype(np.uint16)
+        combined = _combine_reasons(rsn, n_valid)
+        self.data[k, slots] = nan_percentile(stack, self.percentile)
+        self.reason[k, slots] = combined
+        self.count[k, slots] = n_valid
+        for q in self.extras:
+            xs = [self.band_slot[f"{b}_{_pct_label(q)}"] for b in cat.bands]
+            self.data[k, xs] = nan_percentile(stack, q)
+            self.reason[k, xs] = combined
+            self.count[k, xs] = n_valid
+
+
+class _Scheduler:
+    """Reads the file jobs of a block's periods on the worker pool, in time order with at
+    most ``max_in_flight`` files in flight, and composites each period as soon as its last
+    file is in (so memory is bounded by the block, not by the length of the series).
+
+    The first failure cancels the other workers and is raised once they have stopped; an
+    input missing under ``on_missing: record`` is recorded instead.
+    """
+
+    def __init__(self, plan: _BlockPlan, cube: _BlockCube, reader: _Reader, pool: _Pool | None,
+                 cancel: threading.Event, *, max_in_flight: int, record_missing: bool, tile_id: str):
+        self.plan, self.cube, self.reader, self.pool, self.cancel = plan, cube, reader, pool, cancel
+        self.max_in_flight = max_in_flight
+        self.record_missing = record_missing
+        self.tile_id = tile_id
+        self.missing: list[str] = []
+        self._results: dict[int, dict] = {}
+        self._remaining: dict[int, int] = {}
+        self._next_period = 0
+        self._in_flight = 0
+        self._failure: BaseException | None = None
+        self._failed_href: str | None = None
+
+    def run(self) -> list[str]:
+        """Read and composite every period; returns the hrefs recorded as missing."""
+        while True:
+            self._submit_periods()
+            if self._in_flight == 0:
+                break
+            job, res, exc = self.pool.result()
+            self._in_flight -= 1
+            self._collect(job, res, exc)
+        self._raise_failure()
+        return self.missing
+
+    def _submit_periods(self) -> None:
+        """Queue the next periods' files while there is room (at least one period at a time)."""
+        while (self._failure is None and self._next_period < len(self.plan.periods)
+               and (self._in_flight < self.max_in_flight or self._in_flight == 0)):
+            k = self._next_period
+            self._next_period += 1
+            self._results[k] = {}
+            self._remaining[k] = len(self.plan.jobs[k])
+            if self._remaining[k] == 0:
+                self.cube.add_period(k, self._results.pop(k))
+                continue
+            for job in self.plan.jobs[k]:
+                self.pool.submit(job)
+                self._in_flight += 1
+
+    def _collect(self, job: _Job, res, exc: BaseException | None) -> None:
+        """One finished file: a result, a recorded missing input, or a failure."""
+        if exc is not None:
+            if isinstance(exc, InputMissingError) and self.record_missing:
+                res = _Missing(exc)
+                if job.href not in self.missing:
+                    self.missing.append(job.href)
+                log.warning("tile %s: input missing, recorded: %s", self.tile_id, job.href)
+            elif isinstance(exc, _Cancelled):
+                return
+            else:
+                self._fail(exc, job.href)
+                return
+        if self._failure is not None:
+            return  # draining the files still in flight
+        if isinstance(res, _Patch):
+            try:
+                res = self.reader.warp(res)
+            except Exception as err:  # noqa: BLE001 - names the file and the tile
+                self._fail(ReadError(f"cannot reproject {job.href} onto tile {self.tile_id}: {_error_text(err)}",
+                                     url=job.href, tile=self.tile_id), job.href)
+                return
+        self._results[job.period][_job_key(job)] = res
+        self._remaining[job.period] -= 1
+        if self._remaining[job.period] == 0:
+            self.cube.add_period(job.period, self._results.pop(job.period))
+
+    def _fail(self, exc: BaseException, href: str) -> None:
+        if self._failure is None:
+            self._failure, self._failed_href = exc, href
+            self.cancel.set()
+
+    def _raise_failure(self) -> None:
+        failure, href = self._failure, self._failed_href
+        if failure is None:
+            return
+        if isinstance(failure, ReadError | ConfigError):
+            raise failure
+        raise ReadError(f"reading {href} for tile {self.tile_id} failed: {type(failure).__name__}: {failure}",
+                        url=href, tile=self.tile_id) from failure
+
+
 def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadResult:
     """Read one block (``window`` in tile pixels; None = the whole tile) of every input.
 
@@ -706,124 +871,26 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
     t0 = time.perf_counter()
     window = _norm_window(tile, window)
     inputs = cfg.inputs
-    periods, cats = input_catalog(inputs, tile.id)
-    bands = band_names(inputs)
-    h, w = int(window.height), int(window.width)
-    T, B = len(periods), len(bands)
-    data = np.full((T, B, h, w), np.nan, np.float32)
-    reason = np.full((T, B, h, w), REASON_NODATA, np.uint8)
-    count = np.zeros((T, B, h, w), np.uint16)
-    band_slot = {b: i for i, b in enumerate(bands)}
-    percentile = float(inputs.composite.percentile)
-    extras = tuple(float(q) for q in inputs.composite.extra_percentiles)
-
-    # observations and file jobs per period, in time order
-    per_period: list[list[tuple[SourceCatalog, Observation]]] = [
-        [(cat, o) for cat in cats for o in cat.observations.get(p.index, [])] for p in periods
-    ]
-    jobs_per_period = [_jobs_for_period(obs, p.index) for p, obs in zip(periods, per_period)]
-    n_jobs = sum(len(j) for j in jobs_per_period)
-    n_threads = max(1, min(ecoenv.available_threads(threads or inputs.threads), max(n_jobs, 1)))
-    max_in_flight = max(4 * n_threads, 8)
+    plan = _BlockPlan.for_tile(inputs, tile.id)
+    cube = _BlockCube(plan, (int(window.height), int(window.width)), inputs.composite)
+    n_threads = max(1, min(ecoenv.available_threads(threads or inputs.threads), max(plan.n_jobs, 1)))
 
     cancel = threading.Event()
     reader = _Reader(cfg, tile, window, cancel)
-    missing: list[str] = []
-    record = inputs.on_missing == "record"
-
-    def composite(k: int, results: dict) -> None:
-        for cat in cats:
-            obs_list = [o for c, o in per_period[k] if c is cat]
-            slots = [band_slot[b] for b in cat.bands]
-            if not obs_list:
-                continue  # no observation of this source in the period: NODATA, count 0
-            layers = [_observation_layers(cat, o, results, (h, w)) for o in obs_list]
-            if cat.kind == "composite":
-                for values, rsn in layers:  # one per period (the last wins if listed twice)
-                    data[k, slots] = values
-                    reason[k, slots] = rsn
-                    count[k, slots] = (rsn == REASON_VALID).astype(np.uint16)
-                continue
-            stack = np.stack([v for v, _ in layers])  # (n_obs, nb, h, w)
-            rsn = np.stack([r for _, r in layers])
-            n_valid = np.sum(rsn == REASON_VALID, axis=0).astype(np.uint16)
-            combined = _combine_reasons(rsn, n_valid)
-            data[k, slots] = nan_percentile(stack, percentile)
-            reason[k, slots] = combined
-            count[k, slots] = n_valid
-            for q in extras:
-                xs = [band_slot[f"{b}_{_pct_label(q)}"] for b in cat.bands]
-                data[k, xs] = nan_percentile(stack, q)
-                reason[k, xs] = combined
-                count[k, xs] = n_valid
-
-    pool = _Pool(n_threads, reader.gdal_env, reader.read, cancel) if n_jobs else None
+    pool = _Pool(n_threads, reader.gdal_env, reader.read, cancel) if plan.n_jobs else None
     try:
-        results_per_period: dict[int, dict] = {}
-        remaining: dict[int, int] = {}
-        next_period = 0
-        in_flight = 0
-        failure: BaseException | None = None
-        failed_href: str | None = None
-        while True:
-            while failure is None and next_period < T and (in_flight < max_in_flight or in_flight == 0):
-                k = next_period
-                next_period += 1
-                results_per_period[k] = {}
-                remaining[k] = len(jobs_per_period[k])
-                if remaining[k] == 0:
-                    composite(k, results_per_period.pop(k))
-                    continue
-                for job in jobs_per_period[k]:
-                    pool.submit(job)
-                    in_flight += 1
-            if in_flight == 0:
-                break
-            job, res, exc = pool.result()
-            in_flight -= 1
-            if exc is not None:
-                if isinstance(exc, InputMissingError) and record:
-                    res = _Missing(exc)
-                    if job.href not in missing:
-                        missing.append(job.href)
-                    log.warning("tile %s: input missing, recorded: %s", tile.id, job.href)
-                elif isinstance(exc, _Cancelled):
-                    continue
-                else:
-                    if failure is None:
-                        failure, failed_href = exc, job.href
-                        cancel.set()
-                    continue
-            if failure is not None:
-                continue
-            if isinstance(res, _Patch):
-                try:
-                    res = reader.warp(res)
-                except Exception as exc:  # noqa: BLE001 - names the file and the tile
-                    failure, failed_href = ReadError(
-                        f"cannot reproject {job.href} onto tile {tile.id}: {_error_text(exc)}",
-                        url=job.href, tile=tile.id), job.href
-                    cancel.set()
-                    continue
-            results_per_period[job.period][_job_key(job)] = res
-            remaining[job.period] -= 1
-            if remaining[job.period] == 0:
-                composite(job.period, results_per_period.pop(job.period))
-        if failure is not None:
-            if isinstance(failure, ReadError | ConfigError):
-                raise failure
-            raise ReadError(f"reading {failed_href} for tile {tile.id} failed: {type(failure).__name__}: {failure}",
-                            url=failed_href, tile=tile.id) from failure
+        missing = _Scheduler(plan, cube, reader, pool, cancel, max_in_flight=max(4 * n_threads, 8),
+                             record_missing=inputs.on_missing == "record", tile_id=tile.id).run()
     finally:
         cancel.set()  # nothing is pending after a normal end; after an error, workers stop early
         if pool is not None:
             pool.close()
 
     stats = dict(reader.stats)
-    stats.update(threads=n_threads, jobs=n_jobs, seconds=round(time.perf_counter() - t0, 4),
+    stats.update(threads=n_threads, jobs=plan.n_jobs, seconds=round(time.perf_counter() - t0, 4),
                  missing=len(missing))
-    return ReadResult(data=data, reason=reason, count=count, bands=bands, periods=list(periods),
-                      missing=missing, stats=stats)
+    return ReadResult(data=cube.data, reason=cube.reason, count=cube.count, bands=plan.bands,
+                      periods=list(plan.periods), missing=missing, stats=stats)
 
 
 # --------------------------------------------------------------------------- debug dump
