@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import env as ecoenv
-from .atomic import atomic_path, write_text_atomic
 from .errors import ConfigError, GridError, InputMissingError, ReadError
 from .sources import (
     REASON_MASKED,
@@ -56,7 +55,7 @@ from .store import gdal_env, probe_s3_object
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReadResult", "read_block", "gdal_path", "nan_percentile", "band_names"]
+__all__ = ["ReadResult", "read_block", "gdal_path", "nan_percentile", "band_names", "norm_window"]
 
 
 @dataclass
@@ -603,7 +602,8 @@ class _Pool:
 # --------------------------------------------------------------------------- read_block
 
 
-def _norm_window(tile, window):
+def norm_window(tile, window):
+    """``window`` (tile pixels; None: the whole tile) as a whole-pixel ``Window`` inside the tile."""
     from rasterio.windows import Window
 
     if window is None:
@@ -869,7 +869,7 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
     naming the URL and the tile.
     """
     t0 = time.perf_counter()
-    window = _norm_window(tile, window)
+    window = norm_window(tile, window)
     inputs = cfg.inputs
     plan = _BlockPlan.for_tile(inputs, tile.id)
     cube = _BlockCube(plan, (int(window.height), int(window.width)), inputs.composite)
@@ -891,56 +891,3 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
                  missing=len(missing))
     return ReadResult(data=cube.data, reason=cube.reason, count=cube.count, bands=plan.bands,
                       periods=list(plan.periods), missing=missing, stats=stats)
-
-
-# --------------------------------------------------------------------------- debug dump
-
-
-def write_read_dump(result: ReadResult, tile, window, folder) -> dict:
-    """Write a :class:`ReadResult` for inspection: ``read.npz``, one float32 GeoTIFF per
-    period (``{period}.tif``, NaN nodata) and ``summary.json``. Files are written to temporary
-    names and renamed. Returns the summary."""
-    import json
-    from pathlib import Path
-
-    import rasterio
-
-    from .sources import REASON_NAMES
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    window = _norm_window(tile, window)
-    transform = tile.window_transform(window)
-    T, B, h, w = result.data.shape
-    with atomic_path(folder / "read.npz") as tmp:  # the temp name ends in .npz: numpy adds none
-        np.savez_compressed(tmp, data=result.data, reason=result.reason, count=result.count,
-                            bands=np.array(result.bands), periods=np.array([p.id for p in result.periods]))
-    for p in result.periods:
-        with atomic_path(folder / f"{p.id}.tif") as part:  # noqa: SIM117 (the dataset closes first)
-            with rasterio.open(part, "w", driver="GTiff", width=w, height=h, count=B, dtype="float32",
-                               crs=tile.crs, transform=transform, nodata=float("nan"), compress="deflate",
-                               tiled=w >= 16 and h >= 16 and w % 16 == 0 and h % 16 == 0) as dst:
-                dst.write(result.data[p.index])
-                for i, b in enumerate(result.bands, start=1):
-                    dst.set_band_description(i, b)
-                dst.update_tags(period=p.id, tile=tile.id)
-    n = h * w
-    summary = {
-        "tile": tile.id,
-        "window": [int(window.col_off), int(window.row_off), w, h],
-        "shape": [T, B, h, w],
-        "bands": list(result.bands),
-        "periods": [p.id for p in result.periods],
-        "valid_fraction": round(float(np.mean(result.reason == 0)), 4) if result.reason.size else 0.0,
-        "reasons": {
-            p.id: {
-                b: {REASON_NAMES[c]: round(float(np.sum(result.reason[p.index, i] == c)) / n, 4) for c in REASON_NAMES}
-                for i, b in enumerate(result.bands)
-            }
-            for p in result.periods
-        },
-        "missing": list(result.missing),
-        "stats": result.stats,
-    }
-    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=1))
-    return summary

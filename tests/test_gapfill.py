@@ -588,7 +588,7 @@ def test_cli_real_geotiffs_float(data_dir, tmp_path):
 
 
 def test_cli_int16_scaled_nodata(data_dir, tmp_path):
-    from ecocube.cli.gapfill_cmd import fill_raster_stack
+    from ecocube.gapfill_stack import fill_raster_stack
 
     cube, _ = _monthly_ndvi(data_dir)
     cube = cube[:, :40, :37]

@@ -1,4 +1,5 @@
-"""``ecocube read RUN.yaml --tile ID --out DIR``: dump one tile's input series (debugging)."""
+"""``ecocube read RUN.yaml --tile ID --out DIR``: dump one tile's input series (debugging;
+the work is :func:`ecocube.read_dump.dump_tile_read`)."""
 
 from __future__ import annotations
 
@@ -27,22 +28,11 @@ def read(run_yaml, overrides, tile_id: str, out: Path, window, threads, overwrit
     per period (NaN = no valid value, band descriptions = band names) and summary.json
     (stats, missing inputs, share of each reason per period and band).
     """
-    from ..errors import FileOverwriteError
-    from ..grid import TileGrid
-    from ..read import read_block, write_read_dump
+    from ..read_dump import dump_tile_read
 
     cfg = load_run_config(run_yaml, overrides)
-    tile = TileGrid.from_config(cfg.grid).tile(tile_id)
-    dest = out / tile.id
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise FileOverwriteError(f"{dest} exists; use --overwrite to replace it")
-    win = None
-    if window:
-        from rasterio.windows import Window
-
-        win = Window(*window)
-    result = read_block(cfg, tile, win, threads=threads)
-    summary = write_read_dump(result, tile, win, dest)
-    click.echo(json.dumps({"tile": tile.id, "out": str(dest), "shape": summary["shape"],
+    dest, result, summary = dump_tile_read(cfg, tile_id, out, window=window or None, threads=threads,
+                                           overwrite=overwrite)
+    click.echo(json.dumps({"tile": summary["tile"], "out": str(dest), "shape": summary["shape"],
                            "valid_fraction": summary["valid_fraction"], "missing": result.missing,
                            "stats": result.stats}, indent=1))
