@@ -1,6 +1,7 @@
 """Process one tile end to end — the one place that sequences the stages.
 
-For each processing block (``tile.blocks(cfg.processing.block_size)``)::
+For each processing block (``tile.blocks(cfg.processing.block_size)``), in
+:meth:`_TileRun.run`, one method per step::
 
     read_block -> fill_gaps_config (in place) -> features_for_year (per year) -> predict_block
                -> write the year's prediction windows into local temporary GeoTIFFs
@@ -17,8 +18,8 @@ for 84 × 6 at 256²) plus the model and the libraries (``scripts/bench/tile.py`
 Scratch disk: about ``5 × periods × bands × pixels`` bytes of staged layers. When every
 output is written the files are published to the store (atomic per object), stale objects
 of earlier attempts are removed, and the status record ``status/<tile>.json`` is written
-**last**. A rerun skips a tile whose record says ``done`` and whose outputs still match
-the record's checksums.
+**last** (:class:`ecocube.status.TileStatus` is its lifecycle and its one writer). A rerun
+skips a tile whose record says ``done`` and whose outputs still match the record's checksums.
 
 SIGTERM/SIGINT (see :func:`stop_on_signals`) stop the tile after the current block:
 nothing is published, the record says ``interrupted`` and :class:`Interrupted` is raised.
