@@ -515,12 +515,18 @@ def make_server(catalog_dir: str | Path, port: int = 0) -> CatalogServer:
 
 
 def serve(catalog_dir: str | Path, port: int = 8000, *, ready=None) -> None:
-    """Serve ``catalog_dir`` on 127.0.0.1 until interrupted. ``ready(url)`` is called once listening."""
+    """Serve ``catalog_dir`` on 127.0.0.1 until SIGINT or SIGTERM. ``ready(url)`` is called
+    once listening. Both signals are handled explicitly (``ecocube.signals``), also when
+    the process inherited SIGINT ignored; they raise :class:`ecocube.signals.Stopped` (a
+    ``KeyboardInterrupt``) after the socket is closed."""
+    from .signals import handle_stop_signals
+
     server = make_server(catalog_dir, port)
     try:
-        if ready is not None:
-            ready(server.url)
-        server.serve_forever(poll_interval=0.5)
+        with handle_stop_signals():
+            if ready is not None:
+                ready(server.url)
+            server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
 

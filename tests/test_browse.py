@@ -150,7 +150,13 @@ def test_browse_cli_serves(catalog_dir):
         assert resp.status == 200 and b'"type": "Catalog"' in body
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        finally:  # never leak the server, even when it ignored the signal
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            proc.stdout.close()
 
 
 def test_page_in_headless_chromium(catalog_dir, tmp_path):

@@ -15,6 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import EcocubeError
+from ..signals import Stopped, handle_stop_signals
 
 #: name -> ("ecocube.cli.<module>:<attribute>", one-line help shown by ``ecocube --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -97,7 +98,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: typed ecocube errors become one clear line and their exit code."""
     try:
-        cli.main(args=argv, prog_name="ecocube", standalone_mode=False)
+        with handle_stop_signals():
+            cli.main(args=argv, prog_name="ecocube", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except EcocubeError as exc:
         click.echo(f"ecocube: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Stopped as exc:
+        click.echo(f"ecocube: stopped by {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("ecocube: interrupted", err=True)

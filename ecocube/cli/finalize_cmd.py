@@ -113,5 +113,5 @@ def browse(catalog_dir: Path, port: int, write_index) -> None:
 
     try:
         serve(catalog_dir, port, ready=_ready)
-    except KeyboardInterrupt:
-        click.echo("stopped")
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (ecocube.cli.handle_stop_signals)
+        click.echo(f"stopped{f' by {exc}' if str(exc) else ''}")
