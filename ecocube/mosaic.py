@@ -49,10 +49,12 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .atomic import atomic_path, sha256_file
+from .atomic import VerifyError, atomic_path, sha256_file
 from .env import available_threads
 from .errors import EcocubeError, FileOverwriteError, StoreError
 from .manifest import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, read_manifest, write_manifest
+from .rasterwrite import (WriteDigest, close_checked, last_gdal_error, reset_gdal_error, verify_written, write_error,
+                          write_window)
 from .store import store_for
 
 log = logging.getLogger(__name__)
@@ -439,11 +441,13 @@ def write_cog(src, dst_path: str | Path, *, product: str, compress: str = "defla
             blockysize=blocksize, compress="zstd", zstd_level=1, bigtiff="IF_SAFER",
             num_threads=str(max(1, threads)),
         )
-        with rasterio.open(staging, "w", **profile) as dst:
+        digest = WriteDigest(src.dtypes[0])
+        dst = rasterio.open(staging, "w", **profile)
+        try:
             for window in _windows(src.width, src.height, step):
                 data = src.read(window=window)
                 stats.add(data, nodata)
-                dst.write(data, window=window)
+                write_window(dst, data, window, staging, digest)
             dst.scales = scales
             dst.offsets = offsets
             for b, desc in enumerate(descriptions, start=1):
@@ -453,12 +457,33 @@ def write_cog(src, dst_path: str | Path, *, product: str, compress: str = "defla
                 dst.write_colormap(1, colormap)
             if tags:
                 dst.update_tags(**tags)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                dst.close()
+            raise
+        close_checked(dst, staging)
+        shape = dict(width=src.width, height=src.height, count=src.count)
+        verify_written(staging, digest, **shape)
+
+        def _verify_cog(part: Path) -> None:  # before the rename: the same pixels, overviews readable
+            verify_written(part, digest, **shape, what=dst_path)
+            with rasterio.open(part) as cog:
+                for level in cog.overviews(1)[-1:]:
+                    cog.read(1, out_shape=(max(1, cog.height // level), max(1, cog.width // level)))
+
         try:
-            with atomic_path(dst_path, mkdir=False) as part:
+            with atomic_path(dst_path, mkdir=False, verify=_verify_cog) as part:
+                reset_gdal_error()
                 rasterio.shutil.copy(staging, part, driver="COG",
                                      **_cog_options(product, compress, blocksize, threads, src.dtypes[0]))
+                err = last_gdal_error()
+                if err is not None:
+                    raise write_error(dst_path, err[2])
         except rasterio.errors.RasterioError as exc:
-            raise EcocubeError(f"writing the COG {dst_path} failed: {exc}") from None
+            raise write_error(dst_path, f"the COG driver failed: {exc}") from None
+        except VerifyError as exc:
+            cause = exc.__cause__
+            raise (cause if isinstance(cause, StoreError) else exc) from None
     return stats.result(scales, offsets)
 
 

@@ -50,8 +50,9 @@ import numpy as np
 
 from . import __version__
 from .config import LAYERS
-from .errors import EcocubeError, Interrupted, ModelError, TileError
+from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
 from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
+from .rasterwrite import WriteDigest, close_checked, verify_written, write_window
 from .status import HEARTBEAT_SECONDS, TileStatus, read_status, verify_outputs
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,8 @@ class TileWriter:
         self._staged: dict[str, list[tuple[Any, int, tuple[int, ...]]]] = {k: [] for k in self._staged_specs}
         self._scratch: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._digests: dict[str, WriteDigest] = {}
+        self._specs_by_key = {s.key(tile.id): s for s in self.specs}
         self._check_scratch_space()
         direct = [s for s in self.specs if s.key(tile.id) not in self._staged_specs]
         self._ensure_file_limit(len(direct) + self.threads + len(staged) + 64)
@@ -343,7 +346,12 @@ class TileWriter:
         key = spec.key(self.tile.id)
         path = self._path(spec)
         self._datasets[key] = self._create(spec, path)
+        self._digests[key] = WriteDigest(spec.dtype)
         self._paths[key] = path
+
+    def _verify(self, spec: OutputSpec, path: Path, digest: WriteDigest) -> None:
+        """Re-read a closed output: it must hold exactly the windows written (StoreError)."""
+        verify_written(path, digest, width=int(self.tile.width), height=int(self.tile.height), count=spec.count)
 
     def _stage(self, key: str, arr: np.ndarray, window) -> None:
         spec = self._staged_specs[key]
@@ -371,7 +379,7 @@ class TileWriter:
 
         def _one(item):
             key, arr = item
-            self._datasets[key].write(arr, window=window)
+            write_window(self._datasets[key], arr, window, self._paths[key], self._digests[key])
 
         if self.threads == 1 or len(direct) < 4:
             for it in direct:
@@ -385,6 +393,7 @@ class TileWriter:
         path = self._path(spec)
         f = self._scratch[spec.product]
         itemsize = np.dtype(spec.dtype).itemsize
+        digest = WriteDigest(spec.dtype)
         dst = self._create(spec, path)
         try:
             for window, offset, shape in self._staged[key]:
@@ -393,9 +402,13 @@ class TileWriter:
                 if len(buf) != nbytes:
                     raise TileError(f"tile {self.tile.id}: staging file of {spec.product} is truncated "
                                     f"({len(buf)} of {nbytes} bytes at {offset})", tile=self.tile.id)
-                dst.write(np.frombuffer(buf, dtype=spec.dtype).reshape(shape), window=window)
-        finally:
-            dst.close()
+                write_window(dst, np.frombuffer(buf, dtype=spec.dtype).reshape(shape), window, path, digest)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                dst.close()
+            raise
+        close_checked(dst, path)
+        self._verify(spec, path, digest)
         with self._lock:
             self._paths[key] = path
 
@@ -408,9 +421,10 @@ class TileWriter:
         errors = []
         for key, dst in list(self._datasets.items()):
             try:
-                dst.close()
+                close_checked(dst, self._paths[key])
+                self._verify(self._specs_by_key[key], self._paths[key], self._digests[key])
             except Exception as exc:  # noqa: BLE001 - collected and re-raised below
-                errors.append(f"{key}: {exc}")
+                errors.append(exc)
         self._datasets.clear()
         try:
             if not errors:
@@ -422,12 +436,17 @@ class TileWriter:
                     for fut, key in futures.items():
                         exc = fut.exception()
                         if exc is not None:
-                            errors.append(f"{key}: {exc}")
+                            errors.append(exc)
         finally:
             self._drop_scratch()
         if errors:
-            raise TileError(f"cannot finish {len(errors)} outputs of tile {self.tile.id}: {errors[0]}",
-                            tile=self.tile.id)
+            first = errors[0]
+            msg = f"{len(errors)} of {len(self.specs)} outputs of tile {self.tile.id} failed; first: {first}"
+            if isinstance(first, StoreError):  # a write error: keep its type, errno and file
+                err = StoreError(msg)
+                err.errno, err.path = first.errno, getattr(first, "path", None)
+                raise err from first
+            raise TileError(msg, tile=self.tile.id) from first
 
     def abort(self) -> None:
         """Close everything without finishing the staged outputs (the tile is abandoned)."""

@@ -1,0 +1,211 @@
+"""Verified raster writes: a GeoTIFF is published only once it is known to hold what was written.
+
+rasterio's ``close()`` does not raise on libtiff write errors: on a full disk GDAL prints
+``_tiffWriteProc: No space left on device`` and the file is left truncated or unreadable,
+while the writer carries on. Every raster ecocube writes therefore goes through:
+
+- :class:`WriteDigest`: the SHA-256 of every window as it is written (window order, the
+  file's dtype), kept beside the open dataset (no copy of the data);
+- :func:`write_window`: ``dst.write`` whose GDAL error becomes :class:`StoreError` naming
+  the file and the errno;
+- :func:`close_checked`: ``dst.close()`` with GDAL's last error checked afterwards
+  (``CPLGetLastErrorType`` through the loaded libgdal; errors of type ≥ CE_Failure fail);
+- :func:`verify_written`: the file re-opened, its size/shape/dtype checked and the same
+  windows read back and hashed: a mismatch, a read error or a short file fails.
+
+A failure raises :class:`~ecocube.errors.StoreError` ``cannot write PATH: CAUSE [errno 28
+ENOSPC: No space left on device]`` (the errno found in GDAL's messages or, failing that,
+from a file system with no free space left); its ``errno`` attribute is set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as errno_mod
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+
+#: errnos looked for in GDAL's messages, most specific first
+_ERRNOS = (errno_mod.ENOSPC, errno_mod.EDQUOT, errno_mod.EFBIG, errno_mod.EROFS, errno_mod.EIO, errno_mod.EACCES)
+#: a file system with less than this free is taken as the cause of an unexplained write failure
+_NEARLY_FULL = 1 << 20
+
+_lib_lock = threading.Lock()
+_lib: Any = None
+_lib_loaded = False
+
+
+def _libgdal():
+    """The libgdal rasterio loaded (ctypes), or None where it cannot be found."""
+    global _lib, _lib_loaded
+    with _lib_lock:
+        if _lib_loaded:
+            return _lib
+        _lib_loaded = True
+        import rasterio._base  # noqa: F401 - loads libgdal into the process
+
+        path = None
+        try:
+            with open("/proc/self/maps") as fh:
+                for line in fh:
+                    name = line.rsplit(None, 1)[-1]
+                    if "/libgdal" in name and ".so" in name:
+                        path = name
+                        break
+        except OSError:
+            path = None
+        if path is None:
+            path = ctypes.util.find_library("gdal")
+        if path is None:
+            return None
+        try:
+            lib = ctypes.CDLL(path)
+            lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
+            lib.CPLGetLastErrorType.restype = ctypes.c_int
+            lib.CPLGetLastErrorNo.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return None
+        _lib = lib
+        return lib
+
+
+def reset_gdal_error() -> None:
+    """Clear this thread's last GDAL error."""
+    lib = _libgdal()
+    if lib is not None:
+        lib.CPLErrorReset()
+
+
+def last_gdal_error() -> tuple[int, int, str] | None:
+    """This thread's last GDAL error ``(type, number, message)`` if of type ≥ CE_Failure (3)."""
+    lib = _libgdal()
+    if lib is None:
+        return None
+    kind = int(lib.CPLGetLastErrorType())
+    if kind < 3:
+        return None
+    msg = lib.CPLGetLastErrorMsg()
+    return kind, int(lib.CPLGetLastErrorNo()), (msg.decode("utf-8", "replace") if msg else "")
+
+
+def errno_of(path: str | Path, message: str) -> int | None:
+    """The errno behind a failed write of ``path``: named in ``message``, else ENOSPC when
+    the file system holding it is (nearly) full, else None."""
+    for code in _ERRNOS:
+        if os.strerror(code) in message:
+            return code
+    folder = Path(path).parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize < _NEARLY_FULL:
+        return errno_mod.ENOSPC
+    return None
+
+
+def write_error(path: str | Path, message: str) -> StoreError:
+    """``StoreError("cannot write PATH: MESSAGE [errno N NAME: strerror]")`` with ``.errno``."""
+    code = errno_of(path, message)
+    suffix = f" [errno {code} {errno_mod.errorcode.get(code, '?')}: {os.strerror(code)}]" if code else ""
+    err = StoreError(f"cannot write {path}: {message}{suffix}")
+    err.errno = code  # (OSError's filename is not set: it would replace the message in str())
+    err.path = str(path)
+    return err
+
+
+class WriteDigest:
+    """SHA-256 of the windows written into one raster, in write order, as the file's dtype."""
+
+    __slots__ = ("dtype", "windows", "_hash")
+
+    def __init__(self, dtype: str):
+        self.dtype = np.dtype(dtype)
+        self.windows: list[tuple[int, int, int, int]] = []  # (row_off, col_off, height, width)
+        self._hash = hashlib.sha256()
+
+    def add(self, arr: np.ndarray, window) -> None:
+        arr = np.ascontiguousarray(arr if arr.ndim == 3 else arr[None], dtype=self.dtype)
+        self.windows.append((int(window.row_off), int(window.col_off), int(window.height), int(window.width)))
+        self._hash.update(memoryview(arr).cast("B"))
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def write_window(dst, arr: np.ndarray, window, path: str | Path, digest: WriteDigest | None = None) -> None:
+    """``dst.write(arr, window=window)`` (arr ``(count, h, w)``); a GDAL error becomes
+    :class:`StoreError` naming ``path`` and the errno."""
+    import rasterio.errors
+
+    reset_gdal_error()
+    try:
+        dst.write(arr, window=window)
+    except (rasterio.errors.RasterioError, OSError) as exc:
+        raise _error_after(path, str(exc)) from exc
+    err = last_gdal_error()
+    if err is not None:
+        raise write_error(path, err[2])
+    if digest is not None:
+        digest.add(arr, window)
+
+
+def _error_after(path, text: str) -> StoreError:
+    err = last_gdal_error()
+    return write_error(path, f"{text} ({err[2]})" if err is not None and err[2] not in text else text)
+
+
+def close_checked(dst, path: str | Path) -> None:
+    """Close a dataset opened for writing; GDAL errors while flushing raise StoreError."""
+    import rasterio.errors
+
+    reset_gdal_error()
+    try:
+        dst.close()
+    except (rasterio.errors.RasterioError, OSError) as exc:
+        raise _error_after(path, str(exc)) from exc
+    err = last_gdal_error()
+    if err is not None:
+        raise write_error(path, err[2])
+
+
+def verify_written(path: str | Path, digest: WriteDigest, *, width: int, height: int, count: int,
+                   what: str | Path | None = None) -> None:
+    """Re-open ``path`` and check it holds exactly what ``digest`` saw written.
+
+    ``what`` names the file in errors (default ``path``; e.g. the final name of a
+    temporary file). Reads only the written windows, in their order (block-aligned when
+    the writer's windows are): the cost is one decode of the file.
+    """
+    import rasterio
+
+    name = what if what is not None else path
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise write_error(name, f"cannot stat the written file: {exc}") from exc
+    if size == 0:
+        raise write_error(name, "the written file is empty")
+    h = hashlib.sha256()
+    try:
+        with rasterio.open(path) as src:
+            if (src.width, src.height, src.count) != (width, height, count) or np.dtype(src.dtypes[0]) != digest.dtype:
+                raise write_error(name, f"the written file is {src.width}x{src.height}x{src.count} {src.dtypes[0]}, "
+                                        f"expected {width}x{height}x{count} {digest.dtype}")
+            for r, c, hh, ww in digest.windows:
+                data = src.read(window=((r, r + hh), (c, c + ww)))
+                h.update(memoryview(np.ascontiguousarray(data, dtype=digest.dtype)).cast("B"))
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any read failure means the file is not what was written
+        raise write_error(name, f"the written file does not read back: {exc}") from exc
+    if h.hexdigest() != digest.hexdigest():
+        raise write_error(name, "the written file reads back different pixels than were written")
