@@ -915,15 +915,30 @@ def _prediction_items(tile_id: str, year: int, layers, proba: np.ndarray, hard: 
 
 
 def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[str, Any]]:
+    """Publish every output (atomic per object). If any fails (a full store, an outage), the
+    objects this attempt already published are deleted again (best effort) before the error
+    is raised: a failed tile leaves no outputs behind, only its record."""
     from .atomic import sha256_file
+
+    done: list[str] = []
+    lock = threading.Lock()
 
     def _one(item):
         key, path = item
         info = store.put_file(path, key, sha256=sha256_file(path), move=True)
+        with lock:
+            done.append(key)
         return key, {"sha256": info.sha256, "size": info.size}
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) or 1))) as pool:
-        return dict(sorted(pool.map(_one, paths.items())))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) or 1))) as pool:
+            return dict(sorted(pool.map(_one, paths.items())))
+    except BaseException:
+        try:
+            store.delete_many(sorted(done))
+        except Exception as exc:  # noqa: BLE001 - the publishing error matters more
+            log.error("could not remove %d objects of a failed publish: %s", len(done), exc)
+        raise
 
 
 def _remove_stale(store, tile_id: str, outputs: dict[str, dict[str, Any]]) -> None:

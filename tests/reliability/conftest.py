@@ -1,0 +1,20 @@
+"""Fixtures of the fault suite: real small file systems (tmpfs), mounted and always unmounted."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from faults import mounted_tmpfs
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)`` → a fresh tmpfs folder of that size, unmounted after the test."""
+    stack = contextlib.ExitStack()
+
+    def _make(size: str, name: str = "disk") -> Path:
+        return stack.enter_context(mounted_tmpfs(tmp_path / name, size))
+
+    with stack:
+        yield _make

@@ -1,0 +1,64 @@
+"""Helpers of the fault suite (tests/reliability/): clean reference runs and store checks."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ecocube.config import config_from_dict
+from ecocube.status import read_status
+from ecocube.store import LocalStore
+
+
+def output_checksums(store, tile_id: str) -> dict[str, str]:
+    """``{key: sha256}`` of a done tile's outputs, from its record (the record was verified
+    against the files by the caller or by the rerun's skip check)."""
+    rec = read_status(store, tile_id)
+    assert rec is not None and rec["state"] == "done", rec
+    return {k: v["sha256"] for k, v in rec["outputs"].items()}
+
+
+def file_checksums(store, tile_id: str, products) -> dict[str, str]:
+    """``{key: sha256}`` of the files under the tile's prefixes, hashed from the store."""
+    keys = [k for p in products for k in store.list(f"{p}/{tile_id}/")]
+    return {k: store.info(k).sha256 for k in keys}
+
+
+def clean_run(data: dict, tmp_path, tile_id: str, *, bundle=None) -> dict[str, str]:
+    """Checksums of one tile processed without any fault, in a store of its own."""
+    from ecocube.grid import TileGrid
+    from ecocube.tile import process_tile
+
+    ref = dict(data, output={**data["output"], "store": str(tmp_path / "clean-ref")})
+    ref["processing"] = {k: v for k, v in data["processing"].items() if k != "tmp_dir"}
+    cfg = config_from_dict(ref)
+    tile = TileGrid.from_config(cfg.grid).tile(tile_id)
+    process_tile(tile, cfg, bundle=bundle)
+    return output_checksums(LocalStore(tmp_path / "clean-ref"), tile_id)
+
+
+def published(store) -> list[str]:
+    """Every key of the store except status records."""
+    return [k for k in store.list("") if not k.startswith("status/")]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: str):
+    """A tmpfs of ``size`` (e.g. ``"200k"``) at ``where``; needs root (CI runs as root)."""
+    where.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", f"ecocube-test-{uuid.uuid4().hex[:8]}",
+                           str(where)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, text=True)
+
+
+def remount(where: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True, capture_output=True)
