@@ -13,6 +13,20 @@ from servers import Nginx, SeaweedS3  # noqa: E402  (tests/ is on sys.path via r
 DATA = Path(__file__).parent / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Markers (declared in pyproject.toml): ``slurm`` tests count as ``slow`` too, so
+    ``-m "not slow"`` never needs a cluster; a test that asks for the ``local_slurm``
+    fixture without the ``slurm`` marker is a usage error (it would slip into the fast subset)."""
+    unmarked = [item.nodeid for item in items
+                if "local_slurm" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slurm") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use the local_slurm fixture need @pytest.mark.slurm: "
+                                + ", ".join(unmarked))
+    for item in items:
+        if item.get_closest_marker("slurm") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _pinned_gdal_env(monkeypatch):
     """No test sees the developer's GDAL/AWS settings; remote reads never touch the internet."""

@@ -320,6 +320,7 @@ def _runs(run_yaml: Path) -> list[str]:
     return [ln.split()[0] for ln in p.read_text().splitlines()] if p.exists() else []
 
 
+@pytest.mark.slurm
 def test_array_fails_status_resubmit_finalize(local_slurm, tmp_path):
     run_yaml = _make_run(tmp_path / "camp aign's", tiles_per_task=2, throttle=2)
     (run_yaml.parent / "FAIL_TILES").write_text("X0002_Y0000\n")
@@ -374,6 +375,7 @@ def test_array_fails_status_resubmit_finalize(local_slurm, tmp_path):
     assert runs[-2:] == ["X0002_Y0000", "X0000_Y0001"]
 
 
+@pytest.mark.slurm
 def test_scancel_mid_run_then_resubmit_completes(local_slurm, tmp_path):
     run_yaml = _make_run(tmp_path / "run", tiles_per_task=1, throttle=1)
     (run_yaml.parent / "SLEEP").write_text("2")
@@ -408,6 +410,7 @@ def test_scancel_mid_run_then_resubmit_completes(local_slurm, tmp_path):
     assert runs.count(interrupted[0]) == 2
 
 
+@pytest.mark.slurm
 def test_submit_refused_while_array_active_and_pending_finalize_moved(local_slurm, tmp_path):
     run_yaml = _make_run(tmp_path / "run", tiles_per_task=5)
     (run_yaml.parent / "SLEEP").write_text("3")
@@ -425,6 +428,7 @@ def test_submit_refused_while_array_active_and_pending_finalize_moved(local_slur
     assert S.slurm_status(cfg).finalize.state == "COMPLETED"
 
 
+@pytest.mark.slurm
 def test_sbatch_errors_leave_nothing_submitted(local_slurm, tmp_path):
     def _our_jobs():
         return _sh("squeue", "-h", "-n", "ecocube-t7,ecocube-t7-finalize", "-o", "%i", check=False).stdout.split()
@@ -458,6 +462,7 @@ def test_sbatch_errors_leave_nothing_submitted(local_slurm, tmp_path):
         "ecocube: error: sbatch not found" in res.stderr, res.stderr
 
 
+@pytest.mark.slurm
 def test_local_slurm_script_is_idempotent(local_slurm):
     first = _sh(LOCAL_SLURM, "up", timeout=120, env=dict(os.environ))
     assert "already up" in first.stderr
@@ -509,6 +514,7 @@ def demo_run(tmp_path_factory):
     return root / "run.yaml"
 
 
+@pytest.mark.slurm
 def test_real_tiles_fail_resubmit_and_finalize_catalog(local_slurm, demo_run):
     """Real tile processing in the array: an input goes missing → both tasks fail with the
     URL in the error line → it comes back → resubmit --failed → finalize writes the catalog."""
