@@ -13,17 +13,33 @@ from servers import Nginx, SeaweedS3  # noqa: E402  (tests/ is on sys.path via r
 DATA = Path(__file__).parent / "data"
 
 
+#: Fixtures that start a service or make a whole run: every test using one is ``slow``.
+SLOW_FIXTURES = frozenset({
+    "seaweed", "s3_bucket", "nginx_factory",  # real S3 server, nginx
+    "demo_run",  # test_demo: the whole demo; test_slurm: demo inputs and a trained model
+    "finished_run", "catalog_dir", "local_run",  # a mosaicked, catalogued run (stac, browse, mosaic)
+    "belgium", "belgium_model",  # overlay and spatial CV on the real Sentinel-2 series
+})
+
+
 def pytest_collection_modifyitems(config, items):
-    """Markers (declared in pyproject.toml): ``slurm`` tests count as ``slow`` too, so
-    ``-m "not slow"`` never needs a cluster; a test that asks for the ``local_slurm``
-    fixture without the ``slurm`` marker is a usage error (it would slip into the fast subset)."""
+    """Markers (declared in pyproject.toml) for the fast subset, ``pytest -m "not slow"``.
+
+    ``slow``: set by hand on long tests, and here on every test that uses one of
+    :data:`SLOW_FIXTURES`. ``slurm`` tests count as ``slow`` too, so the fast subset never
+    needs a cluster; a test that asks for the ``local_slurm`` fixture without the ``slurm``
+    marker is a usage error (it would slip into the fast subset). Nothing is skipped here:
+    without ``-m`` every test runs.
+    """
     unmarked = [item.nodeid for item in items
                 if "local_slurm" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slurm") is None]
     if unmarked:
         raise pytest.UsageError("tests that use the local_slurm fixture need @pytest.mark.slurm: "
                                 + ", ".join(unmarked))
     for item in items:
-        if item.get_closest_marker("slurm") is not None and item.get_closest_marker("slow") is None:
+        if item.get_closest_marker("slow") is not None:
+            continue
+        if item.get_closest_marker("slurm") is not None or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

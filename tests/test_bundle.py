@@ -54,6 +54,7 @@ def test_malformed_engine_records_are_refused(tmp_path):
         load_bundle(folder)
 
 
+@pytest.mark.slow
 def test_loading_a_bundle_does_not_import_training_code():
     code = ("import sys, ecocube.bundle, ecocube.tile, ecocube.predict; "
             "print(sorted(m for m in sys.modules if m in ('ecocube.train', 'ecocube.ensemble')))")

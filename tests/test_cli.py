@@ -37,6 +37,7 @@ def test_version():
     assert res.exit_code == 0 and __version__ in res.output
 
 
+@pytest.mark.slow
 def test_console_script_error_is_one_line_with_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(tmp_path / "missing.yaml")],
                           capture_output=True, text=True)

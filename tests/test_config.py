@@ -105,6 +105,7 @@ def test_config_check_cli(example):
     assert "valid — 9 tiles" in ok.output
 
 
+@pytest.mark.slow
 def test_config_check_cli_exit_code_2(example):
     _edit(example, lambda d: d["slurm"].update(cpus=4))
     proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(example)],

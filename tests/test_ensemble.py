@@ -38,6 +38,7 @@ def _conformance_cases():
 
 
 @pytest.mark.parametrize(("estimator", "check"), list(_conformance_cases()))
+@pytest.mark.slow
 def test_sklearn_conformance(estimator, check):
     try:
         check(estimator)
@@ -87,6 +88,7 @@ def _blobs(n=300, n_classes=3, n_features=6, seed=0, sep=1.5):
     return X, y
 
 
+@pytest.mark.slow
 def test_meta_learner_sees_only_out_of_fold_probabilities():
     X, y = _blobs(120)
     X[:, 0] = np.arange(X.shape[0])  # row ids
@@ -118,6 +120,7 @@ def test_meta_learner_sees_only_out_of_fold_probabilities():
     assert np.all(model.predict_base_proba(X)[0][:, 0] == 1.0)
 
 
+@pytest.mark.slow
 def test_stacking_is_reproducible_with_a_seed():
     X, y = _blobs(200, seed=3)
     groups = np.arange(200) // 20
@@ -129,6 +132,7 @@ def test_stacking_is_reproducible_with_a_seed():
     assert not np.array_equal(a.oof_proba_, c.oof_proba_)
 
 
+@pytest.mark.slow
 def test_ensemble_learns_separable_classes_and_uncertainty():
     X, y = _blobs(400, n_classes=3, seed=5, sep=3.0)
     Xt, yt = X[300:], y[300:]
@@ -151,6 +155,7 @@ def test_ensemble_learns_separable_classes_and_uncertainty():
     assert np.all(single.predict_uncertainty(Xt) == 0)
 
 
+@pytest.mark.slow
 def test_string_labels_and_missing_class_in_a_fold():
     X, y = _blobs(90, n_classes=3, seed=2, sep=3.0)
     labels = np.array(["crop", "grass", "other"])[y]
@@ -161,6 +166,7 @@ def test_string_labels_and_missing_class_in_a_fold():
     assert set(model.predict(X)) <= set(model.classes_)
 
 
+@pytest.mark.slow
 def test_class_weight_balanced_helps_the_minority():
     rng = np.random.default_rng(0)
     n_major, n_minor = 380, 20
@@ -171,6 +177,7 @@ def test_class_weight_balanced_helps_the_minority():
     assert (bal.predict(X[y == 1]) == 1).mean() > (none.predict(X[y == 1]) == 1).mean()
 
 
+@pytest.mark.slow
 def test_nan_policy():
     X, y = _blobs(60)
     X[3, 2] = np.nan
@@ -186,6 +193,7 @@ def test_nan_policy():
         fitted.predict_proba(X)
 
 
+@pytest.mark.slow
 def test_threads_come_from_the_allocation(monkeypatch):
     X, y = _blobs(60)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
@@ -214,6 +222,7 @@ def test_one_group_is_refused():
         _fast().fit(X, y, groups=np.zeros(40))
 
 
+@pytest.mark.slow
 def test_bundle_checks_feature_count():
     X, y = _blobs(60)
     model = _fast().fit(X, y)
@@ -224,6 +233,7 @@ def test_bundle_checks_feature_count():
         bundle.predict_proba(X[:, :5])
 
 
+@pytest.mark.slow
 def test_proba_and_uncertainty_in_one_pass_equal_the_separate_calls():
     from sklearn.datasets import make_classification
 

@@ -178,6 +178,7 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 @SETTINGS
 @given(cube=cubes(), p=params, threads=st.sampled_from([1, 2]))
+@pytest.mark.slow
 def test_tmwm_matches_reference(cube, p, threads):
     got = fill_gaps(cube, method="tmwm", threads=threads, **p)
     assert_same(got, ref_fill(cube, method="tmwm", **p))
@@ -187,6 +188,7 @@ def test_tmwm_matches_reference(cube, p, threads):
 
 @SETTINGS
 @given(cube=cubes(min_bands=2, max_bands=3), p=params)
+@pytest.mark.slow
 def test_shared_flags_match_reference_and_agree_across_bands(cube, p):
     filled, flags = fill_gaps(cube, shared_flags=True, threads=2, **p)
     assert_same((filled, flags), ref_fill(cube, shared_flags=True, **p))
@@ -200,6 +202,7 @@ def test_shared_flags_match_reference_and_agree_across_bands(cube, p):
 
 @SETTINGS
 @given(cube=cubes(), direction=st.sampled_from(["both", "past", "future"]), shared=st.booleans())
+@pytest.mark.slow
 def test_linear_matches_reference(cube, direction, shared):
     got = fill_gaps(cube, method="linear", direction=direction, shared_flags=shared, threads=1)
     assert_same(got, ref_fill(cube, method="linear", direction=direction, shared_flags=shared))
@@ -209,6 +212,7 @@ def test_linear_matches_reference(cube, direction, shared):
 @SETTINGS
 @given(cube=cubes(), p=params, method=st.sampled_from(["tmwm", "linear"]), shared=st.booleans(),
        q=st.sampled_from([(10.0, 90.0), (0.0, 50.0), (25.0, 75.0), (2.0, 98.0)]))
+@pytest.mark.slow
 def test_outlier_removal_matches_reference(cube, p, method, shared, q):
     filled, flags = fill_gaps(cube, method=method, shared_flags=shared, outlier_percentiles=q, threads=1, **p)
     assert_same((filled, flags), ref_fill(cube, method=method, shared_flags=shared, outlier_percentiles=q, **p))
@@ -219,6 +223,7 @@ def test_outlier_removal_matches_reference(cube, p, method, shared, q):
 
 @settings(max_examples=80, deadline=None)
 @given(cube=cubes(max_bands=0), p=params, method=st.sampled_from(["tmwm", "linear"]), cut=st.integers(0, 30))
+@pytest.mark.slow
 def test_direction_past_and_future_see_one_side_only(cube, p, method, cut):
     """past: a value at t depends on periods <= t only; future: on periods >= t only."""
     p = dict(p, direction="past")
@@ -512,6 +517,7 @@ def test_real_ndvi_sentinel2_monthly(data_dir):
     assert 0.0 < table["TMWM all"][1] < 0.12  # NDVI units
 
 
+@pytest.mark.slow
 def test_real_landsat_quarterly(data_dir, tmp_path):
     cube = _quarterly_landsat(data_dir, tmp_path)
     assert 0.3 < np.isnan(cube).mean() < 0.8  # real cloud and acquisition gaps
@@ -553,6 +559,7 @@ def _read(path):
         return src.read(1), src.profile, src.tags(), src.scales
 
 
+@pytest.mark.slow
 def test_cli_real_geotiffs_float(data_dir, tmp_path):
     from click.testing import CliRunner
 
@@ -587,6 +594,7 @@ def test_cli_real_geotiffs_float(data_dir, tmp_path):
                                   fill_gaps(cube, method="linear")[1][3])
 
 
+@pytest.mark.slow
 def test_cli_int16_scaled_nodata(data_dir, tmp_path):
     from ecocube.gapfill_stack import fill_raster_stack
 
@@ -608,6 +616,7 @@ def test_cli_int16_scaled_nodata(data_dir, tmp_path):
         np.testing.assert_array_equal(got[fill], expect[fill])
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_stacks(tmp_path):
     import subprocess
     import sys

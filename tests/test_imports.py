@@ -132,6 +132,12 @@ def _cycle_path(graph: dict[str, set[str]], group: list[str]) -> list[str]:
 # ---------------------------------------------------------------------- the package
 
 
+@pytest.fixture(scope="module")
+def package_graph():
+    """The package's graph, parsed once for the parametrized layering checks."""
+    return import_graph(PACKAGE_DIR)
+
+
 def test_ecocube_has_no_import_circles():
     graph, _ = import_graph(PACKAGE_DIR)
     assert len(graph) > 20 and "ecocube.bundle" in graph  # the whole package was read
@@ -152,9 +158,9 @@ def test_boto3_is_imported_only_by_store():
     ("ecocube.stac", "ecocube.mosaic"), ("ecocube.mosaic", "ecocube.finalize"), ("ecocube.stac", "ecocube.finalize"),
     ("ecocube.tile", "ecocube.train"), ("ecocube.predict", "ecocube.train"),
 ])
-def test_layering(low, high):
+def test_layering(low, high, package_graph):
     """``low`` never reaches ``high`` through any chain of imports."""
-    graph, _ = import_graph(PACKAGE_DIR)
+    graph, _ = package_graph
     seen, todo = set(), [low]
     while todo:
         v = todo.pop()

@@ -218,6 +218,7 @@ def test_find_layers_ignores_unfinished_and_foreign_keys(local_run):
     assert len(layers) == 1 + 2 * 2
 
 
+@pytest.mark.slow
 def test_reprojection_to_wgs84(tmp_path):
     cfg = run_config(tmp_path, str(tmp_path / "store"), reproject="EPSG:4326")
     store = open_store(cfg.output)
@@ -257,6 +258,7 @@ def test_reprojection_to_wgs84(tmp_path):
                 assert abs(data[valid].mean() - tiles_mean) < 1.0
 
 
+@pytest.mark.slow
 def test_zstd_and_thumbnail_legend(tmp_path):
     cfg = run_config(tmp_path, str(tmp_path / "store"), compress="zstd")
     store = open_store(cfg.output)

@@ -28,6 +28,7 @@ def _problem_lines(stderr: str) -> list[str]:
     return [ln.strip() for ln in lines[1:] if ln.startswith("  ")]
 
 
+@pytest.mark.slow
 def test_a_sound_run_passes_with_what_was_checked(scene, model_dir, tmp_path):
     run_yaml = write_yaml(tmp_path / "run.yaml", cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir))
     proc = ecocube("config", "check", str(run_yaml))
@@ -39,6 +40,7 @@ def test_a_sound_run_passes_with_what_was_checked(scene, model_dir, tmp_path):
     assert not (tmp_path / "out" / "_ecocube_preflight").exists()
 
 
+@pytest.mark.slow
 def test_every_problem_is_listed_one_per_line_with_exit_2(scene, tmp_path):
     data = cfg_dict(scene["root"], str(tmp_path / "out"), model=tmp_path / "no-model")
     src = data["inputs"]["sources"][0]
@@ -64,6 +66,7 @@ def test_every_problem_is_listed_one_per_line_with_exit_2(scene, tmp_path):
     assert not (tmp_path / "out" / "slurm").exists()
 
 
+@pytest.mark.slow
 def test_a_bundle_of_other_features_or_classes_is_refused(scene, model_dir, tmp_path):
     data = cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir, features={"indices": []})
     proc = ecocube("config", "check", "--no-inputs", str(write_yaml(tmp_path / "a.yaml", data)))
@@ -79,6 +82,7 @@ def test_a_bundle_of_other_features_or_classes_is_refused(scene, model_dir, tmp_
         f"model.classes: the bundle {model_dir} predicts classes [10, 20, 30], the configuration lists [10, 40]"]
 
 
+@pytest.mark.slow
 def test_missing_inputs_are_opened_and_named_unless_no_inputs(scene, model_dir, tmp_path):
     for f in (scene["inputs"] / "2020").rglob("nir.tif"):
         f.unlink()
@@ -134,6 +138,7 @@ def test_dates_outside_the_periods_are_a_warning_that_names_them(scene, model_di
     assert [r.getMessage() for r in caplog.records] == report.warnings  # once per process, not per tile
 
 
+@pytest.mark.slow
 def test_an_empty_area_of_interest_is_an_error(scene, model_dir, tmp_path):
     data = cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir)
     data["aoi"] = {"tiles": []}
@@ -154,6 +159,7 @@ def test_relative_tmp_dir_is_resolved_against_the_yaml_folder(scene, model_dir, 
     assert cfg.processing.tmp_dir == tmp_path / "campaign" / "scratch"
 
 
+@pytest.mark.slow
 def test_credentials_inside_an_endpoint_url_never_reach_the_error(scene, model_dir, tmp_path):
     import socket
 

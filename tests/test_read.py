@@ -134,6 +134,7 @@ def _assert_matches_reference(result, ref, *, exact_values=True):
         np.testing.assert_array_equal(np.isnan(result.data[q]), count == 0)
 
 
+@pytest.mark.slow
 def test_file_read_matches_direct_reproject(series, tile):
     result = read_block(_cfg(*_templates(str(series))), tile, threads=2)
     ref = _reference(series, tile)
@@ -148,6 +149,7 @@ def test_file_read_matches_direct_reproject(series, tile):
     assert 0.01 < np.nanmedian(result.data[1, 3]) < 0.8  # NIR reflectance, scaled
 
 
+@pytest.mark.slow
 def test_bilinear_matches_reproject(series, tile):
     result = read_block(_cfg(*_templates(str(series)), resampling="bilinear"), tile, threads=1)
     ref = _reference(series, tile, resampling=Resampling.bilinear)
@@ -220,6 +222,7 @@ def test_s3_missing_key_is_missing_not_cloud(series, tile, seaweed, s3_bucket):
     assert f"s3://{s3_bucket}/s2/S2L2A_20190501_10m.tif" in str(err.value) and TILE in str(err.value)
 
 
+@pytest.mark.slow
 def test_bilinear_window_and_threads_do_not_change_values(series, tile):
     """The warp's kernel scale is set from the source grid, not estimated by GDAL from the
     clipped source window (which widened the kernel near file edges): threads change nothing,
@@ -372,6 +375,7 @@ def test_gdal_paths():
     assert gdal_path("rel/x.tif") == "rel/x.tif"
 
 
+@pytest.mark.slow
 def test_nan_percentile_matches_numpy():
     rng = np.random.default_rng(0)
     stack = rng.random((7, 3, 20, 20)).astype(np.float32)
@@ -386,6 +390,7 @@ def test_nan_percentile_matches_numpy():
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_read_dumps_tile(series, tmp_path, tile):
     from click.testing import CliRunner
 

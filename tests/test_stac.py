@@ -193,6 +193,7 @@ def test_registry_handles_common_json_id_quirk():
     assert list(Draft7Validator(schema, registry=registry).iter_errors(bad))
 
 
+@pytest.mark.slow
 def test_href_base_makes_absolute_asset_hrefs(tmp_path):
     cfg = run_config(tmp_path, str(tmp_path / "store"))
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"layers": ("class",)}),
@@ -252,6 +253,7 @@ def test_template_errors(tmp_path):
         load_templates(tmp_path)
 
 
+@pytest.mark.slow
 def test_custom_templates_and_cli(tmp_path):
     tpl = tmp_path / "tpl"
     shutil.copytree(ROOT / "stac", tpl)
@@ -287,6 +289,7 @@ def test_period_interval():
     assert period_interval("2020-02-01", 1)[1].isoformat() == "2020-02-29T23:59:59+00:00"
 
 
+@pytest.mark.slow
 def test_rerun_removes_catalog_files_no_longer_referenced(tmp_path):
     """A finalize rerun after a period disappeared leaves no orphaned item/COG behind,
     and never deletes files that ecocube did not publish."""

@@ -244,6 +244,7 @@ SLOW_TILE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkilled_tile_is_reported_stale_and_listed_for_redo(tmp_path):
     from ecocube.cli import cli
     from ecocube.slurm import tiles_to_do

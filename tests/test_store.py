@@ -26,7 +26,7 @@ from ecocube.store import (
 )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(tmp_path / "store")

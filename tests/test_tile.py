@@ -139,6 +139,7 @@ def read_tif(path_or_bytes):
 # --------------------------------------------------------------------------- real path, local store
 
 
+@pytest.mark.slow
 def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
     cfg = make_cfg(scene["root"], str(tmp_path / "out"))
     tile = tile_of(cfg, "X0001_Y0000")  # the east half of the inputs
@@ -204,6 +205,7 @@ def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
             assert ((comp[0] == -32768) == (flags == 255)).all()
 
 
+@pytest.mark.slow
 def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
     # outputs staged on "node-local" scratch, then copied into the store
     small = make_cfg(scene["root"], str(tmp_path / "a"),
@@ -221,6 +223,7 @@ def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
     assert not (tmp_path / "a" / ".ecocube-tmp").exists() or not any((tmp_path / "a" / ".ecocube-tmp").iterdir())
 
 
+@pytest.mark.slow
 def test_rerun_skips_verified_tiles_and_redoes_changed_ones(scene, bundle, tmp_path):
     cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["class", "composite"]})
     tile = tile_of(cfg)
@@ -246,6 +249,7 @@ def test_rerun_skips_verified_tiles_and_redoes_changed_ones(scene, bundle, tmp_p
     assert forced["outputs"] == redo["outputs"]  # deterministic outputs, same checksums
 
 
+@pytest.mark.slow
 def test_missing_input_fails_the_tile_with_a_clear_record(scene, bundle, tmp_path):
     missing = scene["inputs"] / "2020" / "Q3" / "red.tif"
     missing.unlink()
@@ -313,6 +317,7 @@ def test_stage_failure_writes_failed_record_and_names_the_tile(scene, bundle, tm
     assert store.list("") == ["status/X0000_Y0000.json"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_current_block_and_publishes_nothing(scene, bundle, tmp_path):
     cfg = make_cfg(scene["root"], str(tmp_path / "out"))
     blocks = []
@@ -336,6 +341,7 @@ def test_sigterm_stops_after_the_current_block_and_publishes_nothing(scene, bund
     assert rec2["state"] == "done" and rec2["attempt"] == 2
 
 
+@pytest.mark.slow
 def test_running_record_heartbeat_is_refreshed_between_blocks(scene, tmp_path, monkeypatch):
     import ecocube.tile
 
@@ -361,6 +367,7 @@ def test_running_record_heartbeat_is_refreshed_between_blocks(scene, tmp_path, m
     assert [r.get("blocks_done") for r in seen] == [None] * 4  # throttled: no rewrite between blocks
 
 
+@pytest.mark.slow
 def test_run_tiles_runs_all_tiles_and_reports_failures(scene, bundle, tmp_path, monkeypatch):
     cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["composite", "flags", "count"]})
     tiles = TileGrid.from_config(cfg.grid).tiles_for_aoi(cfg.aoi)
@@ -427,6 +434,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 CUBE_LAYERS = {"layers": ["composite", "flags", "count"]}
 
 
+@pytest.mark.slow
 def test_cli_run_tile_run_status_and_run_task(scene, model_dir, tmp_path, monkeypatch, capsys):
     from ecocube.cli import main
 
@@ -632,6 +640,7 @@ def test_tile_writer_abort_leaves_no_outputs_or_scratch(tmp_path):
     assert writer.paths == {} and [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.slow
 def test_cube_layers_are_staged_beside_prediction_and_a_staging_error_fails_the_tile(scene, bundle, tmp_path,
                                                                                      monkeypatch):
     import errno

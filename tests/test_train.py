@@ -186,6 +186,7 @@ def test_evaluate_known_values():
     assert m["baseline"]["overall_accuracy"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_cross_validation_keeps_groups_apart():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 40)
@@ -273,6 +274,7 @@ def test_bundle_mismatches_fail_clearly(small_bundle, tmp_path):
 # ---------------------------------------------------------------------- train_model + CLI (synthetic)
 
 
+@pytest.mark.slow
 def test_train_on_synthetic_points_and_cli(scene, tmp_path):
     import yaml
     from click.testing import CliRunner
@@ -418,6 +420,7 @@ def test_real_series_rerun_reuses_the_feature_table_and_reproduces(belgium_model
     assert again.report["metrics"] == first.report["metrics"]  # seeded: the same figures
 
 
+@pytest.mark.slow
 def test_overlay_windows_merge_per_tile_and_split_by_block_when_spread():
     from ecocube.train import PixelTable, _overlay_jobs
 
