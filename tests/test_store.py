@@ -22,7 +22,9 @@ from ecocube.store import (
     norm_key,
     open_store,
     parse_store_url,
+    probe_s3_object,
     sha256_file,
+    store_for,
 )
 
 
@@ -114,6 +116,24 @@ def test_open_store_from_config(tmp_path):
         parse_store_url("gs://bucket/x")
     with pytest.raises(ConfigError, match="no bucket"):
         parse_store_url("s3:///x")
+
+
+def test_store_for_returns_the_given_store_or_opens_the_runs(tmp_path):
+    class _Run:
+        output = OutputConfig(store=str(tmp_path / "run-out"), fsync=False)
+
+    given = LocalStore(tmp_path / "given")
+    assert store_for(_Run(), given) is given
+    opened = store_for(_Run())
+    assert isinstance(opened, LocalStore) and opened.root == tmp_path / "run-out" and opened.fsync is False
+
+
+def test_probe_s3_object_tells_present_from_missing(seaweed, s3_bucket):
+    S3Store(s3_bucket, endpoint_url=seaweed.endpoint_url, region="us-east-1").put_bytes(b"abc", "in/a.tif")
+    kw = {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1", "timeout": 5}
+    assert probe_s3_object(f"s3://{s3_bucket}/in/a.tif", **kw) == (200, "ok")
+    code, detail = probe_s3_object(f"/vsis3/{s3_bucket}/in/missing.tif", **kw)
+    assert code == 404 and "HeadObject" in detail
 
 
 def test_s3_store_pickles_without_its_client(seaweed, s3_bucket):
