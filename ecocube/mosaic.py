@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -120,23 +121,70 @@ class LayerSources:
     period: str
     tiles: tuple[str, ...]  # tile ids, sorted
     keys: tuple[str, ...]  # store keys, same order
+    #: per key, the ``{"sha256", "size"}`` its tile's status record lists (None: the record
+    #: lists no outputs at all, e.g. one written by hand)
+    expected: tuple[dict | None, ...] = ()
+    #: the finalize settings that change a COG (compression, block size, reprojection)
+    settings: str = ""
 
     @property
     def digest(self) -> str:
-        """sha256 over the sorted source keys: changes when tiles are added or removed."""
-        return hashlib.sha256("\n".join(self.keys).encode()).hexdigest()
+        """sha256 over the source keys, the checksums their tiles' records give them and the
+        finalize settings: changes when a tile is added, removed or redone with other
+        content, or when the COG settings change."""
+        expected = self.expected or (None,) * len(self.keys)
+        lines = [f"{k} {(e or {}).get('sha256', '')}" for k, e in zip(self.keys, expected)]
+        return hashlib.sha256("\n".join([*lines, self.settings]).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- discovery
 
 
-def _tile_done(store, tile_id: str, cache: dict[str, bool]) -> bool:
+def _done_record(store, tile_id: str, cache: dict[str, dict | None]) -> dict | None:
+    """The tile's record if it says ``done`` (cached per run), else None."""
     if tile_id not in cache:
         from .status import read_status
 
         record = read_status(store, tile_id)
-        cache[tile_id] = record is not None and record.get("state") == "done"
+        cache[tile_id] = record if record is not None and record.get("state") == "done" else None
     return cache[tile_id]
+
+
+def _finalize_settings(cfg) -> str:
+    fin = cfg.finalize
+    return json.dumps({"compress": fin.compress, "blocksize": fin.blocksize, "reproject": fin.reproject},
+                      sort_keys=True)
+
+
+def verify_sources(store, layers: Sequence[LayerSources], *, threads: int = 8) -> None:
+    """Check every tile file the layers read against its tile's status record (size and
+    SHA-256: the file is hashed locally, the object's checksum metadata is used on S3).
+
+    Raises :class:`StoreError`, one line per mismatching file naming the tile and the file
+    (redo those tiles with ``ecocube run-tile --overwrite``), before anything is mosaicked.
+    """
+    items = [(t, k, e) for src in layers for t, k, e in zip(src.tiles, src.keys, src.expected or ()) if e]
+
+    def _check(item) -> str | None:
+        tile_id, key, expected = item
+        try:
+            info = store.info(key)
+        except StoreError as exc:
+            return f"tile {tile_id}: {store.url(key)} cannot be read: {exc}"
+        if info.size != expected.get("size"):
+            return (f"tile {tile_id}: {store.url(key)} does not match its status record "
+                    f"(size {info.size}, recorded {expected.get('size')})")
+        if info.sha256 != expected.get("sha256"):
+            return (f"tile {tile_id}: {store.url(key)} does not match its status record "
+                    f"(sha256 {info.sha256}, recorded {expected.get('sha256')})")
+        return None
+
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(items)))) as pool:
+        problems = [p for p in pool.map(_check, items) if p]
+    if problems:
+        raise StoreError("\n".join(problems))
 
 
 def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[LayerSources]:
@@ -146,21 +194,33 @@ def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[La
     until its record is written). Keys that do not follow the output layout are ignored.
     """
     wanted = [p for p in (products or cfg.output.layers) if p in PRODUCTS]
-    done_cache: dict[str, bool] = {}
-    groups: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    done_cache: dict[str, dict | None] = {}
+    groups: dict[tuple[str, str, str], list[tuple[str, str, dict | None]]] = {}
+    strays: list[str] = []
     for product in wanted:
         for key in store.list(f"{product}/"):
             m = TILE_KEY_RE.match(key)
             if not m:
                 continue
-            if not _tile_done(store, m["tile"], done_cache):
+            record = _done_record(store, m["tile"], done_cache)
+            if record is None:
                 continue
-            groups.setdefault((m["product"], m["layer"], m["period"]), []).append((m["tile"], key))
+            outputs = record.get("outputs")
+            if outputs and key not in outputs:  # not an output of the attempt the record describes
+                strays.append(key)
+                continue
+            groups.setdefault((m["product"], m["layer"], m["period"]), []).append(
+                (m["tile"], key, dict(outputs[key]) if outputs else None))
+    settings = _finalize_settings(cfg)
     out = []
     for (product, layer, period), entries in sorted(groups.items()):
-        entries.sort()
-        out.append(LayerSources(product, layer, period, tuple(t for t, _ in entries), tuple(k for _, k in entries)))
-    pending = [t for t, ok in done_cache.items() if not ok]
+        entries.sort(key=lambda e: e[:2])
+        out.append(LayerSources(product, layer, period, tuple(e[0] for e in entries), tuple(e[1] for e in entries),
+                                tuple(e[2] for e in entries), settings))
+    if strays:
+        log.warning("%d files under done tiles are not listed in their status records and are left out: %s",
+                    len(strays), ", ".join(strays[:5]) + (" ..." if len(strays) > 5 else ""))
+    pending = [t for t, rec in done_cache.items() if rec is None]
     if pending:
         log.warning("%d tiles have outputs but no 'done' status and are left out of the mosaics: %s",
                     len(pending), ", ".join(sorted(pending)[:10]) + (" ..." if len(pending) > 10 else ""))
@@ -709,8 +769,13 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
     """Mosaic every finished product/layer/period of the run into COGs under ``catalog/``.
 
     Layers run in parallel (threads from ``threads`` or the allocation; each layer gets an
-    equal share for GDAL). An existing COG whose source tiles are unchanged is kept; one
-    whose tiles changed needs ``overwrite=True`` (else :class:`FileOverwriteError`).
+    equal share for GDAL). "Unchanged" is decided from content: the source keys, the
+    checksums the tiles' status records give them, and the COG settings
+    (:attr:`LayerSources.digest`, kept in the manifest). An existing COG whose sources are
+    unchanged is kept (also with ``overwrite``); one whose sources changed needs
+    ``overwrite=True`` (else :class:`FileOverwriteError` listing them), which remakes exactly
+    those. Every tile file a remade layer reads is first checked against its record
+    (:func:`verify_sources`; a mismatch raises :class:`StoreError` naming tile and file).
     Returns the layers (also written to ``catalog/mosaics.json``).
     """
     import rasterio
@@ -727,18 +792,20 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
     stale: list[str] = []
     for src in layers:
         key = output_key(src.product, src.layer, src.period)
-        if overwrite or not store.exists(key):
-            todo.append(src)
-        elif key in previous and previous[key].sources_digest == src.digest:
+        unchanged = key in previous and previous[key].sources_digest == src.digest and store.exists(key)
+        if unchanged:  # same tiles with the same content (their records' checksums), same settings
             previous[key].state = "up-to-date"
             kept.append(previous[key])
+        elif overwrite or not store.exists(key):
+            todo.append(src)
         else:
             stale.append(store.url(key))
     if stale:
         raise FileOverwriteError(
             f"{len(stale)} mosaics exist but their tiles changed since they were made (or the manifest "
-            f"{MANIFEST_KEY} does not list them); use --overwrite to remake them: "
+            f"{MANIFEST_KEY} does not list them); use --overwrite to remake exactly those: "
             + ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""))
+    verify_sources(store, todo, threads=max(1, total * 2))
     workers = max(1, min(total, len(todo)))
     per_layer = max(1, total // workers)
     cachemax = mosaic_cachemax(workers)
