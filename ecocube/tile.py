@@ -608,10 +608,11 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
         return {**previous, "skipped": True}
     status, work = _start_attempt(store, tile, cfg, previous, threads)
 
-    timer = _Timer()
+    run = _TileRun(tile, cfg, store, status, bundle=bundle, stages=stages, threads=threads, stop=stop)
+    timer = run.timer
     try:
         try:
-            results = _TileRun(tile, cfg, store, bundle, stages, threads, stop, work, status, timer).run()
+            results = run.run(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except Interrupted as exc:
@@ -737,13 +738,15 @@ class _TileRun:
     then publish. :meth:`run` is the sequence; each other method does one step.
 
     The first block fixes the bands, the years, the model and the tile's output files
-    (:meth:`open_outputs`); later blocks must return the same bands.
+    (:meth:`open_outputs`); later blocks must return the same bands. :attr:`timer` holds
+    the wall and CPU seconds of each stage.
     """
 
-    def __init__(self, tile, cfg, store, bundle, stages: Stages, threads: int, stop, work: Path,
-                 status: TileStatus, timer: _Timer):
-        self.tile, self.cfg, self.store, self.bundle, self.stages = tile, cfg, store, bundle, stages
-        self.threads, self.stop, self.work, self.status, self.timer = threads, stop, work, status, timer
+    def __init__(self, tile, cfg, store, status: TileStatus, *, bundle, stages: Stages, threads: int, stop):
+        self.tile, self.cfg, self.store, self.status = tile, cfg, store, status
+        self.bundle, self.stages, self.threads, self.stop = bundle, stages, threads, stop
+        self.timer = _Timer()
+        self.work: Path | None = None
         self.layers = tuple(cfg.output.layers)
         self.want_pred = any(layer in self.layers for layer in PREDICTION_LAYERS)
         self.want_cube = any(layer in self.layers for layer in CUBE_LAYERS)
@@ -757,8 +760,10 @@ class _TileRun:
         self.bands: tuple[str, ...] = ()
         self.years: list[int] = []
 
-    def run(self) -> dict[str, Any]:
-        """Every block, then the tile's outputs published; returns the results for the record."""
+    def run(self, work: Path) -> dict[str, Any]:
+        """Every block (outputs written in the scratch folder ``work``), then the tile's
+        outputs published; returns the results for the record."""
+        self.work = work
         windows = list(self.tile.blocks(self.block_size))
         self.check_model()
         self.stager = _Stager()
