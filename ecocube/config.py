@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import products
 from .errors import ConfigError
 
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -280,12 +281,14 @@ class S3Config(_Model):
     max_concurrency: int = Field(4, ge=1, description="parallel parts per multipart upload")
 
 
-LAYERS = ("proba", "class", "uncertainty", "composite", "flags", "count")
+#: every product, in planning order (the registry: :mod:`ecocube.products`)
+LAYERS = products.NAMES
+ProductName = Literal[products.NAMES]  # type: ignore[valid-type]  # built from the registry
 
 
 class OutputConfig(_Model):
     store: str = Field("output", description="local folder or s3://bucket/prefix")
-    layers: tuple[Literal["proba", "class", "uncertainty", "composite", "flags", "count"], ...] = LAYERS
+    layers: tuple[ProductName, ...] = LAYERS
     s3: S3Config = S3Config()
     fsync: bool = Field(True, description="local store: fsync files before renaming them into place")
     composite_scale: float = Field(0.0001, gt=0, description="composite int16 value = reflectance / scale")

@@ -104,6 +104,8 @@ def make_demo_inputs(
     from affine import Affine
     from rasterio.warp import transform, transform_bounds
 
+    from .profiles import profile as raster_profile
+
     root = Path(root)
     rng = np.random.default_rng(seed)
     grid_crs, src_crs = "EPSG:3035", "EPSG:32632"
@@ -126,8 +128,7 @@ def make_demo_inputs(
     red_q = np.array([c[3] for c in CLASSES])  # (class, quarter)
     ndvi_q = np.array([c[4] for c in CLASSES])
 
-    profile = dict(driver="COG", width=width, height=height, crs=src_crs, transform=src_transform,
-                   blocksize=64, compress="deflate", predictor=2)
+    profile = raster_profile("demo-input", width=width, height=height, crs=src_crs, transform=src_transform)
     inputs = root / "inputs"
     n_years = end_year - start_year + 1
     for yi, year in enumerate(range(start_year, end_year + 1)):
@@ -332,13 +333,14 @@ def _truth_accuracy(cfg, spec: DemoSpec) -> float | None:
     from rasterio.enums import Resampling
 
     from .grid import TileGrid
+    from .tile import output_key, year_period
 
     grid = TileGrid.from_config(cfg.grid)
     agree = total = 0
     store = Path(cfg.output.store)
     with rasterio.open(spec.truth) as src:
         for tile in grid.tiles_for_aoi(cfg.aoi):
-            path = store / "class" / tile.id / f"{spec.start_year}-01-01" / "class.tif"
+            path = store.joinpath(*output_key("class", tile.id, year_period(spec.start_year), "class").split("/"))
             if not path.exists():
                 return None
             with rasterio.open(path) as pred_ds:

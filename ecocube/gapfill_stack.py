@@ -26,6 +26,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import ConfigError, FileOverwriteError, ReadError, StoreError
+from .profiles import profile
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,8 @@ def _create_outputs(stack: ExitStack, sources, temps, *, dtype, nodata, settings
     import rasterio
 
     first = sources[0]
-    base = {"driver": "GTiff", "width": first.width, "height": first.height, "count": 1,
-            "crs": first.crs, "transform": first.transform, "tiled": True, "blockxsize": 256,
-            "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    base = profile("gapfill", width=first.width, height=first.height, count=1, crs=first.crs,
+                   transform=first.transform)
     outlier = settings["outlier_percentiles"]
     gapfill_tag = json.dumps({**settings, "outlier_percentiles": list(outlier) if outlier else None})
     legend_tag = json.dumps({str(k): v for k, v in legend.items()})

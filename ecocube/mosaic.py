@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -50,19 +49,18 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from . import products as registry
 from .atomic import VerifyError, atomic_path, sha256_file
 from .env import available_threads
 from .errors import EcocubeError, FileOverwriteError, StoreError
 from .manifest import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, read_manifest, write_manifest
+from .profiles import GDAL_DTYPE, profile
 from .rasterwrite import (WriteDigest, close_checked, last_gdal_error, reset_gdal_error, verify_written, write_error,
                           write_window)
 from .store import store_for
 
 log = logging.getLogger(__name__)
 
-#: products whose overviews (and reprojection) use nearest neighbour
-CATEGORICAL = frozenset({"class", "flags", "count"})
-PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
 #: GDAL block cache (bytes) per layer mosaicked in parallel; the process-wide limit is this
 #: times the parallel layers, at least :data:`MOSAIC_CACHEMAX_MIN`. Every window is read from
 #: the tiles once and written to the staging file once, so the cache only needs the blocks in
@@ -73,15 +71,7 @@ PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
 MOSAIC_CACHEMAX = 32 * 2**20
 MOSAIC_CACHEMAX_MIN = 64 * 2**20
 
-TILE_KEY_RE = re.compile(
-    r"^(?P<product>proba|class|uncertainty|composite|flags|count)/"
-    r"(?P<tile>X-?\d{1,7}_Y-?\d{1,7})/(?P<period>\d{4}-\d{2}-\d{2})/(?P<layer>[A-Za-z0-9_\-]+)\.tif$"
-)
-
-_GDAL_DTYPE = {
-    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
-    "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
-}
+TILE_KEY_RE = registry.tile_key_pattern()
 
 
 # --------------------------------------------------------------------------- naming
@@ -89,15 +79,10 @@ _GDAL_DTYPE = {
 
 def collection_for(product: str, layer: str) -> tuple[str, str]:
     """``(collection id, asset key)`` of a product's layer in the catalog."""
-    if product in ("proba", "class", "uncertainty"):
-        return product, product
-    if product == "composite":
-        return f"composite-{layer}", layer
-    if product == "count":
-        return f"composite-{layer}", "count"
-    if product == "flags":
-        return "flags", layer
-    raise EcocubeError(f"unknown product {product!r}; known: {', '.join(PRODUCTS)}")
+    if product not in registry.PRODUCTS:
+        raise EcocubeError(f"unknown product {product!r}; known: {', '.join(registry.NAMES)}")
+    p = registry.PRODUCTS[product]
+    return p.collection_for(layer), p.asset_for(layer)
 
 
 def item_id_for(collection: str, period: str) -> str:
@@ -193,7 +178,7 @@ def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[La
     Only tiles whose status record says ``done`` are used (a tile's outputs may be partial
     until its record is written). Keys that do not follow the output layout are ignored.
     """
-    wanted = [p for p in (products or cfg.output.layers) if p in PRODUCTS]
+    wanted = [p for p in (products or cfg.output.layers) if p in registry.PRODUCTS]
     done_cache: dict[str, dict | None] = {}
     groups: dict[tuple[str, str, str], list[tuple[str, str, dict | None]]] = {}
     strays: list[str] = []
@@ -347,7 +332,7 @@ def _fmt(value: float) -> str:
 def vrt_xml(meta: _LayerMeta, *, source_path=lambda p: (p, False)) -> str:
     """The VRT document of a mosaic. ``source_path(path) -> (path, relative_to_vrt)``."""
     transform, width, height, offsets = _mosaic_grid(meta)
-    gdal_type = _GDAL_DTYPE[meta.dtype]
+    gdal_type = GDAL_DTYPE[meta.dtype]
     bx, by = meta.block[1], meta.block[0]
     lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
              f"  <SRS>{escape(meta.crs.to_wkt())}</SRS>",
@@ -455,17 +440,14 @@ def _windows(width: int, height: int, step: int):
 
 
 def _cog_options(product: str, compress: str, blocksize: int, threads: int, dtype: str) -> dict[str, str]:
-    floating = dtype.startswith("float")
-    opts = {
-        "COMPRESS": compress.upper(),
-        "PREDICTOR": "FLOATING_POINT" if floating else "STANDARD",
-        "BLOCKSIZE": str(blocksize),
-        "OVERVIEW_RESAMPLING": "NEAREST" if product in CATEGORICAL else "AVERAGE",
-        "BIGTIFF": "IF_SAFER",
-        "NUM_THREADS": str(max(1, threads)),
-    }
-    if product == "class":
-        opts["PREDICTOR"] = "NO"  # class codes do not vary smoothly; a predictor only costs time
+    """The ``cog`` profile (driver included) for one product, codec, block size and data type."""
+    prod = registry.get(product)
+    if not prod.predictor:
+        predictor = "NO"  # e.g. class codes do not vary smoothly; a predictor only costs time
+    else:
+        predictor = "FLOATING_POINT" if dtype.startswith("float") else "STANDARD"
+    opts = profile("cog", COMPRESS=compress.upper(), PREDICTOR=predictor, BLOCKSIZE=str(blocksize),
+                   OVERVIEW_RESAMPLING=prod.overview_resampling, NUM_THREADS=str(max(1, threads)))
     if compress == "zstd":
         opts["LEVEL"] = "9"
     return opts
@@ -495,14 +477,11 @@ def write_cog(src, dst_path: str | Path, *, product: str, compress: str = "defla
     stats = _Stats(src.count)
     with tempfile.TemporaryDirectory(prefix=".mosaic-", dir=tmp_dir or dst_path.parent) as tmp:
         staging = Path(tmp) / "staging.tif"
-        profile = dict(
-            driver="GTiff", width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
-            crs=src.crs, transform=src.transform, nodata=nodata, tiled=True, blockxsize=blocksize,
-            blockysize=blocksize, compress="zstd", zstd_level=1, bigtiff="IF_SAFER",
-            num_threads=str(max(1, threads)),
-        )
+        stage = profile("mosaic-stage", width=src.width, height=src.height, count=src.count,
+                        dtype=src.dtypes[0], crs=src.crs, transform=src.transform, nodata=nodata,
+                        blockxsize=blocksize, blockysize=blocksize, num_threads=str(max(1, threads)))
         digest = WriteDigest(src.dtypes[0])
-        dst = rasterio.open(staging, "w", **profile)
+        dst = rasterio.open(staging, "w", **stage)
         try:
             for window in _windows(src.width, src.height, step):
                 data = src.read(window=window)
@@ -534,7 +513,7 @@ def write_cog(src, dst_path: str | Path, *, product: str, compress: str = "defla
         try:
             with atomic_path(dst_path, mkdir=False, verify=_verify_cog) as part:
                 reset_gdal_error()
-                rasterio.shutil.copy(staging, part, driver="COG",
+                rasterio.shutil.copy(staging, part,
                                      **_cog_options(product, compress, blocksize, threads, src.dtypes[0]))
                 err = last_gdal_error()
                 if err is not None:
@@ -596,7 +575,8 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
     ax.set_title(title, fontsize=8, loc="left")
     legend_ax = fig.add_axes((0.66, 0.04, 0.32, 0.84))
     legend_ax.set_axis_off()
-    if product == "class" and classes:
+    prod = registry.get(product)
+    if prod.legend == "classes" and classes:
         codes = [int(c.code) for c in classes]
         colors = [c.color for c in classes]
         index = np.full(shape, np.nan)
@@ -607,7 +587,7 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
                   vmax=len(codes) - 0.5, interpolation="nearest")
         legend_ax.legend(handles=[Patch(color=c.color, label=f"{c.code} {c.name}") for c in classes],
                          loc="center left", fontsize=7, frameon=False)
-    elif product == "flags":
+    elif prod.legend == "flags":
         legend = flag_legend or flag_legend_for()
         present = set(np.unique(data[0].compressed() if np.ma.isMaskedArray(data[0]) else data[0]).tolist())
         codes = sorted(present) or sorted(legend)  # only what the layer holds: a short legend
@@ -622,22 +602,11 @@ def render_thumbnail(cog_path: str | Path, png_path: str | Path, *, product: str
         legend_ax.legend(handles=[Patch(color=colors[c], label=f"{c} {legend[c]}"[:28]) for c in codes],
                          loc="center left", fontsize=6, frameon=False)
     else:
-        if product == "proba":
-            values = data.max(axis=0).astype(np.float64) * sc[0] + off[0]
-            label, cmap = "max class probability (%)", "viridis"
-        elif product == "uncertainty":
-            values = data[0].astype(np.float64) * sc[0] + off[0]
-            label, cmap = "uncertainty (%)", "magma"
-        elif product == "count":
-            values = data[0].astype(np.float64)
-            label, cmap = "valid observations", "viridis"
-        else:
-            values = data[0].astype(np.float64) * sc[0] + off[0]
-            label, cmap = "value", "gray"
+        values = (data.max(axis=0) if prod.reduce == "max" else data[0]).astype(np.float64) * sc[0] + off[0]
+        label, cmap = prod.ramp_label, prod.ramp
         compressed = values.compressed() if np.ma.isMaskedArray(values) else np.ravel(values)
         if compressed.size:
-            vmin, vmax = (np.percentile(compressed, [2, 98]) if product not in ("proba", "uncertainty")
-                          else (0.0, 100.0))
+            vmin, vmax = prod.ramp_range if prod.ramp_range is not None else np.percentile(compressed, [2, 98])
         else:
             vmin, vmax = 0.0, 1.0
         if vmax <= vmin:
@@ -702,13 +671,14 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
         published_vrt = work / f"{asset}.published.vrt"
         published_vrt.write_text(vrt_xml(meta, source_path=_published))
 
-        colormap = _colormap(cfg.model.classes) if sources.product == "class" else None
+        product = registry.get(sources.product)
+        colormap = _colormap(cfg.model.classes) if product.legend == "classes" else None
         tags = {"ECOCUBE_SOURCES_SHA256": sources.digest, "ECOCUBE_PRODUCT": sources.product,
                 "ECOCUBE_LAYER": sources.layer, "ECOCUBE_PERIOD": sources.period,
                 "ECOCUBE_TILES": str(len(sources.tiles))}
         with rasterio.open(local_vrt) as vrt:
             if fin.reproject:
-                resampling = Resampling.nearest if sources.product in CATEGORICAL else Resampling.bilinear
+                resampling = Resampling[registry.get(sources.product).warp_resampling]
                 with WarpedVRT(vrt, crs=fin.reproject, resampling=resampling, nodata=meta.nodata,
                                warp_mem_limit=256, num_threads=max(1, threads)) as warped:
                     statistics = write_cog(warped, local_cog, product=sources.product, compress=fin.compress,
@@ -728,11 +698,11 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
     # one thumbnail per STAC item is shown: none for count layers (they sit beside their band)
     # and, for the flags item (one asset per band), only for the first band
     bands = list(cfg.bands)
-    wants_thumbnail = sources.product != "count" and (
-        sources.product != "flags" or not bands or sources.layer == bands[0])
+    wants_thumbnail = product.thumbnail == "every" or (
+        product.thumbnail == "first-band" and (not bands or sources.layer == bands[0]))
     if wants_thumbnail:
         render_thumbnail(local_cog, local_png, product=sources.product, title=title, classes=cfg.model.classes,
-                         flag_legend=flag_legend_for(cfg) if sources.product == "flags" else None)
+                         flag_legend=flag_legend_for(cfg) if product.legend == "flags" else None)
     else:
         png_key = None
     size = local_cog.stat().st_size

@@ -24,9 +24,12 @@ import contextlib
 
 import numpy as np
 
-PROBA_NODATA = 255
-CLASS_NODATA = 65535
-UNCERTAINTY_NODATA = 255
+from .products import PRODUCTS
+
+#: nodata codes of the three model outputs (from the products registry)
+PROBA_NODATA = int(PRODUCTS["proba"].nodata)
+CLASS_NODATA = int(PRODUCTS["class"].nodata)
+UNCERTAINTY_NODATA = int(PRODUCTS["uncertainty"].nodata)
 
 #: rows per prediction chunk; small enough to keep per-chunk copies in cache-sized memory
 DEFAULT_CHUNK_ROWS = 16384

@@ -28,13 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import products
 from .errors import ConfigError, EcocubeError
 
 log = logging.getLogger(__name__)
 
-#: per-pixel bytes of the staged cube layers, per period and band (int16 + uint8 + uint16)
-STAGED_BYTES = {"composite": 2, "flags": 1, "count": 2}
-PREDICTION_PRODUCTS = ("proba", "class", "uncertainty")
 PROBE_PREFIX = "_ecocube_preflight/"
 
 
@@ -68,13 +66,16 @@ class PreflightReport:
 
 def _output_bytes_per_pixel(cfg) -> int:
     p = cfg.inputs.periods
-    n_time = (p.end_year - p.start_year + 1) * p.season_size
     n_years = p.end_year - p.start_year + 1
+    n_time = n_years * p.season_size
     n_band = len(cfg.bands)
     n_cls = len(cfg.model.classes)
-    per = {"proba": n_cls * n_years, "class": 2 * n_years, "uncertainty": n_years,
-           "composite": 2 * n_time * n_band, "flags": n_time * n_band, "count": 2 * n_time * n_band}
-    return sum(per[layer] for layer in cfg.output.layers)
+
+    def per_pixel(prod: products.Product) -> int:
+        return (prod.itemsize * prod.band_count(n_cls) * (n_years if prod.cadence == "year" else n_time)
+                * (n_band if prod.per_band else 1))
+
+    return sum(per_pixel(products.get(layer)) for layer in cfg.output.layers)
 
 
 def estimate_output_bytes(cfg, n_tiles: int) -> int:
@@ -86,8 +87,10 @@ def staged_bytes_per_tile(cfg) -> int:
     """Scratch bytes one tile stages for its cube layers (``TileWriter.scratch_bytes``)."""
     p = cfg.inputs.periods
     n_time = (p.end_year - p.start_year + 1) * p.season_size
-    per = sum(STAGED_BYTES.get(layer, 0) for layer in cfg.output.layers)
-    return per * n_time * len(_band_names(cfg)) * cfg.grid.tile_size ** 2
+    n_band = len(_band_names(cfg))
+    staged = [products.get(layer) for layer in cfg.output.layers if products.get(layer).staged]
+    per = sum(prod.itemsize * (n_band if prod.per_band else 1) for prod in staged)
+    return per * n_time * cfg.grid.tile_size ** 2
 
 
 def _band_names(cfg) -> tuple[str, ...]:
@@ -174,7 +177,7 @@ def _check_sources(cfg, report: PreflightReport) -> bool:
 
 
 def _check_model(cfg, report: PreflightReport) -> None:
-    if not any(layer in PREDICTION_PRODUCTS for layer in cfg.output.layers):
+    if not any(layer in products.MODEL_PRODUCTS for layer in cfg.output.layers):
         return
     from .features import feature_names
     from .bundle import load_bundle

@@ -17,6 +17,7 @@ import numpy as np
 
 from .atomic import atomic_path, write_text_atomic
 from .errors import FileOverwriteError
+from .profiles import profile
 from .read import ReadResult, norm_window, read_block
 
 __all__ = ["dump_tile_read", "write_read_dump"]
@@ -63,9 +64,9 @@ def write_read_dump(result: ReadResult, tile, window, folder) -> dict:
                             bands=np.array(result.bands), periods=np.array([p.id for p in result.periods]))
     for p in result.periods:
         with atomic_path(folder / f"{p.id}.tif") as part:  # noqa: SIM117 (the dataset closes first)
-            with rasterio.open(part, "w", driver="GTiff", width=w, height=h, count=B, dtype="float32",
-                               crs=tile.crs, transform=transform, nodata=float("nan"), compress="deflate",
-                               tiled=w >= 16 and h >= 16 and w % 16 == 0 and h % 16 == 0) as dst:
+            with rasterio.open(part, "w", **profile(
+                    "read-dump", width=w, height=h, count=B, crs=tile.crs, transform=transform,
+                    tiled=w >= 16 and h >= 16 and w % 16 == 0 and h % 16 == 0)) as dst:
                 dst.write(result.data[p.index])
                 for i, b in enumerate(result.bands, start=1):
                     dst.set_band_description(i, b)

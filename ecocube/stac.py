@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from . import products
 from .errors import ConfigError, EcocubeError, StoreError
 from .manifest import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, read_manifest
 from .store import store_for
@@ -77,7 +78,7 @@ def load_templates(folder: str | Path) -> dict[str, dict[str, Any]]:
     """``{"catalog": {...}, "proba": {...}, ...}`` from the YAML files of a template folder."""
     folder = Path(folder)
     out: dict[str, dict[str, Any]] = {}
-    for name in ("catalog", "proba", "class", "uncertainty", "composite", "flags"):
+    for name in ("catalog", *dict.fromkeys(p.template for p in products.PRODUCTS.values())):
         path = folder / f"{name}.yaml"
         if not path.exists():
             out[name] = {}
@@ -132,9 +133,7 @@ def period_interval(period: str, months: int) -> tuple[datetime, datetime]:
 
 
 def _months(product: str, cfg) -> int:
-    if product in ("proba", "class", "uncertainty"):
-        return 12
-    return 12 // cfg.inputs.periods.season_size
+    return products.get(product).period_months(cfg.inputs.periods.season_size)
 
 
 def footprint(layer: MosaicLayer, *, max_points: int = 200) -> dict[str, Any]:
@@ -211,10 +210,9 @@ def _raster_band(layer: MosaicLayer, b: int) -> dict[str, Any]:
     stats = {k: v for k, v in layer.statistics[b].items() if v is not None and math.isfinite(v)}
     if stats:
         band["statistics"] = stats
-    if layer.product in ("proba", "uncertainty"):
-        band["unit"] = "%"
-    elif layer.product == "count":
-        band["unit"] = "observations"
+    unit = products.get(layer.product).unit
+    if unit:
+        band["unit"] = unit
     if layer.descriptions[b]:
         band["name"] = layer.descriptions[b]
     return band
@@ -235,8 +233,11 @@ def _flag_classes(cfg) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- build
 
 
-def _product_family(collection: str) -> str:
-    return "composite" if collection.startswith("composite-") else collection
+def _collection_product(items: dict[str, list[MosaicLayer]]) -> products.Product:
+    """The product a collection is made for (its template, model and legend): the one of its
+    first item's first layer; products sharing a collection share these."""
+    first = min(items)
+    return products.get(min(items[first], key=_asset_order).product)
 
 
 def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None):
@@ -261,9 +262,11 @@ def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None
 
     for coll_id in sorted(by_collection):
         items = by_collection[coll_id]
-        family = _product_family(coll_id)
-        values = dict(base_values, band=coll_id.removeprefix("composite-"))
-        tpl = _template_for(templates, family, values)
+        product = _collection_product(items)
+        # {band}: the band of a per-band collection (composite-{layer}), else the collection id
+        any_layer = next(iter(items.values()))[0].layer
+        values = dict(base_values, band=any_layer if "{layer}" in product.collection else coll_id)
+        tpl = _template_for(templates, product.template, values)
         built_items = [_make_item(cfg, coll_id, item_id, sorted(group, key=_asset_order), href_base)
                        for item_id, group in sorted(items.items())]
         bboxes = [it.bbox for it in built_items]
@@ -284,9 +287,9 @@ def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None
         if tpl["license_url"]:
             collection.add_link(pystac.Link("license", tpl["license_url"], media_type="text/html",
                                             title=f"licence {tpl['license']}"))
-        if model is not None and family in ("proba", "class", "uncertainty"):
+        if model is not None and product.source == "model":
             collection.extra_fields["ecocube:model"] = model
-        if family == "class":
+        if product.legend == "classes":
             collection.extra_fields["ecocube:classes"] = _classes(cfg)
         collection.summaries = pystac.Summaries({"ecocube:periods": sorted({it.properties["ecocube:period"]
                                                                            for it in built_items})})
@@ -297,7 +300,7 @@ def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None
 
 
 def _asset_order(layer: MosaicLayer) -> tuple[int, str]:
-    return (1 if layer.product == "count" else 0, layer.asset)
+    return (products.get(layer.product).asset_order, layer.asset)
 
 
 def _make_item(cfg, coll_id: str, item_id: str, group: list[MosaicLayer], href_base: str | None):
@@ -333,34 +336,30 @@ def _make_item(cfg, coll_id: str, item_id: str, group: list[MosaicLayer], href_b
 
     thumb = None
     for layer in group:
+        prod = products.get(layer.product)
         fields: dict[str, Any] = {
             "raster:bands": [_raster_band(layer, b) for b in range(layer.count)],
             "file:size": int(layer.size),
             "file:checksum": layer.checksum,
         }
-        roles = ["data"]
-        if layer.product == "class":
+        roles = list(prod.roles)
+        if prod.legend == "classes":
             fields["classification:classes"] = _classes(cfg)
             extensions.add(CLASSIFICATION)
-        elif layer.product == "flags":
+        elif prod.legend == "flags":
             fields["classification:classes"] = _flag_classes(cfg)
             extensions.add(CLASSIFICATION)
-            roles.append("quality")
-        elif layer.product == "count":
-            roles.append("quality")
-        if layer.product in ("composite", "flags", "count"):
+        if prod.per_band:
             eo_band = {"name": layer.layer}
             common = _band_common_name(layer.layer)
             if common:
                 eo_band["common_name"] = common
             fields["eo:bands"] = [eo_band]
             extensions.add(EO)
-        title = {"proba": "class probabilities (%)", "class": "class", "uncertainty": "uncertainty (%)",
-                 "composite": f"{layer.layer} (gap-filled)", "flags": f"{layer.layer} gap-fill flags",
-                 "count": f"{layer.layer} valid observations"}[layer.product]
         item.add_asset(layer.asset, pystac.Asset(href=_href(layer.key), media_type=COG_MEDIA_TYPE,
-                                                 title=title, roles=roles, extra_fields=fields))
-        if thumb is None and layer.thumbnail_key and layer.product != "count":
+                                                 title=prod.title_for(layer.layer), roles=roles,
+                                                 extra_fields=fields))
+        if thumb is None and layer.thumbnail_key and prod.thumbnail != "none":
             thumb = layer
     if thumb is not None:
         item.add_asset("thumbnail", pystac.Asset(href=_href(thumb.thumbnail_key), media_type="image/png",

@@ -48,18 +48,17 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .config import LAYERS
+from . import __version__, products
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
-from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
+from .predict import CLASS_NODATA, predict_block
 from .rasterwrite import WriteDigest, close_checked, verify_written, write_window
 from .status import HEARTBEAT_SECONDS, TileStatus, read_status, verify_outputs
 
 log = logging.getLogger(__name__)
 
-PREDICTION_LAYERS = ("proba", "class", "uncertainty")
-CUBE_LAYERS = ("composite", "flags", "count")
-COMPOSITE_NODATA = -32768
+PREDICTION_LAYERS = products.names(source="model")
+CUBE_LAYERS = products.names(source="cube")  # staged: see TileWriter
+COMPOSITE_NODATA = int(products.PRODUCTS["composite"].nodata)
 FLAG_UNFILLED = 255
 
 
@@ -202,34 +201,33 @@ def year_period(year: int) -> str:
 def plan_outputs(layers: Sequence[str], *, periods, bands: Sequence[str], years: Sequence[int],
                  classes: Sequence[int] = (), class_names: Sequence[str] = (),
                  composite_scale: float = 0.0001) -> list[OutputSpec]:
-    """Every output of one tile, in a stable order."""
-    specs: list[OutputSpec] = []
+    """Every output of one tile, in a stable order: per year the model products, then per
+    period and band the cube products (each in registry order, see :mod:`ecocube.products`)."""
     legend = json.dumps({str(int(c)): str(n) for c, n in zip(classes, class_names)})
-    for year in years:
-        per = year_period(year)
-        if "proba" in layers:
-            specs.append(OutputSpec("proba", per, "proba", "uint8", len(classes), PROBA_NODATA, None,
-                                    tuple(str(n) for n in class_names),
-                                    {"classes": legend, "units": "percent"}))
-        if "class" in layers:
-            specs.append(OutputSpec("class", per, "class", "uint16", 1, CLASS_NODATA, None, ("class",),
-                                    {"classes": legend}))
-        if "uncertainty" in layers:
-            specs.append(OutputSpec("uncertainty", per, "uncertainty", "uint8", 1, UNCERTAINTY_NODATA, None,
-                                    ("uncertainty",),
-                                    {"units": "percent", "definition":
-                                     "std of the base learners' probability of the chosen class x 100"}))
-    for p in periods:
+    options = {"composite_scale": composite_scale}  # output config fields a product may scale by
+    chosen = [products.get(n) for n in products.names(among=layers)]
+
+    def spec(p: products.Product, period: str, layer: str) -> OutputSpec:
+        tags = {"classes": legend} if p.class_tag else {}
+        if p.per_band:
+            tags["band"] = layer
+        tags.update(p.tags)
+        scale = options[p.scale_option] if p.scale_option else p.scale
+        return OutputSpec(p.name, period, layer, p.dtype, p.band_count(len(classes)), p.nodata, scale,
+                          p.band_descriptions(layer, class_names), tags)
+
+    def per(cadence: str, period: str) -> list[OutputSpec]:
+        of_cadence = [p for p in chosen if p.cadence == cadence]
+        out = [spec(p, period, p.name) for p in of_cadence if not p.per_band]
         for band in bands:
-            if "composite" in layers:
-                specs.append(OutputSpec("composite", p.id, band, "int16", 1, COMPOSITE_NODATA, composite_scale,
-                                        (band,), {"band": band}))
-            if "flags" in layers:
-                specs.append(OutputSpec("flags", p.id, band, "uint8", 1, None, None, (f"{band} gap-fill flag",),
-                                        {"band": band, "unfilled": str(FLAG_UNFILLED), "observed": "0"}))
-            if "count" in layers:
-                specs.append(OutputSpec("count", p.id, band, "uint16", 1, None, None,
-                                        (f"{band} valid observations",), {"band": band}))
+            out += [spec(p, period, band) for p in of_cadence if p.per_band]
+        return out
+
+    specs: list[OutputSpec] = []
+    for year in years:
+        specs += per("year", year_period(year))
+    for p in periods:
+        specs += per("period", p.id)
     return specs
 
 
@@ -322,13 +320,12 @@ class TileWriter:
     def _create(self, spec: OutputSpec, path: Path):
         import rasterio
 
-        profile = dict(
-            driver="GTiff", width=self.tile.width, height=self.tile.height, count=spec.count, dtype=spec.dtype,
-            crs=self.tile.crs, transform=self.tile.transform, nodata=spec.nodata, tiled=True,
-            blockxsize=self._blocksize, blockysize=self._blocksize, compress=self._compress,
-            predictor=2, interleave="band", bigtiff="IF_SAFER",
-        )
-        dst = rasterio.open(path, "w", **profile)
+        from .profiles import profile
+
+        dst = rasterio.open(path, "w", **profile(
+            "tile", width=self.tile.width, height=self.tile.height, count=spec.count, dtype=spec.dtype,
+            crs=self.tile.crs, transform=self.tile.transform, nodata=spec.nodata,
+            blockxsize=self._blocksize, blockysize=self._blocksize, compress=self._compress))
         try:
             for i, desc in enumerate(spec.descriptions[: spec.count], start=1):
                 dst.set_band_description(i, desc)
@@ -475,7 +472,7 @@ def peak_rss_bytes() -> int:
 
 
 def _tile_prefixes(tile_id: str) -> list[str]:
-    return [f"{p}/{tile_id}/" for p in LAYERS]
+    return [f"{p}/{tile_id}/" for p in products.NAMES]
 
 
 def _cpu_seconds() -> float:
@@ -568,17 +565,18 @@ def _stage_cube(writer: TileWriter, tile_id: str, window, periods, bands, layers
     The int16 composite is made one ``(h, w)`` slice at a time: converting the whole block
     at once held about four float32 copies of the block's cube.
     """
+    # the values of each cube product for period t and band b: the one place a new cube
+    # product (see ecocube.products) plugs in what it computes
+    values = {
+        "composite": lambda t, b: _to_composite(filled[t, b], scale, stats),
+        "flags": lambda t, b: flags[t, b],
+        "count": lambda t, b: np.asarray(count[t, b]).astype(np.uint16, copy=False),
+    }
+    wanted = products.names(source="cube", among=layers)
     for t, period in enumerate(periods):
         items = []
         for b, band in enumerate(bands):
-            if "composite" in layers:
-                items.append((output_key("composite", tile_id, period.id, band),
-                              _to_composite(filled[t, b], scale, stats)))
-            if "flags" in layers:
-                items.append((output_key("flags", tile_id, period.id, band), flags[t, b]))
-            if "count" in layers:
-                items.append((output_key("count", tile_id, period.id, band),
-                              np.asarray(count[t, b]).astype(np.uint16, copy=False)))
+            items += [(output_key(name, tile_id, period.id, band), values[name](t, b)) for name in wanted]
         writer.write(items, window)
 
 
@@ -908,15 +906,11 @@ class _TileRun:
 
 def _prediction_items(tile_id: str, year: int, layers, proba: np.ndarray, hard: np.ndarray, unc: np.ndarray,
                       h: int, w: int) -> list[tuple[str, np.ndarray]]:
+    """The year's model outputs wanted in ``layers``, in registry order: the one place a new
+    model product (see ecocube.products) maps what the model returns to its raster."""
     per = year_period(year)
-    items = []
-    if "proba" in layers:
-        items.append((output_key("proba", tile_id, per, "proba"), proba.reshape(-1, h, w)))
-    if "class" in layers:
-        items.append((output_key("class", tile_id, per, "class"), hard.reshape(h, w)))
-    if "uncertainty" in layers:
-        items.append((output_key("uncertainty", tile_id, per, "uncertainty"), unc.reshape(h, w)))
-    return items
+    values = {"proba": proba.reshape(-1, h, w), "class": hard.reshape(h, w), "uncertainty": unc.reshape(h, w)}
+    return [(output_key(name, tile_id, per, name), values[name]) for name in products.names(source="model", among=layers)]
 
 
 def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[str, Any]]:

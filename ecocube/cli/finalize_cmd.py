@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import EcocubeError
+from ..products import NAMES as PRODUCT_NAMES
 from .options import config_override_option, load_run_config, overwrite_option, run_config_argument
 
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -19,7 +20,7 @@ threads_option = click.option("--threads", type=click.IntRange(min=1), default=N
 @overwrite_option
 @threads_option
 @click.option("--product", "products", multiple=True,
-              type=click.Choice(["proba", "class", "uncertainty", "composite", "flags", "count"]),
+              type=click.Choice(PRODUCT_NAMES),
               help="Only these products (repeatable; default: output.layers).")
 def mosaic(run_yaml: Path, overrides, overwrite: bool, threads, products) -> None:
     """Mosaic the finished tiles into COGs (+ VRTs, thumbnails) under catalog/ in the store."""

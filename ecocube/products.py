@@ -1,0 +1,271 @@
+"""The one registry of output products: what each layer ecocube writes *is*.
+
+A :class:`Product` says everything the rest of the package needs to know about one
+product, and every module reads it from here instead of spelling it out:
+
+- ``config`` validates ``output.layers`` against :data:`NAMES`;
+- ``tile`` plans a tile's GeoTIFFs (:func:`ecocube.tile.plan_outputs`: data type, nodata,
+  scale, band count and descriptions, tags), stages the per-period products and removes
+  stale objects under every product's prefix;
+- ``predict`` takes its nodata codes from here;
+- ``mosaic`` matches tile keys, names collections and assets, picks the overview and
+  reprojection resampling, the colour table and the thumbnail style;
+- ``stac`` takes units, asset roles and titles, the classification legend, the template
+  file, the period length and the asset order;
+- ``preflight`` estimates output and scratch sizes; the CLI offers :data:`NAMES` as choices.
+
+Fields (all plain data, no I/O):
+
+``name``
+    config and store name: tile outputs are ``{name}/{tile}/{period}/{layer}.tif``.
+``source``
+    ``"model"`` (needs a model bundle; computed from the features of one year) or
+    ``"cube"`` (computed from the gap-filled cube, per input period; staged to scratch
+    while the tile runs, see :class:`ecocube.tile.TileWriter`).
+``cadence``
+    ``"year"`` (one output per year, period id ``YYYY-01-01``) or ``"period"`` (one per
+    input period).
+``per_band``
+    one output per input band (layer = band name), else one output whose layer is ``name``.
+``per_class``
+    one raster band per model class (else one band).
+``dtype``, ``nodata``, ``scale``, ``offset``
+    the stored encoding: value = stored × scale + offset; ``scale=None`` stores no scale.
+    ``scale_option`` names the ``output`` config field that overrides ``scale``.
+``kind``
+    ``"categorical"`` (codes with a legend: nearest resampling, no predictor where it
+    does not pay), ``"discrete"`` (tallies whose values must stay exact: nearest) or
+    ``"continuous"`` (measurements: averaged overviews, bilinear reprojection).
+``legend``
+    where the colour table / classification legend comes from: ``"classes"`` (the model's
+    classes, written as the COG colour table too), ``"flags"`` (the gap-fill flag legend)
+    or ``None`` (a colour ramp).
+``unit``
+    the STAC ``raster:bands`` unit of the *scaled* value, or ``None``.
+``roles``
+    STAC asset roles.
+``collection``, ``asset``
+    ``str.format`` templates (fields ``name`` and ``layer``) of the catalog collection id
+    and the asset key; products sharing a collection become assets of one item.
+``template``
+    the STAC template file (``stac/{template}.yaml``) of the collection.
+``title``
+    asset title template (field ``layer``); ``description`` says what the values mean.
+``band_description``
+    GeoTIFF band description template (fields ``layer``, ``class_name``).
+``class_tag``
+    the tile GeoTIFFs carry the model's class legend (tag ``classes``: code → name).
+``tags``
+    fixed GeoTIFF tags of every tile output (after ``classes`` and, for per-band
+    products, ``band``).
+``thumbnail``
+    ``"every"``, ``"first-band"`` (only the first band's layer, e.g. one flags thumbnail per
+    item) or ``"none"``; ``ramp`` / ``ramp_label`` / ``ramp_range`` / ``reduce`` style the
+    colour-bar thumbnails of products without a legend (``ramp_range=None``: the 2–98th
+    percentile; ``reduce="max"``: the maximum over the raster bands).
+``asset_order``
+    sort key of the asset within its item (lower first).
+``predictor``
+    whether the mosaic COG uses a compression predictor (class codes do not vary smoothly).
+
+Adding a product is one entry in :data:`PRODUCTS` below. A regression mean and its
+interval per year, for example, are three entries like::
+
+    Product("mean", source="model", cadence="year", dtype="int16", nodata=-32768,
+            scale=0.01, kind="continuous", unit="t/ha", collection="{name}", asset="{name}",
+            template="mean", title="predicted mean", band_description="{layer}",
+            description="mean of the ensemble's prediction"),
+
+plus the values themselves: the compute that makes them (an estimator, a stage) and one
+line in the name -> array mapping of the tile (``ecocube.tile._prediction_items`` for model
+products, ``ecocube.tile._stage_cube`` for cube products); optionally a
+``stac/{template}.yaml`` with its title and description. Plans, keys, config validation, CLI choices, mosaics,
+catalog assets and size estimates follow from the entry. A vector product (e.g. parcels)
+would add a ``format`` field here, with its own writer; none exists yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+__all__ = [
+    "MODEL_PRODUCTS",
+    "NAMES",
+    "PRODUCTS",
+    "Product",
+    "get",
+    "names",
+    "tile_key_pattern",
+]
+
+
+@dataclass(frozen=True)
+class Product:
+    """One output product (see the module docstring for every field)."""
+
+    name: str
+    source: Literal["model", "cube"]
+    cadence: Literal["year", "period"]
+    dtype: str
+    nodata: float | None
+    kind: Literal["categorical", "discrete", "continuous"]
+    collection: str
+    asset: str
+    template: str
+    title: str
+    band_description: str
+    description: str
+    per_band: bool = False
+    per_class: bool = False
+    scale: float | None = None
+    offset: float = 0.0
+    scale_option: str | None = None
+    legend: Literal["classes", "flags"] | None = None
+    unit: str | None = None
+    roles: tuple[str, ...] = ("data",)
+    class_tag: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+    thumbnail: Literal["every", "first-band", "none"] = "every"
+    ramp: str = "gray"
+    ramp_label: str = "value"
+    ramp_range: tuple[float, float] | None = None
+    reduce: Literal["max"] | None = None
+    asset_order: int = 0
+    predictor: bool = True
+
+    # derived ------------------------------------------------------------------------
+
+    @property
+    def categorical(self) -> bool:
+        """Values that must not be mixed (codes or tallies): nearest-neighbour resampling."""
+        return self.kind != "continuous"
+
+    @property
+    def overview_resampling(self) -> str:
+        """GDAL ``OVERVIEW_RESAMPLING`` of the mosaic COG."""
+        return "NEAREST" if self.categorical else "AVERAGE"
+
+    @property
+    def warp_resampling(self) -> str:
+        """rasterio ``Resampling`` member name for reprojecting the mosaic."""
+        return "nearest" if self.categorical else "bilinear"
+
+    @property
+    def staged(self) -> bool:
+        """Written to scratch block by block and turned into GeoTIFFs at the end of the tile."""
+        return self.source == "cube"
+
+    @property
+    def itemsize(self) -> int:
+        import numpy as np
+
+        return int(np.dtype(self.dtype).itemsize)
+
+    def collection_for(self, layer: str) -> str:
+        return self.collection.format(name=self.name, layer=layer)
+
+    def asset_for(self, layer: str) -> str:
+        return self.asset.format(name=self.name, layer=layer)
+
+    def title_for(self, layer: str) -> str:
+        return self.title.format(name=self.name, layer=layer)
+
+    def layers(self, bands: Iterable[str]) -> list[str]:
+        """The layer names of one tile and period: the bands, or the product's own name."""
+        return list(bands) if self.per_band else [self.name]
+
+    def band_descriptions(self, layer: str, class_names: Iterable[str] = ()) -> tuple[str, ...]:
+        if self.per_class:
+            return tuple(self.band_description.format(layer=layer, class_name=str(n)) for n in class_names)
+        return (self.band_description.format(layer=layer, class_name=""),)
+
+    def band_count(self, n_classes: int) -> int:
+        return n_classes if self.per_class else 1
+
+    def period_months(self, season_size: int) -> int:
+        """Length in months of one output's period."""
+        return 12 if self.cadence == "year" else 12 // season_size
+
+
+#: gap-fill flag codes written in the flags tags (= ecocube.gapfill.FLAG_UNFILLED / FLAG_OBSERVED,
+#: checked by the tests; not imported so that this module stays free of numba)
+_FLAG_UNFILLED = "255"
+_FLAG_OBSERVED = "0"
+
+_ENTRIES = (
+    Product(
+        "proba", source="model", cadence="year", dtype="uint8", nodata=255, kind="continuous",
+        per_class=True, collection="{name}", asset="{name}", template="proba",
+        title="class probabilities (%)", band_description="{class_name}", unit="%",
+        class_tag=True, tags={"units": "percent"}, ramp="viridis", ramp_label="max class probability (%)",
+        ramp_range=(0.0, 100.0), reduce="max",
+        description="probability of each class in percent (one band per class), from the stacked ensemble"),
+    Product(
+        "class", source="model", cadence="year", dtype="uint16", nodata=65535, kind="categorical",
+        collection="{name}", asset="{name}", template="class", title="class", band_description="class",
+        legend="classes", class_tag=True, predictor=False,
+        description="the most probable class code"),
+    Product(
+        "uncertainty", source="model", cadence="year", dtype="uint8", nodata=255, kind="continuous",
+        collection="{name}", asset="{name}", template="uncertainty", title="uncertainty (%)",
+        band_description="uncertainty", unit="%", ramp="magma", ramp_label="uncertainty (%)",
+        ramp_range=(0.0, 100.0),
+        tags={"units": "percent",
+              "definition": "std of the base learners' probability of the chosen class x 100"},
+        description="standard deviation of the base learners' probability of the chosen class, in percent"),
+    Product(
+        "composite", source="cube", cadence="period", dtype="int16", nodata=-32768, kind="continuous",
+        per_band=True, scale=0.0001, scale_option="composite_scale", collection="composite-{layer}",
+        asset="{layer}", template="composite", title="{layer} (gap-filled)", band_description="{layer}",
+        description="gap-filled surface reflectance of one band (value x scale)"),
+    Product(
+        "flags", source="cube", cadence="period", dtype="uint8", nodata=None, kind="categorical",
+        per_band=True, collection="flags", asset="{layer}", template="flags", title="{layer} gap-fill flags",
+        band_description="{layer} gap-fill flag", legend="flags", roles=("data", "quality"),
+        tags={"unfilled": _FLAG_UNFILLED, "observed": _FLAG_OBSERVED}, thumbnail="first-band",
+        description="which gap-filling window filled each composite value (0: observed)"),
+    Product(
+        "count", source="cube", cadence="period", dtype="uint16", nodata=None, kind="discrete",
+        per_band=True, collection="composite-{layer}", asset="count", template="composite",
+        title="{layer} valid observations", band_description="{layer} valid observations",
+        unit="observations", roles=("data", "quality"), thumbnail="none", ramp="viridis",
+        ramp_label="valid observations", asset_order=1,
+        description="number of valid observations behind each composite value"),
+)
+
+#: every product by name, in the order outputs are planned and listed
+PRODUCTS: Mapping[str, Product] = MappingProxyType({p.name: p for p in _ENTRIES})
+#: product names (the values ``output.layers`` accepts), in registry order
+NAMES: tuple[str, ...] = tuple(PRODUCTS)
+#: products computed by a model (they need a model bundle)
+MODEL_PRODUCTS: tuple[str, ...] = tuple(p.name for p in _ENTRIES if p.source == "model")
+
+
+def get(name: str) -> Product:
+    """The product called ``name``; a ``KeyError`` lists the known ones."""
+    try:
+        return PRODUCTS[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown product {name!r}; known products: {', '.join(PRODUCTS)}") from None
+
+
+def names(*, source: str | None = None, cadence: str | None = None,
+          among: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Product names in registry order, filtered by ``source``/``cadence`` and to those in ``among``."""
+    wanted = None if among is None else set(among)
+    return tuple(p.name for p in _ENTRIES
+                 if (source is None or p.source == source) and (cadence is None or p.cadence == cadence)
+                 and (wanted is None or p.name in wanted))
+
+
+def tile_key_pattern() -> re.Pattern[str]:
+    """``{product}/{tile}/{period}/{layer}.tif`` for the registered products (named groups)."""
+    alternatives = "|".join(re.escape(n) for n in PRODUCTS)
+    return re.compile(
+        rf"^(?P<product>{alternatives})/"
+        r"(?P<tile>X-?\d{1,7}_Y-?\d{1,7})/(?P<period>\d{4}-\d{2}-\d{2})/(?P<layer>[A-Za-z0-9_\-]+)\.tif$"
+    )
