@@ -137,6 +137,21 @@ class Product:
     asset_order: int = 0
     predictor: bool = True
 
+    def __post_init__(self):
+        allowed = {"source": ("model", "cube"), "cadence": ("year", "period"),
+                   "kind": ("categorical", "discrete", "continuous"), "legend": ("classes", "flags", None),
+                   "thumbnail": ("every", "first-band", "none"), "reduce": ("max", None)}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"product {self.name!r}: {name} must be one of {values}, "
+                                 f"got {getattr(self, name)!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"product name {self.name!r}: lower-case letters, digits and '_' only")
+        if self.per_band and "{layer}" not in self.collection + self.asset:
+            raise ValueError(f"product {self.name!r} has one output per band: its collection or asset "
+                             "template must contain '{layer}'")
+        object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
+
     # derived ------------------------------------------------------------------------
 
     @property

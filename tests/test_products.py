@@ -132,8 +132,23 @@ def test_adding_a_product_is_one_entry(monkeypatch):
 def test_products_are_frozen():
     with pytest.raises(TypeError):
         PRODUCTS["nope"] = PRODUCTS["class"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        PRODUCTS["flags"].tags["unfilled"] = "0"  # type: ignore[index]
     changed = replace(PRODUCTS["class"], nodata=0)
     assert changed.nodata == 0 and PRODUCTS["class"].nodata == 65535
+
+
+def test_a_bad_entry_is_refused_with_its_name():
+    good = dict(source="cube", cadence="period", dtype="uint8", nodata=None, kind="continuous",
+                collection="x-{layer}", asset="{layer}", template="x", title="x", band_description="x",
+                description="x", per_band=True)
+    assert Product("x", **good).staged
+    with pytest.raises(ValueError, match="product 'x': cadence must be one of"):
+        Product("x", **{**good, "cadence": "month"})
+    with pytest.raises(ValueError, match="product 'x' has one output per band"):
+        Product("x", **{**good, "collection": "x", "asset": "x"})
+    with pytest.raises(ValueError, match="product name 'X-1'"):
+        Product("X-1", **good)
 
 
 # ----------------------------------------------------------------------- raster profiles
