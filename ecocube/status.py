@@ -98,7 +98,9 @@ class TileStatus:
     blocks, at most every ``heartbeat_seconds``) → one of ``done`` / ``failed`` /
     ``interrupted`` (published **last**). Every write of the record during processing goes
     through :meth:`_publish`; :attr:`record` is the plain dict that is written (and that
-    :func:`ecocube.tile.process_tile` returns), so readers see the same JSON as before.
+    :func:`ecocube.tile.process_tile` returns), so ``ecocube status`` and ``slurm status``
+    read plain JSON. What else an attempt holds while it runs (a lease on the tile, the
+    run's fingerprint) belongs in this object too.
 
     A missed heartbeat only logs a warning; a ``failed``/``interrupted`` record that cannot
     be written is logged (the tile's own error matters more); a ``done`` record that cannot
