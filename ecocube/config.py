@@ -23,10 +23,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import products
 from .errors import ConfigError
@@ -87,18 +96,84 @@ class AOIConfig(_Model):
 # --------------------------------------------------------------------------- inputs
 
 
+def _date_text(value: Any) -> Any:
+    """YAML dates (``2018-08-04`` unquoted) and datetimes as ISO strings; anything else as is."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+#: a date in a config: an ISO string or an unquoted YAML date
+DateText = Annotated[str, BeforeValidator(_date_text)]
+
+
+def _check_dates(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """All items must parse; one error naming the first bad item and how many are bad."""
+    if values is None:
+        return None
+    bad = []
+    for i, text in enumerate(values):
+        try:
+            _parse_day(text)
+        except ValueError:
+            bad.append((i, text))
+    if bad:
+        i, text = bad[0]
+        raise ValueError(f"{len(bad)} of {len(values)} dates are not dates (YYYY-MM-DD or an ISO datetime); "
+                         f"first: item {i} {text!r}")
+    return values
+
+
+def _parse_day(text: str) -> date:
+    text = str(text).strip()
+    if len(text) == 10:
+        return date.fromisoformat(text)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).date()
+
+
 class PeriodsConfig(_Model):
-    """Regular periods: ``season_size`` periods per year (4 quarters, 12 months, 1 year)."""
+    """Regular periods: ``season_size`` periods per year (4 quarters, 12 months, 1 year).
+
+    ``year_start`` (``MM-DD``, default ``01-01``) is the first day of each year; when it
+    is not 1 January, year ``Y`` is the one that *ends* in ``Y`` (``year_start: 10-01``:
+    2019 = 2018-10-01..2019-09-30, an agricultural or hydrological year).
+    """
 
     start_year: int = Field(2018, ge=1900, le=2200)
     end_year: int = Field(2020, ge=1900, le=2200)
     season_size: Literal[1, 2, 3, 4, 6, 12] = 4
+    year_start: str = Field("01-01", description="MM-DD: first day of each year (10-01: Oct-Sep years)")
+
+    @field_validator("year_start", mode="before")
+    @classmethod
+    def _check_year_start(cls, value: Any) -> Any:
+        if isinstance(value, date):  # an unquoted YAML date: take its month and day
+            return f"{value.month:02d}-{value.day:02d}"
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text)
+        try:
+            if m is None:
+                raise ValueError
+            month, day = int(m.group(1)), int(m.group(2))
+            date(2001, month, day)
+        except ValueError:
+            raise ValueError(f"year_start must be a month and day MM-DD (e.g. 10-01), got {value!r}") from None
+        if day > 28:
+            raise ValueError(f"year_start day must be 1..28 so that every month has it, got {value!r}")
+        return f"{month:02d}-{day:02d}"
 
     @model_validator(mode="after")
     def _order(self) -> PeriodsConfig:
         if self.end_year < self.start_year:
             raise ValueError(f"end_year {self.end_year} is before start_year {self.start_year}")
         return self
+
+    @property
+    def year_start_md(self) -> tuple[int, int]:
+        month, day = self.year_start.split("-")
+        return int(month), int(day)
 
 
 class MaskConfig(_Model):
@@ -127,6 +202,40 @@ class MaskConfig(_Model):
         return self
 
 
+class StacApiConfig(_Model):
+    """A STAC API searched per tile and period (``kind: stac-api``)."""
+
+    url: str = Field(..., pattern=r"^https?://", description="the API's root (landing page) URL")
+    collections: tuple[str, ...] = Field(..., min_length=1)
+    query: tuple[str, ...] | dict[str, Any] | None = Field(
+        None, description="STAC query extension: ['eo:cloud_cover<60'] or {'eo:cloud_cover': {'lt': 60}}")
+    limit: int = Field(100, ge=1, le=10000, description="items per page")
+    max_items: int | None = Field(None, ge=1, description="stop after this many items per tile and period")
+    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    retries: int = Field(3, ge=0, le=20, description="retries of a failed request (5xx, 429, connection)")
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _one_query(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ScenesConfig(_Model):
+    """Which acquisitions of a tile and period are composited.
+
+    ``select``: ``all``; ``least-cloudy`` (the ``n`` with least cloud); ``most-recent`` (the
+    ``n`` latest whose cloud is at most ``max_cloud``). ``max_cloud`` (percent) also drops
+    cloudier scenes under ``all`` and ``least-cloudy``. ``cloud_from``: ``item`` (the STAC
+    item's ``eo:cloud_cover``, for the whole scene) or ``mask`` (measured on the tile from
+    the source's mask: the percentage of the tile's pixels the mask marks invalid).
+    """
+
+    select: Literal["all", "least-cloudy", "most-recent"] = "all"
+    n: int = Field(1, ge=1, description="scenes kept by least-cloudy and most-recent")
+    max_cloud: float | None = Field(None, ge=0, le=100, description="percent")
+    cloud_from: Literal["item", "mask"] = "item"
+
+
 class SourceConfig(_Model):
     """One input product.
 
@@ -136,23 +245,37 @@ class SourceConfig(_Model):
     file, map them to band indexes with ``band_indexes``.
 
     ``kind``: ``composite`` — one raster per regular period (e.g. quarterly composites);
-    ``acquisitions`` — irregular dates (``dates`` or a STAC ``stac_items`` file), which
-    are composited into the regular periods with the ``composite`` percentile(s).
+    ``acquisitions`` — irregular dates, which are composited into the regular periods with
+    the ``composite`` percentile(s); the dates are listed (``dates``), found by a ``glob``
+    (the date from ``date_pattern`` in the file name or from the tag ``date_tag``), or
+    read from a STAC ItemCollection file (``stac_items``); ``stac-api`` — acquisitions
+    searched in a STAC API (``stac_api``) per tile and period, bands from the items' assets.
     """
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
-    href: str | None = Field(None, description="URL template; optional with stac_items (assets are used)")
+    href: str | None = Field(None, description="URL template; optional with stac_items/stac-api (assets are used)")
     bands: tuple[str, ...] = Field(..., min_length=1)
     band_indexes: dict[str, int] | None = None
     assets: dict[str, str] | None = Field(None, description="band -> STAC asset key (default: the band name)")
-    kind: Literal["composite", "acquisitions"] = "composite"
-    dates: tuple[str, ...] | None = None
+    kind: Literal["composite", "acquisitions", "stac-api"] = "composite"
+    dates: tuple[DateText, ...] | None = None
+    glob: str | None = Field(None, description="local files of the acquisitions, e.g. data/S2L2A_*_10m.tif")
+    date_pattern: str | None = Field(
+        None, description="where the date is in a file name: {yyyymmdd}, {date}, {yyyy}{mm}{dd}, {yyyy}{doy}")
+    date_tag: str | None = Field(None, description="raster tag holding the date, e.g. TIFFTAG_DATETIME")
     stac_items: Path | None = None
+    stac_api: StacApiConfig | None = None
+    scenes: ScenesConfig = ScenesConfig()
     scale: float = 1.0
     offset: float = 0.0
     nodata: float | None = None
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "bilinear"
     mask: MaskConfig | None = None
+
+    @field_validator("dates")
+    @classmethod
+    def _dates_parse(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_dates(value)
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
@@ -160,12 +283,38 @@ class SourceConfig(_Model):
             missing = [b for b in self.bands if b not in self.band_indexes]
             if missing:
                 raise ValueError(f"band_indexes lacks bands {missing}")
-        if self.kind == "acquisitions" and not (self.dates or self.stac_items):
-            raise ValueError("kind 'acquisitions' needs 'dates' or 'stac_items'")
-        if self.href is None and self.stac_items is None:
-            raise ValueError("a source needs 'href' (URL template) unless it reads 'stac_items'")
-        if self.mask is not None and self.mask.href is None and self.stac_items is None:
-            raise ValueError("mask 'asset' needs 'stac_items'; give mask 'href' instead")
+        given = [k for k in ("dates", "glob", "stac_items") if getattr(self, k) is not None]
+        if self.kind == "acquisitions":
+            if len(given) != 1:
+                raise ValueError("kind 'acquisitions' needs exactly one of 'dates', 'glob' or 'stac_items'"
+                                 + (f", got {' and '.join(given)}" if given else ""))
+        elif given:
+            raise ValueError(f"{' and '.join(given)} belong to kind 'acquisitions', not {self.kind!r}")
+        if self.kind == "stac-api":
+            if self.stac_api is None:
+                raise ValueError("kind 'stac-api' needs a 'stac_api' section (url, collections)")
+        elif self.stac_api is not None:
+            raise ValueError(f"'stac_api' belongs to kind 'stac-api', not {self.kind!r}")
+        if self.glob is None and (self.date_pattern or self.date_tag):
+            raise ValueError("date_pattern and date_tag need 'glob'")
+        if self.date_pattern and self.date_tag:
+            raise ValueError("give date_pattern or date_tag, not both")
+        if self.glob is not None and "://" in self.glob:
+            raise ValueError(f"glob finds local files only, got {self.glob!r}; list remote files with "
+                             "'dates' and a URL template, or search a STAC API")
+        from_assets = self.stac_items is not None or self.kind == "stac-api"
+        if self.href is None and not from_assets and self.glob is None:
+            raise ValueError("a source needs 'href' (URL template) unless it reads 'glob', 'stac_items' or a STAC API")
+        if self.mask is not None and self.mask.href is None and not from_assets:
+            raise ValueError("mask 'asset' needs 'stac_items' or kind 'stac-api'; give mask 'href' instead")
+        if self.kind == "composite" and self.scenes != ScenesConfig():
+            raise ValueError("'scenes' selects acquisitions; kind 'composite' has one raster per period")
+        if self.scenes.select != "all" or self.scenes.max_cloud is not None:
+            if self.scenes.cloud_from == "item" and not from_assets:
+                raise ValueError("scenes.cloud_from 'item' needs STAC items (eo:cloud_cover); "
+                                 "use cloud_from: mask")
+            if self.scenes.cloud_from == "mask" and self.mask is None:
+                raise ValueError("scenes.cloud_from 'mask' needs a 'mask'")
         return self
 
 
@@ -382,23 +531,58 @@ def _inner_model(ann: Any) -> type[BaseModel] | None:
     return None
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A value for an error line: mappings and long lists are not dumped."""
+    if isinstance(value, dict):
+        return f"a mapping with keys {', '.join(map(str, list(value)[:8]))}" + (", …" if len(value) > 8 else "")
+    if isinstance(value, list | tuple) and len(value) > 3:
+        return f"a list of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_line(err: dict, model: type[BaseModel]) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_at(model, loc)
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return dotted, f"unknown key{hint}"
+    if err["type"] == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return dotted, f"{err['input']!r} is not allowed; allowed values: {expected}"
+    if err["type"] == "missing":
+        return dotted, "required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(err.get("input"), dict | list | tuple) and err["type"] in ("value_error", "assertion_error"):
+        return dotted, msg  # a rule across keys or items: the message says which
+    return dotted, f"{msg} (got {_short(err.get('input'))})"
+
+
 def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] = RunConfig) -> str:
+    """One line per problem; errors in the items of one list become one line with the
+    first bad item and the count."""
     lines = [f"invalid configuration {source}:"]
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"])
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_at(model, loc)
-            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"  {dotted}: unknown key{hint}")
-        elif err["type"] == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            lines.append(f"  {dotted}: {err['input']!r} is not allowed; allowed values: {expected}")
-        elif err["type"] == "missing":
-            lines.append(f"  {dotted}: required key is missing")
+    groups: dict[tuple, list[tuple[dict, int]]] = {}
+    errors = exc.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    for err in errors:
+        loc = tuple(err["loc"])
+        if err["type"] == "too_short" and any(len(o) > len(loc) and o[:len(loc)] == loc for o in locs):
+            continue  # a list whose bad items were dropped: the items' errors say why
+        # the last list index in the location: items of one list with the same error group
+        idx = max((i for i, p in enumerate(loc) if isinstance(p, int)), default=None)
+        if idx is None:
+            groups.setdefault((loc, err["type"], None), []).append((err, -1))
         else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {dotted}: {msg} (got {err.get('input')!r})")
+            key = (loc[:idx] + ("*",) + loc[idx + 1:], err["type"], err["msg"] if err["type"] != "string_type" else "")
+            groups.setdefault(key, []).append((err, loc[idx]))
+    for (_key, _type, _msg), errs in groups.items():
+        err, item = errs[0]
+        dotted, text = _error_line(err, model)
+        if len(errs) > 1:
+            text = f"{text} — and the same in {len(errs) - 1} more item(s) of this list"
+        lines.append(f"  {dotted}: {text}")
     return "\n".join(lines)
 
 
@@ -430,6 +614,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 src["href"] = _fix(src["href"])
             if "stac_items" in src:
                 src["stac_items"] = _fix(src["stac_items"])
+            if isinstance(src.get("glob"), str):
+                src["glob"] = _fix(src["glob"])
             mask = src.get("mask")
             if isinstance(mask, dict) and isinstance(mask.get("href"), str) and "://" not in mask["href"]:
                 mask["href"] = _fix(mask["href"])
@@ -481,6 +667,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
+    except ValueError as exc:  # an unquoted date that is not one (2019-13-01)
+        raise ConfigError(f"configuration {path}: an unquoted date in it is not a date: {exc}") from None
     if data is None:
         data = {}
     for key, value in (overrides or {}).items():
@@ -567,3 +755,118 @@ finalize:
   compress: deflate
   reproject: null         # e.g. EPSG:4326
 """
+
+
+EXAMPLE_ACQUISITIONS_YAML = """\
+# ecocube run configuration: Sentinel-2 L2A scenes found on disk by a glob.
+# Relative paths are relative to this file.
+name: crops-2019
+grid:
+  crs: EPSG:32631           # tile grid CRS (here the scenes' own UTM zone)
+  origin: [574680, 5622440] # upper-left corner (x, y) of tile X0000_Y0000
+  pixel_size: 10            # metres
+  tile_size: 32             # pixels per tile edge
+aoi:
+  bbox: [574680, 5621800, 575320, 5622440]  # minx, miny, maxx, maxy in the grid CRS
+inputs:
+  periods:
+    start_year: 2018
+    end_year: 2019
+    season_size: 4          # 4 quarters per year
+    year_start: 01-01       # MM-DD; 10-01 makes 2019 = 2018-10-01..2019-09-30
+  on_missing: fail          # fail | record: a missing file fails the tile or is recorded
+  composite:
+    percentile: 50          # the value kept per period (median of the valid scenes)
+    extra_percentiles: [25, 75]  # kept as bands B02_p25 ... and usable as features
+  sources:
+    - name: s2
+      kind: acquisitions    # irregular dates, composited into the periods
+      glob: data/S2L2A_*_10m.tif       # one file per date; no dates to list
+      date_pattern: S2L2A_{yyyymmdd}_10m.tif  # or {date}, {yyyy}{mm}{dd}, {yyyy}{doy};
+                            # date_tag: TIFFTAG_DATETIME reads the date from a tag instead
+      bands: [B02, B03, B04, B08]
+      band_indexes: {B02: 1, B03: 2, B04: 3, B08: 4}  # all bands in one file
+      scale: 0.0001         # reflectance = DN * scale + offset
+      nodata: 0
+      resampling: nearest
+      mask:                 # the scene classification layer of the same date
+        href: data/S2L2A_{yyyymmdd}_SCL.tif
+        kind: classes       # classes | bits | threshold
+        values: [3, 8, 9, 10]  # SCL cloud shadow, cloud medium/high, cirrus: invalid
+      scenes:
+        select: all         # all | least-cloudy | most-recent
+        n: 1                # scenes kept by least-cloudy / most-recent
+        max_cloud: null     # percent; drops cloudier scenes
+        cloud_from: mask    # mask: measured on the tile | item: eo:cloud_cover (STAC)
+gapfill:
+  method: tmwm              # tmwm | linear | none
+  h_same: 2
+  h_neib: 1
+  h_annual: 2
+features:
+  indices: [ndvi, ndwi]
+model:
+  path: model               # bundle folder written by `ecocube train`
+  classes:
+    - {code: 11, name: cropland, color: "#f2d16b"}
+    - {code: 13, name: grassland, color: "#9ad36a"}
+    - {code: 99, name: other, color: "#888888"}
+output:
+  store: output             # local folder or s3://bucket/prefix
+"""
+
+EXAMPLE_STAC_API_YAML = """\
+# ecocube run configuration: Sentinel-2 L2A scenes searched in a STAC API per tile and period.
+name: crops-2019-stac
+grid:
+  crs: EPSG:32631
+  origin: [574680, 5622440]
+  pixel_size: 10
+  tile_size: 32
+aoi:
+  bbox: [574680, 5621800, 575320, 5622440]
+inputs:
+  periods: {start_year: 2018, end_year: 2019, season_size: 4, year_start: 01-01}
+  on_missing: fail
+  sources:
+    - name: s2
+      kind: stac-api        # searched per tile (its bbox) and period (its datetime)
+      stac_api:
+        url: https://earth-search.aws.element84.com/v1  # the API's landing page
+        collections: [sentinel-2-l2a]
+        query: ["eo:cloud_cover<60"]  # STAC query extension (or a mapping {eo:cloud_cover: {lt: 60}})
+        limit: 100          # items per page; every page is read
+        max_items: null     # at most this many items per tile and period
+        timeout: 30         # seconds per request
+        retries: 3          # of 5xx/429/connection failures, with backoff
+      bands: [blue, green, red, nir]
+      assets: {blue: blue, green: green, red: red, nir: nir}  # band -> asset key
+      scale: 0.0001
+      offset: -0.1          # earth-search L2A processing baseline >= 04.00
+      nodata: 0
+      mask:
+        asset: scl          # the mask's asset key
+        kind: classes
+        values: [3, 8, 9, 10]
+      scenes:
+        select: least-cloudy  # all | least-cloudy | most-recent
+        n: 6                # keep the 6 least cloudy scenes of each tile and period
+        max_cloud: 80       # percent
+        cloud_from: item    # item: eo:cloud_cover | mask: measured on the tile
+features:
+  indices: [ndvi]
+model:
+  path: model
+  classes:
+    - {code: 1, name: cropland, color: "#f2d16b"}
+    - {code: 2, name: other, color: "#888888"}
+output:
+  store: output
+"""
+
+#: ``ecocube config example --kind KIND``
+EXAMPLES = {
+    "composite": EXAMPLE_YAML,
+    "acquisitions": EXAMPLE_ACQUISITIONS_YAML,
+    "stac-api": EXAMPLE_STAC_API_YAML,
+}

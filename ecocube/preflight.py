@@ -176,6 +176,19 @@ def _check_sources(cfg, report: PreflightReport) -> bool:
     return fine
 
 
+def _describe_sources(cfg, report: PreflightReport) -> bool:
+    """What each source finds (glob matches, item files, the STAC API reachable with its
+    collections) as facts; False with a problem when that fails."""
+    from .sources import describe_sources
+
+    try:
+        report.facts.extend(describe_sources(cfg.inputs))
+    except ConfigError as exc:
+        report.problems.append(str(exc))
+        return False
+    return True
+
+
 def _check_model(cfg, report: PreflightReport) -> None:
     if not any(layer in products.MODEL_PRODUCTS for layer in cfg.output.layers):
         return
@@ -204,11 +217,11 @@ def _check_model(cfg, report: PreflightReport) -> None:
 def _sample_refs(cfg, tiles, n: int) -> tuple[list[tuple[str, int, str]], int]:
     """Up to ``n`` distinct input files (href, band index, what) spread over the catalog of
     the first and the last tile; and how many files those catalogs hold."""
-    from .sources import input_catalog
+    from .scenes import tile_catalog  # STAC API sources: searched for these tiles (and cached)
 
     refs: dict[str, tuple[str, int, str]] = {}
     for tile in {t.id: t for t in (tiles[0], tiles[-1])}.values():
-        _, cats = input_catalog(cfg.inputs, tile.id)
+        _, cats = tile_catalog(cfg, tile)
         for cat in cats:
             for index in sorted(cat.observations):
                 for obs in cat.observations[index]:
@@ -325,6 +338,8 @@ def preflight(cfg, *, inputs: bool = True, store: bool = True, sample: int = 6) 
     report = PreflightReport()
     tiles = _check_tiles(cfg, report)
     sources_ok = _check_sources(cfg, report)
+    if inputs and sources_ok:
+        sources_ok = _describe_sources(cfg, report)
     _check_model(cfg, report)
     if inputs and tiles and sources_ok:
         _check_inputs(cfg, tiles, report, sample)

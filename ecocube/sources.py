@@ -16,8 +16,11 @@ is ``k = (year - start_year) * S + (season - 1)``, the period id its start date.
 
 from __future__ import annotations
 
+import bisect
+import glob as globlib
 import json
 import logging
+import os
 import re
 import string
 from collections.abc import Sequence
@@ -66,6 +69,36 @@ class Period:
         return self.start <= day < self.end
 
 
+def _add_months(day: date, months: int) -> date:
+    total = day.month - 1 + months
+    return date(day.year + total // 12, total % 12 + 1, day.day)
+
+
+def year_bounds(year: int, periods_cfg) -> tuple[date, date]:
+    """First day and end (exclusive) of ``year`` under ``periods.year_start``.
+
+    With the default ``01-01`` a year is the calendar year; otherwise year ``Y`` is the one
+    that ends in ``Y`` (``10-01``: 2019 = 2018-10-01..2019-09-30).
+    """
+    month, day = _year_start_md(periods_cfg)
+    start = date(int(year), month, day) if (month, day) == (1, 1) else date(int(year) - 1, month, day)
+    return start, _add_months(start, 12)
+
+
+def _year_start_md(periods_cfg) -> tuple[int, int]:
+    text = getattr(periods_cfg, "year_start", "01-01") or "01-01"
+    month, day = str(text).split("-")
+    return int(month), int(day)
+
+
+def year_of(day: date, periods_cfg) -> int:
+    """The (possibly non-calendar) year holding ``day``."""
+    month, dd = _year_start_md(periods_cfg)
+    if (month, dd) == (1, 1):
+        return day.year
+    return day.year + 1 if (day.month, day.day) >= (month, dd) else day.year
+
+
 def periods_from_config(periods_cfg) -> list[Period]:
     """All periods of a :class:`ecocube.config.PeriodsConfig`, in time order."""
     size = int(periods_cfg.season_size)
@@ -74,11 +107,10 @@ def periods_from_config(periods_cfg) -> list[Period]:
     months = 12 // size
     out: list[Period] = []
     for year in range(int(periods_cfg.start_year), int(periods_cfg.end_year) + 1):
+        y0, _ = year_bounds(year, periods_cfg)
         for season in range(1, size + 1):
-            m0 = 1 + (season - 1) * months
-            start = date(year, m0, 1)
-            m1 = m0 + months
-            end = date(year + 1, 1, 1) if m1 > 12 else date(year, m1, 1)
+            start = _add_months(y0, (season - 1) * months)
+            end = _add_months(y0, season * months)
             out.append(Period(start.isoformat(), start, end, year, season, len(out)))
     return out
 
@@ -87,9 +119,7 @@ def period_of(day: date, periods: Sequence[Period]) -> Period | None:
     """The period holding ``day`` (None outside the configured years)."""
     if not periods or day < periods[0].start or day >= periods[-1].end:
         return None
-    size = len([p for p in periods if p.year == periods[0].year])
-    months = 12 // size
-    k = (day.year - periods[0].year) * size + (day.month - 1) // months
+    k = bisect.bisect_right([p.start for p in periods], day) - 1
     return periods[k]
 
 
@@ -216,6 +246,8 @@ class Observation:
     day: date | None
     bands: dict[str, tuple[str, int]]
     mask: tuple[str, int] | None = None
+    item: str | None = None  # STAC item id or file name stem
+    cloud: float | None = None  # the item's eo:cloud_cover, percent
 
     def file_refs(self) -> list[FileRef]:
         """The distinct files of this observation, each with the band indexes needed."""
@@ -265,8 +297,12 @@ def _band_index(src_cfg, band: str) -> int:
 
 def check_source_templates(src_cfg) -> None:
     what = f"inputs.sources[{src_cfg.name}]"
+    named = src_cfg.stac_items or src_cfg.glob or src_cfg.kind == "stac-api"  # {item}: item id / file stem
+    if src_cfg.glob is not None and src_cfg.href is None and len(src_cfg.bands) > 1 and src_cfg.band_indexes is None:
+        raise ConfigError(f"{what}: the files of glob {src_cfg.glob!r} hold bands {list(src_cfg.bands)}: give "
+                          "band_indexes, or an href template with {band} for one file per band")
     if src_cfg.href is not None:
-        allowed = TEMPLATE_FIELDS if src_cfg.stac_items else tuple(f for f in TEMPLATE_FIELDS if f != "item")
+        allowed = TEMPLATE_FIELDS if named else tuple(f for f in TEMPLATE_FIELDS if f != "item")
         check_template(src_cfg.href, what=f"{what}.href", allowed=allowed)
         if (len(src_cfg.bands) > 1 and src_cfg.band_indexes is None
                 and "band" not in template_fields(src_cfg.href)):
@@ -275,12 +311,82 @@ def check_source_templates(src_cfg) -> None:
                 f"cannot tell where bands {list(src_cfg.bands)} are"
             )
     if src_cfg.mask is not None and src_cfg.mask.href is not None:
-        allowed = tuple(f for f in TEMPLATE_FIELDS if f != "band" and (src_cfg.stac_items or f != "item"))
+        allowed = tuple(f for f in TEMPLATE_FIELDS if f != "band" and (named or f != "item"))
         check_template(src_cfg.mask.href, what=f"{what}.mask.href", allowed=allowed)
 
 
-def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = None) -> SourceCatalog:
-    """The observations of one :class:`ecocube.config.SourceConfig` for one tile."""
+@dataclass(frozen=True)
+class Acquisition:
+    """One dated scene of an acquisitions source, before it becomes an :class:`Observation`.
+
+    ``item``: STAC item id or file name stem; ``assets``: asset key -> href (STAC); ``path``:
+    the file a glob found; ``cloud``: the item's ``eo:cloud_cover`` (percent) when known.
+    """
+
+    day: date
+    item: str | None = None
+    assets: dict[str, str] | None = None
+    path: str | None = None
+    cloud: float | None = None
+    datetime: str | None = None
+
+
+def _acquisition_observation(src_cfg, acq: Acquisition, p: Period, tile_id: str | None, where: str) -> Observation:
+    f = acquisition_fields(acq.day, p, tile_id, acq.item)
+    mask_index = src_cfg.mask.band_index if src_cfg.mask is not None else 1
+    bands = {}
+    for b in src_cfg.bands:
+        key = (src_cfg.assets or {}).get(b, b)
+        if acq.assets is not None and key in acq.assets:
+            bands[b] = (acq.assets[key], _band_index(src_cfg, b))
+        elif src_cfg.href is not None:
+            bands[b] = (format_href(src_cfg.href, {**f, "band": b}), _band_index(src_cfg, b))
+        elif acq.path is not None:
+            bands[b] = (acq.path, _band_index(src_cfg, b))
+        else:
+            raise ConfigError(
+                f"inputs.sources[{src_cfg.name}]: STAC item {acq.item!r} ({where}) has no asset "
+                f"{key!r} for band {b!r}; its assets are {sorted(acq.assets or {})}"
+            )
+    mask = None
+    if src_cfg.mask is not None:
+        if src_cfg.mask.asset is not None and acq.assets is not None and src_cfg.mask.asset in acq.assets:
+            mask = (acq.assets[src_cfg.mask.asset], mask_index)
+        elif src_cfg.mask.href is not None:
+            mask = (format_href(src_cfg.mask.href, f), mask_index)
+        else:
+            raise ConfigError(
+                f"inputs.sources[{src_cfg.name}]: STAC item {acq.item!r} ({where}) has no mask asset "
+                f"{src_cfg.mask.asset!r}; its assets are {sorted(acq.assets or {})}"
+            )
+    return Observation(src_cfg.name, p, acq.day, bands, mask, item=acq.item, cloud=acq.cloud)
+
+
+def acquisitions_of(src_cfg) -> tuple[list[Acquisition], str]:
+    """The dated scenes of a ``dates``/``glob``/``stac_items`` source, and where they came from."""
+    if src_cfg.stac_items is not None:
+        return ([Acquisition(day, item, assets, cloud=cloud)
+                 for day, item, assets, cloud in _stac_file_items(src_cfg.stac_items)], str(src_cfg.stac_items))
+    if src_cfg.glob is not None:
+        found = discover_files(src_cfg.glob, date_pattern=src_cfg.date_pattern, date_tag=src_cfg.date_tag,
+                               what=f"inputs.sources[{src_cfg.name}].glob")
+        return [Acquisition(f.day, f.stem, path=f.path) for f in found], f"glob {src_cfg.glob}"
+    out, seen = [], set()
+    for text in src_cfg.dates or ():
+        day = parse_day(text)
+        if day not in seen:
+            seen.add(day)
+            out.append(Acquisition(day))
+    return out, "dates"
+
+
+def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = None,
+                   acquisitions: Sequence[Acquisition] | None = None) -> SourceCatalog:
+    """The observations of one :class:`ecocube.config.SourceConfig` for one tile.
+
+    ``acquisitions``: the scenes of a ``stac-api`` source for this tile (searched by
+    :mod:`ecocube.scenes`); other kinds find theirs from the config.
+    """
     check_source_templates(src_cfg)
     cat = SourceCatalog(
         name=src_cfg.name, kind=src_cfg.kind, bands=tuple(src_cfg.bands), scale=float(src_cfg.scale),
@@ -297,55 +403,22 @@ def source_catalog(src_cfg, periods: Sequence[Period], tile_id: str | None = Non
             cat.observations.setdefault(p.index, []).append(Observation(src_cfg.name, p, None, bands, mask))
         return cat
 
-    dropped: list[date] = []
-    if src_cfg.stac_items is not None:
-        for day, item_id, assets in stac_acquisitions(src_cfg.stac_items):
-            p = period_of(day, periods)
-            if p is None:
-                dropped.append(day)
-                continue
-            f = acquisition_fields(day, p, tile_id, item_id)
-            bands = {}
-            for b in src_cfg.bands:
-                key = (src_cfg.assets or {}).get(b, b)
-                if key in assets:
-                    bands[b] = (assets[key], _band_index(src_cfg, b))
-                elif src_cfg.href is not None:
-                    bands[b] = (format_href(src_cfg.href, {**f, "band": b}), _band_index(src_cfg, b))
-                else:
-                    raise ConfigError(
-                        f"inputs.sources[{src_cfg.name}]: STAC item {item_id!r} ({src_cfg.stac_items}) has no asset "
-                        f"{key!r} for band {b!r}; its assets are {sorted(assets)}"
-                    )
-            mask = None
-            if src_cfg.mask is not None:
-                if src_cfg.mask.asset is not None and src_cfg.mask.asset in assets:
-                    mask = (assets[src_cfg.mask.asset], mask_index)
-                elif src_cfg.mask.href is not None:
-                    mask = (format_href(src_cfg.mask.href, f), mask_index)
-                else:
-                    raise ConfigError(
-                        f"inputs.sources[{src_cfg.name}]: STAC item {item_id!r} has no mask asset "
-                        f"{src_cfg.mask.asset!r}; its assets are {sorted(assets)}"
-                    )
-            cat.observations.setdefault(p.index, []).append(Observation(src_cfg.name, p, day, bands, mask))
+    if acquisitions is not None:
+        where = src_cfg.stac_api.url if src_cfg.stac_api is not None else "given"
+    elif src_cfg.kind == "stac-api":
+        raise ConfigError(f"inputs.sources[{src_cfg.name}]: a stac-api source needs its searched items "
+                          "(ecocube.stacapi.search_source)")
     else:
-        seen: set[date] = set()
-        for text in src_cfg.dates:
-            day = parse_day(text)
-            if day in seen:
-                continue
-            seen.add(day)
-            p = period_of(day, periods)
-            if p is None:
-                dropped.append(day)
-                continue
-            f = acquisition_fields(day, p, tile_id)
-            bands = {b: (format_href(src_cfg.href, {**f, "band": b}), _band_index(src_cfg, b)) for b in src_cfg.bands}
-            mask = (format_href(src_cfg.mask.href, f), mask_index) if src_cfg.mask is not None else None
-            cat.observations.setdefault(p.index, []).append(Observation(src_cfg.name, p, day, bands, mask))
+        acquisitions, where = acquisitions_of(src_cfg)
+    dropped: list[date] = []
+    for acq in acquisitions:
+        p = period_of(acq.day, periods)
+        if p is None:
+            dropped.append(acq.day)
+            continue
+        cat.observations.setdefault(p.index, []).append(_acquisition_observation(src_cfg, acq, p, tile_id, where))
     for obs in cat.observations.values():
-        obs.sort(key=lambda o: o.day)
+        obs.sort(key=lambda o: (o.day, o.item or ""))
     if dropped:
         _warn_dropped(src_cfg, dropped, periods)
     return cat
@@ -372,15 +445,13 @@ def _warn_dropped(src_cfg, dropped: Sequence[date], periods: Sequence[Period]) -
 
 
 def dates_outside_periods(src_cfg, periods: Sequence[Period]) -> list[date]:
-    """Acquisition dates of an ``acquisitions`` source that no period holds (pure; may raise
-    :class:`ConfigError` for a date that does not exist, e.g. 2020-02-30)."""
+    """Acquisition dates of an ``acquisitions`` source (listed, globbed or in a STAC item
+    file) that no period holds; may raise :class:`ConfigError` for a date that does not
+    exist (2020-02-30), an empty glob or an undated file."""
     if src_cfg.kind != "acquisitions":
         return []
-    if src_cfg.stac_items is not None:
-        days = [d for d, _, _ in stac_acquisitions(src_cfg.stac_items)]
-    else:
-        days = [parse_day(t) for t in src_cfg.dates or ()]
-    return sorted({d for d in days if period_of(d, periods) is None})
+    acqs, _ = acquisitions_of(src_cfg)
+    return sorted({a.day for a in acqs if period_of(a.day, periods) is None})
 
 
 def input_catalog(inputs_cfg, tile_id: str | None = None) -> tuple[list[Period], list[SourceCatalog]]:
@@ -397,6 +468,10 @@ def stac_acquisitions(path: str | Path) -> list[tuple[date, str, dict[str, str]]
 
     Relative asset hrefs are resolved against the file's folder. Items are sorted by date.
     """
+    return [(day, item, assets) for day, item, assets, _ in _stac_file_items(path)]
+
+
+def _stac_file_items(path: str | Path) -> list[tuple[date, str, dict[str, str], float | None]]:
     import pystac
 
     path = Path(path)
@@ -428,6 +503,191 @@ def stac_acquisitions(path: str | Path) -> list[tuple[date, str, dict[str, str]]
             if not _ABS.match(href) and not href.startswith("/"):
                 href = str((path.parent / href).resolve())
             assets[key] = href
-        out.append((dt.date(), item.id, assets))
+        out.append((dt.date(), item.id, assets, item_cloud(item.properties)))
     out.sort(key=lambda t: (t[0], t[1]))
     return out
+
+
+def item_cloud(properties: dict) -> float | None:
+    """``eo:cloud_cover`` of a STAC item's properties, as a float (None if absent)."""
+    value = properties.get("eo:cloud_cover")
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- file discovery
+
+#: fields of a ``date_pattern`` and the digits each matches
+DATE_FIELDS = {
+    "yyyymmdd": r"\d{8}",
+    "date": r"\d{4}-\d{2}-\d{2}",
+    "yyyy": r"\d{4}",
+    "mm": r"\d{2}",
+    "dd": r"\d{2}",
+    "doy": r"\d{3}",
+}
+
+DEFAULT_DATE_PATTERN = "{yyyymmdd}"
+
+
+def date_regex(pattern: str) -> re.Pattern:
+    """A regex for a file-name date pattern (``S2L2A_{yyyymmdd}_10m.tif``, ``{yyyy}{doy}``);
+    ``*`` matches anything. The pattern is searched in the file name."""
+    parts = re.split(r"(\{[^}]*\}|\*)", pattern)
+    out, seen = [], set()
+    for part in parts:
+        if part == "*":
+            out.append(".*?")
+        elif part.startswith("{") and part.endswith("}"):
+            name = part[1:-1]
+            if name not in DATE_FIELDS:
+                raise ConfigError(f"date_pattern {pattern!r}: unknown field {part}; "
+                                  f"known: {', '.join('{' + f + '}' for f in DATE_FIELDS)}")
+            if name in seen:
+                raise ConfigError(f"date_pattern {pattern!r} uses {part} twice")
+            seen.add(name)
+            out.append(f"(?P<{name}>{DATE_FIELDS[name]})")
+        else:
+            out.append(re.escape(part))
+    ok = {"yyyymmdd"} <= seen or {"date"} <= seen or {"yyyy", "mm", "dd"} <= seen or {"yyyy", "doy"} <= seen
+    if not ok:
+        raise ConfigError(f"date_pattern {pattern!r} does not give a whole date: use {{yyyymmdd}}, {{date}}, "
+                          "{yyyy}{mm}{dd} or {yyyy}{doy}")
+    return re.compile("".join(out))
+
+
+def day_from_name(name: str, regex: re.Pattern) -> date | None:
+    """The date a file name holds by ``regex`` (:func:`date_regex`); None if it does not match.
+    Raises ValueError when the digits are not a date (``20181332``)."""
+    from datetime import timedelta
+
+    m = regex.search(name)
+    if m is None:
+        return None
+    g = m.groupdict()
+    if "yyyymmdd" in g:
+        t = g["yyyymmdd"]
+        return date(int(t[:4]), int(t[4:6]), int(t[6:]))
+    if "date" in g:
+        return date.fromisoformat(g["date"])
+    if "doy" in g:
+        doy = int(g["doy"])
+        first = date(int(g["yyyy"]), 1, 1)
+        day = first + timedelta(days=doy - 1)
+        if not 1 <= doy or day.year != first.year:
+            raise ValueError(f"day of year {doy} is not in {first.year}")
+        return day
+    return date(int(g["yyyy"]), int(g["mm"]), int(g["dd"]))
+
+
+def day_from_tag(text: str) -> date:
+    """A date from a raster tag: TIFF ``YYYY:MM:DD HH:MM:SS`` or ISO 8601."""
+    text = str(text).strip()
+    m = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2})([ T].*)?", text)
+    if m:
+        return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    try:
+        return parse_day(text)
+    except ConfigError:
+        raise ValueError(f"{text!r} is not a date") from None
+
+
+_TAG_CACHE: dict[tuple[str, int, str], str | None] = {}
+
+
+def _read_tag(path: str, tag: str) -> str | None:
+    """Tag ``tag`` of a raster (default domain, then band 1); cached per file and mtime."""
+    import rasterio
+
+    try:
+        key = (path, os.stat(path).st_mtime_ns, tag)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if key not in _TAG_CACHE:
+        try:
+            with rasterio.open(path) as src:
+                value = src.tags().get(tag)
+                if value is None and src.count:
+                    value = src.tags(1).get(tag)
+        except rasterio.errors.RasterioIOError as exc:
+            raise ConfigError(f"cannot read the date tag {tag} of {path}: not a raster GDAL can open ({exc})") from None
+        _TAG_CACHE[key] = value
+    return _TAG_CACHE[key]
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """One acquisition found by a glob: its date, path and name without extension."""
+
+    day: date
+    path: str
+    stem: str
+
+
+def discover_files(pattern: str, *, date_pattern: str | None = None, date_tag: str | None = None,
+                   what: str = "glob") -> list[FoundFile]:
+    """The files a glob matches, each with its date (from the name or a tag), in date order.
+
+    Errors (:class:`ConfigError`, naming the pattern or file): nothing matched; a name
+    without a date (or a file without the tag); a date that is not a date; two files with
+    the same date.
+    """
+    paths = sorted(globlib.glob(os.path.expanduser(pattern)))
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
+        raise ConfigError(f"{what}: glob {pattern!r} matches no file")
+    regex = None if date_tag else date_regex(date_pattern or DEFAULT_DATE_PATTERN)
+    found: list[FoundFile] = []
+    by_day: dict[date, str] = {}
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            if regex is not None:
+                day = day_from_name(name, regex)
+                if day is None:
+                    raise ConfigError(f"{what}: file {path} matches glob {pattern!r} but its name has no date "
+                                      f"by date_pattern {date_pattern or DEFAULT_DATE_PATTERN!r}")
+            else:
+                value = _read_tag(path, date_tag)
+                if value is None:
+                    raise ConfigError(f"{what}: file {path} has no tag {date_tag}")
+                day = day_from_tag(value)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            source = f"tag {date_tag}" if date_tag else "name"
+            raise ConfigError(f"{what}: cannot read a date from the {source} of {path}: {exc}") from None
+        if day in by_day:
+            raise ConfigError(f"{what}: files {by_day[day]} and {path} have the same date {day}; "
+                              "narrow the glob so that one file per date matches")
+        by_day[day] = path
+        found.append(FoundFile(day, path, name.rsplit(".", 1)[0] if "." in name else name))
+    found.sort(key=lambda f: f.day)
+    return found
+
+
+def describe_sources(inputs_cfg) -> list[str]:
+    """One line per source saying what it finds, for ``ecocube config check``.
+
+    Runs the discovery that needs no tile (globs, STAC item files, listed dates), so that
+    an empty glob or an undated file is a configuration error before any job starts.
+    """
+    periods = periods_from_config(inputs_cfg.periods)
+    lines = []
+    for src in inputs_cfg.sources:
+        if src.kind == "composite":
+            lines.append(f"source {src.name}: one raster per period ({len(periods)} periods)")
+            continue
+        if src.kind == "stac-api":
+            api = src.stac_api
+            lines.append(f"source {src.name}: STAC API {api.url} collections {', '.join(api.collections)}, "
+                         "searched per tile and period")
+            continue
+        acqs, where = acquisitions_of(src)
+        inside = [a for a in acqs if period_of(a.day, periods) is not None]
+        span = f", {inside[0].day}..{inside[-1].day}" if inside else ""
+        lines.append(f"source {src.name}: {len(acqs)} acquisitions from {where}, "
+                     f"{len(inside)} inside the periods{span}")
+    return lines

@@ -127,7 +127,7 @@ def period_interval(period: str, months: int) -> tuple[datetime, datetime]:
     """Start and end (inclusive, last second) of a period that starts on ``period``."""
     start = date.fromisoformat(period)
     total = start.month - 1 + months
-    end = date(start.year + total // 12, total % 12 + 1, 1)
+    end = date(start.year + total // 12, total % 12 + 1, start.day)  # periods.year_start may move the day
     to_dt = lambda d: datetime(d.year, d.month, d.day, tzinfo=timezone.utc)  # noqa: E731
     return to_dt(start), to_dt(end) - timedelta(seconds=1)
 

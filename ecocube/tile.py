@@ -194,7 +194,11 @@ def output_key(product: str, tile_id: str, period: str, layer: str) -> str:
     return f"{product}/{tile_id}/{period}/{layer}.tif"
 
 
-def year_period(year: int) -> str:
+def year_period(year: int, periods=None) -> str:
+    """The period id of a year's outputs: its first day (``periods.year_start`` moves it)."""
+    for p in periods or ():
+        if getattr(p, "year", None) is not None and int(p.year) == int(year):
+            return p.id
     return f"{int(year):04d}-01-01"
 
 
@@ -225,7 +229,7 @@ def plan_outputs(layers: Sequence[str], *, periods, bands: Sequence[str], years:
 
     specs: list[OutputSpec] = []
     for year in years:
-        specs += per("year", year_period(year))
+        specs += per("year", year_period(year, periods))
     for p in periods:
         specs += per("period", p.id)
     return specs
@@ -757,6 +761,7 @@ class _TileRun:
         self.writer: TileWriter | None = None
         self.bands: tuple[str, ...] = ()
         self.years: list[int] = []
+        self.periods: list = []
 
     def run(self, work: Path) -> dict[str, Any]:
         """Every block (outputs written in the scratch folder ``work``), then the tile's
@@ -811,6 +816,7 @@ class _TileRun:
             return
         self.bands = tuple(res.bands)
         self.years = sorted({int(p.year) for p in res.periods})
+        self.periods = list(res.periods)
         codes, names = self.model_classes()
         specs = plan_outputs(self.layers, periods=res.periods, bands=self.bands, years=self.years, classes=codes,
                              class_names=names, composite_scale=self.cfg.output.composite_scale)
@@ -852,7 +858,8 @@ class _TileRun:
             with self.timer("predict"):
                 proba, hard, unc = self.stages.predict_block(self.bundle, X, threads=self.threads)
             self.tally.predicted += int((hard != CLASS_NODATA).sum())
-            items.extend(_prediction_items(self.tile.id, year, self.layers, proba, hard, unc, h, w))
+            items.extend(_prediction_items(self.tile.id, year_period(year, self.periods), self.layers, proba, hard,
+                                           unc, h, w))
             del X
         return items
 
@@ -904,11 +911,10 @@ class _TileRun:
         }
 
 
-def _prediction_items(tile_id: str, year: int, layers, proba: np.ndarray, hard: np.ndarray, unc: np.ndarray,
+def _prediction_items(tile_id: str, per: str, layers, proba: np.ndarray, hard: np.ndarray, unc: np.ndarray,
                       h: int, w: int) -> list[tuple[str, np.ndarray]]:
     """The year's model outputs wanted in ``layers``, in registry order: the one place a new
     model product (see ecocube.products) maps what the model returns to its raster."""
-    per = year_period(year)
     values = {"proba": proba.reshape(-1, h, w), "class": hard.reshape(h, w), "uncertainty": unc.reshape(h, w)}
     return [(output_key(name, tile_id, per, name), values[name]) for name in products.names(source="model", among=layers)]
 

@@ -122,3 +122,86 @@ def test_config_example_cli_roundtrip(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text(out.output)
     assert load_config(p).name == "landcover-2019"
+
+
+# ---------------------------------------------------------------------- ergonomics
+
+
+@pytest.mark.parametrize("kind", ["composite", "acquisitions", "stac-api"])
+def test_every_example_kind_validates(kind, tmp_path):
+    out = CliRunner().invoke(cli, ["config", "example", "--kind", kind])
+    assert out.exit_code == 0, out.output
+    p = tmp_path / "run.yaml"
+    p.write_text(out.output)
+    cfg = load_config(p)
+    src = cfg.inputs.sources[0]
+    assert src.kind == kind
+    assert out.output.count("#") > 15  # commented
+    if kind == "acquisitions":
+        assert src.glob == str(tmp_path / "data" / "S2L2A_*_10m.tif") and src.dates is None
+        assert src.mask.href == str(tmp_path / "data" / "S2L2A_{yyyymmdd}_SCL.tif")
+    if kind == "stac-api":
+        assert src.stac_api.collections == ("sentinel-2-l2a",) and src.stac_api.query == ("eo:cloud_cover<60",)
+        assert src.mask.asset == "scl" and src.scenes.select == "least-cloudy"
+
+
+def _acq_yaml(dates_yaml: str) -> str:
+    data = yaml.safe_load(EXAMPLE_YAML)
+    text = yaml.safe_dump({k: v for k, v in data.items() if k != "inputs"})
+    return text + f"""inputs:
+  sources:
+    - name: s2
+      kind: acquisitions
+      href: /d/S2_{{yyyymmdd}}.tif
+      bands: [red]
+      dates: {dates_yaml}
+"""
+
+
+def test_unquoted_yaml_dates_are_dates(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(_acq_yaml("[2018-08-04, '2018-08-14', 2018-08-19T10:56:55Z]"))
+    assert load_config(p).inputs.sources[0].dates[:2] == ("2018-08-04", "2018-08-14")
+
+
+def test_a_list_error_is_one_line_with_the_first_bad_item_and_the_count(tmp_path):
+    p = tmp_path / "run.yaml"
+    days = ", ".join(f"2018-08-{d:02d}" for d in range(1, 29))
+    p.write_text(_acq_yaml(f"[{days}, 2018-8-4x, '2019-02-30', tomorrow]"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    lines = str(exc.value).splitlines()
+    assert lines[1:] == ["  inputs.sources.0.dates: 3 of 31 dates are not dates (YYYY-MM-DD or an ISO datetime); "
+                         "first: item 28 '2018-8-4x'"]
+    p.write_text(_acq_yaml("[" + ", ".join(str(i) for i in range(40)) + "]"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    lines = str(exc.value).splitlines()
+    assert lines[1:] == ["  inputs.sources.0.dates.0: Input should be a valid string (got 0) — and the same in 39 "
+                         "more item(s) of this list"]
+    # a rule across keys names the rule, never dumps the section
+    p.write_text(_acq_yaml("null"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).splitlines()[1:] == [
+        "  inputs.sources.0: Value error, kind 'acquisitions' needs exactly one of 'dates', 'glob' or 'stac_items'"
+        .replace("Value error, ", "")]
+    p.write_text(_acq_yaml("[2019-13-01]"))
+    with pytest.raises(ConfigError, match="an unquoted date in it is not a date: month must be in 1..12"):
+        load_config(p)
+
+
+def test_config_check_runs_the_glob_and_exits_2_when_it_matches_nothing(tmp_path, data_dir):
+    from ecocube.config import EXAMPLES
+
+    folder = data_dir / "worldcereal-be-2019"
+    text = EXAMPLES["acquisitions"].replace("data/S2L2A_", f"{folder}/S2L2A_")
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    ok = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(p)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "source s2: 72 acquisitions from glob" in ok.stdout and "2018-08-04..2019-11-27" in ok.stdout
+    p.write_text(text.replace("S2L2A_*_10m.tif", "S2L2A_*_60m.tif"))
+    bad = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(p)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith("S2L2A_*_60m.tif' matches no file")

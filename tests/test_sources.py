@@ -174,3 +174,139 @@ def test_stac_read_equals_dates_read(tmp_path, data_dir):
     np.testing.assert_array_equal(a.data, b.data)
     np.testing.assert_array_equal(a.reason, b.reason)
     assert np.isfinite(a.data[1]).mean() > 0.5
+
+
+# ---------------------------------------------------------------------- file discovery
+
+
+def _belgium_dates(data_dir) -> list[str]:
+    return sorted({t[:10] for t in json.loads((data_dir / "worldcereal-be-2019" / "timestamps.json").read_text())})
+
+
+def test_glob_finds_every_real_scene_with_its_date(data_dir):
+    from ecocube.sources import discover_files
+
+    folder = data_dir / "worldcereal-be-2019"
+    found = discover_files(str(folder / "S2L2A_*_10m.tif"), date_pattern="S2L2A_{yyyymmdd}_10m.tif")
+    assert len(found) == 72
+    assert [f.day.isoformat() for f in found] == _belgium_dates(data_dir)
+    assert found[0].path == str(folder / "S2L2A_20180804_10m.tif") and found[0].stem == "S2L2A_20180804_10m"
+    # the default pattern {yyyymmdd} is searched anywhere in the name
+    assert [f.day for f in discover_files(str(folder / "S2L2A_*_10m.tif"))] == [f.day for f in found]
+
+
+def test_glob_catalog_equals_listed_dates_catalog(data_dir):
+    folder = data_dir / "worldcereal-be-2019"
+    ps = periods_from_config(PeriodsConfig(start_year=2018, end_year=2019, season_size=4))
+    common = {"name": "s2", "kind": "acquisitions", "bands": ["B04", "B08"], "band_indexes": {"B04": 3, "B08": 4},
+              "mask": {"href": str(folder / "S2L2A_{yyyymmdd}_SCL.tif"), "kind": "classes", "values": [3, 8, 9, 10]}}
+    by_glob = source_catalog(SourceConfig(**common, glob=str(folder / "S2L2A_*_10m.tif")), ps)
+    by_dates = source_catalog(SourceConfig(**common, href=str(folder / "S2L2A_{yyyymmdd}_10m.tif"),
+                                           dates=_belgium_dates(data_dir)), ps)
+    assert by_glob.n_observations == by_dates.n_observations == 72
+    strip = lambda cat: {k: [(o.day, o.bands, o.mask) for o in v] for k, v in cat.observations.items()}  # noqa: E731
+    assert strip(by_glob) == strip(by_dates)
+    # a glob source with several bands in one file needs band_indexes
+    with pytest.raises(ConfigError, match="give band_indexes"):
+        source_catalog(SourceConfig(name="s2", kind="acquisitions", bands=["B04", "B08"],
+                                    glob=str(folder / "S2L2A_*_10m.tif")), ps)
+
+
+def test_glob_with_a_band_template_and_day_of_year_names(tmp_path):
+    from ecocube.sources import discover_files
+
+    for name in ("LC08_2019100_red.tif", "LC08_2019101_red.tif", "LC08_2019100_nir.tif", "LC08_2019101_nir.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    found = discover_files(str(tmp_path / "LC08_*_red.tif"), date_pattern="LC08_{yyyy}{doy}_")
+    assert [f.day for f in found] == [date(2019, 4, 10), date(2019, 4, 11)]
+    ps = periods_from_config(PeriodsConfig(start_year=2019, end_year=2019, season_size=4))
+    src = SourceConfig(name="l8", kind="acquisitions", bands=["red", "nir"], glob=str(tmp_path / "LC08_*_red.tif"),
+                       date_pattern="LC08_{yyyy}{doy}_", href=str(tmp_path / "LC08_{item}.tif"))
+    with pytest.raises(ConfigError, match="no {band} field"):
+        source_catalog(src, ps)
+    src = src.model_copy(update={"href": str(tmp_path / "LC08_{year}{yyyymmdd}_{band}.tif")})
+    obs = source_catalog(src, ps).observations[1][0]
+    assert obs.bands["nir"] == (str(tmp_path / "LC08_201920190410_nir.tif"), 1) and obs.item == "LC08_2019100_red"
+
+
+def test_glob_errors_name_the_pattern_or_the_file(tmp_path):
+    from ecocube.sources import date_regex, discover_files
+
+    with pytest.raises(ConfigError, match=r"glob '.*S2_\*\.tif' matches no file"):
+        discover_files(str(tmp_path / "S2_*.tif"))
+    (tmp_path / "S2_20190105.tif").write_bytes(b"x")
+    (tmp_path / "S2_latest.tif").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"S2_latest\.tif matches glob .* but its name has no date"):
+        discover_files(str(tmp_path / "S2_*.tif"))
+    (tmp_path / "S2_latest.tif").unlink()
+    (tmp_path / "S2_20191332.tif").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"cannot read a date from the name of .*S2_20191332\.tif: month must be"):
+        discover_files(str(tmp_path / "S2_*.tif"))
+    (tmp_path / "S2_20191332.tif").unlink()
+    (tmp_path / "S2_2019-01-05.tif").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"S2_2019-01-05\.tif and .*S2_20190105\.tif have the same date 2019-01-05"):
+        discover_files(str(tmp_path / "S2_*.tif"), date_pattern="S2_*{yyyy}*{mm}*{dd}")
+    with pytest.raises(ConfigError, match=r"unknown field \{week\}"):
+        date_regex("S2_{week}")
+    with pytest.raises(ConfigError, match="does not give a whole date"):
+        date_regex("S2_{yyyy}{mm}")
+
+
+def _tagged_tif(path: Path, **tags) -> Path:
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16") as dst:
+        dst.write(np.ones((1, 8, 8), np.uint16))
+        dst.update_tags(**tags)
+    return path
+
+
+def test_glob_dates_from_tags(tmp_path):
+    from ecocube.sources import discover_files
+
+    a = _tagged_tif(tmp_path / "scene_a.tif", TIFFTAG_DATETIME="2019:07:10 10:56:31")
+    _tagged_tif(tmp_path / "scene_b.tif", TIFFTAG_DATETIME="2019:04:26 10:50:00", DATETIME="2019-04-27T00:10:00Z")
+    pattern = str(tmp_path / "scene_*.tif")
+    assert [f.day for f in discover_files(str(tmp_path / "scene_b.tif"), date_tag="DATETIME")] == [date(2019, 4, 27)]
+    assert [(f.day, Path(f.path).name) for f in discover_files(pattern, date_tag="TIFFTAG_DATETIME")] == [
+        (date(2019, 4, 26), "scene_b.tif"), (date(2019, 7, 10), "scene_a.tif")]
+    with pytest.raises(ConfigError, match=r"scene_a\.tif has no tag DATETIME"):
+        discover_files(pattern, date_tag="DATETIME")
+    Path(a).with_name("scene_c.tif").write_text("not a raster")
+    with pytest.raises(ConfigError, match=r"date tag TIFFTAG_DATETIME of .*scene_c\.tif: not a raster"):
+        discover_files(pattern, date_tag="TIFFTAG_DATETIME")
+
+
+# ---------------------------------------------------------------------- year_start
+
+
+def test_year_start_moves_years_and_their_periods():
+    from ecocube.sources import year_bounds, year_of
+
+    cfg = PeriodsConfig(start_year=2019, end_year=2020, season_size=4, year_start="10-01")
+    ps = periods_from_config(cfg)
+    assert [p.id for p in ps[:5]] == ["2018-10-01", "2019-01-01", "2019-04-01", "2019-07-01", "2019-10-01"]
+    assert ps[0].year == 2019 and ps[0].season == 1 and ps[3].end == date(2019, 10, 1) and ps[4].year == 2020
+    assert ps[-1].end == date(2020, 10, 1) and all(a.end == b.start for a, b in zip(ps, ps[1:]))
+    assert year_bounds(2019, cfg) == (date(2018, 10, 1), date(2019, 10, 1))
+    assert year_of(date(2018, 10, 1), cfg) == 2019 and year_of(date(2018, 9, 30), cfg) == 2018
+    assert period_of(date(2018, 9, 30), ps) is None and period_of(date(2018, 10, 1), ps) is ps[0]
+    assert period_of(date(2020, 9, 30), ps) is ps[-1]
+    # a day inside the month: every period starts on that day
+    mid = periods_from_config(PeriodsConfig(start_year=2019, end_year=2019, season_size=12, year_start="03-15"))
+    assert mid[0].start == date(2018, 3, 15) and mid[10].start == date(2019, 1, 15) and mid[-1].end == date(2019, 3, 15)
+    # the default is the calendar year, as before
+    assert periods_from_config(PeriodsConfig(start_year=2019, end_year=2019, season_size=1))[0].end == date(2020, 1, 1)
+
+
+@pytest.mark.parametrize("bad", ["13-01", "10", "x", "02-30", "10-31"])
+def test_year_start_that_is_not_a_month_and_day_fails(bad):
+    with pytest.raises(ValueError, match="year_start"):
+        PeriodsConfig(year_start=bad)
+
+
+def test_year_start_accepts_an_unquoted_yaml_date():
+    import yaml
+
+    assert PeriodsConfig(**yaml.safe_load("year_start: 2000-10-01")).year_start == "10-01"
+    assert PeriodsConfig(year_start="7-1").year_start == "07-01"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import EXAMPLE_YAML
+from ..config import EXAMPLES
 from ..grid import TileGrid
 from .options import config_override_option, load_run_config, run_config_argument, run_preflight
 
@@ -53,6 +53,8 @@ def _tiles(cfg) -> list:
 
 
 @config.command("example")
-def example() -> None:
+@click.option("--kind", "kind", type=click.Choice(sorted(EXAMPLES)), default="composite", show_default=True,
+              help="Input source kind: per-period composites, scene files found by a glob, or a STAC API.")
+def example(kind) -> None:
     """Print an annotated example configuration (ecocube config example > run.yaml)."""
-    click.echo(EXAMPLE_YAML, nl=False)
+    click.echo(EXAMPLES[kind], nl=False)
