@@ -207,7 +207,7 @@ class StacApiConfig(_Model):
 
     url: str = Field(..., pattern=r"^https?://", description="the API's root (landing page) URL")
     collections: tuple[str, ...] = Field(..., min_length=1)
-    query: tuple[str, ...] | dict[str, Any] | None = Field(
+    query: dict[str, dict[str, Any]] | None = Field(
         None, description="STAC query extension: ['eo:cloud_cover<60'] or {'eo:cloud_cover': {'lt': 60}}")
     limit: int = Field(100, ge=1, le=10000, description="items per page")
     max_items: int | None = Field(None, ge=1, description="stop after this many items per tile and period")
@@ -216,8 +216,40 @@ class StacApiConfig(_Model):
 
     @field_validator("query", mode="before")
     @classmethod
-    def _one_query(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    def _query_dict(cls, value: Any) -> Any:
+        return parse_query(value)
+
+
+_QUERY_OPS = (("<=", "lte"), (">=", "gte"), ("!=", "neq"), ("<", "lt"), (">", "gt"), ("=", "eq"))
+_QUERY_KEYS = {"eq", "neq", "lt", "lte", "gt", "gte", "startsWith", "endsWith", "contains", "in"}
+
+
+def parse_query(value: Any) -> Any:
+    """STAC query-extension filters from ``'eo:cloud_cover<60'`` strings (or a list of them)
+    as a mapping ``{'eo:cloud_cover': {'lt': 60}}``, numbers as numbers (a string "60"
+    would be compared as text by the API). A mapping is checked and returned as is."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, dict):
+        for prop, cond in value.items():
+            if not isinstance(cond, dict) or not cond or set(cond) - _QUERY_KEYS:
+                raise ValueError(f"query {prop!r}: expected a mapping of operators among "
+                                 f"{', '.join(sorted(_QUERY_KEYS))}, got {cond!r}")
+        return value
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"query must be strings like 'eo:cloud_cover<60' or a mapping, got {value!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for text in value:
+        m = re.fullmatch(r"\s*([A-Za-z0-9_:.\-]+)\s*(<=|>=|!=|<|>|=)\s*(.+?)\s*", str(text))
+        if m is None:
+            raise ValueError(f"query {text!r} is not 'property<op>value' with op among <, <=, >, >=, =, !=")
+        prop, op, raw = m.groups()
+        parsed = yaml.safe_load(raw)
+        val = parsed if isinstance(parsed, int | float | bool) else raw.strip("'\"")
+        out.setdefault(prop, {})[dict(_QUERY_OPS)[op]] = val
+    return out
 
 
 class ScenesConfig(_Model):

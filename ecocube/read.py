@@ -49,7 +49,6 @@ from .sources import (
     Observation,
     Period,
     SourceCatalog,
-    input_catalog,
 )
 from .store import gdal_env, probe_s3_object
 
@@ -707,8 +706,11 @@ class _BlockPlan:
     jobs: list[list[_Job]]
 
     @classmethod
-    def for_tile(cls, inputs, tile_id: str) -> _BlockPlan:
-        periods, cats = input_catalog(inputs, tile_id)
+    def for_tile(cls, cfg, tile, *, threads: int | None = None) -> _BlockPlan:
+        from .scenes import tile_catalog  # searched (STAC API) and selected scenes, once per tile
+
+        inputs = cfg.inputs
+        periods, cats = tile_catalog(cfg, tile, threads=threads)
         observations = [[(cat, o) for cat in cats for o in cat.observations.get(p.index, [])] for p in periods]
         jobs = [_jobs_for_period(obs, p.index) for p, obs in zip(periods, observations)]
         return cls(list(periods), list(cats), band_names(inputs), observations, jobs)
@@ -871,7 +873,7 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
     t0 = time.perf_counter()
     window = norm_window(tile, window)
     inputs = cfg.inputs
-    plan = _BlockPlan.for_tile(inputs, tile.id)
+    plan = _BlockPlan.for_tile(cfg, tile, threads=threads)
     cube = _BlockCube(plan, (int(window.height), int(window.width)), inputs.composite)
     n_threads = max(1, min(ecoenv.available_threads(threads or inputs.threads), max(plan.n_jobs, 1)))
 
@@ -891,3 +893,53 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
                  missing=len(missing))
     return ReadResult(data=cube.data, reason=cube.reason, count=cube.count, bands=plan.bands,
                       periods=list(plan.periods), missing=missing, stats=stats)
+
+
+def mask_cover(cfg, src_cfg, cat: SourceCatalog, observations: list[Observation], tile, *,
+               threads: int | None = None) -> dict[tuple[str, int], float | None]:
+    """Percentage of the tile's pixels that the source's mask marks invalid, per mask
+    (href, band index) of ``observations``; None where the mask has no data on the tile.
+
+    Reads each quality layer once over the whole tile (nearest), with the retries and
+    errors of every read; a missing mask raises :class:`InputMissingError`.
+    """
+    window = norm_window(tile, None)
+    masks = list(dict.fromkeys(o.mask for o in observations if o.mask is not None))
+    if not masks or cat.mask_rule is None:
+        return {}
+    cancel = threading.Event()
+    reader = _Reader(cfg, tile, window, cancel)
+    n_threads = max(1, min(ecoenv.available_threads(threads or cfg.inputs.threads), len(masks)))
+    pool = _Pool(n_threads, reader.gdal_env, reader.read, cancel)
+    out: dict[tuple[str, int], float | None] = {}
+    failure = None
+    try:
+        for href, idx in masks:
+            pool.submit(_Job(-1, href, (idx,), "nearest", None, "mask"))
+        for _ in masks:
+            job, res, exc = pool.result()
+            if exc is not None:
+                if failure is None and not isinstance(exc, _Cancelled):
+                    failure = exc
+                    cancel.set()
+                continue
+            if failure is not None:
+                continue
+            if isinstance(res, _Patch):
+                res = reader.warp(res)
+            qa = res.array[0]
+            nodata = _nodata_mask(qa, res.nodata)
+            if res.outside is not None:
+                nodata |= res.outside
+            n = int((~nodata).sum())
+            out[(job.href, job.indexes[0])] = (
+                None if n == 0 else 100.0 * float((cat.mask_rule.invalid(qa) & ~nodata).sum()) / n)
+    finally:
+        cancel.set()
+        pool.close()
+    if failure is not None:
+        if isinstance(failure, ReadError | ConfigError):
+            raise failure
+        raise ReadError(f"measuring cloud on tile {tile.id} from the masks of {src_cfg.name} failed: "
+                        f"{type(failure).__name__}: {failure}", tile=tile.id) from failure
+    return out

@@ -681,9 +681,16 @@ def describe_sources(inputs_cfg) -> list[str]:
             lines.append(f"source {src.name}: one raster per period ({len(periods)} periods)")
             continue
         if src.kind == "stac-api":
+            from .errors import ReadError
+            from .scenes import open_api
+
             api = src.stac_api
-            lines.append(f"source {src.name}: STAC API {api.url} collections {', '.join(api.collections)}, "
-                         "searched per tile and period")
+            try:
+                open_api(src)  # reachable, item search, query support, the collections exist
+            except ReadError as exc:
+                raise ConfigError(f"inputs.sources[{src.name}].stac_api.url: {exc}") from None
+            lines.append(f"source {src.name}: STAC API {api.url} collections {', '.join(api.collections)} "
+                         "(reachable), searched per tile and period")
             continue
         acqs, where = acquisitions_of(src)
         inside = [a for a in acqs if period_of(a.day, periods) is not None]

@@ -218,3 +218,114 @@ class Nginx:
                 self.proc.kill()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+@dataclass
+class PgStacApi:
+    """A STAC API on 127.0.0.1: stac-fastapi-pgstac (uvicorn) over pgstac in Debian's PostgreSQL.
+
+    ``collections`` and ``items`` (STAC dicts) are loaded with pypgstac before the API
+    starts. PostgreSQL runs as the ``postgres`` user when this process is root (it refuses
+    to run as root), from a fresh cluster in a temp folder, with trust auth on 127.0.0.1.
+    """
+
+    collections: list[dict]
+    items: list[dict]
+    port: int = 0
+    pg_port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    _root: Path | None = field(default=None, repr=False)
+    _pg_started: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+
+    @staticmethod
+    def _bin(name: str) -> str:
+        found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+        if not found:
+            raise RuntimeError("PostgreSQL is missing: apt-get install postgresql postgresql-15-postgis-3 "
+                               "(scripts/test.sh does)")
+        return str(found[-1])
+
+    def _as_postgres(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def __enter__(self) -> PgStacApi:
+        self._root = Path(tempfile.mkdtemp(prefix="ecocube-pgstac-"))
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        data = self._root / "pg"
+        data.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self._root, "postgres")
+            shutil.chown(data, "postgres")
+        log = self._root / "postgres.log"
+        run = lambda cmd: subprocess.run(self._as_postgres(cmd), check=True, capture_output=True, text=True,  # noqa: E731
+                                         timeout=120)
+        try:
+            run([self._bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            self.pg_port = free_port()
+            run([self._bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                 f"-p {self.pg_port} -k {self._root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                 "-c synchronous_commit=off -c full_page_writes=off", "start"])
+        except subprocess.CalledProcessError as exc:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{tail}") from None
+        self._pg_started = True
+        from pypgstac.db import PgstacDB
+        from pypgstac.load import Loader, Methods
+        from pypgstac.migrate import Migrate
+
+        cols, items = self._root / "collections.ndjson", self._root / "items.ndjson"
+        cols.write_text("".join(json.dumps(c) + "\n" for c in self.collections))
+        items.write_text("".join(json.dumps(i) + "\n" for i in self.items))
+        with PgstacDB(dsn=self.dsn) as db:
+            Migrate(db).run_migration()
+            loader = Loader(db)
+            loader.load_collections(str(cols), Methods.upsert)
+            loader.load_items(str(items), Methods.upsert)
+        self.port = free_port()
+        env = {**os.environ, "PGUSER": "postgres", "PGPASSWORD": "unused", "PGHOST": "127.0.0.1",
+               "PGPORT": str(self.pg_port), "PGDATABASE": "postgres", "STAC_FASTAPI_TITLE": "ecocube test STAC API",
+               "STAC_FASTAPI_DESCRIPTION": "pgstac", "STAC_FASTAPI_LANDING_ID": "ecocube-test",
+               "STAC_FASTAPI_VERSION": "1.0.0", "ENABLE_TRANSACTIONS_EXTENSIONS": "false"}
+        api_log = self._root / "api.log"
+        import sys
+
+        with open(api_log, "wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        import urllib.request
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.url}/collections", timeout=5) as resp:
+                return resp.status == 200
+        wait_for(ready, 90, "stac-fastapi-pgstac", self.proc, api_log)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self._pg_started:
+            subprocess.run(self._as_postgres([self._bin("pg_ctl"), "-D", str(self._root / "pg"), "-m", "fast",
+                                              "-w", "stop"]), capture_output=True, timeout=60)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)

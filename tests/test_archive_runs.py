@@ -92,11 +92,180 @@ def s2_glob_source(folder: Path) -> dict:
             "mask": {"href": str(folder / "S2L2A_{yyyymmdd}_SCL.tif"), "kind": "classes", "values": [3, 8, 9, 10]}}
 
 
-def test_glob_run_trains_and_predicts(belgium, tmp_path):
-    res = train_and_predict(belgium, run_config(belgium, s2_glob_source(belgium)), tmp_path / "glob")
+@pytest.fixture(scope="module")
+def glob_run(belgium, tmp_path_factory) -> dict:
+    return train_and_predict(belgium, run_config(belgium, s2_glob_source(belgium)),
+                             tmp_path_factory.mktemp("glob-run"))
+
+
+def test_glob_run_trains_and_predicts(glob_run):
+    res = glob_run
     names = res["meta"]["feature_names"]
     assert names[:4] == ["B02_s1", "B02_s2", "B02_s3", "B02_s4"] and names[-1] == "ndvi_s4" and len(names) == 20
     assert set(np.unique(res["classes"])) <= {11, 13, 99}
     # the majority class covers 56 % of the labelled pixels; predictions on the training
     # parcels agree far more often
     assert res["agreement"] > 0.8
+
+
+# ---------------------------------------------------------------------- STAC API
+
+
+def _patch_geometry() -> dict:
+    from rasterio.warp import transform_geom
+
+    x0, y0, x1, y1 = BBOX
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return transform_geom("EPSG:32631", "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+
+
+def stac_items(folder: Path, base_url: str) -> tuple[dict, list[dict]]:
+    """A collection and one item per real scene: assets on nginx, eo:cloud_cover from the
+    scene statistics that ship with the data (cloud or shadow share of the patch)."""
+    import csv
+
+    import shapely
+
+    geom = _patch_geometry()
+    bbox = list(shapely.geometry.shape(geom).bounds)
+    collection = {
+        "type": "Collection", "stac_version": "1.0.0", "id": "sentinel-2-l2a", "description": "test scenes",
+        "license": "proprietary", "links": [],
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [["2018-08-01T00:00:00Z", None]]}},
+    }
+    items = []
+    with open(folder / "scene_cloud_stats.csv") as fh:
+        for row in csv.DictReader(fh):
+            ymd = row["date"].replace("-", "")
+            items.append({
+                "type": "Feature", "stac_version": "1.0.0", "id": f"S2_{ymd}", "collection": "sentinel-2-l2a",
+                "geometry": geom, "bbox": bbox, "links": [],
+                "properties": {"datetime": row["datetime_utc"],
+                               "eo:cloud_cover": round(100 * float(row["frac_cloud_or_shadow_SCL_3_8_9_10"]), 1)},
+                "assets": {
+                    "reflectance": {"href": f"{base_url}/S2L2A_{ymd}_10m.tif",
+                                    "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                                    "roles": ["data"]},
+                    "scl": {"href": f"{base_url}/S2L2A_{ymd}_SCL.tif", "type": "image/tiff; application=geotiff",
+                            "roles": ["data"]},
+                    "metadata": {"href": f"{base_url}/timestamps.json", "type": "application/json",
+                                 "roles": ["metadata"]},
+                },
+            })
+    return collection, items
+
+
+@pytest.fixture(scope="module")
+def stac_api(belgium):
+    from servers import Nginx, PgStacApi
+
+    with Nginx(belgium) as http:
+        collection, items = stac_items(belgium, http.url)
+        with PgStacApi([collection], items) as api:
+            api.http = http
+            yield api
+
+
+def s2_stac_source(api_url: str, **stac) -> dict:
+    return {"name": "s2", "kind": "stac-api",
+            "stac_api": {"url": api_url, "collections": ["sentinel-2-l2a"], "limit": 4, **stac},
+            "bands": BANDS, "assets": {b: "reflectance" for b in BANDS},
+            "band_indexes": {b: i for i, b in enumerate(BANDS, 1)}, "scale": 0.0001, "nodata": 0,
+            "resampling": "nearest", "mask": {"asset": "scl", "kind": "classes", "values": [3, 8, 9, 10]}}
+
+
+def test_stac_api_run_over_http_equals_the_glob_run(belgium, stac_api, glob_run, tmp_path):
+    """Search (4 items a page) -> read COGs by HTTP ranges -> gap-fill -> train -> predict."""
+    served_before = stac_api.http.access_log.read_text().count("_10m.tif")
+    cfg = run_config(belgium, s2_stac_source(stac_api.url, query=["eo:cloud_cover<=100"]))
+    res = train_and_predict(belgium, cfg, tmp_path / "stac")
+    assert stac_api.http.access_log.read_text().count("_10m.tif") > served_before  # read over HTTP
+    assert res["meta"]["feature_names"] == glob_run["meta"]["feature_names"]
+    # the same scenes, the same cube: the same model and the same map
+    np.testing.assert_array_equal(res["classes"], glob_run["classes"])
+    assert res["meta"]["metrics"] == glob_run["meta"]["metrics"]
+    # the search results of each tile are in the store: the tile jobs did not search again
+    cached = sorted((res["store"] / "scenes").glob("*/s2.json"))
+    assert [p.parent.name for p in cached] == ["X0000_Y0000", "X0000_Y0001", "X0001_Y0000", "X0001_Y0001"]
+    doc = json.loads(cached[0].read_text())
+    assert doc["search"]["url"] == stac_api.url and len(doc["items"]) == 54  # scenes of 2018-10..2019-09
+
+
+def test_scenes_command_shows_the_query_and_the_selection(belgium, stac_api, tmp_path):
+    import csv
+
+    with open(belgium / "scene_cloud_stats.csv") as fh:
+        clouds = {r["date"]: round(100 * float(r["frac_cloud_or_shadow_SCL_3_8_9_10"]), 1) for r in csv.DictReader(fh)}
+    src = s2_stac_source(stac_api.url, query=["eo:cloud_cover<60"])
+    src["scenes"] = {"select": "least-cloudy", "n": 2, "cloud_from": "item"}
+    cfg = run_config(belgium, src)
+    cfg["output"]["store"] = str(tmp_path / "out")
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["scenes", str(run_yaml), "--tile", "X0000_Y0000", "--json"])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.output)
+    (src_rep,) = rep["sources"]
+    assert src_rep["from"] == "api"
+    periods = {p["period"]: p for p in src_rep["periods"]}
+    assert list(periods) == ["2018-10-01", "2019-01-01", "2019-04-01", "2019-07-01"]
+    for p in src_rep["periods"]:
+        end = {"2018-10-01": "2019-01-01", "2019-01-01": "2019-04-01", "2019-04-01": "2019-07-01",
+               "2019-07-01": "2019-10-01"}[p["period"]]
+        expected = sorted(d for d, c in clouds.items() if p["period"] <= d < end and c < 60)
+        assert [s["date"] for s in p["scenes"]] == expected  # the API applied the query
+        assert all(s["cloud"] == clouds[s["date"]] for s in p["scenes"])
+        kept = [s for s in p["scenes"] if s["kept"]]
+        least = sorted(expected, key=lambda d: (clouds[d], d))[:2]
+        assert sorted(s["date"] for s in kept) == sorted(least)
+        assert all(s["reason"].startswith("kept: ") and "least cloudy" in s["reason"] for s in kept)
+    # another process (an array task) reads the store's cache instead of the API
+    from ecocube import scenes
+
+    scenes._TILE_MEMO.clear()
+    scenes._MEMO.clear()
+    again = runner.invoke(cli, ["scenes", str(run_yaml), "--tile", "X0000_Y0000"])
+    assert again.exit_code == 0, again.output
+    lines = again.output.splitlines()
+    assert lines[0] == "tile X0000_Y0000 source s2 (stac-api, from store): 32 scenes, 8 kept (least-cloudy n=2, " \
+                       "cloud from item)"
+    n_q1 = sum(1 for d, c in clouds.items() if "2018-10-01" <= d < "2019-01-01" and c < 60)
+    assert lines[1] == f"  2018-10-01 (year 2019 season 1): {n_q1} scenes, 2 kept"
+    assert any(line.startswith("    + 2018-") and "kept: 1. least cloudy" in line for line in lines[2:10])
+
+
+def test_stac_api_errors_name_the_url_item_and_asset(belgium, stac_api, tmp_path):
+    from servers import free_port
+
+    def check(src: dict, *patterns: str) -> None:
+        cfg = run_config(belgium, src)
+        cfg["output"]["store"] = str(tmp_path / "out")
+        run_yaml = tmp_path / "run.yaml"
+        run_yaml.write_text(yaml.safe_dump(cfg))
+        out = CliRunner().invoke(cli, ["scenes", str(run_yaml), "--tile", "X0000_Y0000", "--refresh"])
+        assert out.exit_code != 0
+        text = str(out.exception) if out.exception else out.output
+        for pat in patterns:
+            assert pat in text, text
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    check(s2_stac_source(dead), f"STAC API {dead}: opening the landing page failed")
+    check(s2_stac_source(stac_api.url, collections=["landsat"]),
+          f"{stac_api.url} has no collection 'landsat'; it has sentinel-2-l2a")
+    nomask = s2_stac_source(stac_api.url)
+    nomask["mask"]["asset"] = "cloud_mask"
+    check(nomask, "STAC item 'S2_2018", f"({stac_api.url}) has no asset 'cloud_mask'", "'reflectance', 'scl'")
+    notraster = s2_stac_source(stac_api.url)
+    notraster["assets"]["B02"] = "metadata"
+    check(notraster, "asset 'metadata' of STAC item", "is 'application/json', not a raster")
+    # config check knows an unreachable API before any job starts: exit 2
+    import subprocess
+    import sys
+
+    cfg = run_config(belgium, s2_stac_source(dead))
+    run_yaml = tmp_path / "dead.yaml"
+    run_yaml.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(run_yaml)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and f"STAC API {dead}" in proc.stderr, proc.stderr

@@ -141,7 +141,7 @@ def test_every_example_kind_validates(kind, tmp_path):
         assert src.glob == str(tmp_path / "data" / "S2L2A_*_10m.tif") and src.dates is None
         assert src.mask.href == str(tmp_path / "data" / "S2L2A_{yyyymmdd}_SCL.tif")
     if kind == "stac-api":
-        assert src.stac_api.collections == ("sentinel-2-l2a",) and src.stac_api.query == ("eo:cloud_cover<60",)
+        assert src.stac_api.collections == ("sentinel-2-l2a",) and src.stac_api.query == {"eo:cloud_cover": {"lt": 60}}
         assert src.mask.asset == "scl" and src.scenes.select == "least-cloudy"
 
 
@@ -205,3 +205,18 @@ def test_config_check_runs_the_glob_and_exits_2_when_it_matches_nothing(tmp_path
     bad = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(p)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().endswith("S2L2A_*_60m.tif' matches no file")
+
+
+def test_stac_query_strings_become_numeric_filters():
+    from ecocube.config import StacApiConfig
+
+    api = StacApiConfig(url="http://127.0.0.1:1", collections=["c"],
+                        query=["eo:cloud_cover<=60.5", "platform=sentinel-2a", "s2:nodata_pixel_percentage < 5"])
+    assert api.query == {"eo:cloud_cover": {"lte": 60.5}, "platform": {"eq": "sentinel-2a"},
+                         "s2:nodata_pixel_percentage": {"lt": 5}}
+    assert StacApiConfig(url="http://h", collections=["c"], query="eo:cloud_cover>=1").query == {
+        "eo:cloud_cover": {"gte": 1}}
+    with pytest.raises(ValueError, match="is not 'property<op>value'"):
+        StacApiConfig(url="http://h", collections=["c"], query=["cloudy"])
+    with pytest.raises(ValueError, match="expected a mapping of operators"):
+        StacApiConfig(url="http://h", collections=["c"], query={"eo:cloud_cover": {"below": 3}})

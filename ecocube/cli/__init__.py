@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ecocube.cli.demo_cmd:demo", "Run the whole flow on an embedded demo cube (no cluster, no internet)."),
     "config": ("ecocube.cli.config_cmd:config", "Check a run configuration or print an example."),
     "grid": ("ecocube.cli.grid_cmd:grid", "Write the run's tile grid as GeoPackage/GeoJSON for QGIS."),
+    "scenes": ("ecocube.cli.scenes_cmd:scenes", "Show the scenes found per tile and period, and which are kept."),
     "read": ("ecocube.cli.read_cmd:read", "Read one tile's input time series into the tile grid (debugging)."),
     "gapfill": ("ecocube.cli.gapfill_cmd:gapfill", "Gap-fill a stack of single-band rasters (TMWM or linear)."),
     "train": ("ecocube.cli.train_cmd:train", "Train the stacked ensemble on labelled samples, with spatial CV."),
