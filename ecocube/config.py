@@ -22,8 +22,8 @@ Sections (all keys are listed by ``ecocube config example``):
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from datetime import date, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -107,30 +107,6 @@ def _date_text(value: Any) -> Any:
 
 #: a date in a config: an ISO string or an unquoted YAML date
 DateText = Annotated[str, BeforeValidator(_date_text)]
-
-
-def _check_dates(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """All items must parse; one error naming the first bad item and how many are bad."""
-    if values is None:
-        return None
-    bad = []
-    for i, text in enumerate(values):
-        try:
-            _parse_day(text)
-        except ValueError:
-            bad.append((i, text))
-    if bad:
-        i, text = bad[0]
-        raise ValueError(f"{len(bad)} of {len(values)} dates are not dates (YYYY-MM-DD or an ISO datetime); "
-                         f"first: item {i} {text!r}")
-    return values
-
-
-def _parse_day(text: str) -> date:
-    text = str(text).strip()
-    if len(text) == 10:
-        return date.fromisoformat(text)
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).date()
 
 
 class PeriodsConfig(_Model):
@@ -304,11 +280,6 @@ class SourceConfig(_Model):
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "bilinear"
     mask: MaskConfig | None = None
 
-    @field_validator("dates")
-    @classmethod
-    def _dates_parse(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return _check_dates(value)
-
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
         if self.band_indexes is not None:
@@ -357,6 +328,25 @@ class CompositeConfig(_Model):
     extra_percentiles: tuple[float, ...] = Field((), description="e.g. [25, 75], kept as extra bands")
 
 
+class CovariateConfig(_Model):
+    """A static layer (DEM, slope, climate grid) read into the tile grid once per tile and
+    added to every year's features under its ``name``.
+
+    ``href``: local path, ``https://`` or ``s3://`` (``{tile}`` allowed); any CRS, warped
+    onto the tile grid with ``resampling``. ``derive: slope`` computes the slope in degrees
+    from an elevation layer (in the grid's units; the grid CRS must be projected).
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
+    href: str
+    band_index: int = Field(1, ge=1)
+    resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "bilinear"
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = Field(None, description="default: the file's own nodata")
+    derive: Literal["value", "slope"] = "value"
+
+
 class InputsConfig(_Model):
     periods: PeriodsConfig = PeriodsConfig()
     sources: tuple[SourceConfig, ...] = Field(..., min_length=1)
@@ -367,6 +357,7 @@ class InputsConfig(_Model):
     threads: int | None = Field(None, ge=1, description="read threads; default: the allocation")
     http_timeout: float = Field(30.0, gt=0, description="seconds before a stalled HTTP/S3 request fails")
     s3: S3Config | None = Field(None, description="S3 endpoint of the inputs; default: output.s3")
+    covariates: tuple[CovariateConfig, ...] = Field((), description="static layers added to the features")
 
     @model_validator(mode="after")
     def _unique(self) -> InputsConfig:
@@ -376,6 +367,9 @@ class InputsConfig(_Model):
         bands = [b for s in self.sources for b in s.bands]
         if len(set(bands)) != len(bands):
             raise ValueError(f"band names must be unique across sources, got {bands}")
+        covs = [c.name for c in self.covariates]
+        if len(set(covs)) != len(covs) or set(covs) & set(bands):
+            raise ValueError(f"covariate names must be unique and differ from band names, got {covs}")
         return self
 
     @property
@@ -399,7 +393,29 @@ class GapfillConfig(_Model):
 
 
 class FeaturesConfig(_Model):
+    """Which features the model sees: ``bands`` (read bands, percentile bands such as
+    ``B02_p25`` included; default all) per period, spectral ``indices``, static
+    ``covariates`` (names from ``inputs.covariates``; default all)."""
+
     indices: tuple[Literal["ndvi", "ndwi", "nbr", "ndmi", "evi", "savi"], ...] = ("ndvi",)
+    bands: tuple[str, ...] | None = Field(None, description="bands used as features; default: every read band")
+    covariates: tuple[str, ...] | None = Field(None, description="covariates used as features; default: all")
+
+
+class PredictWhere(_Model):
+    """Predict only where a covariate lies in [min, max] (e.g. elevation below 40 m)."""
+
+    covariate: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PredictWhere:
+        if self.min is None and self.max is None:
+            raise ValueError(f"predict_where {self.covariate!r} needs 'min' and/or 'max'")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise ValueError(f"predict_where {self.covariate!r}: max {self.max} < min {self.min}")
+        return self
 
 
 class ClassDef(_Model):
@@ -435,6 +451,8 @@ class ModelConfig(_Model):
     nan_policy: Literal["drop", "impute"] = Field(
         "drop", description="training samples with unfilled gaps: drop them, or impute the feature median")
     date_field: str | None = Field(None, description="sample date/year column; default: 'year' or 'date' if present")
+    predict_where: tuple[PredictWhere, ...] = Field(
+        (), description="predict only where these covariates are in range; the rest is class nodata")
 
     @model_validator(mode="after")
     def _codes(self) -> ModelConfig:
@@ -530,6 +548,23 @@ class RunConfig(_Model):
     def bands(self) -> tuple[str, ...]:
         return self.inputs.bands
 
+    @model_validator(mode="after")
+    def _covariate_names(self) -> RunConfig:
+        known = [c.name for c in self.inputs.covariates]
+        used = list(self.features.covariates or ()) + [w.covariate for w in self.model.predict_where]
+        unknown = [n for n in used if n not in known]
+        if unknown:
+            raise ValueError(f"covariates {unknown} are not in inputs.covariates ({', '.join(known) or 'none'})")
+        if self.features.bands is not None:
+            read = list(self.inputs.bands)
+            for q in self.inputs.composite.extra_percentiles:
+                label = f"p{q:g}".replace(".", "_")
+                read += [f"{b}_{label}" for s in self.inputs.sources if s.kind != "composite" for b in s.bands]
+            bad = [b for b in self.features.bands if b not in read]
+            if bad or not self.features.bands:
+                raise ValueError(f"features.bands {bad or '[]'}: choose among the bands read: {', '.join(read)}")
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -609,8 +644,8 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
         else:
             key = (loc[:idx] + ("*",) + loc[idx + 1:], err["type"], err["msg"] if err["type"] != "string_type" else "")
             groups.setdefault(key, []).append((err, loc[idx]))
-    for (_key, _type, _msg), errs in groups.items():
-        err, item = errs[0]
+    for errs in groups.values():
+        err = errs[0][0]
         dotted, text = _error_line(err, model)
         if len(errs) > 1:
             text = f"{text} — and the same in {len(errs) - 1} more item(s) of this list"
@@ -651,6 +686,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             mask = src.get("mask")
             if isinstance(mask, dict) and isinstance(mask.get("href"), str) and "://" not in mask["href"]:
                 mask["href"] = _fix(mask["href"])
+    for cov in (data.get("inputs") or {}).get("covariates") or []:
+        if isinstance(cov, dict) and isinstance(cov.get("href"), str):
+            cov["href"] = _fix(cov["href"])
 
 
 def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "<dict>") -> RunConfig:
@@ -830,6 +868,13 @@ inputs:
         n: 1                # scenes kept by least-cloudy / most-recent
         max_cloud: null     # percent; drops cloudier scenes
         cloud_from: mask    # mask: measured on the tile | item: eo:cloud_cover (STAC)
+  covariates:               # static layers, read once per tile, added to every year's features
+    - name: elevation
+      href: data/dem.tif    # any CRS: warped onto the tile grid
+      resampling: bilinear
+    - name: slope
+      href: data/dem.tif
+      derive: slope         # degrees, from the DEM
 gapfill:
   method: tmwm              # tmwm | linear | none
   h_same: 2
@@ -837,12 +882,16 @@ gapfill:
   h_annual: 2
 features:
   indices: [ndvi, ndwi]
+  bands: [B02, B03, B04, B08, B04_p25, B08_p75]  # per-period features; default: every band read
+  covariates: [elevation, slope]  # default: every covariate
 model:
   path: model               # bundle folder written by `ecocube train`
   classes:
     - {code: 11, name: cropland, color: "#f2d16b"}
     - {code: 13, name: grassland, color: "#9ad36a"}
     - {code: 99, name: other, color: "#888888"}
+  predict_where:            # only these pixels are predicted (the rest: class nodata)
+    - {covariate: elevation, max: 200}
 output:
   store: output             # local folder or s3://bucket/prefix
 """

@@ -154,14 +154,16 @@ def _check_sources(cfg, report: PreflightReport) -> bool:
         except ConfigError as exc:
             report.problems.append(str(exc))
             fine = False
-        bad_dates = False
+        bad_dates = []
         for i, text in enumerate(src.dates or ()):
             try:
                 parse_day(text)
             except ConfigError as exc:
-                report.problems.append(f"inputs.sources[{src.name}].dates[{i}]: {exc}")
-                bad_dates, fine = True, False
-        if bad_dates:
+                bad_dates.append(f"inputs.sources[{src.name}].dates[{i}]: {exc}")
+        if bad_dates:  # one line: the first bad date, and how many there are
+            more = f" — and {len(bad_dates) - 1} more of the {len(src.dates)} dates" if len(bad_dates) > 1 else ""
+            report.problems.append(bad_dates[0] + more)
+            fine = False
             continue
         try:
             outside = dates_outside_periods(src, periods)
@@ -179,7 +181,7 @@ def _check_sources(cfg, report: PreflightReport) -> bool:
 def _describe_sources(cfg, report: PreflightReport) -> bool:
     """What each source finds (glob matches, item files, the STAC API reachable with its
     collections) as facts; False with a problem when that fails."""
-    from .sources import describe_sources
+    from .scenes import describe_sources
 
     try:
         report.facts.extend(describe_sources(cfg.inputs))
@@ -192,12 +194,12 @@ def _describe_sources(cfg, report: PreflightReport) -> bool:
 def _check_model(cfg, report: PreflightReport) -> None:
     if not any(layer in products.MODEL_PRODUCTS for layer in cfg.output.layers):
         return
-    from .features import feature_names
     from .bundle import load_bundle
+    from .covariates import run_feature_names
+    from .features import feature_names
 
     try:
-        expected = list(feature_names(_band_names(cfg), cfg.inputs.periods.season_size,
-                                      tuple(cfg.features.indices)))
+        expected = run_feature_names(cfg, _band_names(cfg), feature_names)
     except EcocubeError as exc:
         report.problems.append(f"features.indices: {exc}")
         return
@@ -217,11 +219,12 @@ def _check_model(cfg, report: PreflightReport) -> None:
 def _sample_refs(cfg, tiles, n: int) -> tuple[list[tuple[str, int, str]], int]:
     """Up to ``n`` distinct input files (href, band index, what) spread over the catalog of
     the first and the last tile; and how many files those catalogs hold."""
+    from .read import mask_cover
     from .scenes import tile_catalog  # STAC API sources: searched for these tiles (and cached)
 
     refs: dict[str, tuple[str, int, str]] = {}
     for tile in {t.id: t for t in (tiles[0], tiles[-1])}.values():
-        _, cats = tile_catalog(cfg, tile)
+        _, cats = tile_catalog(cfg, tile, measure=mask_cover)
         for cat in cats:
             for index in sorted(cat.observations):
                 for obs in cat.observations[index]:

@@ -710,7 +710,7 @@ class _BlockPlan:
         from .scenes import tile_catalog  # searched (STAC API) and selected scenes, once per tile
 
         inputs = cfg.inputs
-        periods, cats = tile_catalog(cfg, tile, threads=threads)
+        periods, cats = tile_catalog(cfg, tile, threads=threads, measure=mask_cover)
         observations = [[(cat, o) for cat in cats for o in cat.observations.get(p.index, [])] for p in periods]
         jobs = [_jobs_for_period(obs, p.index) for p, obs in zip(periods, observations)]
         return cls(list(periods), list(cats), band_names(inputs), observations, jobs)

@@ -11,7 +11,7 @@ collections, query, periods) searches again.
 :func:`select_scenes` then keeps, per tile and period, all scenes, the ``n`` least cloudy
 or the ``n`` most recent below ``max_cloud``, with cloud from the item
 (``eo:cloud_cover``) or measured on the tile from the source's mask
-(:func:`ecocube.read.mask_cover`). Every decision carries its reason, which
+(:func:`ecocube.read.mask_cover`, passed in as ``measure``). Every decision carries its reason, which
 ``ecocube scenes`` prints.
 
 :func:`tile_catalog` is what ``read.py`` calls: the input catalog of one tile with the
@@ -37,6 +37,7 @@ from .sources import (
     SourceCatalog,
     acquisitions_of,
     item_cloud,
+    period_of,
     periods_from_config,
     source_catalog,
 )
@@ -101,7 +102,7 @@ def open_api(src_cfg):
     api = src_cfg.stac_api
     try:
         client = _client(api)
-    except Exception as exc:  # noqa: BLE001 - pystac_client raises APIError, requests errors, STACTypeError
+    except Exception as exc:
         raise _api_error(api, exc, "opening the landing page") from None
     if not client.conforms_to("ITEM_SEARCH"):
         raise ReadError(f"STAC API {api.url} does not offer item search (conformance "
@@ -111,7 +112,7 @@ def open_api(src_cfg):
                           "support the query extension")
     try:
         known = {c.id for c in client.get_collections()}
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _api_error(api, exc, "listing collections") from None
     missing = [c for c in api.collections if c not in known]
     if missing:
@@ -130,7 +131,7 @@ def _search_items(client, src_cfg, periods: Sequence[Period], bbox) -> list[dict
                                    query=query, limit=api.limit, max_items=api.max_items)
             for item in search.items_as_dicts():  # follows the 'next' links: every page
                 items.setdefault(item["id"], item)
-        except Exception as exc:  # noqa: BLE001 - APIError, requests errors: named below
+        except Exception as exc:
             raise _api_error(api, exc, f"search of period {p.id}") from None
     return list(items.values())
 
@@ -306,9 +307,13 @@ def _config_digest(cfg) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def tile_scenes(cfg, tile, *, store=None, refresh: bool = False, threads: int | None = None) -> TileScenes:
+def tile_scenes(cfg, tile, *, store=None, refresh: bool = False, threads: int | None = None,
+                measure=None) -> TileScenes:
     """Periods, per-source catalogs (scenes searched and selected) and choices of one tile.
 
+    ``measure(cfg, src_cfg, catalog, observations, tile, threads=)`` returns the cloud
+    percentage per mask (href, band index) of the observations on the tile
+    (:func:`ecocube.read.mask_cover`); it is needed by ``cloud_from: mask`` only.
     Memoised per process and tile (every block of a tile sees the same scenes).
     """
     key = (tile.id, str(tile.crs), tuple(tile.bounds), _config_digest(cfg), str(cfg.output.store))
@@ -336,22 +341,23 @@ def tile_scenes(cfg, tile, *, store=None, refresh: bool = False, threads: int | 
             result.origins[src.name] = where
         cat = source_catalog(src, periods, tile.id, acquisitions=acqs)
         if src.kind != "composite":
-            result.choices[src.name] = _choose(cfg, src, cat, tile, threads=threads)
+            result.choices[src.name] = _choose(cfg, src, cat, tile, threads=threads, measure=measure)
         result.catalogs.append(cat)
     _TILE_MEMO.put(key, result)
     return result
 
 
-def _choose(cfg, src, cat: SourceCatalog, tile, *, threads=None) -> dict[int, list[SceneChoice]]:
+def _choose(cfg, src, cat: SourceCatalog, tile, *, threads=None, measure=None) -> dict[int, list[SceneChoice]]:
     scenes = src.scenes
     needs_cloud = scenes.select != "all" or scenes.max_cloud is not None
     choices: dict[int, list[SceneChoice]] = {}
     measured: dict[tuple, float] = {}
     if needs_cloud and scenes.cloud_from == "mask":
-        from .read import mask_cover
-
+        if measure is None:
+            raise ConfigError(f"inputs.sources[{src.name}].scenes: cloud_from 'mask' needs the masks read "
+                              "(pass measure=ecocube.read.mask_cover)")
         all_obs = [o for obs in cat.observations.values() for o in obs]
-        measured = mask_cover(cfg, src, cat, all_obs, tile, threads=threads)
+        measured = measure(cfg, src, cat, all_obs, tile, threads=threads)
     for k, obs in cat.observations.items():
         if not needs_cloud:
             clouds = [o.cloud for o in obs]
@@ -364,15 +370,15 @@ def _choose(cfg, src, cat: SourceCatalog, tile, *, threads=None) -> dict[int, li
     return choices
 
 
-def tile_catalog(cfg, tile, *, threads: int | None = None) -> tuple[list[Period], list[SourceCatalog]]:
+def tile_catalog(cfg, tile, *, threads: int | None = None, measure=None) -> tuple[list[Period], list[SourceCatalog]]:
     """The input catalog of one tile, as :func:`ecocube.sources.input_catalog` returns it."""
-    ts = tile_scenes(cfg, tile, threads=threads)
+    ts = tile_scenes(cfg, tile, threads=threads, measure=measure)
     return ts.periods, ts.catalogs
 
 
-def scenes_report(cfg, tile, *, refresh: bool = False) -> dict:
+def scenes_report(cfg, tile, *, refresh: bool = False, measure=None) -> dict:
     """What ``ecocube scenes`` prints: per source and period, each scene and the choice."""
-    ts = tile_scenes(cfg, tile, refresh=refresh)
+    ts = tile_scenes(cfg, tile, refresh=refresh, measure=measure)
     out = {"tile": tile.id, "sources": []}
     for src, cat in zip(cfg.inputs.sources, ts.catalogs):
         entry = {"source": src.name, "kind": src.kind, "from": ts.origins.get(src.name),
@@ -388,3 +394,32 @@ def scenes_report(cfg, tile, *, refresh: bool = False) -> dict:
                                      "kept": sum(r["kept"] for r in rows)})
         out["sources"].append(entry)
     return out
+
+
+def describe_sources(inputs_cfg) -> list[str]:
+    """One line per source saying what it finds, for ``ecocube config check``.
+
+    Runs the discovery that needs no tile (globs, STAC item files, listed dates), so that
+    an empty glob or an undated file is a configuration error before any job starts.
+    """
+    periods = periods_from_config(inputs_cfg.periods)
+    lines = []
+    for src in inputs_cfg.sources:
+        if src.kind == "composite":
+            lines.append(f"source {src.name}: one raster per period ({len(periods)} periods)")
+            continue
+        if src.kind == "stac-api":
+            api = src.stac_api
+            try:
+                open_api(src)  # reachable, item search, query support, the collections exist
+            except ReadError as exc:
+                raise ConfigError(f"inputs.sources[{src.name}].stac_api.url: {exc}") from None
+            lines.append(f"source {src.name}: STAC API {api.url} collections {', '.join(api.collections)} "
+                         "(reachable), searched per tile and period")
+            continue
+        acqs, where = acquisitions_of(src)
+        inside = [a for a in acqs if period_of(a.day, periods) is not None]
+        span = f", {inside[0].day}..{inside[-1].day}" if inside else ""
+        lines.append(f"source {src.name}: {len(acqs)} acquisitions from {where}, "
+                     f"{len(inside)} inside the periods{span}")
+    return lines

@@ -666,35 +666,3 @@ def discover_files(pattern: str, *, date_pattern: str | None = None, date_tag: s
         found.append(FoundFile(day, path, name.rsplit(".", 1)[0] if "." in name else name))
     found.sort(key=lambda f: f.day)
     return found
-
-
-def describe_sources(inputs_cfg) -> list[str]:
-    """One line per source saying what it finds, for ``ecocube config check``.
-
-    Runs the discovery that needs no tile (globs, STAC item files, listed dates), so that
-    an empty glob or an undated file is a configuration error before any job starts.
-    """
-    periods = periods_from_config(inputs_cfg.periods)
-    lines = []
-    for src in inputs_cfg.sources:
-        if src.kind == "composite":
-            lines.append(f"source {src.name}: one raster per period ({len(periods)} periods)")
-            continue
-        if src.kind == "stac-api":
-            from .errors import ReadError
-            from .scenes import open_api
-
-            api = src.stac_api
-            try:
-                open_api(src)  # reachable, item search, query support, the collections exist
-            except ReadError as exc:
-                raise ConfigError(f"inputs.sources[{src.name}].stac_api.url: {exc}") from None
-            lines.append(f"source {src.name}: STAC API {api.url} collections {', '.join(api.collections)} "
-                         "(reachable), searched per tile and period")
-            continue
-        acqs, where = acquisitions_of(src)
-        inside = [a for a in acqs if period_of(a.day, periods) is not None]
-        span = f", {inside[0].day}..{inside[-1].day}" if inside else ""
-        lines.append(f"source {src.name}: {len(acqs)} acquisitions from {where}, "
-                     f"{len(inside)} inside the periods{span}")
-    return lines

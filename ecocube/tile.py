@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, products
+from .covariates import predict_where, run_feature_names, year_features
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
 from .predict import CLASS_NODATA, predict_block
 from .rasterwrite import WriteDigest, close_checked, verify_written, write_window
@@ -701,6 +702,7 @@ class _Tally:
         self.missing: set[str] = set()
         self.gaps = _GapStats()
         self.predicted = 0
+        self.target = 0  # pixels x years to predict (model.predict_where may exclude some)
 
     def add_read(self, res) -> None:
         st = res.stats or {}
@@ -830,7 +832,7 @@ class _TileRun:
             return np.array([], dtype=int), []
         if self.bundle is None:
             with self.timer("load_model"):
-                expected = list(self.stages.feature_names(self.bands, self.season_size, self.indices))
+                expected = run_feature_names(self.cfg, self.bands, self.stages.feature_names)
                 self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected)
         codes = np.asarray(self.bundle.classes)
         names = list(getattr(self.bundle, "class_names", None) or [str(c) for c in codes])
@@ -848,10 +850,14 @@ class _TileRun:
         if not self.want_pred:
             return items
         h, w = int(window.height), int(window.width)
+        where = predict_where(self.cfg, self.tile, window)  # model.predict_where; None: every pixel
         for year in self.years:
             with self.timer("features"):
-                X = self.stages.features_for_year(filled, bands=self.bands, season_size=self.season_size,
-                                                  year_index=year - self.start_year, indices=self.indices)
+                X = year_features(self.cfg, filled, self.bands, year - self.start_year, self.tile, window,
+                                  self.stages.features_for_year)
+                if where is not None:
+                    X[~where] = np.nan  # not predicted: class nodata
+            self.tally.target += h * w if where is None else int(where.sum())
             if X.shape[0] != h * w:
                 raise TileError(f"features of block {i} have {X.shape[0]} rows for {h * w} pixels",
                                 tile=self.tile.id)
@@ -893,7 +899,7 @@ class _TileRun:
 
     def results(self, n_blocks: int, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         tally = self.tally
-        target = self.tile.height * self.tile.width * len(self.years) if self.want_pred else 0
+        target = self.tally.target if self.want_pred else 0
         return {
             "blocks": n_blocks,
             "bands": list(self.bands),

@@ -57,6 +57,7 @@ from .bundle import META_FILE, MODEL_FILE, ModelBundle, package_versions, save_b
 from .ensemble import EnsembleClassifier
 from .env import available_threads
 from .errors import ConfigError, FileOverwriteError, ModelError
+from .covariates import run_feature_names, year_features
 from .features import feature_names as make_feature_names
 from .grid import TileGrid
 
@@ -383,7 +384,6 @@ def _run_overlay_job(cfg, grid: TileGrid, job: _OverlayJob, pixels: PixelTable, 
     window = Window(job.col0, job.row0, job.width, job.height)
     result = read.read_block(cfg, tile, window, threads=threads)
     filled, _flags = gapfill.fill_gaps_config(result.data, cfg, threads=threads)
-    season = int(cfg.inputs.periods.season_size)
     start = int(cfg.inputs.periods.start_year)
     ts = grid.tile_size
     local = (pixels.gy[job.rows] - job.tile_index[1] * ts - job.row0) * job.width + \
@@ -391,8 +391,7 @@ def _run_overlay_job(cfg, grid: TileGrid, job: _OverlayJob, pixels: PixelTable, 
     years = pixels.year[job.rows]
     out = None
     for yr in np.unique(years):
-        feats = features_for_year(filled, bands=result.bands, season_size=season, year_index=int(yr) - start,
-                                  indices=cfg.features.indices)
+        feats = year_features(cfg, filled, result.bands, int(yr) - start, tile, window, features_for_year)
         if out is None:
             out = np.empty((job.rows.size, feats.shape[1]), np.float32)
         sel = years == yr
@@ -416,7 +415,7 @@ def extract_features(cfg, pixels: PixelTable, *, threads: int | None = None) -> 
         delayed(_run_overlay_job)(cfg, grid, job, pixels, inner) for job in jobs
     )
     bands = results[0][2]
-    names = make_feature_names(bands, int(cfg.inputs.periods.season_size), cfg.features.indices)
+    names = run_feature_names(cfg, bands, make_feature_names)
     X = np.full((len(pixels), len(names)), np.nan, np.float32)
     for rows, feats, _, _ in results:
         X[rows] = feats

@@ -56,10 +56,10 @@ def train_and_predict(folder: Path, cfg: dict, run_dir: Path) -> dict:
     run_yaml = run_dir / "run.yaml"
     run_yaml.write_text(yaml.safe_dump(cfg, sort_keys=False))
     runner = CliRunner()
-    out = runner.invoke(cli, ["config", "check", str(run_yaml)])
-    assert out.exit_code == 0, out.output
     out = runner.invoke(cli, ["train", str(run_yaml), "--samples", str(folder / "labels_polygons.gpkg"),
                               "--class-field", "LC", "--year", "2019"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli, ["config", "check", str(run_yaml)])  # the pre-flight: inputs, model, store
     assert out.exit_code == 0, out.output
     meta = json.loads((run_dir / "model" / "model.json").read_text())
     out = runner.invoke(cli, ["run", str(run_yaml), "--no-progress"])
@@ -269,3 +269,71 @@ def test_stac_api_errors_name_the_url_item_and_asset(belgium, stac_api, tmp_path
     proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(run_yaml)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and f"STAC API {dead}" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------- covariates
+
+
+def write_ramp_dem(path: Path, *, shift_m: float = 0.0) -> Path:
+    """A DEM in EPSG:3035 (20 m) over the patch whose elevation is 20 m + 5 % of the UTM
+    easting from the patch's west edge: a plane in the tile grid, slope atan(0.05)."""
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform as warp_xy
+    from rasterio.warp import transform_bounds
+
+    w, s, e, n = transform_bounds("EPSG:32631", "EPSG:3035", *BBOX)
+    w, s, e, n = w - 200 + shift_m, s - 200, e + 200 + shift_m, n + 200
+    res = 20.0
+    width, height = int((e - w) / res) + 1, int((n - s) / res) + 1
+    transform = from_origin(w, n, res, res)
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    xs, ys = transform * (cols.ravel(), rows.ravel())
+    ux, _ = warp_xy("EPSG:3035", "EPSG:32631", xs, ys)
+    dem = (20.0 + 0.05 * (np.asarray(ux) - BBOX[0])).reshape(height, width).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
+                       crs="EPSG:3035", transform=transform, nodata=-9999.0) as dst:
+        dst.write(dem, 1)
+    return path
+
+
+def test_dem_covariate_run_trains_and_predicts_below_40_m(belgium, tmp_path):
+    dem = write_ramp_dem(tmp_path / "dem_3035.tif")
+    cfg = run_config(belgium, s2_glob_source(belgium))
+    cfg["inputs"]["covariates"] = [{"name": "elevation", "href": str(dem)},
+                                   {"name": "slope", "href": str(dem), "derive": "slope"}]
+    cfg["model"]["predict_where"] = [{"covariate": "elevation", "max": 40}]
+    res = train_and_predict(belgium, cfg, tmp_path / "dem")
+    names = res["meta"]["feature_names"]
+    assert names[-2:] == ["elevation", "slope"] and len(names) == 22
+    # 20 m + 0.05 * (5 + 10 c) < 40 m for the pixel columns c <= 39: those are predicted
+    classes = res["classes"]
+    assert set(np.unique(classes[:, :40])) <= {11, 13, 99}
+    assert (classes[:, 40:] == 65535).all()
+    records = {p.stem: json.loads(p.read_text()) for p in (res["store"] / "status").glob("*.json")}
+    assert {t: r["target_pixels"] for t, r in records.items()} == {
+        "X0000_Y0000": 1024, "X0000_Y0001": 1024, "X0001_Y0000": 8 * 32, "X0001_Y0001": 8 * 32}
+    assert all(r["completeness"] == 1.0 for r in records.values())
+    # the covariates as the model saw them: warped from EPSG:3035 onto the 10 m UTM grid
+    from ecocube.config import load_config
+    from ecocube.covariates import tile_covariates
+    from ecocube.grid import TileGrid
+
+    run = load_config(tmp_path / "dem" / "run.yaml")
+    tile = TileGrid.from_config(run.grid).tile("X0001_Y0000")
+    cov = tile_covariates(run, tile)
+    expected = 20.0 + 0.05 * (320 + 5 + 10 * np.arange(32))
+    np.testing.assert_allclose(cov["elevation"], np.broadcast_to(expected, (32, 32)), atol=0.05)
+    np.testing.assert_allclose(cov["slope"], np.degrees(np.arctan(0.05)), atol=0.05)
+
+
+def test_a_covariate_that_misses_the_tile_fails_naming_it(belgium, tmp_path):
+    dem = write_ramp_dem(tmp_path / "far.tif", shift_m=50_000)
+    cfg = run_config(belgium, s2_glob_source(belgium))
+    cfg["inputs"]["covariates"] = [{"name": "elevation", "href": str(dem)}]
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(cli, ["train", str(run_yaml), "--samples", str(belgium / "labels_polygons.gpkg"),
+                                   "--class-field", "LC", "--year", "2019"])
+    assert out.exit_code != 0
+    text = str(out.exception) if out.exception else out.output
+    assert f"covariate elevation ({dem}) does not overlap tile X000" in text, text

@@ -22,7 +22,7 @@ def _obs(days: list[int]) -> list[Observation]:
 def test_select_all_least_cloudy_and_most_recent():
     obs = _obs([3, 8, 13, 18, 23])
     clouds = [40.0, 5.0, None, 5.0, 90.0]
-    keep = lambda cfg: [c.observation.item for c in select_scenes(obs, cfg, clouds) if c.kept]  # noqa: E731
+    keep = lambda cfg: [c.observation.item for c in select_scenes(obs, cfg, clouds) if c.kept]
     assert keep(ScenesConfig()) == ["S2_03", "S2_08", "S2_13", "S2_18", "S2_23"]
     assert keep(ScenesConfig(max_cloud=50)) == ["S2_03", "S2_08", "S2_18"]
     # ties go to the earlier scene
@@ -72,7 +72,9 @@ def test_cloud_measured_on_the_tile_equals_the_scene_statistics(data_dir, tmp_pa
         "output": {"store": str(tmp_path / "out")},
     })
     tile = TileGrid.from_config(cfg.grid).tile("X0000_Y0000")
-    ts = tile_scenes(cfg, tile)
+    from ecocube.read import mask_cover
+
+    ts = tile_scenes(cfg, tile, measure=mask_cover)
     with open(folder / "scene_cloud_stats.csv") as fh:
         published = {r["date"]: 100 * float(r["frac_cloud_or_shadow_SCL_3_8_9_10"]) for r in csv.DictReader(fh)}
     choices = [c for per in ts.choices["s2"].values() for c in per]

@@ -23,12 +23,13 @@ def scenes(run_yaml, overrides, tile_ids, refresh, as_json) -> None:
     jobs read them from there.
     """
     from ..grid import TileGrid
+    from ..read import mask_cover
     from ..scenes import scenes_report
 
     cfg = load_run_config(run_yaml, overrides)
     grid = TileGrid.from_config(cfg.grid)
     tiles = [grid.tile(t) for t in tile_ids] if tile_ids else grid.tiles_for_aoi(cfg.aoi)
-    reports = [scenes_report(cfg, t, refresh=refresh) for t in tiles]
+    reports = [scenes_report(cfg, t, refresh=refresh, measure=mask_cover) for t in tiles]
     if as_json:
         click.echo(json.dumps(reports if len(reports) != 1 else reports[0], indent=1))
         return
