@@ -45,13 +45,53 @@ def slope_degrees(dem: np.ndarray, pixel_x: float, pixel_y: float) -> np.ndarray
     return np.degrees(np.arctan(np.hypot(dzdx, dzdy))).astype(np.float32)
 
 
+def _check_overlap(src, tile_bounds, dst_crs, what: str, tile_id: str) -> None:
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = tile_bounds
+    sb = src.bounds
+    if src.crs is not None and src.crs != dst_crs:
+        sb = transform_bounds(src.crs, dst_crs, *sb, densify_pts=21)
+    if sb[0] >= east or sb[2] <= west or sb[1] >= north or sb[3] <= south:
+        raise ConfigError(f"{what} does not overlap tile {tile_id}: its bounds {tuple(round(v, 3) for v in sb)} "
+                          f"vs the tile's {tuple(round(v, 3) for v in (west, south, east, north))} "
+                          f"({dst_crs.to_string()})")
+
+
+def check_covariates(cfg, tiles, *, env_factory=None) -> list[str]:
+    """Problems of the covariates over ``tiles`` (unreadable, wrong band, no overlap), one
+    line each, without reading pixels (for the pre-flight)."""
+    import rasterio
+    from rasterio.crs import CRS
+
+    from .read import gdal_path
+
+    env_factory = env_factory or _default_env(cfg)
+    problems = []
+    for cov in cfg.inputs.covariates:
+        for tile in tiles:
+            href = cov.href.replace("{tile}", tile.id)
+            what = f"covariate {cov.name} ({href})"
+            try:
+                with env_factory(), rasterio.open(gdal_path(href)) as src:
+                    if cov.band_index > src.count:
+                        raise ConfigError(f"{what} has {src.count} band(s), band_index {cov.band_index} is configured")
+                    _check_overlap(src, tile.bounds, CRS.from_user_input(tile.crs), what, tile.id)
+            except ConfigError as exc:
+                problems.append(f"inputs.covariates: {exc}")
+                break
+            except Exception as exc:  # noqa: BLE001 - every failure is a problem to list
+                problems.append(f"inputs.covariates: cannot open {what}: {exc}")
+                break
+    return problems
+
+
 def _read_layer(cov, tile, *, pad: int, env_factory) -> np.ndarray:
     import rasterio
     from rasterio.crs import CRS
     from rasterio.enums import Resampling
     from rasterio.transform import array_bounds
     from rasterio.vrt import WarpedVRT
-    from rasterio.warp import transform_bounds
 
     from .read import gdal_path
 
@@ -65,14 +105,7 @@ def _read_layer(cov, tile, *, pad: int, env_factory) -> np.ndarray:
             if cov.band_index > src.count:
                 raise ConfigError(f"{what} has {src.count} band(s), band_index {cov.band_index} is configured")
             nodata = cov.nodata if cov.nodata is not None else src.nodata
-            west, south, east, north = array_bounds(height, width, transform)
-            sb = src.bounds
-            if src.crs is not None and src.crs != dst_crs:
-                sb = transform_bounds(src.crs, dst_crs, *sb, densify_pts=21)
-            if sb[0] >= east or sb[2] <= west or sb[1] >= north or sb[3] <= south:
-                raise ConfigError(f"{what} does not overlap tile {tile.id}: its bounds {tuple(round(v, 3) for v in sb)} "
-                                  f"vs the tile's {tuple(round(v, 3) for v in (west, south, east, north))} "
-                                  f"({dst_crs.to_string()})")
+            _check_overlap(src, array_bounds(height, width, transform), dst_crs, what, tile.id)
             # float64 with NaN nodata: source nodata and pixels outside its footprint read as NaN
             with WarpedVRT(src, crs=dst_crs, transform=transform, width=width, height=height,
                            resampling=Resampling[cov.resampling], src_nodata=nodata, nodata=np.nan,

@@ -346,6 +346,10 @@ def preflight(cfg, *, inputs: bool = True, store: bool = True, sample: int = 6) 
     _check_model(cfg, report)
     if inputs and tiles and sources_ok:
         _check_inputs(cfg, tiles, report, sample)
+    if inputs and tiles and cfg.inputs.covariates:
+        from .covariates import check_covariates
+
+        report.problems.extend(check_covariates(cfg, list({t.id: t for t in (tiles[0], tiles[-1])}.values())))
     st = _check_store(cfg, report) if store else None
     if st is not None:
         _check_scratch(cfg, st, report)

@@ -86,24 +86,32 @@ class Samples:
         return int(self.classes.size)
 
 
-def _year_of(value: Any, where: str) -> int:
+def _year_of(value: Any, where: str, periods_cfg=None) -> int:
+    """The run year of a sample's year or date; a date falls in the year that holds it under
+    ``periods.year_start`` (``10-01``: 2018-11-05 is in 2019)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise ConfigError(f"{where}: empty date/year")
-    if isinstance(value, (datetime, date)):
-        return value.year
-    if isinstance(value, np.datetime64):
-        return int(str(value)[:4])
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
-    text = str(value).strip()
-    if text.isdigit() and len(text) == 4:
-        return int(text)
-    try:
-        return date.fromisoformat(text[:10]).year
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is neither a year nor an ISO date (YYYY-MM-DD)") from None
+    if isinstance(value, datetime):
+        day = value.date()
+    elif isinstance(value, date):
+        day = value
+    else:
+        text = str(value).strip()
+        if text.isdigit() and len(text) == 4:
+            return int(text)
+        try:
+            day = date.fromisoformat(text[:10])
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is neither a year nor an ISO date (YYYY-MM-DD)") from None
+    if periods_cfg is None:
+        return day.year
+    from .sources import year_of
+
+    return year_of(day, periods_cfg)
 
 
 def _class_codes(values, path: Path, class_field: str) -> np.ndarray:
@@ -196,8 +204,11 @@ def _read_table(path: Path, crs: str | None) -> tuple[dict[str, list], np.ndarra
 
 
 def load_samples(path: str | Path, class_field: str, *, crs: str | None = None,
-                 date_field: str | None = None) -> Samples:
-    """Read labelled points/polygons (see the module docstring for the formats)."""
+                 date_field: str | None = None, periods_cfg=None) -> Samples:
+    """Read labelled points/polygons (see the module docstring for the formats).
+
+    ``periods_cfg`` (``cfg.inputs.periods``) maps sample dates to run years under
+    ``year_start``; without it a date's year is its calendar year."""
     import shapely
 
     path = Path(path)
@@ -222,7 +233,7 @@ def load_samples(path: str | Path, class_field: str, *, crs: str | None = None,
     classes = _class_codes(cols[cname], path, cname)
     years = None
     if dname is not None:
-        years = np.array([_year_of(v, f"samples {path}: feature {i} field {dname!r}")
+        years = np.array([_year_of(v, f"samples {path}: feature {i} field {dname!r}", periods_cfg)
                           for i, v in enumerate(cols[dname])], dtype=np.int64)
     return Samples(path=path, geometries=geoms, classes=classes, years=years, ids=ids, crs=str(file_crs),
                    sha256=sha256_file(path), date_field=dname)
@@ -768,7 +779,8 @@ def _checked_samples(cfg, samples_path: str | Path, class_field: str, *, year: i
     if year is not None and year not in run_years:
         raise ConfigError(f"year {year} is outside the run's years {run_years[0]}..{run_years[-1]}")
 
-    samples = load_samples(samples_path, class_field, crs=crs, date_field=date_field)
+    samples = load_samples(samples_path, class_field, crs=crs, date_field=date_field,
+                           periods_cfg=cfg.inputs.periods)
     if samples.years is not None:
         outside = sorted(set(samples.years.tolist()) - set(run_years))
         if outside:

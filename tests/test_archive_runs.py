@@ -19,6 +19,8 @@ from click.testing import CliRunner
 
 from ecocube.cli import cli
 
+pytestmark = pytest.mark.slow
+
 BANDS = ["B02", "B03", "B04", "B08"]
 BBOX = [574680.0, 5621800.0, 575320.0, 5622440.0]
 
@@ -337,3 +339,10 @@ def test_a_covariate_that_misses_the_tile_fails_naming_it(belgium, tmp_path):
     assert out.exit_code != 0
     text = str(out.exception) if out.exception else out.output
     assert f"covariate elevation ({dem}) does not overlap tile X000" in text, text
+    # the pre-flight of config check knows it before any job: a ConfigError (exit 2), one line naming it
+    from ecocube.errors import ConfigError
+
+    check = CliRunner().invoke(cli, ["config", "check", str(run_yaml)])
+    assert isinstance(check.exception, ConfigError) and check.exception.exit_code == 2
+    text = str(check.exception)
+    assert f"inputs.covariates: covariate elevation ({dem}) does not overlap tile X0000_Y0000" in text, text

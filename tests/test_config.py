@@ -196,8 +196,12 @@ def test_a_list_error_is_one_line_with_the_first_bad_item_and_the_count(tmp_path
 def test_config_check_runs_the_glob_and_exits_2_when_it_matches_nothing(tmp_path, data_dir):
     from ecocube.config import EXAMPLES
 
+    from test_archive_runs import write_ramp_dem
+
     folder = data_dir / "worldcereal-be-2019"
     text = EXAMPLES["acquisitions"].replace("data/S2L2A_", f"{folder}/S2L2A_")
+    (tmp_path / "data").mkdir()
+    write_ramp_dem(tmp_path / "data" / "dem.tif")  # the example's covariates
     p = tmp_path / "run.yaml"
     p.write_text(text)
     check = [sys.executable, "-m", "ecocube", "config", "check", str(p), "--config", "output.layers=[composite]"]

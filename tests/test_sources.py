@@ -255,7 +255,10 @@ def test_glob_errors_name_the_pattern_or_the_file(tmp_path):
 def _tagged_tif(path: Path, **tags) -> Path:
     import rasterio
 
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16") as dst:
+    from affine import Affine
+
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16", crs="EPSG:32631",
+                       transform=Affine(10, 0, 574680, 0, -10, 5622440)) as dst:
         dst.write(np.ones((1, 8, 8), np.uint16))
         dst.update_tags(**tags)
     return path

@@ -435,3 +435,15 @@ def test_overlay_windows_merge_per_tile_and_split_by_block_when_spread():
     assert jobs == [((0, 0), [0, 2], 0, 0, 6, 6), ((0, 0), [1], 99, 99, 1, 1), ((1, 0), [3, 4], 10, 50, 3, 11)]
     merged = _overlay_jobs(table, grid, 64)  # 4 blocks of 64x64 hold the whole tile
     assert [(j.tile_index, j.height, j.width) for j in merged] == [((0, 0), 100, 100), ((1, 0), 3, 11)]
+
+
+def test_sample_dates_fall_in_the_year_that_year_start_defines():
+    from datetime import date
+
+    from ecocube.config import PeriodsConfig
+    from ecocube.train import _year_of
+
+    oct_years = PeriodsConfig(start_year=2019, end_year=2020, year_start="10-01")
+    assert [_year_of(v, "s", oct_years) for v in ("2018-11-05", "2018-09-30", date(2019, 10, 1), 2019, "2020",
+                                                   np.datetime64("2018-10-01"))] == [2019, 2018, 2020, 2019, 2020, 2019]
+    assert _year_of("2018-11-05", "s", PeriodsConfig()) == 2018 == _year_of("2018-11-05", "s")
