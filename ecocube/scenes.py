@@ -317,9 +317,20 @@ def tile_scenes(cfg, tile, *, store=None, refresh: bool = False, threads: int | 
     Memoised per process and tile (every block of a tile sees the same scenes).
     """
     key = (tile.id, str(tile.crs), tuple(tile.bounds), _config_digest(cfg), str(cfg.output.store))
-    cached = None if refresh else _TILE_MEMO.take(key)
-    if cached is not None:
-        return cached
+    with _KEY_LOCKS_LOCK:  # threads reading blocks of one tile wait for one search, not one each
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        cached = None if refresh else _TILE_MEMO.take(key)
+        if cached is not None:
+            return cached
+        return _tile_scenes(cfg, tile, key, store=store, refresh=refresh, threads=threads, measure=measure)
+
+
+_KEY_LOCKS: dict = {}
+_KEY_LOCKS_LOCK = threading.Lock()
+
+
+def _tile_scenes(cfg, tile, key, *, store, refresh, threads, measure) -> TileScenes:
     inputs = cfg.inputs
     periods = periods_from_config(inputs.periods)
     needs_store = any(s.kind == "stac-api" for s in inputs.sources)
