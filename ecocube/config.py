@@ -513,6 +513,14 @@ class SlurmConfig(_Model):
     finalize_mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="memory of the finalize job")
     templates: Path | None = Field(None, description="folder with array.sbatch/finalize.sbatch; default: packaged")
     command: str | None = Field(None, description="how jobs start ecocube; default: this Python's -m ecocube")
+    max_tasks: int | None = Field(None, ge=1, description="at most this many array tasks per submission "
+                                  "(besides the cluster's MaxJobCount/MaxSubmitJobs); tiles per task rise to fit")
+    tile_minutes: float | None = Field(None, gt=0, description="estimated minutes per tile, for packing tiles "
+                                       "into tasks of task_minutes and checking them against time")
+    task_minutes: float | None = Field(None, gt=0, description="target length of an array task in minutes "
+                                       "(with tile_minutes: tiles per task = task_minutes // tile_minutes)")
+    poll_seconds: float = Field(10.0, ge=0, description="Slurm job states are reused for this long by status "
+                                "(one batched squeue + sacct/scontrol call per interval)")
 
 
 class StacConfig(_Model):

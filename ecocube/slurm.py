@@ -232,8 +232,9 @@ def _check_signal(time: str, signal_seconds: int, what: str) -> None:
                           "the job would be told to stop as soon as it starts")
 
 
-def array_directives(cfg, *, n_tasks: int, throttle: int | None) -> list[str]:
-    """The ``#SBATCH`` lines of the array job."""
+def array_directives(cfg, *, n_tasks: int, throttle: int | None, after: str | None = None) -> list[str]:
+    """The ``#SBATCH`` lines of the array job; ``after``: a job it starts after (``afterany``),
+    how the arrays of a throttled campaign run one after the other."""
     s = cfg.slurm
     if n_tasks < 1:
         raise SlurmError(f"an array needs at least one task, got {n_tasks}")
@@ -244,6 +245,8 @@ def array_directives(cfg, *, n_tasks: int, throttle: int | None) -> list[str]:
     lines += _resource_directives(partition=s.partition, account=s.account, qos=s.qos, time=s.time,
                                   cpus=s.cpus_per_task, mem=s.mem, mem_per_cpu=s.mem_per_cpu)
     lines.append(_directive("array", array))
+    if after is not None:
+        lines.append(_directive("dependency", f"afterany:{after}"))
     lines.append(_directive("output", logs))
     lines.append(_directive("error", logs))
     lines.append(_directive("open-mode", "append"))
@@ -254,8 +257,17 @@ def array_directives(cfg, *, n_tasks: int, throttle: int | None) -> list[str]:
     return lines
 
 
-def finalize_directives(cfg, *, array_job_id: str | None) -> list[str]:
-    """The ``#SBATCH`` lines of the finalize job (``afterok`` on the array when given)."""
+def _job_list(array_job_id: str | Sequence[str] | None) -> list[str]:
+    if array_job_id is None:
+        return []
+    if isinstance(array_job_id, str):
+        return [array_job_id]
+    return [str(j) for j in array_job_id]
+
+
+def finalize_directives(cfg, *, array_job_id: str | Sequence[str] | None) -> list[str]:
+    """The ``#SBATCH`` lines of the finalize job (``afterok`` on every array job given)."""
+    arrays = _job_list(array_job_id)
     s = cfg.slurm
     logs = directive_value(log_dir(cfg) / job_name(cfg), what="slurm.log_dir", pattern_suffix="-finalize-%j.log")
     _check_signal(s.finalize_time, s.signal_seconds, "slurm.finalize_time")
@@ -263,8 +275,8 @@ def finalize_directives(cfg, *, array_job_id: str | None) -> list[str]:
     lines += _resource_directives(partition=s.finalize_partition or s.partition, account=s.account, qos=s.qos,
                                   time=s.finalize_time, cpus=s.finalize_cpus, mem=s.finalize_mem,
                                   mem_per_cpu=None if s.finalize_mem else s.mem_per_cpu)
-    if array_job_id is not None:
-        lines.append(_directive("dependency", f"afterok:{array_job_id}"))
+    if arrays:
+        lines.append(_directive("dependency", "afterok:" + ":".join(arrays)))
         # a failed task makes afterok impossible: end the finalize job instead of leaving it pending
         lines.append(_directive("kill-on-invalid-dep", "yes"))
     lines.append(_directive("output", logs))
@@ -286,6 +298,7 @@ def render_array_script(
     throttle: int | None = None,
     submission: str = "SUBMISSION",
     command: str | None = None,
+    after: str | None = None,
 ) -> str:
     """The sbatch script of the array job (pure: nothing is read but the template).
 
@@ -294,7 +307,7 @@ def render_array_script(
     """
     template, name = load_template(cfg, ARRAY_TEMPLATE)
     values = {
-        "directives": "\n".join(array_directives(cfg, n_tasks=n_tasks, throttle=throttle)),
+        "directives": "\n".join(array_directives(cfg, n_tasks=n_tasks, throttle=throttle, after=after)),
         "site_lines": _site_lines(cfg),
         "ecocube": command or ecocube_command(cfg),
         "run_yaml": shlex.quote(str(run_yaml)),
@@ -311,11 +324,11 @@ def render_finalize_script(
     cfg,
     *,
     run_yaml: str | Path,
-    array_job_id: str | None,
+    array_job_id: str | Sequence[str] | None,
     submission: str = "SUBMISSION",
     command: str | None = None,
 ) -> str:
-    """The sbatch script of the finalize job, depending (afterok) on ``array_job_id``."""
+    """The sbatch script of the finalize job, depending (afterok) on the array job(s) ``array_job_id``."""
     template, name = load_template(cfg, FINALIZE_TEMPLATE)
     values = {
         "directives": "\n".join(finalize_directives(cfg, array_job_id=array_job_id)),
@@ -324,7 +337,7 @@ def render_finalize_script(
         "run_yaml": shlex.quote(str(run_yaml)),
         "submission": submission,
         "run_name": cfg.name,
-        "array_job_id": str(array_job_id) if array_job_id is not None else "none",
+        "array_job_id": ",".join(_job_list(array_job_id)) or "none",
         "signal_seconds": str(cfg.slurm.signal_seconds),
     }
     return render_template(template, values, name=name)
@@ -338,6 +351,221 @@ def split_tasks(tile_ids: Sequence[str], tiles_per_task: int) -> list[list[str]]
     if tiles_per_task < 1:
         raise ConfigError(f"tiles per task must be >= 1, got {tiles_per_task}")
     return [list(tile_ids[i : i + tiles_per_task]) for i in range(0, len(tile_ids), tiles_per_task)]
+
+
+# =========================================================================== fitting the cluster
+
+#: Slurm's defaults when ``scontrol show config`` does not say
+DEFAULT_MAX_ARRAY_SIZE = 1001
+DEFAULT_MAX_JOB_COUNT = 10000
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """What a cluster allows one submission: read by :func:`read_cluster_limits`.
+
+    ``max_array_size`` is Slurm's ``MaxArraySize`` (task indices 0 .. MaxArraySize-1, so an
+    array holds at most that many tasks); ``max_job_count`` the controller's ``MaxJobCount``
+    (jobs it holds at once, every array task counted as one: conservative, since a pending
+    array is one record until its tasks start); ``max_submit_jobs`` the association's or
+    QOS's ``MaxSubmitJobs`` (``None`` when unknown or unlimited); ``queued`` the jobs already
+    in the queue and ``queued_user`` those of this user, which count against the limits.
+    ``notes`` says where each figure came from.
+    """
+
+    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
+    max_job_count: int = DEFAULT_MAX_JOB_COUNT
+    max_submit_jobs: int | None = None
+    queued: int = 0
+    queued_user: int = 0
+    notes: tuple[str, ...] = ()
+
+    def task_budget(self) -> tuple[int, str]:
+        """Array tasks one submission may add, and the limit that decides it."""
+        cands = [(self.max_job_count - self.queued, f"MaxJobCount {self.max_job_count} - {self.queued} queued")]
+        if self.max_submit_jobs is not None:
+            cands.append((self.max_submit_jobs - self.queued_user,
+                          f"MaxSubmitJobs {self.max_submit_jobs} - {self.queued_user} of yours queued"))
+        return min(cands)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None:
+        return None
+    m = re.match(r"^\s*(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def limits_from_config(config: Mapping[str, str], *, max_submit_jobs: int | None = None, queued: int = 0,
+                       queued_user: int = 0, notes: Sequence[str] = ()) -> ClusterLimits:
+    """:class:`ClusterLimits` from parsed ``scontrol show config`` (pure)."""
+    notes = list(notes)
+    mas = _int_or_none(config.get("MaxArraySize"))
+    mjc = _int_or_none(config.get("MaxJobCount"))
+    notes.append(f"MaxArraySize {mas}" if mas is not None else f"MaxArraySize not reported: Slurm's default {DEFAULT_MAX_ARRAY_SIZE}")
+    notes.append(f"MaxJobCount {mjc}" if mjc is not None else f"MaxJobCount not reported: Slurm's default {DEFAULT_MAX_JOB_COUNT}")
+    return ClusterLimits(
+        max_array_size=mas if mas is not None else DEFAULT_MAX_ARRAY_SIZE,
+        max_job_count=mjc if mjc is not None else DEFAULT_MAX_JOB_COUNT,
+        max_submit_jobs=max_submit_jobs, queued=queued, queued_user=queued_user, notes=tuple(notes),
+    )
+
+
+def parse_sacctmgr_max_submit(text: str) -> int | None:
+    """The smallest ``MaxSubmitJobs`` in ``sacctmgr -n -P show assoc|qos ... format=MaxSubmitJobs``
+    output (one value per line, empty = unlimited); ``None`` when none is set."""
+    values = [int(v) for v in (ln.strip().split("|")[0] for ln in text.splitlines()) if v.isdigit()]
+    return min(values) if values else None
+
+
+def read_cluster_limits(*, account: str | None = None, qos: str | None = None) -> ClusterLimits:
+    """The limits of the cluster ``SLURM_CONF`` names: ``scontrol show config``, ``squeue``
+    (jobs queued, all and this user's), and ``sacctmgr`` for ``MaxSubmitJobs`` of the user's
+    associations (and ``qos``) when accounting is there; its absence is noted, not an error."""
+    import getpass
+
+    config = cached_config()
+    user = getpass.getuser()
+    notes: list[str] = []
+    queue = run_slurm_command(["squeue", "-h", "-r", "-o", "%u"]).stdout.split()
+    queued, queued_user = len(queue), sum(1 for u in queue if u == user)
+    max_submit = None
+    if config.get("AccountingStorageType", "accounting_storage/none") == "accounting_storage/none":
+        notes.append("MaxSubmitJobs unknown: no accounting (AccountingStorageType none), not checked")
+    else:
+        args = ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=MaxSubmitJobs"]
+        if account:
+            args.insert(5, f"account={account}")
+        try:
+            proc = run_slurm_command(args, check=False, timeout=30)
+            if proc.returncode == 0:
+                max_submit = parse_sacctmgr_max_submit(proc.stdout)
+                if qos:
+                    q = run_slurm_command(["sacctmgr", "-n", "-P", "show", "qos", qos, "format=MaxSubmitJobsPerUser"],
+                                          check=False, timeout=30)
+                    qmax = parse_sacctmgr_max_submit(q.stdout) if q.returncode == 0 else None
+                    if qmax is not None:
+                        max_submit = qmax if max_submit is None else min(max_submit, qmax)
+                notes.append(f"MaxSubmitJobs {max_submit}" if max_submit is not None else "MaxSubmitJobs: unlimited")
+            else:
+                notes.append(f"MaxSubmitJobs unknown: sacctmgr failed ({proc.stderr.strip()[:120]})")
+        except SlurmError as exc:
+            notes.append(f"MaxSubmitJobs unknown: {exc}")
+    return limits_from_config(config, max_submit_jobs=max_submit, queued=queued, queued_user=queued_user,
+                              notes=notes)
+
+
+@dataclass(frozen=True)
+class ArrayPart:
+    """One array job of a submission: tasks ``first`` .. ``first + n_tasks - 1`` of the campaign."""
+
+    index: int
+    first: int
+    n_tasks: int
+
+
+@dataclass(frozen=True)
+class CampaignSplit:
+    """How the tiles of a submission become array tasks and array jobs (pure result of
+    :func:`split_campaign`); ``reasons`` says why, line by line."""
+
+    tiles_per_task: int
+    n_tasks: int
+    parts: tuple[ArrayPart, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def n_arrays(self) -> int:
+        return len(self.parts)
+
+
+def split_campaign(n_tiles: int, *, limits: ClusterLimits, tiles_per_task: int | None = None,
+                   default_tiles_per_task: int = 1, max_tasks: int | None = None,
+                   tile_minutes: float | None = None, task_minutes: float | None = None,
+                   time_minutes: int | None = None) -> CampaignSplit:
+    """Pack ``n_tiles`` into tasks and the tasks into array jobs that the cluster accepts.
+
+    Tiles per task: ``tiles_per_task`` when given (``--tiles-per-task``, fixed: a campaign
+    that does not fit with it is refused); else the most of ``default_tiles_per_task`` and, with
+    ``tile_minutes`` and ``task_minutes`` (target task length), ``task_minutes // tile_minutes``;
+    then raised until the tasks fit the cluster's task budget (:meth:`ClusterLimits.task_budget`,
+    less one job per array and the finalize job) and ``max_tasks``. With ``tile_minutes`` and the
+    time limit ``time_minutes``, a task that would not finish in time is refused. Arrays hold at
+    most ``MaxArraySize`` tasks each.
+    """
+    if n_tiles < 0:
+        raise SlurmError(f"negative tile count {n_tiles}")
+    reasons: list[str] = []
+    budget, why = limits.task_budget()
+    caps = [(budget, why)]
+    if max_tasks is not None:
+        caps.append((max_tasks, f"slurm.max_tasks {max_tasks}"))
+    cap, cap_why = min(caps)
+    fixed = tiles_per_task is not None
+    if fixed:
+        k = tiles_per_task
+        reasons.append(f"{k} tiles per task: --tiles-per-task")
+    else:
+        k = default_tiles_per_task
+        reasons.append(f"{k} tiles per task: slurm.tiles_per_task")
+        if tile_minutes and task_minutes:
+            k_target = max(1, int(task_minutes // tile_minutes))
+            if k_target > k:
+                k = k_target
+                reasons[-1] = (f"{k} tiles per task: slurm.task_minutes {task_minutes:g} / "
+                               f"slurm.tile_minutes {tile_minutes:g}")
+    if k < 1:
+        raise ConfigError(f"tiles per task must be >= 1, got {k}")
+    if n_tiles == 0:
+        return CampaignSplit(k, 0, (), tuple(reasons + ["no tiles to do: no array job"]))
+
+    def _n_jobs(kk: int) -> tuple[int, int]:
+        n_tasks = math.ceil(n_tiles / kk)
+        n_arrays = math.ceil(n_tasks / limits.max_array_size)
+        return n_tasks, n_arrays
+
+    n_tasks, n_arrays = _n_jobs(k)
+    # every array job and the finalize job also count as jobs for MaxSubmitJobs / MaxJobCount
+    if n_tasks + n_arrays + 1 > cap:
+        if fixed:
+            raise SlurmError(
+                f"{n_tiles} tiles at {k} per task make {n_tasks} array tasks (+{n_arrays} array and 1 finalize "
+                f"job), more than the cluster takes now ({cap_why} = {cap}); use a larger --tiles-per-task "
+                f"(at least {_min_k(n_tiles, cap, limits.max_array_size)}) or leave it to slurm.tiles_per_task")
+        if cap < 2:
+            raise SlurmError(f"the cluster takes no more jobs now ({cap_why} = {cap}); wait for queued jobs to end")
+        k_new = _min_k(n_tiles, cap, limits.max_array_size)
+        reasons.append(f"raised to {k_new} tiles per task: {math.ceil(n_tiles / k)} tasks would exceed {cap_why} = {cap}")
+        k = k_new
+        n_tasks, n_arrays = _n_jobs(k)
+    if tile_minutes and time_minutes:
+        need = k * tile_minutes
+        if need > time_minutes:
+            raise SlurmError(f"{k} tiles per task at ~{tile_minutes:g} min each need ~{need:g} min, more than "
+                             f"slurm.time ({time_minutes} min); raise slurm.time or lower the tiles per task")
+    per = math.ceil(n_tasks / n_arrays)  # balanced arrays, each <= MaxArraySize
+    parts = []
+    first = 0
+    for j in range(n_arrays):
+        size = min(per, n_tasks - first)
+        parts.append(ArrayPart(j, first, size))
+        first += size
+    if n_arrays > 1:
+        reasons.append(f"{n_tasks} tasks split into {n_arrays} array jobs of up to {per} tasks: "
+                       f"MaxArraySize {limits.max_array_size}")
+    else:
+        reasons.append(f"{n_tasks} tasks fit one array job (MaxArraySize {limits.max_array_size})")
+    return CampaignSplit(k, n_tasks, tuple(parts), tuple(reasons))
+
+
+def _min_k(n_tiles: int, cap: int, max_array_size: int) -> int:
+    """The fewest tiles per task for which tasks + arrays + finalize stay within ``cap``."""
+    k = max(1, math.ceil(n_tiles / max(1, cap - 1)))
+    while True:
+        n_tasks = math.ceil(n_tiles / k)
+        if n_tasks + math.ceil(n_tasks / max_array_size) + 1 <= cap:
+            return k
+        k += 1
 
 
 def format_tiles_file(tasks: Sequence[Sequence[str]], *, submission: str, run_name: str) -> str:
@@ -468,7 +696,7 @@ def tiles_to_do(cfg, store=None, *, states: Mapping[str, Mapping | None] | None 
     if states is None:
         from .status import tile_states
 
-        states = tile_states(cfg, store)
+        states = tile_states(cfg, store, light=True)
     todo = [t.id for t in tiles if record_state(states.get(t.id)) != "done"]
     return todo, {t.id: states.get(t.id) for t in tiles}
 
@@ -703,17 +931,54 @@ def parse_scontrol_config(text: str) -> dict[str, str]:
     return out
 
 
-def query_jobs(job_ids: Sequence[str]) -> dict[tuple[str, int | None], TaskInfo]:
-    """States of jobs and array tasks from squeue, then scontrol, then sacct or jobcomp.
+#: cache of Slurm answers in this process: {key: (monotonic time, value)}
+_CACHE: dict[Any, tuple[float, Any]] = {}
+#: seconds ``scontrol show config`` is reused (it changes only on reconfigure)
+CONFIG_CACHE_SECONDS = 300.0
 
-    Live sources win: a task squeue lists is taken from there; finished tasks come from
-    ``scontrol show job`` while slurmctld remembers them (``MinJobAge``), then from
-    ``sacct`` when accounting is enabled, else from the ``jobcomp/filetxt`` file.
+
+def clear_cache() -> None:
+    """Forget cached Slurm answers (job states, config)."""
+    _CACHE.clear()
+
+
+def _cached(key: Any, max_age: float, compute):
+    import time as _time
+
+    now = _time.monotonic()
+    hit = _CACHE.get(key)
+    if hit is not None and max_age > 0 and now - hit[0] <= max_age:
+        return hit[1]
+    value = compute()
+    _CACHE[key] = (now, value)
+    return value
+
+
+def cached_config(*, max_age: float = CONFIG_CACHE_SECONDS) -> dict[str, str]:
+    """``scontrol show config``, parsed, asked at most once per ``max_age`` seconds."""
+    return _cached(("config",), max_age,
+                   lambda: parse_scontrol_config(run_slurm_command(["scontrol", "show", "config"]).stdout))
+
+
+def query_jobs(job_ids: Sequence[str], *, max_age: float = 0.0) -> dict[tuple[str, int | None], TaskInfo]:
+    """States of jobs and array tasks: one ``squeue`` call for all of them, then one call
+    for the finished ones (``sacct`` with accounting, else ``scontrol show job`` while
+    slurmctld remembers them, ``MinJobAge``, then the ``jobcomp/filetxt`` file).
+
+    However many arrays and tasks, a status costs at most three calls to the controller
+    (squeue, sacct or scontrol, and ``scontrol show config`` once per
+    :data:`CONFIG_CACHE_SECONDS`), never one per task. With ``max_age`` > 0 the answer for the
+    same job ids is reused for that many seconds (``slurm.poll_seconds``), so a watch loop or
+    several status calls in a row do not poll a busy controller more often.
     """
-    ids = [str(j) for j in job_ids if j]
-    found: dict[tuple[str, int | None], TaskInfo] = {}
+    ids = tuple(sorted({str(j) for j in job_ids if j}))
     if not ids:
-        return found
+        return {}
+    return dict(_cached(("jobs", ids), max_age, lambda: _query_jobs(list(ids))))
+
+
+def _query_jobs(ids: list[str]) -> dict[tuple[str, int | None], TaskInfo]:
+    found: dict[tuple[str, int | None], TaskInfo] = {}
 
     def _add(infos: Iterable[TaskInfo]) -> None:
         for info in infos:
@@ -725,16 +990,17 @@ def query_jobs(job_ids: Sequence[str]) -> dict[tuple[str, int | None], TaskInfo]
         _add(parse_squeue(proc.stdout))
     elif "Invalid job id" not in proc.stderr:
         raise SlurmError(f"squeue failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    for job in ids:
-        proc = run_slurm_command(["scontrol", "show", "job", "-o", job], check=False)
-        if proc.returncode == 0:
-            _add(parse_scontrol_jobs(proc.stdout))
-    config = parse_scontrol_config(run_slurm_command(["scontrol", "show", "config"]).stdout)
+    config = cached_config()
     if config.get("AccountingStorageType", "accounting_storage/none") != "accounting_storage/none":
         proc = run_slurm_command(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", SACCT_FIELDS], check=False)
         if proc.returncode == 0:
             _add(parse_sacct(proc.stdout))
-    elif config.get("JobCompType") == "jobcomp/filetxt" and config.get("JobCompLoc"):
+        return found
+    # no accounting: one `scontrol show job` for every job the controller still holds
+    proc = run_slurm_command(["scontrol", "show", "job", "-o"], check=False)
+    if proc.returncode == 0:
+        _add(parse_scontrol_jobs(proc.stdout))
+    if config.get("JobCompType") == "jobcomp/filetxt" and config.get("JobCompLoc"):
         path = Path(config["JobCompLoc"])
         try:
             text = path.read_text(errors="replace")
@@ -746,6 +1012,22 @@ def query_jobs(job_ids: Sequence[str]) -> dict[tuple[str, int | None], TaskInfo]
 
 
 # =========================================================================== submit
+
+
+@dataclass
+class ArrayJob:
+    """One array job of a submission: its tasks (tile ids per task), tile list and script."""
+
+    index: int
+    first_task: int
+    tasks: list[list[str]]
+    tiles_file: str
+    script: str
+    job_id: str | None = None
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
 
 
 @dataclass
@@ -767,17 +1049,40 @@ class SubmitPlan:
     array_job_id: str | None = None
     finalize_job_id: str | None = None
     cancelled: list[str] = field(default_factory=list)
+    arrays: list[ArrayJob] = field(default_factory=list)
+    split_reasons: tuple[str, ...] = ()
+    limit_notes: tuple[str, ...] = ()
 
     @property
     def n_tasks(self) -> int:
         return len(self.tasks)
+
+    @property
+    def array_job_ids(self) -> list[str]:
+        return [a.job_id for a in self.arrays if a.job_id]
 
     def summary(self) -> str:
         mem_req = format_bytes(self.memory_requested) if self.memory_requested else "site default"
         lines = [
             f"submission {self.submission}: {len(self.tiles)} of {self.n_aoi_tiles} tiles to do, "
             f"{self.n_tasks} array tasks of up to {self.tiles_per_task} tiles"
+            + (f" in {len(self.arrays)} array jobs" if len(self.arrays) > 1 else "")
             + (f", at most {self.throttle} at once" if self.throttle else ""),
+        ]
+        if self.limit_notes:
+            lines.append("cluster: " + "; ".join(self.limit_notes))
+        if self.split_reasons:
+            lines.append("split: " + "; ".join(self.split_reasons))
+        if len(self.arrays) > 1:
+            for a in self.arrays:
+                n = sum(len(t) for t in a.tasks)
+                lines.append(f"  array {a.index}: tasks {a.first_task}-{a.first_task + a.n_tasks - 1} of the campaign "
+                             f"(--array=0-{a.n_tasks - 1}), {n} tiles, list {a.tiles_file}")
+            if self.throttle:
+                lines.append(f"  the arrays run one after the other (afterany), so at most {self.throttle} tasks "
+                             "run at once over the whole campaign")
+            lines.append(f"  finalize: afterok on all {len(self.arrays)} array jobs")
+        lines += [
             f"memory per task: ~{format_bytes(self.memory_per_task)} estimated, {mem_req} requested",
             f"output volume: ~{format_bytes(self.output_bytes)} uncompressed for {len(self.tiles)} tiles",
         ]
@@ -787,52 +1092,106 @@ class SubmitPlan:
         return "\n".join(lines)
 
 
+def part_tiles_file_key(submission: str, index: int, n_arrays: int) -> str:
+    """The tile list of array ``index``: ``tiles.txt`` for a single array, else ``tiles-NNN.txt``."""
+    if n_arrays <= 1:
+        return tiles_file_key(submission)
+    return f"{SUBMISSION_PREFIX}/{submission}/tiles-{index:03d}.txt"
+
+
+def _render_arrays(cfg, arrays: Sequence[ArrayJob], *, run_yaml: str, throttle: int | None, submission: str,
+                   command: str | None, job_ids: Sequence[str | None] | None = None) -> None:
+    """(Re-)render each array's script; with ``throttle`` and several arrays, array j starts
+    after array j-1 (``job_ids``: ids already known, else placeholders)."""
+    for j, a in enumerate(arrays):
+        after = None
+        if throttle and j > 0:
+            after = (job_ids[j - 1] if job_ids and job_ids[j - 1] else f"ARRAY_JOB_ID_{j - 1}")
+        a.script = render_array_script(cfg, run_yaml=run_yaml, tiles_file=a.tiles_file, n_tasks=a.n_tasks,
+                                       throttle=throttle, submission=submission, command=command, after=after)
+
+
 def plan_submission(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None = None,
                     throttle: int | None = None, states=None, submission: str | None = None,
-                    command: str | None = None) -> SubmitPlan:
-    """Work out a submission without submitting anything (pure apart from reading statuses)."""
-    k = tiles_per_task or cfg.slurm.tiles_per_task
-    if k < 1:
-        raise ConfigError(f"--tiles-per-task must be >= 1, got {k}")
+                    command: str | None = None, limits: ClusterLimits | None = None) -> SubmitPlan:
+    """Work out a submission without submitting anything.
+
+    Reads the tile statuses and (unless ``limits`` is given) the cluster's limits
+    (:func:`read_cluster_limits`); the split itself is :func:`split_campaign`.
+    """
+    if tiles_per_task is not None and tiles_per_task < 1:
+        raise ConfigError(f"--tiles-per-task must be >= 1, got {tiles_per_task}")
     throttle = throttle if throttle is not None else cfg.slurm.throttle
     if throttle is not None and throttle < 1:
         raise ConfigError(f"--throttle must be >= 1, got {throttle}")
     if store is None and states is None:
         store = store_for(cfg)
     todo, all_states = tiles_to_do(cfg, store, states=states)
+    if limits is None:
+        try:
+            limits = read_cluster_limits(account=cfg.slurm.account, qos=cfg.slurm.qos)
+        except SlurmError as exc:  # a dry run away from the cluster: say so, plan with Slurm's defaults
+            limits = ClusterLimits(notes=(f"limits not read ({str(exc)[:160]}); Slurm's defaults assumed: "
+                                          f"MaxArraySize {DEFAULT_MAX_ARRAY_SIZE}, MaxJobCount {DEFAULT_MAX_JOB_COUNT}",))
+    s = cfg.slurm
+    split = split_campaign(len(todo), limits=limits, tiles_per_task=tiles_per_task,
+                           default_tiles_per_task=s.tiles_per_task, max_tasks=s.max_tasks,
+                           tile_minutes=s.tile_minutes, task_minutes=s.task_minutes,
+                           time_minutes=minutes_from_time(s.time))
+    k = split.tiles_per_task
     tasks = split_tasks(todo, k)
     submission = submission or new_submission_id()
     run_yaml = str(Path(run_yaml).resolve())
-    array_script = None
-    if tasks:
-        array_script = render_array_script(cfg, run_yaml=run_yaml, tiles_file=tiles_file_key(submission),
-                                           n_tasks=len(tasks), throttle=throttle, submission=submission,
-                                           command=command)
-    finalize_script = render_finalize_script(cfg, run_yaml=run_yaml,
-                                             array_job_id="ARRAY_JOB_ID" if tasks else None,
+    arrays = [ArrayJob(p.index, p.first, tasks[p.first:p.first + p.n_tasks],
+                       part_tiles_file_key(submission, p.index, split.n_arrays), "")
+              for p in split.parts]
+    _render_arrays(cfg, arrays, run_yaml=run_yaml, throttle=throttle, submission=submission, command=command)
+    placeholders = ["ARRAY_JOB_ID"] if len(arrays) == 1 else [f"ARRAY_JOB_ID_{a.index}" for a in arrays]
+    finalize_script = render_finalize_script(cfg, run_yaml=run_yaml, array_job_id=placeholders if arrays else None,
                                              submission=submission, command=command)
     return SubmitPlan(
         submission=submission, run_yaml=run_yaml, tiles=todo, tasks=tasks, tiles_per_task=k, throttle=throttle,
-        array_script=array_script, finalize_script=finalize_script,
+        array_script=arrays[0].script if arrays else None, finalize_script=finalize_script,
         memory_per_task=estimate_task_memory(cfg), memory_requested=requested_memory(cfg),
         output_bytes=estimate_output_bytes(cfg, len(todo)), n_aoi_tiles=len(all_states),
+        arrays=arrays, split_reasons=split.reasons, limit_notes=limits.notes,
     )
 
 
+def submission_arrays(submission: Mapping) -> list[dict]:
+    """The array jobs of a recorded submission (``arrays``; older records: the one
+    ``array_job_id``/``tiles_file``)."""
+    if submission.get("arrays"):
+        return [dict(a) for a in submission["arrays"]]
+    if submission.get("array_job_id"):
+        return [{"job_id": submission["array_job_id"], "tiles_file": submission.get("tiles_file"),
+                 "n_tasks": submission.get("n_tasks"), "first_task": 0}]
+    return []
+
+
+def submission_job_ids(submission: Mapping) -> list[str]:
+    """Every job id of a submission: its array jobs, then its finalize job."""
+    ids = [a["job_id"] for a in submission_arrays(submission) if a.get("job_id")]
+    if submission.get("finalize_job_id"):
+        ids.append(submission["finalize_job_id"])
+    return ids
+
+
 def _active_jobs(submission: Mapping) -> dict[tuple[str, int | None], TaskInfo]:
-    ids = [j for j in (submission.get("array_job_id"), submission.get("finalize_job_id")) if j]
-    return {k: v for k, v in query_jobs(ids).items() if v.state in ACTIVE_STATES}
+    return {k: v for k, v in query_jobs(submission_job_ids(submission)).items() if v.state in ACTIVE_STATES}
 
 
 def submit(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None = None,
-           throttle: int | None = None, kind: str = "submit", command: str | None = None) -> SubmitPlan:
-    """Submit the array over the tiles left to do and the finalize job behind it.
+           throttle: int | None = None, kind: str = "submit", command: str | None = None,
+           limits: ClusterLimits | None = None) -> SubmitPlan:
+    """Submit the array job(s) over the tiles left to do and the finalize job behind them.
 
     Refuses while an earlier submission of this run still has tasks pending or running
     (their tiles would be processed twice). For ``kind="resubmit"``, a finalize job of
     the previous submission that is still pending is cancelled first; it is replaced by
-    the new one. When the finalize job cannot be submitted, the array is cancelled, and
-    when the record cannot be written, both are: nothing stays half-submitted.
+    the new one. When an array or the finalize job cannot be submitted, the arrays already
+    submitted are cancelled, and when the record cannot be written, everything is: nothing
+    stays half-submitted.
     """
     store = store_for(cfg, store)
     jobs = read_jobs(store)
@@ -840,12 +1199,14 @@ def submit(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None 
     cancelled: list[str] = []
     if previous is not None:
         active = _active_jobs(previous)
-        array_active = [v for v in active.values() if v.job_id == previous.get("array_job_id")]
+        array_ids = {a["job_id"] for a in submission_arrays(previous)}
+        array_active = [v for v in active.values() if v.job_id in array_ids]
         if array_active:
+            busy = sorted({v.job_id for v in array_active})
             raise SlurmError(
-                f"submission {previous['id']} (array job {previous['array_job_id']}) still has "
+                f"submission {previous['id']} (array job {', '.join(busy)}) still has "
                 f"{len(array_active)} task(s) pending or running; wait for them (ecocube slurm status) "
-                f"or cancel them (scancel {previous['array_job_id']}) first"
+                f"or cancel them (scancel {' '.join(busy)}) first"
             )
         fin = previous.get("finalize_job_id")
         fin_info = active.get((fin, None)) if fin else None
@@ -858,28 +1219,38 @@ def submit(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None 
                                  "use `ecocube slurm resubmit --failed` to move it behind a new array")
 
     plan = plan_submission(cfg, run_yaml, store=store, tiles_per_task=tiles_per_task, throttle=throttle,
-                           command=command)
+                           command=command, limits=limits)
     log_dir(cfg).mkdir(parents=True, exist_ok=True)
     prefix = f"{SUBMISSION_PREFIX}/{plan.submission}"
-    if plan.tasks:
-        store.put_bytes(format_tiles_file(plan.tasks, submission=plan.submission, run_name=cfg.name).encode(),
-                        tiles_file_key(plan.submission))
+    for a in plan.arrays:
+        store.put_bytes(format_tiles_file(a.tasks, submission=plan.submission, run_name=cfg.name).encode(),
+                        a.tiles_file)
     # the old finalize goes only once the new array is accepted: cancel it just before
     if previous is not None and kind == "resubmit":
         fin = previous.get("finalize_job_id")
         if fin and _active_jobs({"finalize_job_id": fin}):
             scancel([fin])
             cancelled.append(fin)
-    if plan.tasks:
-        plan.array_job_id = sbatch(plan.array_script)
+    submitted: list[str] = []
     try:
-        plan.finalize_script = render_finalize_script(cfg, run_yaml=plan.run_yaml, array_job_id=plan.array_job_id,
+        for j, a in enumerate(plan.arrays):
+            if plan.throttle and j > 0:  # chained: render with the previous array's real id
+                a.script = render_array_script(cfg, run_yaml=plan.run_yaml, tiles_file=a.tiles_file,
+                                               n_tasks=a.n_tasks, throttle=plan.throttle,
+                                               submission=plan.submission, command=command, after=submitted[-1])
+            a.job_id = sbatch(a.script)
+            submitted.append(a.job_id)
+        plan.array_job_id = submitted[0] if submitted else None
+        plan.array_script = plan.arrays[0].script if plan.arrays else None
+        plan.finalize_script = render_finalize_script(cfg, run_yaml=plan.run_yaml, array_job_id=submitted or None,
                                                       submission=plan.submission, command=command)
         plan.finalize_job_id = sbatch(plan.finalize_script)
     except EcocubeError as exc:
-        if plan.array_job_id:
-            _cancel_quietly([plan.array_job_id])
-            raise SlurmError(f"{exc}; the array job {plan.array_job_id} just submitted was cancelled") from exc
+        if submitted:
+            _cancel_quietly(submitted)
+            what = (f"the array job {submitted[0]} just submitted was" if len(submitted) == 1
+                    else f"the array jobs {' '.join(submitted)} just submitted were")
+            raise SlurmError(f"{exc}; {what} cancelled") from exc
         raise
     record = {
         "id": plan.submission,
@@ -892,22 +1263,26 @@ def submit(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None 
         "n_tasks": plan.n_tasks,
         "tiles_per_task": plan.tiles_per_task,
         "throttle": plan.throttle,
-        "tiles_file": tiles_file_key(plan.submission) if plan.tasks else None,
+        "tiles_file": plan.arrays[0].tiles_file if plan.arrays else None,
+        "arrays": [{"job_id": a.job_id, "tiles_file": a.tiles_file, "n_tasks": a.n_tasks, "first_task": a.first_task}
+                   for a in plan.arrays],
+        "split": list(plan.split_reasons),
         "log_dir": str(log_dir(cfg)),
         "job_name": job_name(cfg),
         "cancelled": cancelled,
     }
     try:
-        if plan.array_script:
-            store.put_bytes(plan.array_script.encode(), f"{prefix}/array.sbatch")
+        for a in plan.arrays:
+            name = "array.sbatch" if len(plan.arrays) == 1 else f"array-{a.index:03d}.sbatch"
+            store.put_bytes(a.script.encode(), f"{prefix}/{name}")
         store.put_bytes(plan.finalize_script.encode(), f"{prefix}/finalize.sbatch")
         jobs["submissions"].append(record)
         jobs["run"] = cfg.name
         write_jobs(store, jobs)
     except Exception as exc:
-        _cancel_quietly([plan.array_job_id, plan.finalize_job_id])
+        _cancel_quietly([*submitted, plan.finalize_job_id])
         raise SlurmError(f"cannot record submission {plan.submission} in the store ({exc}); "
-                         f"jobs {plan.array_job_id} and {plan.finalize_job_id} were cancelled") from exc
+                         f"jobs {' '.join(submitted)} and {plan.finalize_job_id} were cancelled") from exc
     plan.cancelled = cancelled
     return plan
 
@@ -920,14 +1295,16 @@ def _cancel_quietly(ids: Iterable[str | None]) -> None:
 
 
 def resubmit_failed(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None = None,
-                    throttle: int | None = None, command: str | None = None) -> SubmitPlan:
-    """A new array over the failed and missing tiles only, with the finalize job behind it."""
+                    throttle: int | None = None, command: str | None = None,
+                    limits: ClusterLimits | None = None) -> SubmitPlan:
+    """New array job(s) over the failed and missing tiles of the whole run (every array of
+    every earlier submission), with the finalize job behind them."""
     store = store_for(cfg, store)
     if not read_jobs(store)["submissions"]:
         raise SlurmError(f"nothing to resubmit: no submission recorded in {store.url(JOBS_KEY)}; "
                          "use `ecocube slurm submit` first")
     return submit(cfg, run_yaml, store=store, tiles_per_task=tiles_per_task, throttle=throttle,
-                  kind="resubmit", command=command)
+                  kind="resubmit", command=command, limits=limits)
 
 
 # =========================================================================== status
@@ -943,6 +1320,12 @@ class TaskStatus:
     log_path: str
     tile_states: dict[str, str]
     error_line: str | None = None
+    array_job_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``<array job>_<task>``, as Slurm names the task."""
+        return f"{self.array_job_id}_{self.task_id}" if self.array_job_id else str(self.task_id)
 
 
 @dataclass
@@ -1006,8 +1389,11 @@ def _record_error(record: Mapping | None) -> str | None:
     return str(err) if err else None
 
 
-def slurm_status(cfg, *, store=None, states=None, submission: str | None = None) -> RunStatus:
-    """Tasks of the latest (or the given) submission joined with the tile status records."""
+def slurm_status(cfg, *, store=None, states=None, submission: str | None = None,
+                 max_age: float | None = None) -> RunStatus:
+    """Tasks of every array job of the latest (or the given) submission joined with the tile
+    status records. Slurm is asked once for all of them (:func:`query_jobs`), the answer
+    reused for ``max_age`` seconds (default ``slurm.poll_seconds``)."""
     store = store_for(cfg, store)
     jobs = read_jobs(store)
     subs = jobs["submissions"]
@@ -1021,21 +1407,24 @@ def slurm_status(cfg, *, store=None, states=None, submission: str | None = None)
     tile_errors = {t: e for t, r in all_states.items() if (e := _record_error(r)) and tiles[t] != "done"}
     if sub is None:
         return RunStatus(None, [], None, tiles, tile_errors)
-    infos = query_jobs([j for j in (sub.get("array_job_id"), sub.get("finalize_job_id")) if j])
-    task_tiles_lists: list[list[str]] = []
-    if sub.get("tiles_file"):
-        task_tiles_lists = parse_tiles_file(_read_tiles_file(cfg, sub["tiles_file"], store), source=sub["tiles_file"])
+    infos = query_jobs(submission_job_ids(sub), max_age=cfg.slurm.poll_seconds if max_age is None else max_age)
     tasks = []
-    arr = sub.get("array_job_id")
-    for i, ids in enumerate(task_tiles_lists):
-        info = infos.get((arr, i))
-        state = info.state if info else "UNKNOWN"
-        logp = str(Path(sub.get("log_dir") or log_dir(cfg)) / f"{sub.get('job_name') or job_name(cfg)}-{arr}_{i}.log")
-        ts = TaskStatus(i, ids, state, info.exit_code if info else None, info.reason if info else None, logp,
-                        {t: tiles.get(t, "pending") for t in ids})
-        if state in FAILED_STATES or any(s == "failed" for s in ts.tile_states.values()):
-            ts.error_line = last_error_line(logp) or next((tile_errors[t] for t in ids if t in tile_errors), None)
-        tasks.append(ts)
+    logs = Path(sub.get("log_dir") or log_dir(cfg))
+    name = sub.get("job_name") or job_name(cfg)
+    for part in submission_arrays(sub):
+        if not part.get("tiles_file"):
+            continue
+        arr = part.get("job_id")
+        lists = parse_tiles_file(_read_tiles_file(cfg, part["tiles_file"], store), source=part["tiles_file"])
+        for i, ids in enumerate(lists):
+            info = infos.get((arr, i))
+            state = info.state if info else "UNKNOWN"
+            logp = str(logs / f"{name}-{arr}_{i}.log")
+            ts = TaskStatus(i, ids, state, info.exit_code if info else None, info.reason if info else None, logp,
+                            {t: tiles.get(t, "pending") for t in ids}, array_job_id=arr)
+            if state in FAILED_STATES or any(v == "failed" for v in ts.tile_states.values()):
+                ts.error_line = last_error_line(logp) or next((tile_errors[t] for t in ids if t in tile_errors), None)
+            tasks.append(ts)
     fin_id = sub.get("finalize_job_id")
     fin = infos.get((fin_id, None)) if fin_id else None
     fin_log = fin_err = None
@@ -1046,8 +1435,14 @@ def slurm_status(cfg, *, store=None, states=None, submission: str | None = None)
     return RunStatus(sub, tasks, fin, tiles, tile_errors, fin_log, fin_err)
 
 
-def format_status(st: RunStatus) -> str:
-    """The human-readable table printed by ``ecocube slurm status``."""
+#: above this many tasks, ``format_status`` lists only the tasks that are not completed
+TASK_TABLE_LIMIT = 100
+
+
+def format_status(st: RunStatus, *, all_tasks: bool = False) -> str:
+    """The human-readable table printed by ``ecocube slurm status`` (with more than
+    :data:`TASK_TABLE_LIMIT` tasks, completed tasks whose tiles are all done are counted,
+    not listed, unless ``all_tasks``)."""
     c = st.counts()
     order = ("done", "failed", "interrupted", "running", "stale", "pending")
     tile_counts = "  ".join(f"{k} {c['tiles'].get(k, 0)}" for k in order)
@@ -1057,9 +1452,13 @@ def format_status(st: RunStatus) -> str:
         lines.append("no Slurm submission recorded for this run")
     else:
         s = st.submission
+        arrays = submission_arrays(s)
+        if len(arrays) > 1:
+            what = f"{len(arrays)} array jobs {' '.join(a['job_id'] for a in arrays)}"
+        else:
+            what = f"array job {s.get('array_job_id') or '-'}"
         lines.append(f"submission {s['id']} ({s.get('kind', 'submit')}, {s.get('created', '?')}): "
-                     f"array job {s.get('array_job_id') or '-'}, {s.get('n_tasks', 0)} tasks, "
-                     f"{s.get('n_tiles', 0)} tiles")
+                     f"{what}, {s.get('n_tasks', 0)} tasks, {s.get('n_tiles', 0)} tiles")
         task_counts = "  ".join(f"{k} {v}" for k, v in sorted(c["tasks"].items())) or "-"
         lines.append(f"tasks: {task_counts}")
         if st.finalize is not None:
@@ -1074,17 +1473,28 @@ def format_status(st: RunStatus) -> str:
             lines.append(f"  {st.finalize_error}")
     lines.append(f"tiles of the run: {len(st.tiles)}  {tile_counts}" + (f"  {others}" if others else ""))
     if st.tasks:
+        multi = len({t.array_job_id for t in st.tasks}) > 1
+        shown = st.tasks
+        if not all_tasks and len(st.tasks) > TASK_TABLE_LIMIT:
+            shown = [t for t in st.tasks
+                     if t.state != "COMPLETED" or any(v != "done" for v in t.tile_states.values())]
         lines.append("")
-        lines.append(f"{'task':>5}  {'state':<13} {'exit':<6} tiles")
-        for t in st.tasks:
+        width = max(5, *(len(t.label) for t in shown)) if (multi and shown) else 5
+        lines.append(f"{'task':>{width}}  {'state':<13} {'exit':<6} tiles")
+        for t in shown:
             tiles = " ".join(f"{tid}:{state}" for tid, state in t.tile_states.items())
-            lines.append(f"{t.task_id:>5}  {t.state:<13} {t.exit_code or '-':<6} {tiles}")
+            label = t.label if multi else str(t.task_id)
+            lines.append(f"{label:>{width}}  {t.state:<13} {t.exit_code or '-':<6} {tiles}")
+        if len(shown) < len(st.tasks):
+            lines.append(f"({len(st.tasks) - len(shown)} completed tasks with all tiles done not listed; --all lists them)")
     failed = [t for t in st.tasks if t.error_line is not None or t.state in FAILED_STATES]
     if failed:
+        multi = len({t.array_job_id for t in st.tasks}) > 1
         lines.append("")
         lines.append("failures:")
         for t in failed:
-            lines.append(f"  task {t.task_id} ({t.state}, exit {t.exit_code or '-'}): {t.log_path}")
+            label = t.label if multi else str(t.task_id)
+            lines.append(f"  task {label} ({t.state}, exit {t.exit_code or '-'}): {t.log_path}")
             if t.error_line:
                 lines.append(f"    {t.error_line}")
     in_tasks = {tid for t in st.tasks for tid in t.tiles}

@@ -254,8 +254,16 @@ def verify_outputs(store, record: Mapping[str, Any], *, threads: int = 8) -> lis
         return [p for p in pool.map(_check, sorted(outputs.items())) if p]
 
 
-def tile_states(cfg, store=None, *, tiles: Iterable | None = None, threads: int = 8) -> dict[str, dict | None]:
-    """``{tile_id: record or None}`` for the tiles of the run (or ``tiles``), in grid order."""
+def tile_states(cfg, store=None, *, tiles: Iterable | None = None, threads: int = 8,
+                light: bool = False) -> dict[str, dict | None]:
+    """``{tile_id: record or None}`` for the tiles of the run (or ``tiles``), in grid order.
+
+    One paged listing of ``status/`` finds the records (no request per tile without one);
+    the records found are read in parallel. With ``light``, each record's ``outputs`` (one
+    entry per output file: ~1,500 per tile of a real campaign, most of a record's size) is
+    replaced by its count ``n_outputs`` as it is read, so the memory of a status over
+    thousands of tiles does not grow with the files per tile.
+    """
     from .grid import TileGrid
     from .store import store_for
 
@@ -268,9 +276,16 @@ def tile_states(cfg, store=None, *, tiles: Iterable | None = None, threads: int 
     records: dict[str, dict | None] = dict.fromkeys(ids)
     if wanted:
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(wanted)))) as pool:
-            for tile_id, rec in zip(wanted, pool.map(lambda t: read_status(store, t), wanted)):
+            for tile_id, rec in zip(wanted, pool.map(lambda t: _read(store, t, light), wanted)):
                 records[tile_id] = rec
     return records
+
+
+def _read(store, tile_id: str, light: bool) -> dict[str, Any] | None:
+    rec = read_status(store, tile_id)
+    if light and rec is not None and "outputs" in rec:
+        rec["n_outputs"] = len(rec.pop("outputs") or ())
+    return rec
 
 
 def _epoch(text: Any) -> float | None:

@@ -5,18 +5,24 @@
 #   scripts/local-slurm.sh down     cancel its jobs, stop the daemons it started, remove its folder
 #   scripts/local-slurm.sh conf     print the path of its slurm.conf (export SLURM_CONF=$(... conf))
 #   scripts/local-slurm.sh status   print sinfo/squeue; exit 1 when the cluster is not up
+#   scripts/local-slurm.sh set MaxArraySize=N   change a limit in slurm.conf and restart slurmctld
+#                                   with its saved state (queued jobs are kept; `scontrol
+#                                   reconfigure` shows the new value but does not apply it)
 #
 # Uses Debian's slurm-wlm (slurmctld, slurmd, slurm-client) and munge, which must be installed
 # (scripts/test.sh installs them when run as root). Runs as root (SlurmUser=root). Everything it
 # writes (slurm.conf, state, spool, logs, pid files, the jobcomp file) lives in one folder it
 # owns: $ECOCUBE_SLURM_DIR, default ${TMPDIR:-/tmp}/ecocube-slurm-<uid>. The daemons listen on
 # free ports of the machine chosen at `up`. Every command is idempotent and every wait bounded
-# ($ECOCUBE_SLURM_WAIT seconds, default 30).
+# ($ECOCUBE_SLURM_WAIT seconds, default 30). The controller's MaxArraySize is Slurm's default, 1001,
+# so that campaigns larger than one array are split here as on a real cluster; set
+# $ECOCUBE_SLURM_MAX_ARRAY_SIZE at `up`, or `set MaxArraySize=N` on a running cluster, to change it.
 set -euo pipefail
 
 DIR=${ECOCUBE_SLURM_DIR:-${TMPDIR:-/tmp}/ecocube-slurm-$(id -u)}
 CONF="$DIR/slurm.conf"
 WAIT=${ECOCUBE_SLURM_WAIT:-30}
+MAX_ARRAY_SIZE=${ECOCUBE_SLURM_MAX_ARRAY_SIZE:-1001}
 export SLURM_CONF="$CONF"
 
 die() { echo "local-slurm: $*" >&2; exit 1; }
@@ -75,6 +81,7 @@ need() {
 }
 
 write_conf() {
+  case "$MAX_ARRAY_SIZE" in ''|*[!0-9]*) die "ECOCUBE_SLURM_MAX_ARRAY_SIZE must be a number, got '$MAX_ARRAY_SIZE'" ;; esac
   local cpus mem_mb port
   cpus=$(nproc)
   mem_mb=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
@@ -107,7 +114,7 @@ DependencyParameters=kill_invalid_depend
 ReturnToService=2
 MailProg=/bin/true
 MinJobAge=600
-MaxArraySize=10001
+MaxArraySize=$MAX_ARRAY_SIZE
 KillWait=5
 InactiveLimit=0
 SlurmctldTimeout=30
@@ -201,6 +208,26 @@ cmd_down() {
   log "down"
 }
 
+cmd_set() {  # cmd_set KEY=VALUE: only the limits tests and benchmarks change
+  local kv=${1:-} key value
+  key=${kv%%=*}; value=${kv#*=}
+  case "$key" in MaxArraySize|MaxJobCount) ;; *) die "set: only MaxArraySize=N or MaxJobCount=N, got '$kv'" ;; esac
+  case "$value" in ''|*[!0-9]*) die "set: $key needs a number, got '$value'" ;; esac
+  [ -f "$CONF" ] && slurm_up || die "not up: run '$0 up' first"
+  if grep -q "^$key=" "$CONF"; then
+    sed -i "s/^$key=.*/$key=$value/" "$CONF"
+  else
+    sed -i "s/^KillWait=/$key=$value\nKillWait=/" "$CONF"
+  fi
+  stop_pidfile "$DIR/run/slurmctld.pid" slurmctld
+  /usr/sbin/slurmctld -f "$CONF"   # recovers the saved state: jobs stay queued
+  ctld_answers() { timeout 10 scontrol show config 2>/dev/null | grep -q "^$key *= *$value\$"; }
+  wait_until "$WAIT" "slurmctld with $key=$value" ctld_answers || die "slurmctld did not come back with $key=$value"
+  node_ok() { [ -n "$(timeout 10 sinfo -h -N -n localhost -o %T 2>/dev/null)" ]; }
+  wait_until "$WAIT" "node" node_ok || die "the node does not answer after the restart"
+  log "$key=$value"
+}
+
 cmd_status() {
   if [ -f "$CONF" ] && slurm_up; then
     echo "conf: $CONF"
@@ -217,5 +244,6 @@ case "${1:-}" in
   down) cmd_down ;;
   conf) echo "$CONF" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|conf|status" >&2; exit 2 ;;
+  set) cmd_set "${2:-}" ;;
+  *) echo "usage: $0 up|down|conf|status|set KEY=N" >&2; exit 2 ;;
 esac

@@ -197,6 +197,109 @@ def test_plan_dry_run_counts_and_estimates(tmp_path):
     assert plan.n_tasks == 1
 
 
+# =========================================================================== fitting the cluster
+
+
+def test_split_campaign_packs_into_arrays_under_max_array_size():
+    limits = S.ClusterLimits(max_array_size=1001, max_job_count=10000)
+    split = S.split_campaign(7056, limits=limits)
+    # 7056 tasks > 1001 per array: ceil(7056 / 1001) = 8 arrays, balanced at 7056 / 8 = 882 tasks
+    assert split.tiles_per_task == 1 and split.n_tasks == 7056 and split.n_arrays == 8
+    assert [p.n_tasks for p in split.parts] == [882] * 8
+    assert [p.first for p in split.parts] == [882 * j for j in range(8)]
+    assert "7056 tasks split into 8 array jobs of up to 882 tasks: MaxArraySize 1001" in split.reasons
+    one = S.split_campaign(1001, limits=limits)
+    assert one.n_arrays == 1 and one.parts[0].n_tasks == 1001
+    two = S.split_campaign(1002, limits=limits)
+    assert [p.n_tasks for p in two.parts] == [501, 501]
+    assert S.split_campaign(0, limits=limits).parts == ()
+    # slurm.tiles_per_task packs first: 7056 / 4 = 1764 tasks -> 2 arrays of 882
+    four = S.split_campaign(7056, limits=limits, default_tiles_per_task=4)
+    assert (four.n_tasks, [p.n_tasks for p in four.parts]) == (1764, [882, 882])
+
+
+def test_split_campaign_raises_tiles_per_task_to_fit_job_limits():
+    limits = S.ClusterLimits(max_array_size=1001, max_job_count=10000, max_submit_jobs=500, queued_user=0)
+    split = S.split_campaign(7000, limits=limits)
+    # k=14: 500 tasks + 1 array + 1 finalize = 502 > 500; k=15: 467 + 1 + 1 = 469
+    assert split.tiles_per_task == 15 and split.n_tasks == 467 and split.n_arrays == 1
+    assert any("raised to 15 tiles per task" in r and "MaxSubmitJobs 500" in r for r in split.reasons)
+    # jobs already queued count: 300 of this user's leave 200
+    busy = S.ClusterLimits(max_array_size=1001, max_job_count=10000, max_submit_jobs=500, queued_user=300)
+    assert S.split_campaign(7000, limits=busy).tiles_per_task == 36  # ceil(7000/36)=195 +2 = 197 <= 200
+    assert busy.task_budget() == (200, "MaxSubmitJobs 500 - 300 of yours queued")
+    jobcount = S.ClusterLimits(max_array_size=1001, max_job_count=3000, queued=1000)
+    assert S.split_campaign(7000, limits=jobcount).tiles_per_task == 4  # 1750 + 2 arrays + 1 <= 2000
+    assert S.split_campaign(7000, limits=limits, max_tasks=100).tiles_per_task == 72  # 98 + 2 <= 100
+    # a fixed --tiles-per-task that does not fit is refused, naming the limit and the least that fits
+    with pytest.raises(SlurmError, match=r"7000 tiles at 2 per task make 3500 array tasks.*MaxSubmitJobs 500.*"
+                                         r"at least 15"):
+        S.split_campaign(7000, limits=limits, tiles_per_task=2)
+    full = S.ClusterLimits(max_job_count=100, queued=100)
+    with pytest.raises(SlurmError, match="takes no more jobs now"):
+        S.split_campaign(10, limits=full)
+
+
+def test_split_campaign_task_length():
+    limits = S.ClusterLimits()
+    split = S.split_campaign(100, limits=limits, tile_minutes=3, task_minutes=50, time_minutes=60)
+    assert split.tiles_per_task == 16 and split.n_tasks == 7  # 50 // 3 = 16 tiles: 48 min of 60
+    with pytest.raises(SlurmError, match=r"16 tiles per task at ~3 min each need ~48 min, more than slurm.time "
+                                         r"\(30 min\)"):
+        S.split_campaign(100, limits=limits, tile_minutes=3, task_minutes=50, time_minutes=30)
+
+
+def test_cluster_limits_from_recorded_outputs():
+    config = S.parse_scontrol_config("MaxArraySize            = 1001\nMaxJobCount             = 10000\n"
+                                     "AccountingStorageType   = accounting_storage/none\n")
+    lim = S.limits_from_config(config, queued=7)
+    assert (lim.max_array_size, lim.max_job_count, lim.max_submit_jobs) == (1001, 10000, None)
+    assert lim.task_budget() == (9993, "MaxJobCount 10000 - 7 queued")
+    bare = S.limits_from_config({})
+    assert (bare.max_array_size, bare.max_job_count) == (1001, 10000)
+    assert "MaxArraySize not reported: Slurm's default 1001" in bare.notes
+    assert S.parse_sacctmgr_max_submit("|\n500|\n200|\n") == 200
+    assert S.parse_sacctmgr_max_submit("\n|\n") is None
+
+
+def test_plan_splits_into_arrays_with_finalize_after_all(tmp_path):
+    cfg = config_from_dict(_cfg_dict(tiles_per_task=1, throttle=1), base_dir=tmp_path)
+    states = {t: None for t in TILES5}
+    limits = S.ClusterLimits(max_array_size=2, max_job_count=100)
+    plan = S.plan_submission(cfg, tmp_path / "run.yaml", states=states, submission="S1", command="ecocube",
+                             limits=limits)
+    assert [a.n_tasks for a in plan.arrays] == [2, 2, 1]
+    assert [a.tiles_file for a in plan.arrays] == ["slurm/S1/tiles-000.txt", "slurm/S1/tiles-001.txt",
+                                                   "slurm/S1/tiles-002.txt"]
+    assert [a.tasks for a in plan.arrays] == [[[TILES5[0]], [TILES5[1]]], [[TILES5[2]], [TILES5[3]]], [[TILES5[4]]]]
+    scripts = [a.script for a in plan.arrays]
+    assert "#SBATCH --array=0-1%1" in scripts[0] and "--dependency" not in scripts[0]
+    assert "#SBATCH --dependency=afterany:ARRAY_JOB_ID_0" in scripts[1]
+    assert "#SBATCH --array=0-0%1" in scripts[2] and "#SBATCH --dependency=afterany:ARRAY_JOB_ID_1" in scripts[2]
+    assert "--tiles-file slurm/S1/tiles-002.txt" in scripts[2]
+    assert "#SBATCH --dependency=afterok:ARRAY_JOB_ID_0:ARRAY_JOB_ID_1:ARRAY_JOB_ID_2" in plan.finalize_script
+    summary = plan.summary()
+    assert "5 of 5 tiles to do, 5 array tasks of up to 1 tiles in 3 array jobs, at most 1 at once" in summary
+    assert "split: 1 tiles per task: slurm.tiles_per_task; 5 tasks split into 3 array jobs of up to 2 tasks: " \
+           "MaxArraySize 2" in summary
+    assert "  array 2: tasks 4-4 of the campaign (--array=0-0), 1 tiles, list slurm/S1/tiles-002.txt" in summary
+    assert "  finalize: afterok on all 3 array jobs" in summary
+    # the CLI dry run prints the split and the first and last scripts, and submits nothing
+    one = S.plan_submission(cfg, tmp_path / "run.yaml", states=states, submission="S1", command="ecocube",
+                            limits=S.ClusterLimits())
+    assert len(one.arrays) == 1 and one.arrays[0].tiles_file == "slurm/S1/tiles.txt"
+    assert "#SBATCH --dependency=afterok:ARRAY_JOB_ID\n" in one.finalize_script
+
+
+def test_finalize_script_after_several_arrays_golden():
+    cfg = _golden_cfg(partition="compute")
+    text = S.render_finalize_script(cfg, run_yaml=GOLDEN_BASE / "run.yaml", array_job_id=["4242", "4243", "4244"],
+                                    submission="SUB1", command="ecocube")
+    _check_golden("finalize-3arrays.golden.sbatch", text)
+    assert "#SBATCH --dependency=afterok:4242:4243:4244\n" in text
+    assert "# array job 4242,4243,4244 succeeded (afterok)" in text
+
+
 # =========================================================================== parsing recorded output
 
 
@@ -460,6 +563,81 @@ def test_sbatch_errors_leave_nothing_submitted(local_slurm, tmp_path):
     assert res.returncode == 1
     assert "ecocube: error: squeue not found: is Slurm installed and on PATH?" in res.stderr or \
         "ecocube: error: sbatch not found" in res.stderr, res.stderr
+
+
+@pytest.fixture
+def max_array_size_2(local_slurm):
+    """The local Slurm with MaxArraySize=2 (``local-slurm.sh set``: slurmctld restarted), restored after."""
+    before = re.search(r"^MaxArraySize=(\d+)$", Path(local_slurm).read_text(), re.M)
+    assert before, "local-slurm.sh writes MaxArraySize"
+    _sh(LOCAL_SLURM, "set", "MaxArraySize=2", timeout=120)
+    S.clear_cache()
+    try:
+        yield 2
+    finally:
+        _sh(LOCAL_SLURM, "set", f"MaxArraySize={before.group(1)}", timeout=120, check=False)
+        S.clear_cache()
+
+
+@pytest.mark.slurm
+def test_campaign_split_into_arrays_on_real_slurm(max_array_size_2, tmp_path, monkeypatch):
+    # the limit is real: one array of 3 tasks is refused by this controller
+    refused = _sh("sbatch", "--array=0-2", "--wrap", "true", check=False)
+    assert refused.returncode != 0 and "invalid job array specification" in refused.stderr.lower(), refused.stderr
+    run_yaml = _make_run(tmp_path / "split", tiles_per_task=1, poll_seconds=60)
+    (run_yaml.parent / "FAIL_TILES").write_text("X0000_Y0001\n")
+    cfg = load_config(run_yaml)
+    res = CliRunner().invoke(S_cli(), ["submit", str(run_yaml), "--no-preflight", "--dry-run"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "cluster: MaxSubmitJobs unknown: no accounting" in res.output and "MaxArraySize 2" in res.output
+    assert "5 tasks split into 3 array jobs of up to 2 tasks: MaxArraySize 2" in res.output
+    assert S.read_jobs(_store(run_yaml))["submissions"] == []
+    plan = S.submit(cfg, run_yaml)
+    assert [a.n_tasks for a in plan.arrays] == [2, 2, 1] and len(set(plan.array_job_ids)) == 3
+    sub = S.read_jobs(_store(run_yaml))["submissions"][0]
+    assert [a["job_id"] for a in sub["arrays"]] == plan.array_job_ids
+    fin = _sh("scontrol", "show", "job", "-o", plan.finalize_job_id).stdout
+    deps = re.search(r"Dependency=(\S+)", fin).group(1)
+    assert all(f"afterok:{j}" in deps for j in plan.array_job_ids), deps
+    _wait_jobs(*plan.array_job_ids, plan.finalize_job_id)
+
+    # one status: every task of the three arrays, from one squeue and one scontrol call
+    calls: list[list[str]] = []
+    real = S.run_slurm_command
+
+    def counting(args, **kw):
+        calls.append(list(args))
+        return real(args, **kw)
+
+    monkeypatch.setattr(S, "run_slurm_command", counting)
+    S.clear_cache()
+    st = S.slurm_status(cfg)
+    assert [c[0] for c in calls] == ["squeue", "scontrol", "scontrol"], calls  # + show config, cached after
+    assert ["scontrol", "show", "job", "-o"] in calls
+    assert [(t.array_job_id, t.task_id, t.state) for t in st.tasks] == [
+        (plan.array_job_ids[0], 0, "COMPLETED"), (plan.array_job_ids[0], 1, "COMPLETED"),
+        (plan.array_job_ids[1], 0, "COMPLETED"), (plan.array_job_ids[1], 1, "FAILED"),
+        (plan.array_job_ids[2], 0, "COMPLETED")]
+    assert st.finalize.state == "CANCELLED"
+    assert st.counts()["tiles"] == {"done": 4, "failed": 1}
+    text = S.format_status(st)
+    assert f"3 array jobs {' '.join(plan.array_job_ids)}, 5 tasks, 5 tiles" in text
+    assert f"  task {plan.array_job_ids[1]}_1 (FAILED, exit 7:0): " in text
+    # within slurm.poll_seconds a second status asks Slurm nothing
+    calls.clear()
+    S.slurm_status(cfg)
+    assert calls == []
+    monkeypatch.undo()
+
+    (run_yaml.parent / "FAIL_TILES").unlink()
+    plan2 = S.resubmit_failed(cfg, run_yaml)
+    assert plan2.tiles == ["X0000_Y0001"] and len(plan2.arrays) == 1
+    _wait_jobs(*plan2.array_job_ids, plan2.finalize_job_id)
+    st = S.slurm_status(cfg, max_age=0)
+    assert st.counts()["tiles"] == {"done": 5}
+    assert st.finalize.state == "COMPLETED", S.format_status(st)
+    assert sorted(_runs(run_yaml)) == sorted(TILES5 + ["X0000_Y0001"])
 
 
 @pytest.mark.slurm

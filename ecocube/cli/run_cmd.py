@@ -161,7 +161,7 @@ def status(run_yaml, overrides, as_json, only_failed, stale_after) -> None:
     from ..status import DEFAULT_STALE_AFTER, format_summary, format_table, summarize, tile_states
 
     cfg = load_run_config(run_yaml, overrides)
-    states = tile_states(cfg, tiles=_tiles(cfg))
+    states = tile_states(cfg, tiles=_tiles(cfg), light=True)
     summary = summarize(states, stale_after=DEFAULT_STALE_AFTER if stale_after is None else stale_after)
     if only_failed:
         for tile_id in summary.to_redo:

@@ -33,16 +33,25 @@ def slurm() -> None:
 def _print_plan(plan, *, dry_run: bool) -> None:
     click.echo(plan.summary())
     if dry_run:
-        if plan.array_script:
-            click.echo("\n# ---- array job script ----")
-            click.echo(plan.array_script.rstrip("\n"))
-        click.echo("\n# ---- finalize job script (ARRAY_JOB_ID: the array job's id at submission) ----")
+        arrays = plan.arrays
+        shown = arrays if len(arrays) <= 2 else [arrays[0], arrays[-1]]
+        for a in shown:
+            head = "array job script" if len(arrays) == 1 else f"array job {a.index} of {len(arrays)}: script"
+            click.echo(f"\n# ---- {head} ----")
+            click.echo(a.script.rstrip("\n"))
+        if len(shown) < len(arrays):
+            click.echo(f"\n# ---- array jobs 1-{len(arrays) - 2}: as above, with their own tile list and task count ----")
+        ids = "ARRAY_JOB_ID: the array job's id" if len(arrays) <= 1 else "ARRAY_JOB_ID_j: the ids of the array jobs"
+        click.echo(f"\n# ---- finalize job script ({ids} at submission) ----")
         click.echo(plan.finalize_script.rstrip("\n"))
         click.echo("\n(dry run: nothing submitted)")
         return
     if plan.cancelled:
         click.echo(f"cancelled the pending finalize job(s) {' '.join(plan.cancelled)}")
-    if plan.array_job_id:
+    if len(plan.arrays) > 1:
+        for a in plan.arrays:
+            click.echo(f"array job {a.job_id} ({a.n_tasks} tasks: {a.first_task}-{a.first_task + a.n_tasks - 1})")
+    elif plan.array_job_id:
         click.echo(f"array job {plan.array_job_id} ({plan.n_tasks} tasks)")
     else:
         click.echo("no tiles left to do: only the finalize job was submitted")
@@ -97,8 +106,10 @@ def resubmit_cmd(run_yaml, failed, tiles_per_task, throttle, overrides):
 @run_config_argument
 @click.option("--submission", default=None, help="A submission id (default: the latest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--all", "all_tasks", is_flag=True,
+              help="List every task (default: above 100 tasks, only those not completed).")
 @config_override_option
-def status_cmd(run_yaml, submission, as_json, overrides):
+def status_cmd(run_yaml, submission, as_json, all_tasks, overrides):
     """Tasks and tiles by state, with log paths and the error line of each failure."""
     from .. import slurm as slurm_lib
 
@@ -107,4 +118,4 @@ def status_cmd(run_yaml, submission, as_json, overrides):
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:
-        click.echo(slurm_lib.format_status(st))
+        click.echo(slurm_lib.format_status(st, all_tasks=all_tasks))
