@@ -1,17 +1,24 @@
 """The input catalog: which file holds which band of which period, and which pixels are valid.
 
-Pure logic, no pixel I/O (``read.py`` reads). A source is either
+No pixel I/O (``read.py`` reads; listing a glob and reading a date tag are the only file
+accesses here). A source is
 
-- ``composite``: one raster per regular period (e.g. quarterly composites), or
-- ``acquisitions``: irregular dates (from ``dates`` or a STAC ItemCollection file), which
-  ``read.py`` composites into the regular periods with a percentile.
+- ``composite``: one raster per regular period (e.g. quarterly composites),
+- ``acquisitions``: irregular dates (listed in ``dates``, found by a ``glob`` with the
+  date from the file name or a raster tag, or read from a STAC ItemCollection file), or
+- ``stac-api``: acquisitions searched per tile in a STAC API (``scenes.py`` searches and
+  hands the scenes in as :class:`Acquisition` records),
+
+and acquisitions are composited by ``read.py`` into the regular periods with a percentile.
 
 Hrefs come from URL templates (local paths, ``https://``, ``s3://``, ``/vsi…``) with the
-fields of :data:`TEMPLATE_FIELDS`, or, for STAC items, from the items' assets. Mask rules
-(:class:`MaskRule`) turn a quality layer into valid/invalid observations.
+fields of :data:`TEMPLATE_FIELDS`, from the files a glob found, or from STAC items' assets.
+Mask rules (:class:`MaskRule`) turn a quality layer into valid/invalid observations.
 
-Periods are regular: ``season_size`` S per year, ``start_year..end_year``; the time index
-is ``k = (year - start_year) * S + (season - 1)``, the period id its start date.
+Periods are regular: ``season_size`` S per year, ``start_year..end_year``, each year
+starting on ``periods.year_start`` (default 1 January; otherwise year Y is the one that
+ends in Y); the time index is ``k = (year - start_year) * S + (season - 1)``, the period
+id its start date.
 """
 
 from __future__ import annotations
