@@ -32,14 +32,15 @@ frequency in every base learner and in the meta-learner.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -56,7 +57,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
         return est._validate_data(*args, **kwargs)
 
 #: names accepted in ``base_learners``
-BASE_LEARNERS = ("rf", "lgbm", "et")
+BASE_LEARNERS = ("rf", "lgbm", "et", "mlp")
 _NAN_POLICIES = ("raise", "impute")
 
 
@@ -80,6 +81,16 @@ def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: 
                               max_depth=-1 if max_depth is None else max_depth, class_weight=class_weight,
                               n_jobs=n_threads, random_state=random_state, verbose=-1, deterministic=True,
                               force_col_wise=True)
+    if name == "mlp":
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        # a small network on standardised features; early stopping on a 10 % validation split.
+        # MLPClassifier has no class weights: class_weight does not apply to it.
+        return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64, 32), alpha=1e-3,
+                                                             early_stopping=True, max_iter=300,
+                                                             random_state=random_state))
     raise ValueError(f"unknown base learner {name!r}; choose among {', '.join(BASE_LEARNERS)} "
                      f"or pass an estimator instance")
 
@@ -380,3 +391,289 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         base = self._base_proba(X)
         proba = self.meta_learner_.predict_proba(np.concatenate(list(base), axis=1))
         return proba, base.std(axis=0)
+
+
+# ---------------------------------------------------------------------- regression
+
+
+def make_base_regressor(name: str, *, n_estimators: int, n_threads: int, random_state: int,
+                        max_depth: int | None = None, learning_rate: float = 0.1):
+    """A fresh, unfitted base regressor by short name (``rf``, ``lgbm``, ``et``)."""
+    if name == "rf":
+        from sklearn.ensemble import RandomForestRegressor
+
+        return RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth, n_jobs=n_threads,
+                                     random_state=random_state)
+    if name == "et":
+        from sklearn.ensemble import ExtraTreesRegressor
+
+        return ExtraTreesRegressor(n_estimators=n_estimators, max_depth=max_depth, n_jobs=n_threads,
+                                   random_state=random_state)
+    if name == "lgbm":
+        from lightgbm import LGBMRegressor
+
+        return LGBMRegressor(n_estimators=n_estimators, learning_rate=learning_rate,
+                             max_depth=-1 if max_depth is None else max_depth, n_jobs=n_threads,
+                             random_state=random_state, verbose=-1, deterministic=True, force_col_wise=True)
+    raise ValueError(f"unknown base regressor {name!r}; choose among {', '.join(BASE_REGRESSORS)} "
+                     f"or pass an estimator instance")
+
+
+#: names accepted in ``EnsembleRegressor(base_learners=...)``
+BASE_REGRESSORS = ("rf", "lgbm", "et")
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """The split-conformal quantile of non-negative ``scores`` for ``coverage``.
+
+    The ``ceil((n + 1) * coverage)``-th smallest score (``inf`` when that exceeds ``n``):
+    for exchangeable data, a new score falls at or below it with probability at least
+    ``coverage`` (Vovk et al. 2005; Lei et al. 2018).
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    n = s.size
+    if n == 0:
+        raise ValueError("no residuals to calibrate the interval from")
+    k = int(math.ceil((n + 1) * float(coverage)))
+    return float("inf") if k > n else float(s[k - 1])
+
+
+class EnsembleRegressor(RegressorMixin, BaseEstimator):
+    """Stacked ensemble of tree regressors with a linear meta-learner and conformal intervals.
+
+    ``fit`` mirrors :class:`EnsembleClassifier`: every base learner (default random forest
+    and LightGBM) is fitted on the other folds of a (grouped) K-fold and predicts the held-out
+    fold, giving each row out-of-fold predictions (``oof_predictions_``); a linear regression
+    with non-negative weights (``meta_learner_``) is fitted on these, and the base learners
+    are refitted on all rows.
+
+    **Intervals** (:meth:`predict_interval`) are split-conformal intervals calibrated on the
+    out-of-fold residuals of the stacked prediction, ``r_i = y_i - meta(oof_i)``. The
+    interval of a new pixel is ``mean ± q · s(x)`` where ``q`` is the conformal quantile
+    (:func:`conformal_quantile`) of the scores ``|r_i| / s(x_i)``:
+
+    * ``interval="absolute"``: ``s = 1``, a constant width;
+    * ``interval="normalized"`` (default): ``s(x) = σ(x) + median σ``, where ``σ(x)`` is the
+      standard deviation of the trees of the random forest/extra trees learner (the first in
+      ``base_learners``; the spread between base learners when none is a forest). Wider
+      intervals where the trees disagree, narrower where they agree.
+
+    With ``groups`` (spatial blocks or polygons) the residuals come from models that never
+    saw the residual's group, so the coverage holds for new locations as well as the groups
+    are exchangeable. The meta-learner (at most one weight per base learner plus an
+    intercept) is fitted on the same out-of-fold predictions; this small reuse is not
+    corrected for.
+
+    Parameters (keyword-only): ``base_learners`` (``"rf"``, ``"lgbm"``, ``"et"`` or
+    regressor instances), ``n_estimators``, ``max_depth``, ``learning_rate``, ``cv_folds``,
+    ``interval`` (``"normalized"`` or ``"absolute"``), ``nan_policy`` (``"raise"`` or
+    ``"impute"``, as in :class:`EnsembleClassifier`), ``n_jobs``, ``random_state``.
+
+    Fitted attributes: ``n_features_in_``, ``estimators_``, ``learner_names_``,
+    ``meta_learner_``, ``oof_predictions_`` (n_samples, n_learners), ``oof_residuals_``,
+    ``conformity_scores_``, ``scale_offset_``, ``cv_test_folds_``, ``fill_values_``
+    (impute only), ``feature_importances_``.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_learners: Sequence[Any] = ("rf", "lgbm"),
+        n_estimators: int = 200,
+        max_depth: int | None = None,
+        learning_rate: float = 0.05,
+        cv_folds: int = 5,
+        interval: str = "normalized",
+        nan_policy: str = "raise",
+        n_jobs: int | None = None,
+        random_state=None,
+    ):
+        self.base_learners = base_learners
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.cv_folds = cv_folds
+        self.interval = interval
+        self.nan_policy = nan_policy
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.nan_policy == "impute"
+        return tags
+
+    def _more_tags(self):  # pragma: no cover - scikit-learn < 1.6
+        return {"allow_nan": self.nan_policy == "impute"}
+
+    def _check_params(self) -> None:
+        learners = self.base_learners
+        if isinstance(learners, str) or not isinstance(learners, Sequence) or len(learners) == 0:
+            raise ValueError(f"base_learners must be a non-empty sequence, got {learners!r}")
+        for item in learners:
+            if isinstance(item, str):
+                if item not in BASE_REGRESSORS:
+                    raise ValueError(f"unknown base regressor {item!r}; choose among {', '.join(BASE_REGRESSORS)}")
+            elif not (hasattr(item, "fit") and hasattr(item, "predict")):
+                raise ValueError(f"base learner {item!r} has no fit/predict")
+        if not isinstance(self.n_estimators, numbers.Integral) or self.n_estimators < 1:
+            raise ValueError(f"n_estimators must be a positive integer, got {self.n_estimators!r}")
+        if self.max_depth is not None and (not isinstance(self.max_depth, numbers.Integral) or self.max_depth < 1):
+            raise ValueError(f"max_depth must be None or a positive integer, got {self.max_depth!r}")
+        if not isinstance(self.cv_folds, numbers.Integral) or self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
+        if not (isinstance(self.learning_rate, numbers.Real) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.interval not in ("normalized", "absolute"):
+            raise ValueError(f"interval must be 'normalized' or 'absolute', got {self.interval!r}")
+        if self.nan_policy not in _NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {self.nan_policy!r}")
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs < 1):
+            raise ValueError(
+                f"n_jobs must be None (the allocation's threads) or a positive integer, got {self.n_jobs!r}; "
+                "n_jobs=-1 would count the node's cores, not the job's allocation"
+            )
+
+    _validate_X = EnsembleClassifier._validate_X
+    _impute = EnsembleClassifier._impute
+
+    def _learners(self, n_threads: int, rng: np.random.RandomState) -> list[tuple[str, Any]]:
+        out = []
+        for item in self.base_learners:
+            seed = int(rng.randint(np.iinfo(np.int32).max))
+            if isinstance(item, str):
+                out.append((item, make_base_regressor(item, n_estimators=int(self.n_estimators), n_threads=n_threads,
+                                                      random_state=seed, max_depth=self.max_depth,
+                                                      learning_rate=float(self.learning_rate))))
+            else:
+                est = clone(item)
+                if "random_state" in est.get_params():
+                    est.set_params(random_state=seed)
+                out.append((type(item).__name__, est))
+        return out
+
+    def _spread(self, X: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """``σ(x)``: tree spread of the first forest learner, else the spread between learners."""
+        forest = next((e for e in self.estimators_ if hasattr(e, "estimators_") and
+                       type(e).__name__ in ("RandomForestRegressor", "ExtraTreesRegressor")), None)
+        if forest is None:
+            return base.std(axis=1)
+        return _tree_std(forest, X)
+
+    def fit(self, X, y, groups=None):
+        """Fit the ensemble; ``groups`` keep spatial blocks/polygons out of their own folds."""
+        self._check_params()
+        if y is None:
+            raise ValueError("requires y to be passed, but the target y is None")
+        X, y = self._validate_X(X, reset=True, y=y)
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim != 1:
+            y = y.ravel()
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape[0] != X.shape[0]:
+                raise ValueError(f"groups has {groups.shape[0]} entries for {X.shape[0]} samples")
+        if self.nan_policy == "impute":
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(X, axis=0)
+            self.fill_values_ = np.where(np.isfinite(med), med, 0.0).astype(np.float32)
+            X = self._impute(X)
+
+        rng = check_random_state(self.random_state)
+        n_threads = available_threads(self.n_jobs)
+        cv_seed = int(rng.randint(np.iinfo(np.int32).max))
+        learners = self._learners(n_threads, rng)
+        self.learner_names_ = [name for name, _ in learners]
+        if groups is not None:
+            n_groups = np.unique(groups).size
+            if n_groups < 2:
+                raise ValueError(f"stacking needs at least 2 CV groups, got {n_groups}")
+            splitter = GroupKFold(n_splits=min(int(self.cv_folds), n_groups), shuffle=True, random_state=cv_seed)
+            splits = list(splitter.split(X, y, groups))
+        else:
+            splitter = KFold(n_splits=min(int(self.cv_folds), X.shape[0]), shuffle=True, random_state=cv_seed)
+            splits = list(splitter.split(X))
+        oof = np.full((X.shape[0], len(learners)), np.nan)
+        spread = np.full(X.shape[0], np.nan)
+        for train_idx, test_idx in splits:
+            fold = []
+            for k, (_, proto) in enumerate(learners):
+                est = _fit_one_regressor(clone(proto), X[train_idx], y[train_idx])
+                oof[test_idx, k] = est.predict(X[test_idx])
+                fold.append(est)
+            forest = next((e for e in fold if type(e).__name__ in ("RandomForestRegressor", "ExtraTreesRegressor")),
+                          None)
+            spread[test_idx] = _tree_std(forest, X[test_idx]) if forest is not None else oof[test_idx].std(axis=1)
+        if np.isnan(oof).any():
+            raise RuntimeError("internal error: the stacking CV left rows without out-of-fold predictions")
+        self.oof_predictions_ = oof
+        self.cv_test_folds_ = [t for _, t in splits]
+        self.meta_learner_ = LinearRegression(positive=True).fit(oof, y)
+        stacked = self.meta_learner_.predict(oof)
+        self.oof_residuals_ = y - stacked
+        if self.interval == "normalized":
+            self.scale_offset_ = float(np.median(spread)) or float(np.std(y)) or 1.0
+            scale = spread + self.scale_offset_
+        else:
+            self.scale_offset_ = 1.0
+            scale = np.ones_like(spread)
+        self.conformity_scores_ = np.abs(self.oof_residuals_) / scale
+        self.estimators_ = [_fit_one_regressor(clone(proto), X, y) for _, proto in learners]
+        self.feature_importances_ = np.mean([_importance(e, X.shape[1]) for e in self.estimators_], axis=0)
+        self.n_threads_ = n_threads
+        return self
+
+    def _prepared(self, X) -> np.ndarray:
+        check_is_fitted(self, "meta_learner_")
+        return self._impute(self._validate_X(X, reset=False))
+
+    def predict_base(self, X) -> np.ndarray:
+        """Predictions of every final base learner: ``(n_samples, n_learners)``."""
+        X = self._prepared(X)
+        return np.column_stack([e.predict(X) for e in self.estimators_])
+
+    def predict(self, X) -> np.ndarray:
+        base = self.predict_base(X)
+        return self.meta_learner_.predict(base)
+
+    def predict_interval(self, X, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)`` conformal bounds holding the truth with probability ``coverage``."""
+        if not (isinstance(coverage, numbers.Real) and 0 < coverage < 1):
+            raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
+        mean, lower, upper = self.predict_with_interval(X, coverage=coverage)
+        return lower, upper
+
+    def predict_with_interval(self, X, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, lower, upper)`` from one pass of the base learners (what tiles need)."""
+        X = self._prepared(X)
+        base = np.column_stack([e.predict(X) for e in self.estimators_])
+        mean = self.meta_learner_.predict(base)
+        q = conformal_quantile(self.conformity_scores_, coverage)
+        if self.interval == "normalized":
+            half = q * (self._spread(X, base) + self.scale_offset_)
+        else:
+            half = np.full(mean.shape, q)
+        return mean, mean - half, mean + half
+
+
+def _fit_one_regressor(estimator, X: np.ndarray, y: np.ndarray):
+    if type(estimator).__name__.startswith("LGBM"):
+        allowed = int(estimator.get_params()["n_jobs"] or 1)
+        estimator.set_params(n_jobs=max(1, min(allowed, X.shape[0] // LGBM_ROWS_PER_THREAD)))
+    return estimator.fit(X, y)
+
+
+def _tree_std(forest, X: np.ndarray) -> np.ndarray:
+    """Standard deviation across the trees of a fitted forest regressor (no tree copies kept)."""
+    X = np.asarray(X, dtype=np.float32)
+    s = np.zeros(X.shape[0])
+    s2 = np.zeros(X.shape[0])
+    for tree in forest.estimators_:
+        p = tree.predict(X)
+        s += p
+        s2 += p * p
+    n = len(forest.estimators_)
+    return np.sqrt(np.maximum(s2 / n - (s / n) ** 2, 0.0))

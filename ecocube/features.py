@@ -173,3 +173,59 @@ def features_for_year(
                 out[:, col] = compute_index(index, get)
                 col += 1
     return out
+
+
+# ---------------------------------------------------------------------- temporal statistics
+
+#: per-variable statistics over the periods of a year, in column order
+TEMPORAL_STATISTICS: tuple[str, ...] = ("min", "max", "mean", "std", "p10", "p25", "p50", "p75", "p90",
+                                        "amplitude", "argmax", "argmin")
+
+
+def temporal_statistic_names(variables: Sequence[str]) -> list[str]:
+    """Names of the columns :func:`temporal_statistics` returns: ``<variable>_<statistic>``."""
+    return [f"{v}_{s}" for v in variables for s in TEMPORAL_STATISTICS]
+
+
+def temporal_statistics(series: np.ndarray) -> np.ndarray:
+    """Per-variable statistics over time of ``(n_pixels, n_variables, n_periods)`` values.
+
+    Returns ``(n_pixels, n_variables * len(TEMPORAL_STATISTICS))`` float32, variables
+    outer, statistics inner (:data:`TEMPORAL_STATISTICS`): min, max, mean, standard
+    deviation (population), the 10/25/50/75/90th percentiles (linear interpolation, as
+    ``numpy.percentile``), amplitude (max - min) and the period number (1-based) of the
+    maximum and of the minimum. NaN values are left out of every statistic; a series with
+    no value gives NaN everywhere.
+    """
+    a = np.asarray(series, dtype=np.float32)
+    if a.ndim != 3:
+        raise ValueError(f"expected (pixels, variables, periods) values, got shape {a.shape}")
+    n_pix, n_var, n_per = a.shape
+    out = np.empty((n_pix, n_var, len(TEMPORAL_STATISTICS)), dtype=np.float32)
+    srt = np.sort(a, axis=2)  # NaN last
+    n_ok = (~np.isnan(a)).sum(axis=2)
+    empty = n_ok == 0
+    last = np.maximum(n_ok - 1, 0)
+    lo_v = srt[:, :, 0]
+    hi_v = np.take_along_axis(srt, last[:, :, None], axis=2)[:, :, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        filled0 = np.where(np.isnan(a), 0.0, a).astype(np.float64)
+        mean = filled0.sum(axis=2) / n_ok
+        var = (np.where(np.isnan(a), 0.0, (a - mean[:, :, None]) ** 2)).sum(axis=2) / n_ok
+    out[:, :, 0] = lo_v
+    out[:, :, 1] = hi_v
+    out[:, :, 2] = mean
+    out[:, :, 3] = np.sqrt(var)
+    for k, q in enumerate((10, 25, 50, 75, 90)):
+        pos = last * (q / 100.0)
+        i0 = np.floor(pos).astype(np.int64)
+        i1 = np.minimum(i0 + 1, last)
+        frac = (pos - i0).astype(np.float32)
+        v0 = np.take_along_axis(srt, i0[:, :, None], axis=2)[:, :, 0]
+        v1 = np.take_along_axis(srt, i1[:, :, None], axis=2)[:, :, 0]
+        out[:, :, 4 + k] = v0 + (v1 - v0) * frac
+    out[:, :, 9] = hi_v - lo_v
+    out[:, :, 10] = np.argmax(np.where(np.isnan(a), -np.inf, a), axis=2) + 1
+    out[:, :, 11] = np.argmin(np.where(np.isnan(a), np.inf, a), axis=2) + 1
+    out[empty] = np.nan
+    return out.reshape(n_pix, n_var * len(TEMPORAL_STATISTICS))

@@ -244,3 +244,97 @@ def test_proba_and_uncertainty_in_one_pass_equal_the_separate_calls():
     proba, unc = clf.predict_proba_and_uncertainty(X)
     np.testing.assert_array_equal(proba, clf.predict_proba(X))
     np.testing.assert_array_equal(unc, clf.predict_uncertainty(X))
+
+
+# ---------------------------------------------------------------------- regression
+
+from ecocube.ensemble import EnsembleRegressor, conformal_quantile  # noqa: E402
+
+
+def _fast_reg(**kw) -> EnsembleRegressor:
+    params = dict(base_learners=("rf", "lgbm"), n_estimators=5, cv_folds=3, n_jobs=1, random_state=0)
+    params.update(kw)
+    return EnsembleRegressor(**params)
+
+
+def _regressor_conformance_cases():
+    for est in (_fast_reg(), _fast_reg(nan_policy="impute", interval="absolute", base_learners=("et", "lgbm"))):
+        for estimator, check in estimator_checks_generator(est, legacy=True):
+            name = getattr(check, "func", check).__name__
+            if name in _NOT_APPLICABLE or "Pandas" in str(getattr(check, "keywords", {}).get("obj_type", "")):
+                continue
+            yield pytest.param(estimator, check, id=f"reg-{est.interval}-{'+'.join(est.base_learners)}-{name}")
+
+
+@pytest.mark.parametrize(("estimator", "check"), list(_regressor_conformance_cases()))
+def test_regressor_sklearn_conformance(estimator, check):
+    try:
+        check(estimator)
+    except unittest.SkipTest as exc:
+        assert "pandas is not installed" in str(exc), exc
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1, 20, dtype=float)  # 19 scores: 1..19
+    # ceil(20 * 0.9) = 18 -> the 18th smallest
+    assert conformal_quantile(scores, 0.9) == 18.0
+    assert conformal_quantile(scores, 0.5) == 10.0
+    assert conformal_quantile(scores[:5], 0.9) == float("inf")  # ceil(6 * 0.9) = 6 > 5
+    with pytest.raises(ValueError, match="no residuals"):
+        conformal_quantile([], 0.9)
+
+
+def _spatial_regression(n_groups=60, per_group=40, seed=0):
+    """A smooth target of the features + group-level (spatially correlated) noise + heteroscedastic noise."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per_group)
+    X = rng.normal(0, 1, (g.size, 5)).astype(np.float32)
+    group_shift = rng.normal(0, 0.5, n_groups)[g]
+    y = 3 * np.sin(X[:, 0]) + X[:, 1] ** 2 + group_shift + rng.normal(0, 0.3 + 0.4 * np.abs(X[:, 2]), g.size)
+    return X, y, g
+
+
+@pytest.mark.parametrize("interval", ["normalized", "absolute"])
+def test_intervals_cover_90_percent_of_unseen_groups(interval):
+    X, y, g = _spatial_regression()
+    train, test = g < 40, g >= 40  # 20 groups the model never saw
+    model = EnsembleRegressor(n_estimators=60, cv_folds=5, n_jobs=1, random_state=0, interval=interval)
+    model.fit(X[train], y[train], groups=g[train])
+    lower, upper = model.predict_interval(X[test], coverage=0.9)
+    inside = (y[test] >= lower) & (y[test] <= upper)
+    assert np.all(lower <= upper)
+    assert 0.85 <= inside.mean() <= 0.95, inside.mean()
+    # a wider nominal coverage gives wider intervals; the mean sits inside
+    lo8, up8 = model.predict_interval(X[test], coverage=0.8)
+    assert np.all(up8 - lo8 <= upper - lower + 1e-9) and (up8 - lo8).mean() < (upper - lower).mean()
+    mean = model.predict(X[test])
+    assert np.all((mean >= lower) & (mean <= upper))
+    # the stacked model is better than predicting the training mean
+    assert np.mean((mean - y[test]) ** 2) < 0.5 * np.var(y[test])
+    # out-of-fold residuals: one per training row, from grouped folds
+    assert model.oof_residuals_.shape == (int(train.sum()),)
+    for fold in model.cv_test_folds_:
+        held = set(g[train][fold].tolist())
+        others = set(np.delete(g[train], fold).tolist())
+        assert not held & others
+
+
+def test_normalized_intervals_are_wider_where_the_noise_is():
+    X, y, g = _spatial_regression(seed=1)
+    model = EnsembleRegressor(n_estimators=60, n_jobs=1, random_state=0).fit(X, y, groups=g)
+    lower, upper = model.predict_interval(X, coverage=0.9)
+    width = upper - lower
+    assert width.std() > 0  # not a constant band
+    flat = EnsembleRegressor(n_estimators=60, n_jobs=1, random_state=0, interval="absolute").fit(X, y, groups=g)
+    lo, up = flat.predict_interval(X, coverage=0.9)
+    np.testing.assert_allclose(up - lo, (up - lo)[0])
+
+
+def test_regressor_bad_parameters():
+    X, y, _ = _spatial_regression(n_groups=4, per_group=5)
+    with pytest.raises(ValueError, match="interval must be"):
+        EnsembleRegressor(interval="quantile").fit(X, y)
+    with pytest.raises(ValueError, match="coverage must be in"):
+        _fast_reg().fit(X, y).predict_interval(X, coverage=1.5)
+    with pytest.raises(ValueError, match="n_jobs=-1"):
+        EnsembleRegressor(n_jobs=-1).fit(X, y)

@@ -1,0 +1,367 @@
+#!/usr/bin/env python
+"""Map quality on the real data: the ensemble vs each single learner vs the majority class.
+
+Two real Sentinel-2 datasets of ``tests/data`` go through ecocube's own path (catalog ->
+windowed read + SCL/cloud mask -> per-period composite -> TMWM gap-fill -> features,
+i.e. :func:`ecocube.train.sample_pixels` + :func:`ecocube.train.extract_features`):
+
+* ``worldcereal-be-2019``: 72 dates of B02/B03/B04/B08 with SCL masks, 40 parcel
+  polygons (LC 11 cropland / 13 grassland / 99 other), labels of 2019;
+* ``eolearn-si-ndvi``: 67 dates of NDVI with a cloud mask and a DEM, 84 land-cover
+  polygons with a class (1 cultivated, 2 forest, 3 grassland, 4 shrubland, 8 artificial),
+  labels of 2017. The .npy arrays are written as per-date GeoTIFFs first, so the read path
+  is the real one.
+
+Every model is scored on the same polygon-grouped, stratified K-fold (no polygon on
+both sides of a split; ``--repeats`` different fold draws), by weighted F1, overall
+accuracy, macro F1 and log loss of the held-out predictions.
+
+Feature sets (from the monthly gap-filled cube unless said otherwise):
+
+* ``quarterly``: bands + NDVI per quarter (the old default, ``season_size: 4``);
+* ``monthly``: bands + NDVI per month (what a "plain RF on monthly medians" sees);
+* ``monthly+indices``: bands + every index the bands allow, per month;
+* ``stats``: per band/index over the year: min, max, mean, std, p10/p25/p50/p75/p90,
+  amplitude, month of max, month of min;
+* ``monthly+indices+stats``: both (the candidate default);
+* ``+dem``: the static covariate where the dataset has one.
+
+Models: the majority class; RF, LightGBM, ExtraTrees, MLP alone; a plain 200-tree RF on
+``monthly``; ``EnsembleClassifier`` with its defaults and variants (``--models``).
+
+Usage: ``python scripts/bench/quality.py [--datasets be,si] [--repeats 1] [--out bench-quality.json]``.
+Runtime: a few minutes on 2 cores (the feature tables are cached in ``--cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
+
+
+# ---------------------------------------------------------------------- datasets
+
+
+def _be_config(folder: Path, season_size: int, indices, extra_percentiles=()) -> dict:
+    dates = [t[:10] for t in json.loads((folder / "timestamps.json").read_text())]
+    bands = ["B02", "B03", "B04", "B08"]
+    return {
+        "name": "worldcereal-be",
+        "grid": {"crs": "EPSG:32631", "origin": [574680.0, 5622440.0], "pixel_size": 10.0, "tile_size": 64},
+        "aoi": {"bbox": [574680.0, 5621800.0, 575320.0, 5622440.0]},
+        "inputs": {
+            "periods": {"start_year": 2018, "end_year": 2019, "season_size": season_size},
+            "composite": {"extra_percentiles": list(extra_percentiles)},
+            "sources": [{
+                "name": "s2", "kind": "acquisitions", "href": str(folder / "S2L2A_{yyyymmdd}_10m.tif"),
+                "bands": bands, "band_indexes": {b: i for i, b in enumerate(bands, 1)}, "dates": dates,
+                "scale": 0.0001, "nodata": 0, "resampling": "nearest",
+                "mask": {"href": str(folder / "S2L2A_{yyyymmdd}_SCL.tif"), "kind": "classes",
+                         "values": [3, 8, 9, 10]},
+            }],
+        },
+        "features": {"indices": list(indices)},
+        "model": {"classes": [{"code": 11, "name": "cropland"}, {"code": 13, "name": "grassland"},
+                              {"code": 99, "name": "other"}],
+                  "max_pixels_per_polygon": 60, "random_state": 0},
+        "processing": {"threads": 2},
+    }
+
+
+def _si_tiffs(src: Path, dst: Path) -> tuple[list[str], Path]:
+    """Per-date NDVI (float32, NaN nodata) and cloud-mask GeoTIFFs from the eo-learn arrays."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    ndvi = np.load(src / "NDVI.npy")[..., 0]
+    clm = np.load(src / "CLM.npy")[..., 0]
+    is_data = np.load(src / "IS_DATA.npy")[..., 0]
+    stamps = [t[:10] for t in json.loads((src / "timestamps.json").read_text())]
+    transform = Affine(9.99479222, 0, 465181.0522318204, 0, -9.99744847, 5080254.63349641)
+    profile = {"driver": "GTiff", "height": ndvi.shape[1], "width": ndvi.shape[2], "count": 1,
+               "crs": "EPSG:32633", "transform": transform}
+    dates = []
+    for i, d in enumerate(stamps):
+        if d in dates:  # 2015-12-08 appears twice: keep the first
+            continue
+        dates.append(d)
+        day = d.replace("-", "")
+        with rasterio.open(dst / f"NDVI_{day}.tif", "w", dtype="float32", nodata=float("nan"), **profile) as f:
+            f.write(np.where(is_data[i] == 1, ndvi[i], np.nan).astype(np.float32)[None])
+        with rasterio.open(dst / f"CLM_{day}.tif", "w", dtype="uint8", **profile) as f:
+            f.write(clm[i][None])
+    with rasterio.open(dst / "DEM.tif", "w", dtype="float32", **profile) as f:
+        f.write(np.load(src / "DEM.npy")[..., 0][None].astype(np.float32))
+    # labelled polygons (class 0 = no label is dropped), with the label year
+    import pyogrio
+
+    meta, _, wkb, fields = pyogrio.raw.read(str(src / "LULC_polygons.gpkg"))
+    names = list(meta["fields"])
+    lulc = np.asarray(fields[names.index("LULC_ID")], dtype=np.int64)
+    keep = lulc > 0
+    out = dst / "labels.gpkg"
+    pyogrio.raw.write(str(out), np.asarray(wkb, dtype=object)[keep], [lulc[keep]], ["LULC"],
+                      geometry_type="Polygon", crs="EPSG:32633", driver="GPKG")
+    return dates, out
+
+
+def _si_config(folder: Path, dates: list[str], season_size: int, extra_percentiles=()) -> dict:
+    return {
+        "name": "eolearn-si",
+        "grid": {"crs": "EPSG:32633", "origin": [465181.0522318204, 5080254.63349641], "pixel_size": 10.0,
+                 "tile_size": 128},
+        "aoi": {"bbox": [465181.06, 5079244.9, 466180.5, 5080254.6]},
+        "inputs": {
+            "periods": {"start_year": 2015, "end_year": 2017, "season_size": season_size},
+            "composite": {"extra_percentiles": list(extra_percentiles)},
+            "sources": [{
+                "name": "s2", "kind": "acquisitions", "href": str(folder / "NDVI_{yyyymmdd}.tif"),
+                "bands": ["NDVI"], "dates": dates, "resampling": "nearest",
+                "mask": {"href": str(folder / "CLM_{yyyymmdd}.tif"), "kind": "classes", "values": [1]},
+            }],
+        },
+        "features": {"indices": []},
+        "model": {"classes": [{"code": 1, "name": "cultivated"}, {"code": 2, "name": "forest"},
+                              {"code": 3, "name": "grassland"}, {"code": 4, "name": "shrubland"},
+                              {"code": 8, "name": "artificial"}],
+                  "max_pixels_per_polygon": 60, "random_state": 0},
+        "processing": {"threads": 2},
+    }
+
+
+def _overlay(cfg_dict: dict, samples: Path, class_field: str, year: int):
+    """Pixels + monthly (or quarterly) features through ecocube's read/gap-fill/features path."""
+    from ecocube.config import config_from_dict
+    from ecocube.grid import TileGrid
+    from ecocube.train import extract_features, load_samples, sample_pixels
+
+    cfg = config_from_dict(cfg_dict)
+    s = load_samples(samples, class_field)
+    grid = TileGrid.from_config(cfg.grid)
+    px = sample_pixels(s, grid, years=[year], max_pixels_per_polygon=cfg.model.max_pixels_per_polygon,
+                       cv_block_size=1000.0, random_state=0)
+    X, names, _ = extract_features(cfg, px, threads=2)
+    return px, X, names
+
+
+def load_dataset(name: str, cache: Path) -> dict:
+    """Raw per-period feature tables of one dataset (cached as .npz)."""
+    f = cache / f"quality-{name}.npz"
+    if f.exists():
+        z = np.load(f, allow_pickle=True)
+        return {k: z[k] for k in z.files}
+    t0 = time.perf_counter()
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if name == "be":
+            folder, samples, field, year = DATA / "worldcereal-be-2019", \
+                DATA / "worldcereal-be-2019" / "labels_polygons.gpkg", "LC", 2019
+            mk = lambda season, extra=(), idx=("ndvi", "ndwi", "evi", "savi"): _be_config(folder, season, idx, extra)  # noqa: E731
+        else:
+            dates, samples = _si_tiffs(DATA / "eolearn-si-ndvi", tmp)
+            field, year = "LULC", 2017
+            mk = lambda season, extra=(), idx=(): _si_config(tmp, dates, season, extra)  # noqa: E731
+        px, Xm, names_m = _overlay(mk(12), samples, field, year)
+        _, Xq, names_q = _overlay(mk(4, idx=("ndvi",) if name == "be" else ()), samples, field, year)
+        _, Xp, names_p = _overlay(mk(12, extra=(10, 90)), samples, field, year)
+        out.update(y=px.cls, groups=px.group, gx=px.gx, gy=px.gy, X_month=Xm, names_month=np.array(names_m),
+                   X_quarter=Xq, names_quarter=np.array(names_q), X_pct=Xp, names_pct=np.array(names_p))
+        if name == "si":
+            import rasterio
+
+            with rasterio.open(tmp / "DEM.tif") as src:
+                dem = src.read(1)
+            gy = np.clip(px.gy, 0, dem.shape[0] - 1)
+            gx = np.clip(px.gx, 0, dem.shape[1] - 1)
+            out["dem"] = dem[gy, gx].astype(np.float32)
+    out["seconds"] = np.array(time.perf_counter() - t0)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(f, **out)
+    return out
+
+
+# ---------------------------------------------------------------------- feature sets
+
+
+def feature_sets(d: dict, name: str) -> dict[str, tuple[np.ndarray, list[str]]]:
+    from ecocube.features import temporal_statistics, temporal_statistic_names
+
+    Xm, nm = d["X_month"], [str(n) for n in d["names_month"]]
+    variables = list(dict.fromkeys(n.rsplit("_s", 1)[0] for n in nm))
+    n_var = len(variables)
+    cube = Xm.reshape(Xm.shape[0], n_var, 12)
+    stats = temporal_statistics(cube)
+    snames = temporal_statistic_names(variables)
+    base = [v for v in variables if v.lower() in ("b02", "b03", "b04", "b08", "ndvi")]
+    sel = [i for i, n in enumerate(nm) if n.rsplit("_s", 1)[0] in base]
+    out = {
+        "quarterly": (d["X_quarter"], [str(n) for n in d["names_quarter"]]),
+        "monthly": (Xm[:, sel], [nm[i] for i in sel]),
+        "monthly+indices": (Xm, nm),
+        "stats": (stats, snames),
+        "monthly+indices+stats": (np.hstack([Xm, stats]), nm + snames),
+        "monthly+pct+stats": (np.hstack([d["X_pct"], stats]), [str(n) for n in d["names_pct"]] + snames),
+    }
+    if "dem" in d:
+        X, n = out["monthly+indices+stats"]
+        out["monthly+indices+stats+dem"] = (np.hstack([X, d["dem"][:, None]]), n + ["dem"])
+    return out
+
+
+# ---------------------------------------------------------------------- models
+
+
+class _Grouped:
+    """A plain estimator behind the ``fit(X, y, groups=)`` signature cross_validate uses."""
+
+    def __init__(self, est):
+        self.est = est
+
+    def fit(self, X, y, groups=None):
+        self.est.fit(X, y)
+        self.classes_ = self.est.classes_
+        return self
+
+    def predict_proba(self, X):
+        return self.est.predict_proba(X)
+
+
+class _Majority:
+    def fit(self, X, y, groups=None):
+        vals, counts = np.unique(y, return_counts=True)
+        self.classes_ = vals
+        self.prior_ = counts / counts.sum()
+        self.k_ = int(np.argmax(counts))
+        return self
+
+    def predict_proba(self, X):
+        p = np.zeros((X.shape[0], self.classes_.size))
+        p[:, self.k_] = 1.0
+        return p
+
+
+def make_model(spec: str, threads: int, seed: int):
+    from ecocube.ensemble import EnsembleClassifier, make_base_learner
+
+    if spec == "majority":
+        return _Majority()
+    if spec == "rf200-plain":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return _Grouped(RandomForestClassifier(n_estimators=200, n_jobs=threads, random_state=seed))
+    if spec.startswith("single:"):
+        name = spec.split(":", 1)[1]
+        return _Grouped(make_base_learner(name, n_estimators=200, class_weight="balanced", n_threads=threads,
+                                          random_state=seed))
+    if spec.startswith("ens"):
+        kw: dict = {}
+        for part in spec.split(":")[1:]:
+            k, v = part.split("=")
+            if k == "base_learners":
+                kw[k] = tuple(v.split("+"))
+            elif k in ("class_weight", "meta", "feature_selection"):
+                kw[k] = None if v == "none" else v
+            elif k in ("meta_C",):
+                kw[k] = float(v)
+            elif k in ("tune",):
+                kw[k] = v == "1"
+            else:
+                kw[k] = int(v)
+        return EnsembleClassifier(n_jobs=threads, random_state=seed, **kw)
+    raise ValueError(spec)
+
+
+def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    from ecocube.train import cross_validate
+
+    codes = np.unique(y)
+    res = {"f1_weighted": [], "overall_accuracy": [], "f1_macro": [], "log_loss": [], "per_class_f1": []}
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        proba, _, _ = cross_validate(lambda t, _r=r: make_model(spec, t, 1000 + _r), X, y, groups, folds=5,
+                                     random_state=r, threads=1)
+        pred = codes[np.argmax(proba, axis=1)]
+        res["f1_weighted"].append(f1_score(y, pred, average="weighted", labels=codes, zero_division=0))
+        res["overall_accuracy"].append(accuracy_score(y, pred))
+        res["f1_macro"].append(f1_score(y, pred, average="macro", labels=codes, zero_division=0))
+        p = np.clip(proba, 1e-15, 1)
+        res["log_loss"].append(log_loss(y, p / p.sum(1, keepdims=True), labels=codes))
+        res["per_class_f1"].append(f1_score(y, pred, average=None, labels=codes, zero_division=0).tolist())
+    out = {k: float(np.mean(v)) for k, v in res.items() if k != "per_class_f1"}
+    out["per_class_f1"] = {int(c): float(v) for c, v in zip(codes, np.mean(res["per_class_f1"], axis=0))}
+    out["f1_weighted_per_repeat"] = [float(v) for v in res["f1_weighted"]]
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+DEFAULT_RUNS = [
+    ("majority", "monthly+indices+stats"),
+    ("rf200-plain", "monthly"),
+    ("single:rf", "quarterly"),
+    ("single:rf", "monthly"),
+    ("single:rf", "monthly+indices"),
+    ("single:rf", "stats"),
+    ("single:rf", "monthly+indices+stats"),
+    ("single:rf", "monthly+pct+stats"),
+    ("single:lgbm", "monthly+indices+stats"),
+    ("single:et", "monthly+indices+stats"),
+    ("single:mlp", "monthly+indices+stats"),
+    ("ens", "monthly+indices+stats"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default="be,si")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", default=None, help="model@featureset,... (default: the built-in list)")
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ecocube-bench-quality"))
+    ap.add_argument("--out", default="bench-quality.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    runs = DEFAULT_RUNS if not args.runs else [tuple(r.split("@")) for r in args.runs.split(",")]
+
+    out: dict = {"machine": platform.platform(), "python": sys.version.split()[0], "repeats": args.repeats,
+                 "cv": "polygon-grouped stratified 5-fold", "datasets": {}}
+    for ds in args.datasets.split(","):
+        d = load_dataset(ds, Path(args.cache))
+        sets = feature_sets(d, ds)
+        y, groups = d["y"], np.unique(d["groups"], return_inverse=True)[1].ravel()
+        keep = np.isfinite(sets["monthly+indices+stats"][0]).all(axis=1)
+        info = {"pixels": int(keep.sum()), "polygons": int(np.unique(groups[keep]).size),
+                "classes": {int(c): int((y[keep] == c).sum()) for c in np.unique(y[keep])}, "results": {}}
+        print(f"\n{ds}: {info['pixels']} pixels, {info['polygons']} polygons, classes {info['classes']}")
+        print(f"{'model':58s} {'features':28s} {'wF1':>6s} {'OA':>6s} {'mF1':>6s} {'logloss':>7s} {'s':>6s}")
+        for spec, fs in runs:
+            if fs not in sets:  # e.g. +dem where the dataset has no DEM
+                continue
+            X, names = sets[fs]
+            r = score(spec, X[keep], y[keep], groups[keep], repeats=args.repeats, threads=args.threads)
+            r["n_features"] = len(names)
+            info["results"][f"{spec}@{fs}"] = r
+            print(f"{spec:58s} {fs:28s} {r['f1_weighted']:6.3f} {r['overall_accuracy']:6.3f} {r['f1_macro']:6.3f} "
+                  f"{r['log_loss']:7.3f} {r['seconds']:6.1f}", flush=True)
+        out["datasets"][ds] = info
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
