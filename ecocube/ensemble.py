@@ -59,6 +59,13 @@ except ImportError:  # pragma: no cover - older scikit-learn
 #: names accepted in ``base_learners``
 BASE_LEARNERS = ("rf", "lgbm", "et", "mlp")
 _NAN_POLICIES = ("raise", "impute")
+#: LightGBM settings of the ``lgbm`` base learner (classifier and regressor)
+LGBM_SMALL_DATA = {"num_leaves": 15, "min_child_samples": 10, "subsample": 0.8, "subsample_freq": 1,
+                   "colsample_bytree": 0.5, "reg_lambda": 1.0}
+#: early stopping of LightGBM: rounds without improvement of the validation log loss, and
+#: the share of the training groups (or rows) held out for it
+EARLY_STOPPING_ROUNDS = 20
+EARLY_STOPPING_SHARE = 0.2
 
 
 def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: int, random_state: int,
@@ -77,10 +84,13 @@ def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: 
     if name == "lgbm":
         from lightgbm import LGBMClassifier
 
+        # settings for the small, correlated tables of map training (hundreds to a few
+        # thousand pixels, tens to hundreds of features): smaller leaves, row and column
+        # subsampling (see LGBM_SMALL_DATA); the tree count comes from early stopping
         return LGBMClassifier(n_estimators=n_estimators, learning_rate=learning_rate,
                               max_depth=-1 if max_depth is None else max_depth, class_weight=class_weight,
                               n_jobs=n_threads, random_state=random_state, verbose=-1, deterministic=True,
-                              force_col_wise=True)
+                              force_col_wise=True, **LGBM_SMALL_DATA)
     if name == "mlp":
         from sklearn.neural_network import MLPClassifier
         from sklearn.pipeline import make_pipeline
@@ -93,6 +103,30 @@ def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: 
                                                              random_state=random_state))
     raise ValueError(f"unknown base learner {name!r}; choose among {', '.join(BASE_LEARNERS)} "
                      f"or pass an estimator instance")
+
+
+#: ``meta`` choices: a multinomial logistic regression on the log out-of-fold probabilities,
+#: or their plain mean (soft voting; nothing is fitted)
+META_LEARNERS = ("logistic", "mean")
+
+
+def _meta_features(stacked: np.ndarray) -> np.ndarray:
+    """What the logistic meta-learner sees: log probabilities (clipped at 1e-4), so that it
+    can weigh learners multiplicatively (a product of experts) rather than additively."""
+    return np.log(np.clip(stacked, 1e-4, 1.0))
+
+
+class _MeanOfProba:
+    """The ``meta="mean"`` combiner: the average of the base learners' probabilities."""
+
+    def __init__(self, n_learners: int, n_classes: int):
+        self.n_learners = n_learners
+        self.n_classes = n_classes
+
+    def predict_proba(self, base: np.ndarray) -> np.ndarray:
+        """``base``: ``(n_learners, n_samples, n_classes)`` probabilities."""
+        p = np.asarray(base).mean(axis=0)
+        return p / p.sum(axis=1, keepdims=True)
 
 
 class _ConstantProba:
@@ -111,12 +145,46 @@ class _ConstantProba:
 LGBM_ROWS_PER_THREAD = 20_000
 
 
-def _fit_one(estimator, X: np.ndarray, y: np.ndarray):
+def _is_lgbm(estimator) -> bool:
+    return type(estimator).__name__ in ("LGBMClassifier", "LGBMRegressor")
+
+
+def _validation_split(y: np.ndarray, groups, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rows to fit on and rows to stop on: whole groups when there are groups (>= 5), else rows."""
+    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
+
+    if y.size < 50:
+        return None
+    if groups is not None:
+        if np.unique(groups).size < 5:
+            return None
+        split = GroupShuffleSplit(n_splits=1, test_size=EARLY_STOPPING_SHARE, random_state=seed)
+        fit_idx, val_idx = next(split.split(y, y, groups))
+    else:
+        fit_idx, val_idx = next(ShuffleSplit(n_splits=1, test_size=EARLY_STOPPING_SHARE,
+                                             random_state=seed).split(y))
+    return fit_idx, val_idx
+
+
+def _fit_one(estimator, X: np.ndarray, y: np.ndarray, groups=None, *, early_stopping: bool = False,
+             seed: int = 0):
+    """Fit one base learner. LightGBM with ``early_stopping``: on a held-out share of the groups
+    (rows without groups) its tree count stops when the validation loss stops improving;
+    the fitted model is the one of the rows it was fitted on and ``best_iteration_`` says
+    where it stopped."""
     if np.unique(y).size < 2:
         return _ConstantProba(int(y[0]))
-    if type(estimator).__name__ == "LGBMClassifier":
+    if _is_lgbm(estimator):
         allowed = int(estimator.get_params()["n_jobs"] or 1)
         estimator.set_params(n_jobs=max(1, min(allowed, X.shape[0] // LGBM_ROWS_PER_THREAD)))
+        split = _validation_split(y, groups, seed) if early_stopping else None
+        if split is not None:
+            fit_idx, val_idx = split
+            if np.unique(y[fit_idx]).size == np.unique(y).size:
+                import lightgbm
+
+                return estimator.fit(X[fit_idx], y[fit_idx], eval_set=[(X[val_idx], y[val_idx])],
+                                     callbacks=[lightgbm.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
     return estimator.fit(X, y)
 
 
@@ -186,7 +254,9 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         learning_rate: float = 0.1,
         cv_folds: int = 5,
         class_weight: str | None = "balanced",
+        meta: str = "logistic",
         meta_C: float = 1.0,
+        early_stopping: bool = True,
         nan_policy: str = "raise",
         n_jobs: int | None = None,
         random_state=None,
@@ -197,7 +267,9 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.cv_folds = cv_folds
         self.class_weight = class_weight
+        self.meta = meta
         self.meta_C = meta_C
+        self.early_stopping = early_stopping
         self.nan_policy = nan_policy
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -233,6 +305,10 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
                              f"got {self.class_weight!r}")
         if not (isinstance(self.meta_C, numbers.Real) and self.meta_C > 0):
             raise ValueError(f"meta_C must be > 0, got {self.meta_C!r}")
+        if self.meta not in META_LEARNERS:
+            raise ValueError(f"meta must be one of {META_LEARNERS}, got {self.meta!r}")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise ValueError(f"early_stopping must be True or False, got {self.early_stopping!r}")
         if not (isinstance(self.learning_rate, numbers.Real) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.nan_policy not in _NAN_POLICIES:
@@ -335,21 +411,41 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         oof = np.full((X.shape[0], n_learners * n_classes), np.nan)
         test_folds = []
         split_args = (X, y_enc, groups) if groups is not None else (X, y_enc)
+        stop_seed = int(rng.randint(np.iinfo(np.int32).max))
+        best_iterations: list[list[int]] = [[] for _ in learners]
         for train_idx, test_idx in splitter.split(*split_args):
             test_folds.append(test_idx)
+            inner_groups = groups[train_idx] if groups is not None else None
             for k, (_, proto) in enumerate(learners):
-                est = _fit_one(clone(proto), X[train_idx], y_enc[train_idx])
+                est = _fit_one(clone(proto), X[train_idx], y_enc[train_idx], inner_groups,
+                               early_stopping=self.early_stopping, seed=stop_seed)
+                if getattr(est, "best_iteration_", None):
+                    best_iterations[k].append(int(est.best_iteration_))
                 oof[test_idx, k * n_classes:(k + 1) * n_classes] = _proba_full(est, X[test_idx], n_classes)
         if np.isnan(oof).any():  # every row must be held out exactly once
             raise RuntimeError("internal error: the stacking CV left rows without out-of-fold probabilities")
         self.oof_proba_ = oof
         self.cv_test_folds_ = test_folds
 
-        meta = LogisticRegression(C=float(self.meta_C), class_weight=self._encoded_class_weight(), max_iter=2000,
-                                  random_state=int(rng.randint(np.iinfo(np.int32).max)))
-        self.meta_learner_ = meta.fit(oof, y_enc)
+        meta_seed = int(rng.randint(np.iinfo(np.int32).max))
+        if self.meta == "logistic":
+            meta = LogisticRegression(C=float(self.meta_C), class_weight=self._encoded_class_weight(),
+                                      max_iter=2000, random_state=meta_seed)
+            self.meta_learner_ = meta.fit(_meta_features(oof), y_enc)
+        else:
+            self.meta_learner_ = _MeanOfProba(n_learners, n_classes)
 
-        self.estimators_ = [_fit_one(clone(proto), X, y_enc) for _, proto in learners]
+        # final learners on all rows; LightGBM with the median tree count early stopping chose
+        self.n_estimators_used_ = {}
+        finals = []
+        for k, (name, proto) in enumerate(learners):
+            est = clone(proto)
+            if best_iterations[k] and _is_lgbm(est):
+                est.set_params(n_estimators=max(1, int(np.median(best_iterations[k]))))
+            if "n_estimators" in est.get_params():
+                self.n_estimators_used_[f"{k}:{name}"] = int(est.get_params()["n_estimators"])
+            finals.append(_fit_one(est, X, y_enc))
+        self.estimators_ = finals
         self.feature_importances_ = np.mean([_importance(e, X.shape[1]) for e in self.estimators_], axis=0)
         self.n_threads_ = n_threads
         return self
@@ -373,8 +469,13 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         """Meta-learner probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order."""
         X = self._prepared(X)
         base = self._base_proba(X)
-        stacked = np.concatenate(list(base), axis=1)
-        return self.meta_learner_.predict_proba(stacked)
+        return self._combine(base)
+
+    def _combine(self, base: np.ndarray) -> np.ndarray:
+        """Meta-learner probabilities from the base learners' ``(n_learners, n, n_classes)``."""
+        if isinstance(self.meta_learner_, _MeanOfProba):
+            return self.meta_learner_.predict_proba(base)
+        return self.meta_learner_.predict_proba(_meta_features(np.concatenate(list(base), axis=1)))
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "meta_learner_")
@@ -389,8 +490,7 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         """``predict_proba`` and ``predict_uncertainty`` from one pass of the base learners."""
         X = self._prepared(X)
         base = self._base_proba(X)
-        proba = self.meta_learner_.predict_proba(np.concatenate(list(base), axis=1))
-        return proba, base.std(axis=0)
+        return self._combine(base), base.std(axis=0)
 
 
 # ---------------------------------------------------------------------- regression
