@@ -394,10 +394,14 @@ class GapfillConfig(_Model):
 
 class FeaturesConfig(_Model):
     """Which features the model sees: ``bands`` (read bands, percentile bands such as
-    ``B02_p25`` included; default all) per period, spectral ``indices``, static
+    ``B02_p25`` included; default all) per period, spectral ``indices``, the temporal
+    ``statistics`` of each band and index over the year (features.py; empty: none), static
     ``covariates`` (names from ``inputs.covariates``; default all)."""
 
     indices: tuple[Literal["ndvi", "ndwi", "nbr", "ndmi", "evi", "savi"], ...] = ("ndvi",)
+    statistics: tuple[Literal["min", "max", "mean", "std", "p10", "p25", "p50", "p75", "p90", "amplitude",
+                              "argmax", "argmin"], ...] = (
+        "min", "max", "mean", "std", "p10", "p25", "p50", "p75", "p90", "amplitude", "argmax", "argmin")
     bands: tuple[str, ...] | None = Field(None, description="bands used as features; default: every read band")
     covariates: tuple[str, ...] | None = Field(None, description="covariates used as features; default: all")
 

@@ -209,10 +209,12 @@ def feature_bands(cfg, bands: Sequence[str]) -> tuple[list[int] | None, tuple[st
 
 
 def run_feature_names(cfg, bands: Sequence[str], feature_names) -> list[str]:
-    """Every feature column of a run: ``feature_names(bands, season_size, indices)`` of the
-    selected bands, then the covariates."""
+    """Every feature column of a run: ``feature_names(bands, season_size, indices, statistics)``
+    of the selected bands, then the covariates."""
     _, fbands = feature_bands(cfg, bands)
-    names = list(feature_names(fbands, cfg.inputs.periods.season_size, tuple(cfg.features.indices)))
+    stats = tuple(cfg.features.statistics)
+    extra = (stats,) if stats else ()  # test stages with the 3-argument signature stay usable
+    names = list(feature_names(fbands, cfg.inputs.periods.season_size, tuple(cfg.features.indices), *extra))
     return names + covariate_names(cfg)
 
 
@@ -227,8 +229,9 @@ def year_features(cfg, filled: np.ndarray, bands: Sequence[str], year_index: int
     if sel is not None:  # only this year's periods and bands: a small copy
         filled = np.asarray(filled)[year_index * S:(year_index + 1) * S][:, sel]
         year_index = 0
+    stats = tuple(cfg.features.statistics)
     X = features_for_year(filled, bands=fbands, season_size=S, year_index=year_index,
-                          indices=tuple(cfg.features.indices))
+                          indices=tuple(cfg.features.indices), **({"statistics": stats} if stats else {}))
     _, cols = block_covariates(cfg, tile, window)
     if cols is not None:
         X = np.concatenate([X, cols], axis=1)

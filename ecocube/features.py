@@ -5,7 +5,18 @@ of every band, then of every spectral index, in this order::
 
     <band1>_s1 .. <band1>_sS, <band2>_s1 .. <band2>_sS, ..., <index1>_s1 .. <index1>_sS, ...
 
+then, with ``statistics`` (``features.statistics``), the statistics of every band and index
+over the year's periods (:func:`temporal_statistics`)::
+
+    <band1>_min, <band1>_max, ..., <band1>_argmin, <band2>_min, ..., <index1>_min, ...
+
 Band names are kept as the run configuration spells them; index names are lower case.
+
+**Default set** (chosen by ``scripts/bench/quality.py``: polygon-grouped CV on the two real
+datasets of ``tests/data``): the per-period values of the bands and indices plus all twelve
+temporal statistics. With monthly periods (``season_size: 12``) a 200-tree random forest
+scored weighted F1 0.655 (Flanders) and 0.619 (Slovenia) on them, against 0.633/0.545 for
+quarterly values and 0.613/0.610 for monthly values without statistics (README table).
 Rows are pixels in row-major ``(y, x)`` order, so ``row = y * width + x``.
 
 Spectral indices need to know which band is which. A band is recognised by its name,
@@ -92,15 +103,24 @@ def band_roles(bands: Sequence[str], indices: Sequence[str]) -> dict[str, int]:
     return roles
 
 
-def feature_names(bands: Sequence[str], season_size: int, indices: Sequence[str] = ()) -> list[str]:
+def _check_statistics(statistics: Sequence[str]) -> None:
+    unknown = [s for s in statistics if s not in TEMPORAL_STATISTICS]
+    if unknown:
+        raise ConfigError(f"unknown temporal statistic(s) {unknown}; known: {', '.join(TEMPORAL_STATISTICS)}")
+
+
+def feature_names(bands: Sequence[str], season_size: int, indices: Sequence[str] = (),
+                  statistics: Sequence[str] = ()) -> list[str]:
     """Names of the feature columns, in the order :func:`features_for_year` returns them."""
     if season_size < 1:
         raise ConfigError(f"season_size must be >= 1, got {season_size}")
     if len(set(bands)) != len(bands):
         raise ConfigError(f"band names must be unique, got {list(bands)}")
     band_roles(bands, indices)  # validate early: same error as features_for_year
+    _check_statistics(statistics)
     names = [f"{b}_s{s}" for b in bands for s in range(1, season_size + 1)]
     names += [f"{i}_s{s}" for i in indices for s in range(1, season_size + 1)]
+    names += [f"{v}_{s}" for v in list(bands) + list(indices) for s in statistics]
     return names
 
 
@@ -133,6 +153,7 @@ def features_for_year(
     season_size: int,
     year_index: int,
     indices: Sequence[str] = (),
+    statistics: Sequence[str] = (),
 ) -> np.ndarray:
     """Features of one year from a ``(time, band, y, x)`` cube.
 
@@ -147,7 +168,7 @@ def features_for_year(
     n_time, n_band, height, width = cube.shape
     if n_band != len(bands):
         raise ValueError(f"cube has {n_band} bands but {len(bands)} band names were given: {list(bands)}")
-    names = feature_names(bands, season_size, indices)
+    names = feature_names(bands, season_size, indices, statistics)
     t0 = year_index * season_size
     if year_index < 0 or t0 + season_size > n_time:
         n_years = n_time // season_size
@@ -172,6 +193,12 @@ def features_for_year(
 
                 out[:, col] = compute_index(index, get)
                 col += 1
+    if statistics:
+        n_var = n_band + len(indices)
+        series = out[:, :col].reshape(n_pix, n_var, season_size)
+        picked = [TEMPORAL_STATISTICS.index(s) for s in statistics]
+        stats = temporal_statistics(series).reshape(n_pix, n_var, len(TEMPORAL_STATISTICS))[:, :, picked]
+        out[:, col:] = stats.reshape(n_pix, n_var * len(picked))
     return out
 
 

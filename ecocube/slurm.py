@@ -733,7 +733,7 @@ def estimate_task_memory(cfg) -> int:
     p = cfg.inputs.periods
     n_time = (p.end_year - p.start_year + 1) * p.season_size
     n_band = len(cfg.bands)
-    n_feat = (n_band + len(cfg.features.indices)) * p.season_size
+    n_feat = (n_band + len(cfg.features.indices)) * (p.season_size + len(cfg.features.statistics))
     n_cls = len(cfg.model.classes)
     block = cfg.processing.block_size ** 2
     compute = block * n_time * n_band * (4 + 1 + 2 + 4 + 1) + block * n_feat * 4 * 2 + block * n_cls * 4 * 3

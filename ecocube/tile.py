@@ -81,16 +81,17 @@ def _fill_gaps(cube, cfg, *, threads=None):
     return fill_gaps_config(cube, cfg, threads=threads, inplace=inplace)
 
 
-def _features_for_year(filled, *, bands, season_size, year_index, indices):
+def _features_for_year(filled, *, bands, season_size, year_index, indices, statistics=()):
     from .features import features_for_year
 
-    return features_for_year(filled, bands=bands, season_size=season_size, year_index=year_index, indices=indices)
+    return features_for_year(filled, bands=bands, season_size=season_size, year_index=year_index, indices=indices,
+                             statistics=statistics)
 
 
-def _feature_names(bands, season_size, indices):
+def _feature_names(bands, season_size, indices, statistics=()):
     from .features import feature_names
 
-    return feature_names(bands, season_size, indices)
+    return feature_names(bands, season_size, indices, statistics)
 
 
 def _load_bundle(path, *, expected_features=None):
@@ -757,6 +758,7 @@ class _TileRun:
         self.season_size = cfg.inputs.periods.season_size
         self.start_year = cfg.inputs.periods.start_year
         self.indices = tuple(cfg.features.indices)
+        self.statistics = tuple(cfg.features.statistics)
         self.block_size = cfg.processing.block_size
         self.tally = _Tally()
         self.stager: _Stager | None = None

@@ -85,3 +85,52 @@ def test_bad_shapes_and_years():
         features_for_year(cube, bands=["red"], season_size=4, year_index=0)
     with pytest.raises(ValueError, match="time, band, y, x"):
         features_for_year(cube[0], bands=["red", "nir"], season_size=4, year_index=0)
+
+
+# ---------------------------------------------------------------------- temporal statistics
+
+
+def test_temporal_statistics_match_numpy_and_skip_gaps():
+    import warnings
+
+    from ecocube.features import TEMPORAL_STATISTICS, temporal_statistics
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 3, 12)).astype(np.float32)
+    a[0, 0, 3] = np.nan  # one gap
+    a[1, 1] = np.nan  # a series without any value
+    got = temporal_statistics(a).reshape(40, 3, len(TEMPORAL_STATISTICS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = {"min": np.nanmin(a, 2), "max": np.nanmax(a, 2), "mean": np.nanmean(a, 2), "std": np.nanstd(a, 2),
+               **{f"p{q}": np.nanpercentile(a, q, axis=2) for q in (10, 25, 50, 75, 90)}}
+    ref["amplitude"] = ref["max"] - ref["min"]
+    for k, name in enumerate(TEMPORAL_STATISTICS[:10]):
+        np.testing.assert_allclose(got[..., k], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.isnan(got[1, 1]).all() and not np.isnan(got[0, 0]).any()
+    # period numbers (1-based) of the maximum and minimum; the gap is never chosen
+    b = np.array([[[0.1, 0.9, np.nan, 0.3]]], np.float32)
+    s = temporal_statistics(b)[0]
+    assert s[TEMPORAL_STATISTICS.index("argmax")] == 2 and s[TEMPORAL_STATISTICS.index("argmin")] == 1
+    assert s[TEMPORAL_STATISTICS.index("p50")] == pytest.approx(0.3)
+
+
+def test_statistics_columns_follow_the_per_period_values():
+    cube = np.random.default_rng(1).uniform(0.01, 0.5, (8, 2, 3, 4)).astype(np.float32)  # 2 years x 4
+    names = feature_names(["red", "nir"], 4, ["ndvi"], ["min", "argmax"])
+    assert names[12:] == ["red_min", "red_argmax", "nir_min", "nir_argmax", "ndvi_min", "ndvi_argmax"]
+    X = features_for_year(cube, bands=["red", "nir"], season_size=4, year_index=1, indices=["ndvi"],
+                          statistics=["min", "argmax"])
+    assert X.shape == (12, 18)
+    year = cube[4:8]
+    np.testing.assert_allclose(X[:, names.index("nir_min")], year[:, 1].min(axis=0).ravel())
+    np.testing.assert_array_equal(X[:, names.index("red_argmax")], year[:, 0].argmax(axis=0).ravel() + 1)
+    ndvi = (year[:, 1] - year[:, 0]) / (year[:, 1] + year[:, 0])
+    np.testing.assert_allclose(X[:, names.index("ndvi_min")], ndvi.min(axis=0).ravel(), rtol=1e-6)
+    # the config offers exactly these statistics, all by default
+    from ecocube.config import FeaturesConfig
+    from ecocube.features import TEMPORAL_STATISTICS
+
+    assert FeaturesConfig().statistics == TEMPORAL_STATISTICS
+    with pytest.raises(ConfigError, match="unknown temporal statistic"):
+        feature_names(["red"], 4, (), ["median"])
