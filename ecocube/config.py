@@ -443,7 +443,9 @@ class ModelConfig(_Model):
     base_learners: tuple[Literal["rf", "lgbm", "et"], ...] = ("rf", "lgbm")
     n_estimators: int = Field(200, ge=1)
     cv_folds: int = Field(5, ge=2)
-    cv_block_size: float = Field(1000.0, gt=0, description="spatial CV block edge in CRS units")
+    cv_block_size: float | Literal["auto"] = Field(
+        "auto", description="spatial CV block edge in CRS units; auto: from the samples' extent and the range of "
+                            "their labels' spatial autocorrelation (ecocube.evaluation.choose_block_size)")
     max_pixels_per_polygon: int = Field(100, ge=1)
     random_state: int = 0
     cv_groups: Literal["auto", "block", "polygon"] = Field(

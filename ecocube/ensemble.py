@@ -181,10 +181,16 @@ def _fit_one(estimator, X: np.ndarray, y: np.ndarray, groups=None, *, early_stop
         if split is not None:
             fit_idx, val_idx = split
             if np.unique(y[fit_idx]).size == np.unique(y).size:
+                import inspect
+
                 import lightgbm
 
-                return estimator.fit(X[fit_idx], y[fit_idx], eval_set=[(X[val_idx], y[val_idx])],
-                                     callbacks=[lightgbm.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
+                stop = [lightgbm.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)]
+                if "eval_X" in inspect.signature(estimator.fit).parameters:  # lightgbm >= 4.6
+                    evals = {"eval_X": (X[val_idx],), "eval_y": (y[val_idx],)}
+                else:  # pragma: no cover - older lightgbm
+                    evals = {"eval_set": [(X[val_idx], y[val_idx])]}
+                return estimator.fit(X[fit_idx], y[fit_idx], callbacks=stop, **evals)
     return estimator.fit(X, y)
 
 
@@ -481,6 +487,12 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "meta_learner_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    def predict_proba_with_base(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_proba`` and ``predict_base_proba`` from one pass of the base learners."""
+        X = self._prepared(X)
+        base = self._base_proba(X)
+        return self._combine(base), base
+
     def predict_uncertainty(self, X) -> np.ndarray:
         """Per-class standard deviation of the base learners' probabilities ``(n_samples, n_classes)``."""
         X = self._prepared(X)
@@ -514,7 +526,8 @@ def make_base_regressor(name: str, *, n_estimators: int, n_threads: int, random_
 
         return LGBMRegressor(n_estimators=n_estimators, learning_rate=learning_rate,
                              max_depth=-1 if max_depth is None else max_depth, n_jobs=n_threads,
-                             random_state=random_state, verbose=-1, deterministic=True, force_col_wise=True)
+                             random_state=random_state, verbose=-1, deterministic=True, force_col_wise=True,
+                             **LGBM_SMALL_DATA)
     raise ValueError(f"unknown base regressor {name!r}; choose among {', '.join(BASE_REGRESSORS)} "
                      f"or pass an estimator instance")
 
@@ -534,7 +547,7 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     n = s.size
     if n == 0:
         raise ValueError("no residuals to calibrate the interval from")
-    k = int(math.ceil((n + 1) * float(coverage)))
+    k = math.ceil((n + 1) * float(coverage))
     return float("inf") if k > n else float(s[k - 1])
 
 
@@ -743,7 +756,7 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
         """``(lower, upper)`` conformal bounds holding the truth with probability ``coverage``."""
         if not (isinstance(coverage, numbers.Real) and 0 < coverage < 1):
             raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
-        mean, lower, upper = self.predict_with_interval(X, coverage=coverage)
+        _, lower, upper = self.predict_with_interval(X, coverage=coverage)
         return lower, upper
 
     def predict_with_interval(self, X, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

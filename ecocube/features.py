@@ -227,7 +227,7 @@ def temporal_statistics(series: np.ndarray) -> np.ndarray:
     a = np.asarray(series, dtype=np.float32)
     if a.ndim != 3:
         raise ValueError(f"expected (pixels, variables, periods) values, got shape {a.shape}")
-    n_pix, n_var, n_per = a.shape
+    n_pix, n_var, _ = a.shape
     out = np.empty((n_pix, n_var, len(TEMPORAL_STATISTICS)), dtype=np.float32)
     srt = np.sort(a, axis=2)  # NaN last
     n_ok = (~np.isnan(a)).sum(axis=2)

@@ -338,6 +338,30 @@ def sample_pixels(samples: Samples, grid: TileGrid, *, years: list[int], max_pix
                       group=cat["group"].astype(str), kind=cat["kind"].astype(str))
 
 
+def resolve_block_size(cfg, samples: Samples, grid: TileGrid) -> tuple[float, dict]:
+    """The spatial CV block edge: ``model.cv_block_size`` when a number, else chosen from the
+    samples that are blocked (points; all samples with ``cv_groups: block``) by
+    :func:`ecocube.evaluation.choose_block_size`. Returns the edge and how it was chosen."""
+    import shapely
+
+    from .evaluation import choose_block_size
+
+    configured = cfg.model.cv_block_size
+    if configured != "auto":
+        return float(configured), {"rule": "configured (model.cv_block_size)", "block_size": float(configured)}
+    geoms = _to_grid_crs(samples.geometries, samples.crs, grid.crs)
+    points = shapely.get_type_id(geoms) == 0
+    blocked = np.ones(points.size, bool) if cfg.model.cv_groups == "block" else points
+    if cfg.model.cv_groups == "polygon" or not blocked.any():
+        return 1000.0, {"rule": "polygon groups: every polygon is a CV group, no blocks", "block_size": None}
+    reps = shapely.point_on_surface(geoms[blocked])
+    choice = choose_block_size(shapely.get_x(reps), shapely.get_y(reps), samples.classes[blocked],
+                               folds=cfg.model.cv_folds, pixel_size=grid.pixel_size,
+                               random_state=cfg.model.random_state)
+    log.info("spatial CV block size %.0f (%s)", choice["block_size"], choice["rule"])
+    return float(choice["block_size"]), choice
+
+
 # ---------------------------------------------------------------------- overlay
 
 
@@ -538,24 +562,51 @@ def _cv_fold(make_model, X, y, groups, classes, k, train, test, threads):
     if np.unique(inner_groups).size < 2:
         inner_groups = None
     model.fit(X[train], y[train], groups=inner_groups)
-    p = model.predict_proba(X[test])
+    cols = np.searchsorted(classes, model.classes_)
+    base = {}
+    if hasattr(model, "predict_proba_with_base") and hasattr(model, "learner_names_"):
+        # each final base learner of the fold's ensemble was fitted on the same training
+        # rows: its held-out probabilities are that learner alone, on the same fold
+        p, bp = model.predict_proba_with_base(X[test])
+        for name, b in zip(_unique_names(model.learner_names_), bp):
+            full = np.zeros((test.size, classes.size))
+            full[:, cols] = b
+            base[name] = full
+    else:
+        p = model.predict_proba(X[test])
     block = np.zeros((test.size, classes.size))
-    block[:, np.searchsorted(classes, model.classes_)] = p
+    block[:, cols] = p
     acc = float(np.mean(classes[np.argmax(block, axis=1)] == y[test]))
     info = {"fold": k, "n_train": int(train.size), "n_test": int(test.size),
             "groups_test": int(np.unique(groups[test]).size), "overall_accuracy": acc,
             "classes_in_train": [int(c) for c in model.classes_]}
-    return test, block, info
+    from .evaluation import majority_proba
+
+    base["__majority__"] = majority_proba(y[train], test.size, classes)
+    return test, block, info, base
+
+
+def _unique_names(names) -> list[str]:
+    """Learner names made unique (``rf``, ``rf#2``) for the comparison tables."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
 
 
 def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int,
-                   random_state: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                   random_state: int, threads: int = 1, return_baselines: bool = False):
     """Held-out probabilities from a grouped, stratified K-fold (``classes`` = sorted codes of ``y``).
 
     ``make_model(n_threads)`` returns a fresh estimator with ``fit(X, y, groups=)``. The
     folds run on joblib threads (at most ``threads`` of them), the allocation's threads
     shared between them. Returns ``(proba (n, n_classes), fold (n,), per-fold dicts)``;
-    every row is predicted by a model that saw none of its group.
+    every row is predicted by a model that saw none of its group. With
+    ``return_baselines`` a fourth item maps each base learner of the ensemble (alone) and
+    ``"majority class"`` (the majority of each fold's training rows) to their held-out
+    probabilities on the same folds.
     """
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedGroupKFold
@@ -579,10 +630,17 @@ def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
     proba = np.full((y.size, classes.size), np.nan)
     fold_of = np.full(y.size, -1, np.int64)
     per_fold = []
-    for k, (test, block, info) in enumerate(results):
+    baselines: dict[str, np.ndarray] = {}
+    for k, (test, block, info, base) in enumerate(results):
         proba[test] = block
         fold_of[test] = k
         per_fold.append(info)
+        for name, p in base.items():
+            name = "majority class" if name == "__majority__" else name
+            baselines.setdefault(name, np.full((y.size, classes.size), np.nan))[test] = p
+    if return_baselines:
+        complete = {n: p for n, p in baselines.items() if not np.isnan(p).any()}
+        return proba, fold_of, per_fold, complete
     return proba, fold_of, per_fold
 
 
@@ -651,7 +709,32 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
     ax.set_title("Feature importance (final model)")
     _save_png(fig, folder / "feature_importance.png")
     out["feature_importance"] = "feature_importance.png"
+
+    cal = report.get("calibration")
+    if cal and cal["bins"]:
+        fig = _figure(4.0, 4.0)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1)
+        ax.plot([b["confidence"] for b in cal["bins"]], [b["accuracy"] for b in cal["bins"]], marker="o",
+                color="#4c72b0")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted probability of the top class")
+        ax.set_ylabel("share correct")
+        ax.set_title(f"Reliability (spatial CV), ECE {cal['ece']:.3f}")
+        _save_png(fig, folder / "reliability.png")
+        out["reliability"] = "reliability.png"
     return out
+
+
+def _block_text(cv: dict) -> str:
+    choice = cv.get("block_size_choice") or {}
+    if cv.get("block_size") is None:
+        return choice.get("rule", "none (polygon groups)")
+    extra = ""
+    if choice.get("range") is not None:
+        extra = f"; label autocorrelation range {choice['range']:.0f}, extent cap {choice['cap']:.0f}"
+    return f"{cv['block_size']:.0f} CRS units ({choice.get('rule', 'configured')}{extra})"
 
 
 def report_markdown(report: dict) -> str:
@@ -676,6 +759,31 @@ def report_markdown(report: dict) -> str:
         f"| log loss | {m['log_loss']:.3f} | {b.get('log_loss', float('nan')):.3f} |",
         f"| Cohen's kappa | {m['kappa']:.3f} | 0 |",
         "",
+        f"Spatial CV block size: {_block_text(cv)}.",
+        "",
+    ]
+    cmp_ = report.get("comparison")
+    if cmp_:
+        codes = [c["code"] for c in m["per_class"]]
+        cname = {c["code"]: c["name"] for c in m["per_class"]}
+        lines += ["## The ensemble against each base learner alone and the majority class (same folds)", "",
+                  "| model | weighted F1 | OA | macro F1 | log loss | " + " | ".join(f"F1 {cname[c]}" for c in codes)
+                  + " |", "|---" * (5 + len(codes)) + "|"]
+        for name, sc in cmp_["models"].items():
+            bold = "**" if name == cmp_["best"] else ""
+            lines.append(f"| {bold}{name}{bold} | {sc['f1_weighted']:.3f} | {sc['overall_accuracy']:.3f} | "
+                         f"{sc['f1_macro']:.3f} | {sc['log_loss']:.3f} | "
+                         + " | ".join(f"{sc['per_class_f1'][str(c)]:.3f}" for c in codes) + " |")
+        lines.append("")
+        for w in cmp_["warnings"]:
+            lines.append(f"**Warning:** {w}.")
+        if cmp_["warnings"]:
+            lines.append("")
+    cal = report.get("calibration")
+    if cal:
+        lines += [(f"Calibration of the top-class probability: expected calibration error {cal['ece']:.3f}, "
+                   f"log loss {m['log_loss']:.3f} ![reliability](reliability.png)"), ""]
+    lines += [
         "## Per class",
         "",
         "| code | class | precision | recall | F1 | ROC AUC (one vs all) | support |",
@@ -808,6 +916,8 @@ class _FeatureTable:
     names: list[str]
     overlay_stats: dict
     reused: bool
+    block_size: float  # spatial CV block edge (used for points / cv_groups: block)
+    block_choice: dict  # how it was chosen
 
 
 def _feature_table(cfg, samples: Samples, class_field: str, years: list[int], table_path: Path, *,
@@ -815,6 +925,7 @@ def _feature_table(cfg, samples: Samples, class_field: str, years: list[int], ta
     """The feature table at ``table_path`` when it was made from the same samples and settings,
     else a new overlay (sample pixels, read, gap-fill, features), written there for next time."""
     grid = TileGrid.from_config(cfg.grid)
+    block_size, block_choice = resolve_block_size(cfg, samples, grid)
     key = _cache_key(cfg, samples, class_field, years)
     reused = False
     overlay_stats: dict = {}
@@ -829,7 +940,7 @@ def _feature_table(cfg, samples: Samples, class_field: str, years: list[int], ta
         log.info("reusing feature table %s (%d rows)", table_path, len(pixels))
     else:
         pixels = sample_pixels(samples, grid, years=years, max_pixels_per_polygon=cfg.model.max_pixels_per_polygon,
-                               cv_block_size=cfg.model.cv_block_size, cv_groups=cfg.model.cv_groups,
+                               cv_block_size=block_size, cv_groups=cfg.model.cv_groups,
                                random_state=cfg.model.random_state)
         log.info("overlaying %d pixel samples from %d features", len(pixels), len(samples))
         X, names, overlay_stats = extract_features(cfg, pixels, threads=threads)
@@ -837,7 +948,7 @@ def _feature_table(cfg, samples: Samples, class_field: str, years: list[int], ta
                             {"cache_key": key, "feature_names": names, "overlay": overlay_stats,
                              "samples_sha256": samples.sha256})
     return _FeatureTable(path=table_path, pixels=pixels, X=X, names=names, overlay_stats=overlay_stats,
-                         reused=reused)
+                         reused=reused, block_size=block_size, block_choice=block_choice)
 
 
 @dataclass
@@ -885,14 +996,16 @@ class _CVResult:
     metrics: dict
     counts: dict[int, int]  # class code -> rows
     seconds: float
+    comparison: dict  # the ensemble vs each base learner alone vs the majority class, same folds
+    calibration: dict  # reliability bins and ECE
 
 
 def _spatial_cv(cfg, rows: _TrainingRows, *, threads: int) -> _CVResult:
     """Grouped CV of complete ensembles; metrics against the majority-class baseline."""
     t0 = time.perf_counter()
-    proba, _, per_fold = cross_validate(lambda t: _make_model(cfg, t), rows.X, rows.y, rows.groups,
-                                        folds=cfg.model.cv_folds, random_state=cfg.model.random_state,
-                                        threads=threads)
+    proba, _, per_fold, baselines = cross_validate(
+        lambda t: _make_model(cfg, t), rows.X, rows.y, rows.groups, folds=cfg.model.cv_folds,
+        random_state=cfg.model.random_state, threads=threads, return_baselines=True)
     seconds = time.perf_counter() - t0
     y, present = rows.y, rows.present
     counts = {int(c): int((y == c).sum()) for c in present}
@@ -900,7 +1013,15 @@ def _spatial_cv(cfg, rows: _TrainingRows, *, threads: int) -> _CVResult:
     legend = _legend(cfg)
     class_names = [legend[int(c)].name for c in present]
     metrics = evaluate(y, proba, present.tolist(), class_names, majority_class=majority)
-    return _CVResult(proba=proba, per_fold=per_fold, metrics=metrics, counts=counts, seconds=seconds)
+    from .evaluation import compare_models, reliability
+
+    comparison = compare_models(y, present, proba, {k: v for k, v in baselines.items() if k != "majority class"},
+                                baselines["majority class"])
+    for message in comparison["warnings"]:
+        log.warning("%s", message)
+    calibration = reliability(y, proba, present)
+    return _CVResult(proba=proba, per_fold=per_fold, metrics=metrics, counts=counts, seconds=seconds,
+                     comparison=comparison, calibration=calibration)
 
 
 def _fit_final(cfg, rows: _TrainingRows, *, threads: int) -> tuple[EnsembleClassifier, float]:
@@ -944,9 +1065,14 @@ def _training_report(cfg, samples: Samples, class_field: str, table: _FeatureTab
             "training_table_sha256": table_hash,
             "classes_without_samples": [c.code for c in cfg.model.classes if c.code not in counts],
         },
-        "cv": {"scheme": _cv_scheme(cfg, kinds), "block_size": cfg.model.cv_block_size, "folds": len(cv.per_fold),
+        "cv": {"scheme": _cv_scheme(cfg, kinds),
+               "block_size": table.block_size if "point" in kinds or cfg.model.cv_groups == "block" else None,
+               "block_size_choice": table.block_choice, "folds": len(cv.per_fold),
                "groups": int(np.unique(rows.groups).size), "per_fold": cv.per_fold},
         "metrics": metrics,
+        "comparison": cv.comparison,
+        "warnings": list(cv.comparison["warnings"]),
+        "calibration": cv.calibration,
         "classes": [{"code": c, "name": legend[c].name, "color": legend[c].color} for c in codes],
         "n_features": len(names),
         "feature_importance": importance,
@@ -955,7 +1081,8 @@ def _training_report(cfg, samples: Samples, class_field: str, table: _FeatureTab
                   "learning_rate": cfg.model.learning_rate, "nan_policy": cfg.model.nan_policy,
                   "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_)},
         "features": {"bands": [n[:-3] for n in names if n.endswith("_s1") and n[:-3] not in cfg.features.indices],
-                     "season_size": periods.season_size, "indices": list(cfg.features.indices)},
+                     "season_size": periods.season_size, "indices": list(cfg.features.indices),
+                     "statistics": list(cfg.features.statistics)},
         "overlay": {**table.overlay_stats, "reused_feature_table": table.reused},
         "timing_seconds": {k: round(v, 3) for k, v in timings.items()},
         "threads": threads,

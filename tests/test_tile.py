@@ -116,7 +116,7 @@ def cfg_dict(root: Path, store: str, *, tiles=("X0000_Y0000", "X0001_Y0000"), mo
                          "bands": list(BANDS), "scale": 0.0001, "nodata": 0, "resampling": "nearest"}],
             "threads": 2,
         },
-        "features": {"indices": ["ndvi"]},
+        "features": {"indices": ["ndvi"], "statistics": []},
         "model": {"path": str(model or root / "model"),
                   "classes": [{"code": c, "name": n, "color": k} for c, n, k in CLASSES]},
         "processing": {"block_size": 16, "threads": 2},

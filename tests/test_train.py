@@ -73,7 +73,7 @@ def _scene_cfg(root: Path, **model):
                    "sources": [{"name": "syn", "kind": "composite", "href": str(root / "{band}_{period}.tif"),
                                 "bands": list(BANDS), "resampling": "nearest"}]},
         "gapfill": {"method": "none"},
-        "features": {"indices": []},
+        "features": {"indices": [], "statistics": []},
         "model": model,
         "processing": {"threads": 2, "block_size": 16},
     }
@@ -392,7 +392,8 @@ def test_real_series_spatial_cv_beats_the_majority_baseline(belgium_model, belgi
     pixels, X, names, _ = read_feature_table(result.out_dir / "features.parquet")
     assert np.bincount(pixels.sample_id).max() == 60 and len(pixels) == 1080
     assert set(pixels.group) == {f"P{i}" for i in range(40)}
-    assert names == feature_names(["B02", "B03", "B04", "B08"], 4, ["ndvi", "ndwi"])
+    assert names == feature_names(["B02", "B03", "B04", "B08"], 4, ["ndvi", "ndwi"], cfg.features.statistics)
+    assert len(cfg.features.statistics) == 12  # the default: every temporal statistic
     assert np.isfinite(X).all() and 0 < np.nanmedian(X[:, names.index("B08_s3")]) < 0.6  # reflectance
     # model.json: the contract for prediction
     meta = json.loads((result.out_dir / "model.json").read_text())
