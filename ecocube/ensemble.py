@@ -8,8 +8,12 @@
    For every fold, a fresh copy of every base learner is fitted on the other folds and
    predicts the class probabilities of the held-out fold. Each row therefore gets, from
    each learner, probabilities of a model that never saw it (``oof_proba_``).
-2. **Meta-learner.** A multinomial logistic regression is fitted on these out-of-fold
-   probabilities only (``n_samples × (n_learners · n_classes)``), never on in-fold ones.
+2. **Meta-learner.** A multinomial logistic regression is fitted on the logarithms of these
+   out-of-fold probabilities only (``n_samples × (n_learners · n_classes)``), never on
+   in-fold ones. Its class weights are chosen by CV over the same folds
+   (``meta_class_weight="auto"``): on the real data of ``scripts/bench/quality.py`` a
+   balanced meta-learner traded the majority classes for the rare one and lost weighted
+   F1 against its own base learners.
 3. **Final base learners.** Every base learner is refitted on all rows (``estimators_``);
    prediction feeds their probabilities to the meta-learner.
 
@@ -27,7 +31,10 @@ replaced by the per-feature training median, recorded in ``fill_values_`` (0 for
 feature that was all NaN).
 
 Class imbalance: ``class_weight="balanced"`` (default) weights classes inversely to their
-frequency in every base learner and in the meta-learner.
+frequency in every base learner; the meta-learner's weights follow ``meta_class_weight``.
+
+LightGBM: small-data settings (:data:`LGBM_SMALL_DATA`) and, with ``early_stopping``, a
+tree count found on held-out groups inside each stacking fold.
 """
 
 from __future__ import annotations
@@ -106,8 +113,8 @@ def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: 
 
 
 #: ``meta`` choices: a multinomial logistic regression on the log out-of-fold probabilities,
-#: or their plain mean (soft voting; nothing is fitted)
-META_LEARNERS = ("logistic", "mean")
+#: their plain mean (soft voting; nothing is fitted), or the better of the two by CV
+META_LEARNERS = ("auto", "logistic", "mean")
 
 
 def _meta_features(stacked: np.ndarray) -> np.ndarray:
@@ -234,9 +241,23 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
     cv_folds : int
         Folds of the stacking CV (fewer when there are fewer groups or class members).
     class_weight : ``"balanced"``, None or dict
-        Class weights for every learner and the meta-learner (a dict maps class -> weight).
+        Class weights of every base learner (a dict maps class -> weight).
+    meta : ``"auto"``, ``"logistic"`` or ``"mean"``
+        The combiner: a multinomial logistic regression on the log out-of-fold probabilities
+        (stacking), their plain mean (soft voting), or (``"auto"``, default) whichever of
+        these scores the better weighted F1 over the stacking folds (``meta_``,
+        ``meta_selection_``).
     meta_C : float
         Inverse regularisation strength of the logistic meta-learner.
+    meta_class_weight : ``"auto"``, ``"same"``, ``"balanced"`` or None
+        Class weights of the meta-learner. ``"auto"`` (default) chooses between none and
+        ``class_weight`` by the weighted F1 of the meta-learner over the stacking folds
+        (``meta_selection_``); ``"same"`` uses ``class_weight``.
+    early_stopping : bool
+        LightGBM stops adding trees when the log loss on held-out groups (20 % of the
+        training groups of each stacking fold; rows without groups) stops improving for
+        ``EARLY_STOPPING_ROUNDS`` rounds; the final LightGBM gets the median stopping round.
+        ``n_estimators`` is then the maximum.
     nan_policy : ``"raise"`` or ``"impute"``
         What to do with NaN in ``X`` (see module docstring).
     n_jobs : int or None
@@ -260,8 +281,9 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         learning_rate: float = 0.1,
         cv_folds: int = 5,
         class_weight: str | None = "balanced",
-        meta: str = "logistic",
+        meta: str = "auto",
         meta_C: float = 1.0,
+        meta_class_weight: str | None = "auto",
         early_stopping: bool = True,
         nan_policy: str = "raise",
         n_jobs: int | None = None,
@@ -275,6 +297,7 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.meta = meta
         self.meta_C = meta_C
+        self.meta_class_weight = meta_class_weight
         self.early_stopping = early_stopping
         self.nan_policy = nan_policy
         self.n_jobs = n_jobs
@@ -311,6 +334,9 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
                              f"got {self.class_weight!r}")
         if not (isinstance(self.meta_C, numbers.Real) and self.meta_C > 0):
             raise ValueError(f"meta_C must be > 0, got {self.meta_C!r}")
+        if self.meta_class_weight not in ("auto", "same", "balanced", None):
+            raise ValueError(f"meta_class_weight must be 'auto', 'same', 'balanced' or None, "
+                             f"got {self.meta_class_weight!r}")
         if self.meta not in META_LEARNERS:
             raise ValueError(f"meta must be one of {META_LEARNERS}, got {self.meta!r}")
         if not isinstance(self.early_stopping, (bool, np.bool_)):
@@ -364,6 +390,55 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
                     est.set_params(random_state=seed)
                 out.append((type(item).__name__, est))
         return out
+
+    def _select_meta(self, feats: np.ndarray, oof: np.ndarray, y_enc: np.ndarray, folds: list[np.ndarray],
+                     seed: int, n_learners: int, n_classes: int) -> tuple[str, Any, dict]:
+        """The combiner and its class weights, fixed or chosen by CV over the stacking folds.
+
+        Candidates: the mean of the probabilities (``meta="mean"`` or ``"auto"``) and the
+        logistic meta-learner with the class weights ``meta_class_weight`` allows (``"auto"``:
+        none and ``class_weight``). Each is scored by the weighted F1 of its predictions for
+        the rows of every stacking fold, a logistic candidate being refitted on the
+        out-of-fold rows of the other folds. The best wins (a tie: the simpler one, the mean
+        first, then no class weights). Returns (combiner, class weights, the scores).
+        """
+        from sklearn.metrics import f1_score
+
+        combiners = ("logistic", "mean") if self.meta == "auto" else (self.meta,)
+        weights: dict[str, Any] = {}
+        if "logistic" in combiners:
+            if self.meta_class_weight == "auto":
+                weights["logistic"] = None
+                if self.class_weight is not None:
+                    weights["logistic, class weights"] = self._encoded_class_weight()
+            elif self.meta_class_weight == "same":
+                weights["logistic"] = self._encoded_class_weight()
+            else:
+                weights["logistic"] = self.meta_class_weight
+        candidates = (["mean"] if "mean" in combiners else []) + list(weights)
+        if len(candidates) == 1:
+            only = candidates[0]
+            return ("mean", None, {}) if only == "mean" else ("logistic", weights[only], {})
+        scores = {}
+        for label in candidates:
+            if label == "mean":
+                pred = oof.reshape(y_enc.size, n_learners, n_classes).mean(axis=1).argmax(axis=1)
+            else:
+                pred = np.empty_like(y_enc)
+                for test_idx in folds:
+                    train_idx = np.setdiff1d(np.arange(y_enc.size), test_idx)
+                    if np.unique(y_enc[train_idx]).size < 2:
+                        pred[test_idx] = y_enc[train_idx][0]
+                        continue
+                    lr = LogisticRegression(C=float(self.meta_C), class_weight=weights[label], max_iter=2000,
+                                            random_state=seed)
+                    pred[test_idx] = lr.fit(feats[train_idx], y_enc[train_idx]).predict(feats[test_idx])
+            scores[label] = float(f1_score(y_enc, pred, average="weighted"))
+        best = max(candidates, key=lambda k: (scores[k], -candidates.index(k)))
+        selection = {"f1_weighted": scores, "chosen": best}
+        if best == "mean":
+            return "mean", None, selection
+        return "logistic", weights[best], selection
 
     def _splitter(self, y_enc: np.ndarray, groups, seed: int):
         if groups is not None:
@@ -434,10 +509,13 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         self.cv_test_folds_ = test_folds
 
         meta_seed = int(rng.randint(np.iinfo(np.int32).max))
-        if self.meta == "logistic":
-            meta = LogisticRegression(C=float(self.meta_C), class_weight=self._encoded_class_weight(),
+        feats = _meta_features(oof)
+        self.meta_, self.meta_class_weight_, self.meta_selection_ = self._select_meta(
+            feats, oof, y_enc, test_folds, meta_seed, n_learners, n_classes)
+        if self.meta_ == "logistic":
+            meta = LogisticRegression(C=float(self.meta_C), class_weight=self.meta_class_weight_,
                                       max_iter=2000, random_state=meta_seed)
-            self.meta_learner_ = meta.fit(_meta_features(oof), y_enc)
+            self.meta_learner_ = meta.fit(feats, y_enc)
         else:
             self.meta_learner_ = _MeanOfProba(n_learners, n_classes)
 

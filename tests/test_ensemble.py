@@ -94,7 +94,7 @@ def test_meta_learner_sees_only_out_of_fold_probabilities():
     X[:, 0] = np.arange(X.shape[0])  # row ids
     groups = np.arange(X.shape[0]) // 10  # 12 spatial groups
     _LeakDetector.log = []
-    model = EnsembleClassifier(base_learners=(_LeakDetector(), "rf"), n_estimators=5, cv_folds=4,
+    model = EnsembleClassifier(base_learners=(_LeakDetector(), "rf"), n_estimators=5, cv_folds=4, meta="logistic",
                                n_jobs=1, random_state=1).fit(X, y, groups=groups)
     # every row held out exactly once, groups never split across train/test
     held = np.concatenate(model.cv_test_folds_)
@@ -112,9 +112,10 @@ def test_meta_learner_sees_only_out_of_fold_probabilities():
     for rows, test_idx in zip(fits, model.cv_test_folds_):
         assert set(rows) == set(range(120)) - set(test_idx.tolist())
     assert fits[-1] == list(range(120))
-    # and the meta-learner is exactly a logistic regression fitted on oof_proba_
-    ref = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000,
-                             random_state=model.meta_learner_.random_state).fit(model.oof_proba_, y)
+    # and the meta-learner is exactly a logistic regression fitted on the log of oof_proba_
+    ref = LogisticRegression(C=1.0, class_weight=model.meta_class_weight_, max_iter=2000,
+                             random_state=model.meta_learner_.random_state).fit(
+        np.log(np.clip(model.oof_proba_, 1e-4, 1.0)), y)
     np.testing.assert_allclose(model.meta_learner_.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
     # whereas in-fold, the final detector has seen every row (what stacking must avoid)
     assert np.all(model.predict_base_proba(X)[0][:, 0] == 1.0)
@@ -172,9 +173,12 @@ def test_class_weight_balanced_helps_the_minority():
     n_major, n_minor = 380, 20
     X = np.vstack([rng.normal(0, 1, (n_major, 4)), rng.normal(1.2, 1, (n_minor, 4))]).astype(np.float32)
     y = np.r_[np.zeros(n_major, int), np.ones(n_minor, int)]
-    bal = _fast(n_estimators=20).fit(X, y)
-    none = _fast(n_estimators=20, class_weight=None).fit(X, y)
-    assert (bal.predict(X[y == 1]) == 1).mean() > (none.predict(X[y == 1]) == 1).mean()
+    # the weights in every base learner and in the meta-learner (meta_class_weight="same")
+    bal = _fast(n_estimators=20, meta="logistic", meta_class_weight="same").fit(X, y)
+    none = _fast(n_estimators=20, meta="logistic", meta_class_weight="same", class_weight=None).fit(X, y)
+    # on new minority-class rows (the training rows themselves are memorised by the forests)
+    new_minor = np.random.default_rng(1).normal(1.2, 1, (300, 4)).astype(np.float32)
+    assert (bal.predict(new_minor) == 1).mean() > (none.predict(new_minor) == 1).mean()
 
 
 @pytest.mark.slow
@@ -338,3 +342,39 @@ def test_regressor_bad_parameters():
         _fast_reg().fit(X, y).predict_interval(X, coverage=1.5)
     with pytest.raises(ValueError, match="n_jobs=-1"):
         EnsembleRegressor(n_jobs=-1).fit(X, y)
+
+
+def test_meta_auto_picks_the_combiner_with_the_better_out_of_fold_f1():
+    X, y = _blobs(240, n_classes=3, sep=1.0)
+    groups = np.arange(X.shape[0]) // 12
+    model = _fast(base_learners=("rf", "lgbm", "et"), n_estimators=20).fit(X, y, groups=groups)
+    sel = model.meta_selection_
+    assert set(sel["f1_weighted"]) == {"mean", "logistic", "logistic, class weights"}
+    best = max(sel["f1_weighted"].values())
+    assert sel["f1_weighted"][sel["chosen"]] == best
+    assert model.meta_ == ("mean" if sel["chosen"] == "mean" else "logistic")
+    # the chosen combiner is the one predicting
+    base = model.predict_base_proba(X)
+    if model.meta_ == "mean":
+        np.testing.assert_allclose(model.predict_proba(X), base.mean(axis=0), rtol=1e-6)
+    else:
+        ref = model.meta_learner_.predict_proba(np.log(np.clip(np.concatenate(list(base), axis=1), 1e-4, 1)))
+        np.testing.assert_allclose(model.predict_proba(X), ref)
+    # the mean score is the weighted F1 of the averaged out-of-fold probabilities
+    from sklearn.metrics import f1_score
+
+    mean_pred = model.oof_proba_.reshape(y.size, 3, 3).mean(axis=1).argmax(axis=1)
+    assert sel["f1_weighted"]["mean"] == pytest.approx(f1_score(y, mean_pred, average="weighted"))
+    fixed = _fast(base_learners=("rf", "lgbm", "et"), n_estimators=20, meta="mean").fit(X, y, groups=groups)
+    assert fixed.meta_ == "mean" and fixed.meta_selection_ == {}
+
+
+def test_lightgbm_early_stopping_sets_the_final_tree_count():
+    X, y = _blobs(400, n_classes=3, sep=2.0)
+    groups = np.arange(X.shape[0]) // 10
+    model = _fast(base_learners=("lgbm",), n_estimators=500, cv_folds=3).fit(X, y, groups=groups)
+    used = model.n_estimators_used_["0:lgbm"]
+    assert 1 <= used < 500  # well-separated blobs: the validation loss stops improving early
+    assert model.estimators_[0].booster_.num_trees() == used * 3  # one tree per class and round
+    off = _fast(base_learners=("lgbm",), n_estimators=60, cv_folds=3, early_stopping=False).fit(X, y, groups=groups)
+    assert off.n_estimators_used_["0:lgbm"] == 60
