@@ -440,7 +440,7 @@ class ModelConfig(_Model):
 
     path: Path = Field(Path("model"), description="model bundle folder (written by train)")
     classes: tuple[ClassDef, ...] = Field(..., min_length=2)
-    base_learners: tuple[Literal["rf", "lgbm", "et"], ...] = ("rf", "lgbm")
+    base_learners: tuple[Literal["rf", "lgbm", "et", "mlp"], ...] = ("rf", "lgbm", "et")
     n_estimators: int = Field(200, ge=1)
     cv_folds: int = Field(5, ge=2)
     cv_block_size: float | Literal["auto"] = Field(

@@ -275,7 +275,7 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        base_learners: Sequence[Any] = ("rf", "lgbm"),
+        base_learners: Sequence[Any] = ("rf", "lgbm", "et"),
         n_estimators: int = 200,
         max_depth: int | None = None,
         learning_rate: float = 0.1,
