@@ -309,5 +309,5 @@ def check_features(have: list[str], expected: list[str], where: str | Path = "mo
         f"model bundle {where}: features do not match: the model needs {len(have)}, the data has {len(expected)}"
         + (f"; missing from the data: {', '.join(missing[:10])}" if missing else "")
         + (f"; not in the model: {', '.join(extra[:10])}" if extra else "")
-        + " (were bands, season_size or features.indices changed since training?)"
+        + " (were bands, season_size, features.indices or features.statistics changed since training?)"
     )
