@@ -22,6 +22,7 @@ def _cfg(**extra) -> object:
                    "sources": [{"name": "s2", "kind": "acquisitions", "href": "/d/{yyyymmdd}_{band}.tif",
                                 "bands": ["B04", "B08"], "dates": ["2019-01-05"]}]},
         "model": MODEL,
+        "features": {"statistics": []},  # per-period values only: the column layout these tests check
     }
     for key, value in extra.items():
         data[key] = {**data.get(key, {}), **value}
