@@ -102,7 +102,7 @@ def open_api(src_cfg):
     api = src_cfg.stac_api
     try:
         client = _client(api)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pystac_client raises APIError, requests errors, STACTypeError
         raise _api_error(api, exc, "opening the landing page") from None
     if not client.conforms_to("ITEM_SEARCH"):
         raise ReadError(f"STAC API {api.url} does not offer item search (conformance "
@@ -112,7 +112,7 @@ def open_api(src_cfg):
                           "support the query extension")
     try:
         known = {c.id for c in client.get_collections()}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - named below
         raise _api_error(api, exc, "listing collections") from None
     missing = [c for c in api.collections if c not in known]
     if missing:
@@ -131,7 +131,7 @@ def _search_items(client, src_cfg, periods: Sequence[Period], bbox) -> list[dict
                                    query=query, limit=api.limit, max_items=api.max_items)
             for item in search.items_as_dicts():  # follows the 'next' links: every page
                 items.setdefault(item["id"], item)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - APIError, requests errors: named below
             raise _api_error(api, exc, f"search of period {p.id}") from None
     return list(items.values())
 

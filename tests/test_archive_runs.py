@@ -268,7 +268,7 @@ def test_stac_api_errors_name_the_url_item_and_asset(belgium, stac_api, tmp_path
     cfg = run_config(belgium, s2_stac_source(dead))
     run_yaml = tmp_path / "dead.yaml"
     run_yaml.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(run_yaml)],
+    proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", str(run_yaml)], check=False,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and f"STAC API {dead}" in proc.stderr, proc.stderr
 

@@ -86,3 +86,79 @@ def test_cloud_measured_on_the_tile_equals_the_scene_statistics(data_dir, tmp_pa
         kept = [c for c in per if c.kept]
         assert kept == ([max(clear, key=lambda c: c.observation.day)] if clear else [])
         assert [o.day for o in ts.catalogs[0].observations[k]] == [c.observation.day for c in kept]
+
+
+class _FlakyApi:
+    """A loopback HTTP server answering 503 to the first ``failures`` requests, then a
+    minimal STAC API landing page and collection list (fault injection for the retries)."""
+
+    def __init__(self, failures: int):
+        import http.server
+        import json
+        import threading
+
+        self.failures, self.requests = failures, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.requests += 1
+                if outer.requests <= outer.failures:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                base = f"http://127.0.0.1:{outer.port}"
+                if self.path.startswith("/collections"):
+                    body = {"collections": [{"type": "Collection", "stac_version": "1.0.0", "id": "s2",
+                                             "description": "d", "license": "proprietary", "links": [],
+                                             "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
+                                                        "temporal": {"interval": [[None, None]]}}}],
+                            "links": []}
+                else:
+                    body = {"type": "Catalog", "stac_version": "1.0.0", "id": "flaky", "description": "d",
+                            "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                                           "https://api.stacspec.org/v1.0.0/item-search",
+                                           "https://api.stacspec.org/v1.0.0/collections"],
+                            "links": [{"rel": "self", "href": base + "/"}, {"rel": "root", "href": base + "/"},
+                                      {"rel": "search", "href": base + "/search", "method": "GET"},
+                                      {"rel": "data", "href": base + "/collections"}]}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("retries, ok", [(3, True), (1, False)])
+def test_stac_api_requests_are_retried_then_fail_naming_the_url(retries, ok):
+    from ecocube.config import SourceConfig
+    from ecocube.errors import ReadError
+    from ecocube.scenes import open_api
+
+    with _FlakyApi(failures=2) as api:
+        url = f"http://127.0.0.1:{api.port}"
+        src = SourceConfig(name="s2", kind="stac-api", bands=["red"],
+                           stac_api={"url": url, "collections": ["s2"], "retries": retries, "timeout": 5})
+        if ok:
+            client = open_api(src)  # two 503 answers, then the landing page and the collections
+            assert client.id == "flaky" and api.requests > 2  # the 503s were retried, then answered
+        else:
+            with pytest.raises(ReadError, match=f"STAC API {url}: opening the landing page failed"):
+                open_api(src)
+            assert api.requests == 2  # the first try and one retry
