@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 BANDS = ("blue", "green", "red", "nir")
@@ -193,7 +195,7 @@ def make_demo_inputs(
         for i, (x, y, code) in enumerate(zip(lon, lat, labels))
     ]
     samples = root / "samples.geojson"
-    samples.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    write_text_atomic(samples, json.dumps({"type": "FeatureCollection", "features": features}))
 
     return DemoSpec(root=root, grid_origin=origin, pixel_size=pixel_size, tile_size=tile_size,
                     tiles_x=tiles_x, tiles_y=tiles_y, start_year=start_year, end_year=end_year,
@@ -264,7 +266,7 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
     t0 = time.perf_counter()
     echo(f"[1/4] making the demo cube in {out}/inputs ...")
     spec = make_demo_inputs(out)
-    run_yaml.write_text(yaml.safe_dump(demo_config_dict(spec), sort_keys=False))
+    write_text_atomic(run_yaml, yaml.safe_dump(demo_config_dict(spec), sort_keys=False))
     cfg = load_config(run_yaml)
     timings["inputs"] = time.perf_counter() - t0
 
@@ -314,7 +316,7 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
     echo(f"browse:    ecocube browse {Path(summary['catalog']).parent}")
     echo(f"time:      {sum(timings.values()):.0f} s ("
          + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
