@@ -261,7 +261,7 @@ class TileWriter:
     """
 
     def __init__(self, folder: Path, tile, specs: Sequence[OutputSpec], *, block_size: int,
-                 compress: str = "deflate", threads: int = 1, staged: Sequence[str] = CUBE_LAYERS):
+                 compress: str | None = None, threads: int = 1, staged: Sequence[str] = CUBE_LAYERS):
         self.folder = folder
         self.tile = tile
         self.specs = list(specs)
@@ -331,7 +331,8 @@ class TileWriter:
         dst = rasterio.open(path, "w", **profile(
             "tile", width=self.tile.width, height=self.tile.height, count=spec.count, dtype=spec.dtype,
             crs=self.tile.crs, transform=self.tile.transform, nodata=spec.nodata,
-            blockxsize=self._blocksize, blockysize=self._blocksize, compress=self._compress))
+            blockxsize=self._blocksize, blockysize=self._blocksize,
+            **({"compress": self._compress} if self._compress else {})))
         try:
             for i, desc in enumerate(spec.descriptions[: spec.count], start=1):
                 dst.set_band_description(i, desc)

@@ -160,7 +160,7 @@ def test_profile_returns_a_copy_and_names_the_known_ones():
     p = profile("tile")
     p["compress"] = "lzw"
     p["extra"] = 1
-    assert profile("tile")["compress"] == "deflate" and "extra" not in profile("tile")
+    assert profile("tile")["compress"] == "zstd" and "extra" not in profile("tile")
     with pytest.raises(TypeError):
         PROFILES["tile"]["compress"] = "lzw"  # type: ignore[index]
     with pytest.raises(KeyError, match="unknown raster profile 'tiles'; known profiles: tile, mosaic-stage, cog"):
@@ -177,7 +177,7 @@ def test_profile_overrides_are_case_insensitive_and_keep_the_spelling():
 
 
 @pytest.mark.parametrize("name,dtype,expect", [
-    ("tile", "uint16", {"COMPRESSION": "DEFLATE", "PREDICTOR": "2", "INTERLEAVE": "BAND"}),
+    ("tile", "uint16", {"COMPRESSION": "ZSTD", "PREDICTOR": "2", "INTERLEAVE": "BAND"}),
     ("mosaic-stage", "int16", {"COMPRESSION": "ZSTD"}),
     ("gapfill", "uint8", {"COMPRESSION": "DEFLATE"}),
     ("read-dump", "float32", {"COMPRESSION": "DEFLATE"}),

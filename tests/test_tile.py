@@ -167,7 +167,7 @@ def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
 
     # classes: nearly all pixels right, in the original codes, with declared nodata
     cls, prof, desc, _, tags = read_tif(store.url("class/X0001_Y0000/2019-01-01/class.tif"))
-    assert prof["dtype"] == "uint16" and prof["nodata"] == 65535 and prof["tiled"] and prof["compress"] == "deflate"
+    assert prof["dtype"] == "uint16" and prof["nodata"] == 65535 and prof["tiled"] and prof["compress"] == "zstd"
     assert prof["transform"] == tile.transform and prof["crs"] == "EPSG:32631"
     assert json.loads(tags["classes"]) == {"10": "crop", "20": "forest", "30": "water"}
     predicted = cls[0] != 65535
@@ -618,7 +618,7 @@ def test_tile_writer_stages_cube_layers_and_writes_the_same_geotiffs(tmp_path):
         with rasterio.open(direct[key]) as a, rasterio.open(staged[key]) as b:
             assert b.profile == a.profile and b.tags() == a.tags() and b.descriptions == a.descriptions
             assert b.scales == a.scales and b.offsets == a.offsets and b.nodata == a.nodata
-            assert b.profile["compress"] == "deflate" and b.block_shapes == [(16, 16)] * b.count
+            assert b.profile["compress"] == "zstd" and b.block_shapes == [(16, 16)] * b.count
             np.testing.assert_array_equal(b.read(), data[key])
             np.testing.assert_array_equal(a.read(), data[key])
 
@@ -638,6 +638,31 @@ def test_tile_writer_abort_leaves_no_outputs_or_scratch(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".composite.staging", ".flags.staging"]
     writer.abort()
     assert writer.paths == {} and [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("compress,expect", [(None, "ZSTD"), ("deflate", "DEFLATE"), ("lzw", "LZW")])
+def test_tile_writer_compression_is_zstd_unless_configured(tmp_path, compress, expect):
+    from types import SimpleNamespace
+
+    import rasterio
+    from rasterio.windows import Window
+
+    from ecocube.tile import TileWriter
+
+    tile = SimpleNamespace(id="X0000_Y0000", width=32, height=32, crs="EPSG:32632",
+                           transform=Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]))
+    specs = plan_outputs(("class", "composite"), periods=[SimpleNamespace(id="2020-01-01")], bands=BANDS[:1],
+                         years=[2020], classes=[1, 2], class_names=["a", "b"])
+    writer = TileWriter(tmp_path, tile, specs, block_size=32, threads=2, compress=compress)
+    data = {s.key(tile.id): np.arange(32 * 32, dtype=s.dtype).reshape(32, 32) for s in specs}
+    writer.write(list(data.items()), Window(0, 0, 32, 32))
+    writer.close()
+    assert sorted(writer.paths) == sorted(data)  # one direct (class), one staged (composite)
+    for key, path in writer.paths.items():
+        with rasterio.open(path) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == expect
+            assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+            np.testing.assert_array_equal(src.read(1), data[key])
 
 
 @pytest.mark.slow

@@ -12,6 +12,12 @@ The claim under test: peak RSS grows with the *block* size, not with the *tile* 
     python scripts/bench/tile.py                         # 256², 1000², 2000²; 84 periods × 6 bands
     python scripts/bench/tile.py --quick                 # 128², 256², 512²; 16 periods × 6 bands
     python scripts/bench/tile.py --sizes 1000 --block-sizes 128,256,512
+    python scripts/bench/tile.py --sizes 1000 --baseline-src ../main --repeats 2   # old code vs this
+
+``--baseline-src DIR`` runs every configuration twice per repeat, interleaved: first with
+the ``ecocube`` package of another checkout (``PYTHONPATH=DIR``), then with this one, so
+both see the same machine load; ratios are then against that baseline. ``overhead_s`` is
+the wall time of the stages other than inference (wall minus ``features`` and ``predict``).
 
 Inputs: one 6-band COG per season (``{season}``), shared by all years, so the input
 disk footprint stays small for 2000² tiles; every period is still read, gap-filled,
@@ -173,6 +179,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a small configuration for a quick check")
     ap.add_argument("--workdir", type=Path, default=None, help="keep inputs/outputs here (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path("bench-tile.json"))
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="a checkout whose ecocube is run as the baseline, interleaved with this one")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (and code)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -194,43 +203,64 @@ def main() -> None:
     _log(f"training the model, making inputs for tiles {sizes} ({years * 4} periods × {args.bands} bands)")
     train_bundle(work / f"model-{args.bands}", args.bands)
     results = []
+    codes = ("baseline", "current") if args.baseline_src else ("current",)
     for size in sizes:
         make_inputs(work / f"inputs-{size}", size, args.bands)
         for block in blocks:
             path = run_yaml(work, size, block, years, args.bands, args.threads, layers)
-            _log(f"tile {size}² block {block}: running ...")
-            proc = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"tile {size} block {block} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            res.update(tile=size, block=block, pixels=size * size)
-            results.append(res)
-            _log(f"  {res['wall_s']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB, CPU/wall {res['cpu_per_wall']}")
-            cpu = res.get("cpu_seconds", {})
-            _log("  per stage (wall s, CPU/wall): " + ", ".join(
-                f"{k} {v:.1f} s ×{cpu[k] / v:.2f}" if k in cpu and v > 0 else f"{k} {v:.1f} s"
-                for k, v in res["timings"].items()))
-            import shutil
+            for rep in range(args.repeats):
+                for code in codes:
+                    _log(f"tile {size}² block {block} ({code}, run {rep + 1}): running ...")
+                    env = dict(os.environ)
+                    src = args.baseline_src if code == "baseline" else Path(__file__).resolve().parents[2]
+                    env["PYTHONPATH"] = str(Path(src).resolve())
+                    load = os.getloadavg()[0]
+                    proc = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True,
+                                          text=True, env=env)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"tile {size} block {block} ({code}) failed:\n{proc.stderr[-3000:]}")
+                    res = json.loads(proc.stdout.strip().splitlines()[-1])
+                    t = res["timings"]
+                    res.update(tile=size, block=block, pixels=size * size, code=code, run=rep + 1,
+                               load_before=round(load, 1), load_after=round(os.getloadavg()[0], 1),
+                               overhead_s=round(res["wall_s"] - t.get("predict", 0.0) - t.get("features", 0.0), 2))
+                    results.append(res)
+                    _log(f"  {res['wall_s']:.1f} s (overhead {res['overhead_s']:.1f} s), peak RSS "
+                         f"{res['peak_rss_mib']:.0f} MiB, CPU/wall {res['cpu_per_wall']}, load {load:.1f}")
+                    cpu = res.get("cpu_seconds", {})
+                    _log("  per stage (wall s, CPU s): " + ", ".join(
+                        f"{k} {v:.1f} s / {cpu[k]:.1f}" if k in cpu else f"{k} {v:.1f} s"
+                        for k, v in t.items()))
+                    import shutil
 
-            shutil.rmtree(work / f"out-{size}-{block}", ignore_errors=True)
+                    shutil.rmtree(work / f"out-{size}-{block}", ignore_errors=True)
 
     base = results[0]
     print(f"\nbaseline: tile {base['tile']}², block {base['block']} "
           f"({years * 4} periods × {args.bands} bands, {args.threads} threads)")
-    print(f"{'tile':>6} {'block':>6} {'area×':>7} {'wall s':>8} {'wall×':>7} {'RSS MiB':>8} {'RSS×':>6} "
-          f"{'CPU/wall':>8} {'outputs':>8}")
+    print(f"{'code':>8} {'tile':>6} {'block':>6} {'area×':>7} {'wall s':>8} {'wall×':>7} {'ovh s':>7} "
+          f"{'ovh×':>6} {'RSS MiB':>8} {'RSS×':>6} {'CPU/wall':>8} {'load':>5} {'outputs':>8}")
     for r in results:
+        # with a baseline checkout: each run against the baseline run just before it (same load)
+        ref = base
+        if args.baseline_src:
+            ref = next(b for b in results if b["code"] == "baseline" and b["tile"] == r["tile"]
+                       and b["block"] == r["block"] and b["run"] == r["run"])
         r["area_ratio"] = round(r["pixels"] / base["pixels"], 2)
-        r["wall_ratio"] = round(r["wall_s"] / base["wall_s"], 2)
-        r["rss_ratio"] = round(r["peak_rss_mib"] / base["peak_rss_mib"], 2)
-        print(f"{r['tile']:>6} {r['block']:>6} {r['area_ratio']:>7} {r['wall_s']:>8.1f} {r['wall_ratio']:>7} "
-              f"{r['peak_rss_mib']:>8.0f} {r['rss_ratio']:>6} {r['cpu_per_wall']:>8} {r['outputs']:>8}")
+        r["wall_ratio"] = round(r["wall_s"] / ref["wall_s"], 2)
+        r["overhead_ratio"] = round(r["overhead_s"] / ref["overhead_s"], 2) if ref["overhead_s"] else None
+        r["rss_ratio"] = round(r["peak_rss_mib"] / ref["peak_rss_mib"], 2)
+        print(f"{r['code']:>8} {r['tile']:>6} {r['block']:>6} {r['area_ratio']:>7} {r['wall_s']:>8.1f} "
+              f"{r['wall_ratio']:>7} {r['overhead_s']:>7.1f} {r['overhead_ratio']!s:>6} {r['peak_rss_mib']:>8.0f} "
+              f"{r['rss_ratio']:>6} {r['cpu_per_wall']:>8} {r['load_before']:>5} {r['outputs']:>8}")
     out = {
         "benchmark": "process_tile peak RSS and wall time per tile size",
         "config": {"sizes": sizes, "block_sizes": blocks, "periods": years * 4, "bands": args.bands,
-                   "threads": args.threads, "layers": layers},
+                   "threads": args.threads, "layers": layers, "repeats": args.repeats,
+                   "baseline_src": str(args.baseline_src) if args.baseline_src else None},
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus_allowed": len(os.sched_getaffinity(0))},
+                    "cpus_allowed": len(os.sched_getaffinity(0)), "cpus": os.cpu_count(),
+                    "load_avg_end": [round(x, 1) for x in os.getloadavg()]},
         "results": results,
     }
     args.out.write_text(json.dumps(out, indent=2))
