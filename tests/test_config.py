@@ -164,6 +164,7 @@ def test_unquoted_yaml_dates_are_dates(tmp_path):
     assert load_config(p).inputs.sources[0].dates[:2] == ("2018-08-04", "2018-08-14")
 
 
+@pytest.mark.slow
 def test_a_list_error_is_one_line_with_the_first_bad_item_and_the_count(tmp_path):
     p = tmp_path / "run.yaml"
     days = ", ".join(f"2018-08-{d:02d}" for d in range(1, 29))
@@ -193,6 +194,7 @@ def test_a_list_error_is_one_line_with_the_first_bad_item_and_the_count(tmp_path
         load_config(p)
 
 
+@pytest.mark.slow
 def test_config_check_runs_the_glob_and_exits_2_when_it_matches_nothing(tmp_path, data_dir):
     from ecocube.config import EXAMPLES
 

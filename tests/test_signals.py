@@ -55,6 +55,7 @@ def test_browse_stops_on_a_signal_although_sigint_was_ignored_at_start(catalog_d
         end(proc)
 
 
+@pytest.mark.slow
 def test_run_tile_stops_after_sigint_although_it_was_ignored_at_start(scene, tmp_path):  # noqa: F811
     with RangeServer(scene["root"]) as srv:
         srv.add_fault("/inputs/", "stall", seconds=0.5)  # every read is slow: the tile runs for a while

@@ -26,6 +26,9 @@ TILE = "X0001_Y0000"
 # passes the scratch check, then fills up while the 78 GeoTIFFs (~190 KiB) are written
 SMALL = "160k"
 
+# whole tiles processed and re-run: every test here is slow
+pytestmark = pytest.mark.slow
+
 
 def _assert_enospc(text: str, folder) -> None:
     assert "StoreError" in text and "of tile X0001_Y0000 failed; first: cannot write " in text, text

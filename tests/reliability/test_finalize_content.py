@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import rasterio
 from faults import output_checksums
 from test_tile import bundle, cfg_dict, scene, tile_of, write_yaml  # noqa: F401 - fixtures
@@ -19,6 +20,9 @@ from test_tile import bundle, cfg_dict, scene, tile_of, write_yaml  # noqa: F401
 from ecocube.config import config_from_dict
 from ecocube.store import LocalStore
 from ecocube.tile import process_tile
+
+# whole tiles processed, finalized and re-run: every test here is slow
+pytestmark = pytest.mark.slow
 
 TILES = ("X0000_Y0000", "X0001_Y0000")
 
