@@ -424,16 +424,23 @@ def _run_overlay_job(cfg, grid: TileGrid, job: _OverlayJob, pixels: PixelTable, 
     local = (pixels.gy[job.rows] - job.tile_index[1] * ts - job.row0) * job.width + \
             (pixels.gx[job.rows] - job.tile_index[0] * ts - job.col0)
     years = pixels.year[job.rows]
+    season = int(cfg.inputs.periods.season_size)
+    count = np.asarray(result.count).reshape(result.count.shape[0], result.count.shape[1], -1)
     out = None
+    observed: dict[int, list[int]] = {}
     for yr in np.unique(years):
         feats = year_features(cfg, filled, result.bands, int(yr) - start, tile, window, features_for_year)
         if out is None:
             out = np.empty((job.rows.size, feats.shape[1]), np.float32)
         sel = years == yr
         out[sel] = feats[local[sel]]
+        t0 = (int(yr) - start) * season
+        c = count[t0:t0 + season][:, :, local[sel]]  # valid observations behind each period value
+        observed[int(yr)] = [int((c > 0).sum()), int(c.size)]
     return job.rows, out, tuple(result.bands), {"tile": tile.id, "window": [job.col0, job.row0, job.width,
                                                                              job.height],
-                                                "missing_hrefs": list(result.missing), "read": dict(result.stats)}
+                                                "missing_hrefs": list(result.missing), "read": dict(result.stats),
+                                                "observed": observed}
 
 
 def extract_features(cfg, pixels: PixelTable, *, threads: int | None = None) -> tuple[np.ndarray, list[str], dict]:
@@ -462,7 +469,40 @@ def extract_features(cfg, pixels: PixelTable, *, threads: int | None = None) -> 
         "seconds": round(time.perf_counter() - t0, 3),
         "missing_inputs": sorted({m for r in results for m in r[3]["missing_hrefs"]}),
     }
+    seen: dict[int, list[int]] = {}
+    for r in results:
+        for yr, (n_obs, n_all) in r[3]["observed"].items():
+            acc = seen.setdefault(int(yr), [0, 0])
+            acc[0] += n_obs
+            acc[1] += n_all
+    # per year: share of the samples' (period, band) values that rest on at least one
+    # valid observation of that period (the rest were gap-filled, e.g. from other years)
+    stats["observed_share_by_year"] = {str(yr): (n_obs / n_all if n_all else 0.0)
+                                       for yr, (n_obs, n_all) in sorted(seen.items())}
     return X, names, stats
+
+
+#: below this share of observed (not gap-filled) values, a training year is warned about
+MIN_OBSERVED_SHARE = 0.5
+
+
+def check_year_observations(overlay_stats: dict, samples_path: Path) -> list[str]:
+    """Refuse a training year whose sample values are all gap-filled; warn below
+    :data:`MIN_OBSERVED_SHARE`. Returns the warnings (also logged)."""
+    shares = overlay_stats.get("observed_share_by_year") or {}
+    empty = sorted(int(y) for y, v in shares.items() if v == 0)
+    if empty:
+        raise ModelError(f"samples {samples_path}: year(s) {empty} have no valid observation at any sample "
+                         "(every feature value is gap-filled from other years); train with --year or give the "
+                         "samples a date/year column")
+    out = []
+    for yr, v in sorted(shares.items()):
+        if v < MIN_OBSERVED_SHARE:
+            msg = (f"year {yr}: only {v:.0%} of the samples' period values rest on an observation of that "
+                   f"period; the rest are gap-filled (from other periods or years)")
+            log.warning("%s", msg)
+            out.append(msg)
+    return out
 
 
 # ---------------------------------------------------------------------- feature table
@@ -775,10 +815,10 @@ def report_markdown(report: dict) -> str:
                          f"{sc['f1_macro']:.3f} | {sc['log_loss']:.3f} | "
                          + " | ".join(f"{sc['per_class_f1'][str(c)]:.3f}" for c in codes) + " |")
         lines.append("")
-        for w in cmp_["warnings"]:
-            lines.append(f"**Warning:** {w}.")
-        if cmp_["warnings"]:
-            lines.append("")
+    for w in report.get("warnings", []):
+        lines.append(f"**Warning:** {w}.")
+    if report.get("warnings"):
+        lines.append("")
     cal = report.get("calibration")
     if cal:
         lines += [(f"Calibration of the top-class probability: expected calibration error {cal['ece']:.3f}, "
@@ -866,11 +906,14 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
                                       date_field=date_field or cfg.model.date_field)
     table = _feature_table(cfg, samples, class_field, years, out / FEATURE_TABLE, threads=n_threads)
     t_overlay = time.perf_counter() - t_start
+    year_warnings = check_year_observations(table.overlay_stats, samples.path)
     rows = _training_rows(cfg, table, samples)
     cv = _spatial_cv(cfg, rows, threads=n_threads)
     model, t_fit = _fit_final(cfg, rows, threads=n_threads)
     report = _training_report(cfg, samples, class_field, table, rows, cv, model, threads=n_threads,
                               timings={"overlay": t_overlay, "cross_validation": cv.seconds, "final_fit": t_fit})
+    report["warnings"] += year_warnings
+    report["samples"]["observed_share_by_year"] = table.overlay_stats.get("observed_share_by_year")
     bundle = _make_bundle(cfg, samples, class_field, model, table.names, report)
     files = _write_outputs(out, bundle, report, table.path)
     log.info("trained on %d pixels: OA %.3f, weighted F1 %.3f (spatial CV; baseline OA %.3f) -> %s", rows.y.size,

@@ -102,6 +102,8 @@ def test_overlay_reads_exact_features_across_tiles_and_years(scene, tmp_path):
     from ecocube.train import extract_features
 
     X, names, stats = extract_features(cfg, table, threads=2)
+    # composite sources: every period value of the samples is an observation
+    assert stats["observed_share_by_year"] == {"2019": 1.0, "2020": 1.0}
     assert names == ["red_s1", "red_s2", "nir_s1", "nir_s2"]
     assert stats["tiles"] == ["X0000_Y0000", "X0001_Y0000"] and stats["windows"] == 2
     for i in range(len(table)):
@@ -448,3 +450,17 @@ def test_sample_dates_fall_in_the_year_that_year_start_defines():
     assert [_year_of(v, "s", oct_years) for v in ("2018-11-05", "2018-09-30", date(2019, 10, 1), 2019, "2020",
                                                    np.datetime64("2018-10-01"))] == [2019, 2018, 2020, 2019, 2020, 2019]
     assert _year_of("2018-11-05", "s", PeriodsConfig()) == 2018 == _year_of("2018-11-05", "s")
+
+
+def test_years_without_observations_are_refused_and_thin_years_warned(caplog):
+    from ecocube.train import MIN_OBSERVED_SHARE, check_year_observations
+
+    assert check_year_observations({"observed_share_by_year": {"2019": 0.9, "2020": 0.6}}, Path("s.gpkg")) == []
+    with caplog.at_level("WARNING", logger="ecocube.train"):
+        out = check_year_observations({"observed_share_by_year": {"2019": 0.9, "2020": 0.2}}, Path("s.gpkg"))
+    assert out == ["year 2020: only 20% of the samples' period values rest on an observation of that period; "
+                   "the rest are gap-filled (from other periods or years)"]
+    assert "year 2020: only 20%" in caplog.text and MIN_OBSERVED_SHARE == 0.5
+    with pytest.raises(ModelError, match=r"samples s.gpkg: year\(s\) \[2018\] have no valid observation"):
+        check_year_observations({"observed_share_by_year": {"2018": 0.0, "2019": 1.0}}, Path("s.gpkg"))
+
