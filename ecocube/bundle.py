@@ -129,6 +129,8 @@ class ModelBundle:
     colors: list[str]
     metadata: dict = field(default_factory=dict)
     engines: dict[str, dict] = field(default_factory=dict)
+    #: the loaded, verified engines (:class:`ecocube.engines.EngineSet`); None: every learner native
+    engine_set: Any = field(default=None, repr=False, compare=False)
 
     def _check(self, X) -> np.ndarray:
         X = np.asarray(X)
@@ -140,6 +142,8 @@ class ModelBundle:
         return X
 
     def predict_proba(self, X) -> np.ndarray:
+        if self.engine_set is not None:
+            return self.predict_proba_and_uncertainty(X)[0]
         return self.model.predict_proba(self._check(X))
 
     def predict(self, X) -> np.ndarray:
@@ -150,6 +154,9 @@ class ModelBundle:
 
     def predict_proba_and_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Both at the cost of one pass of the base learners (what tile prediction needs)."""
+        if self.engine_set is not None:
+            return self.model.predict_proba_and_uncertainty(
+                self._check(X), base_predictors=self.engine_set.base_predictors(self.model))
         return self.model.predict_proba_and_uncertainty(self._check(X))
 
 
@@ -199,6 +206,10 @@ def save_bundle(bundle: ModelBundle, folder: str | Path) -> Path:
                     for c, n, col in zip(bundle.classes, bundle.class_names, bundle.colors)],
         "versions": package_versions(),
     })
+    if bundle.engine_set is not None:  # engine files first, their records in model.json below
+        from .engines import save_engines
+
+        bundle.engines = save_engines(bundle.engine_set, folder)
     if bundle.engines:
         meta[ENGINES_KEY] = engine_records({ENGINES_KEY: bundle.engines}, folder)
     else:
@@ -256,7 +267,7 @@ def _load_model(model_path: Path, folder: Path):
 
 
 def load_bundle(folder: str | Path, expected_features: list[str] | None = None, *,
-                check_versions: bool = True) -> ModelBundle:
+                check_versions: bool = True, engine: str = "auto") -> ModelBundle:
     """Load a bundle written by :func:`save_bundle`, refusing anything that does not fit.
 
     Raises :class:`ModelError` when the folder or a file is missing, the checksum differs,
@@ -264,7 +275,13 @@ def load_bundle(folder: str | Path, expected_features: list[str] | None = None, 
     (``check_versions=False`` skips this at your own risk), or ``expected_features`` differs
     from the bundle's feature names — including the same names in another order, which
     would predict with shuffled features.
+
+    ``engine``: ``"auto"`` loads the recorded inference engines and checks each against its
+    native learner on the sample it keeps (an engine that fails: a warning naming the
+    learner, which then runs natively; see :mod:`ecocube.engines`); ``"stock"`` ignores them.
     """
+    if engine not in ("auto", "stock"):
+        raise ValueError(f"engine must be 'auto' or 'stock', got {engine!r}")
     folder = Path(folder)
     meta = read_bundle_metadata(folder)
     if check_versions:
@@ -288,9 +305,14 @@ def load_bundle(folder: str | Path, expected_features: list[str] | None = None, 
     if model_classes and model_classes != [int(c["code"]) for c in classes]:
         raise ModelError(f"model bundle {folder}: class codes in {META_FILE} {[c['code'] for c in classes]} "
                          f"differ from the model's {model_classes}")
+    engine_set = None
+    if engine == "auto" and engines:
+        from .engines import load_engines
+
+        engine_set = load_engines(model, folder, engines)
     return ModelBundle(model=model, feature_names=names, classes=[int(c["code"]) for c in classes],
                        class_names=[c["name"] for c in classes], colors=[c["color"] for c in classes], metadata=meta,
-                       engines=engines)
+                       engines=engines, engine_set=engine_set)
 
 
 def check_features(have: list[str], expected: list[str], where: str | Path = "model") -> None:

@@ -459,6 +459,10 @@ class ModelConfig(_Model):
     date_field: str | None = Field(None, description="sample date/year column; default: 'year' or 'date' if present")
     predict_where: tuple[PredictWhere, ...] = Field(
         (), description="predict only where these covariates are in range; the rest is class nodata")
+    engine: Literal["stock", "auto"] = Field(
+        "auto", description="inference engines: auto = train builds per-learner fast engines (kept when faster and "
+                            "equal to stock within 1e-5) and prediction uses them after a check at load; "
+                            "stock = every learner's own predict_proba")
 
     @model_validator(mode="after")
     def _codes(self) -> ModelConfig:

@@ -545,9 +545,9 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         X = self._prepared(X)
         return self._base_proba(X)
 
-    def _base_proba(self, X: np.ndarray) -> np.ndarray:
+    def _base_proba(self, X: np.ndarray, base_predictors=None) -> np.ndarray:
         n_classes = self.classes_.size
-        return np.stack([_proba_full(e, X, n_classes) for e in self.estimators_])
+        return np.stack([_proba_full(e, X, n_classes) for e in (base_predictors or self.estimators_)])
 
     def predict_proba(self, X) -> np.ndarray:
         """Meta-learner probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order."""
@@ -576,10 +576,17 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         X = self._prepared(X)
         return self._base_proba(X).std(axis=0)
 
-    def predict_proba_and_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_proba`` and ``predict_uncertainty`` from one pass of the base learners."""
+    def predict_proba_and_uncertainty(self, X, *, base_predictors=None) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_proba`` and ``predict_uncertainty`` from one pass of the base learners.
+
+        ``base_predictors``: one object per final base learner, in ``estimators_`` order,
+        whose ``predict_proba`` (with ``classes_``) replaces the learner's (the verified
+        inference engines of :mod:`ecocube.engines`).
+        """
         X = self._prepared(X)
-        base = self._base_proba(X)
+        if base_predictors is not None and len(base_predictors) != len(self.estimators_):
+            raise ValueError(f"{len(base_predictors)} base predictors for {len(self.estimators_)} learners")
+        base = self._base_proba(X, base_predictors)
         return self._combine(base), base.std(axis=0)
 
 

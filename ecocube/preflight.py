@@ -203,11 +203,22 @@ def _check_model(cfg, report: PreflightReport) -> None:
     except EcocubeError as exc:
         report.problems.append(f"features.indices: {exc}")
         return
+    import warnings
+
+    from .engines import EngineWarning
+
     try:
-        bundle = load_bundle(cfg.model.path, expected_features=expected)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EngineWarning)
+            bundle = load_bundle(cfg.model.path, expected_features=expected, engine=cfg.model.engine)
     except EcocubeError as exc:
         report.problems.append(f"model.path: {exc}")
         return
+    for w in caught:  # an engine that fails its check at load: the run works, on stock, slower
+        if issubclass(w.category, EngineWarning):
+            report.warnings.append(f"model.engine: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     configured = [int(c.code) for c in cfg.model.classes]
     trained = [int(c) for c in bundle.classes]
     if sorted(configured) != sorted(trained):

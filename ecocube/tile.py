@@ -94,10 +94,10 @@ def _feature_names(bands, season_size, indices, statistics=()):
     return feature_names(bands, season_size, indices, statistics)
 
 
-def _load_bundle(path, *, expected_features=None):
+def _load_bundle(path, *, expected_features=None, engine="auto"):
     from .bundle import load_bundle
 
-    return load_bundle(path, expected_features=expected_features)
+    return load_bundle(path, expected_features=expected_features, engine=engine)
 
 
 @dataclass(frozen=True)
@@ -836,7 +836,8 @@ class _TileRun:
         if self.bundle is None:
             with self.timer("load_model"):
                 expected = run_feature_names(self.cfg, self.bands, self.stages.feature_names)
-                self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected)
+                self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected,
+                                                      engine=self.cfg.model.engine)
         codes = np.asarray(self.bundle.classes)
         names = list(getattr(self.bundle, "class_names", None) or [str(c) for c in codes])
         return codes, names

@@ -915,6 +915,11 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     report["warnings"] += year_warnings
     report["samples"]["observed_share_by_year"] = table.overlay_stats.get("observed_share_by_year")
     bundle = _make_bundle(cfg, samples, class_field, model, table.names, report)
+    if cfg.model.engine == "auto":  # fast inference engines, chosen per learner by measurement
+        from .engines import build_engines
+
+        bundle.engine_set = build_engines(model, rows.X)
+        report["engines"] = bundle.engine_set.report
     files = _write_outputs(out, bundle, report, table.path)
     log.info("trained on %d pixels: OA %.3f, weighted F1 %.3f (spatial CV; baseline OA %.3f) -> %s", rows.y.size,
              cv.metrics["overall_accuracy"], cv.metrics["f1_weighted"], cv.metrics["baseline"]["overall_accuracy"],

@@ -1,0 +1,202 @@
+"""Inference engines: equal to the stock learners, verified at load, stock when broken."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+
+from ecocube.bundle import ModelBundle, load_bundle, save_bundle
+from ecocube.engines import (
+    EngineWarning,
+    ForestEngine,
+    GBDTEngine,
+    build_engines,
+    floor_float32,
+    learner_keys,
+    stock_proba,
+)
+from ecocube.ensemble import EnsembleClassifier
+from ecocube.predict import predict_block
+
+
+def _data(n, n_features=8, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(0, 1.5, (n_classes, n_features))
+    y = rng.integers(0, n_classes, n)
+    X = (centers[y] + rng.normal(0, 1.0, (n, n_features))).astype(np.float32)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def model():
+    X, y = _data(600)
+    return EnsembleClassifier(base_learners=("rf", "lgbm", "et"), n_estimators=12, cv_folds=2, n_jobs=1,
+                              random_state=0).fit(X, np.array([10, 20, 30])[y])
+
+
+def _threshold_rows(model, n):
+    """Rows whose values sit exactly on, and one float32 step around, the forest's split thresholds."""
+    rf = model.estimators_[0]
+    X, _ = _data(n, seed=5)
+    tree = rf.estimators_[0].tree_
+    internal = np.flatnonzero(tree.children_left >= 0)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        node = internal[rng.integers(internal.size)]
+        t = np.float32(tree.threshold[node])
+        X[i, tree.feature[node]] = [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))][i % 3]
+    return X
+
+
+def _bundle(model, engine_set=None):
+    return ModelBundle(model=model, feature_names=[f"f{i}" for i in range(8)], classes=[10, 20, 30],
+                       class_names=["a", "b", "c"], colors=["#000000", "#111111", "#222222"],
+                       engine_set=engine_set)
+
+
+def test_floor_float32_keeps_comparisons_exact():
+    rng = np.random.default_rng(0)
+    t = rng.normal(0, 3, 2000)
+    t[:5] = [0.5, 1e-30, -2.0, np.float32(1.1), 3.0000000000000004]
+    lo = floor_float32(t)
+    assert lo.dtype == np.float32 and np.all(lo.astype(np.float64) <= t)
+    for x in (lo, np.nextafter(lo, np.float32(np.inf)), np.nextafter(lo, np.float32(-np.inf))):
+        assert np.array_equal(x.astype(np.float64) <= t, x <= lo)
+
+
+def test_engines_equal_stock_on_a_small_model(model):
+    X = np.concatenate([_data(500, seed=3)[0], _threshold_rows(model, 300)])
+    engines = [ForestEngine.from_estimator(model.estimators_[0], 3), GBDTEngine.from_estimator(model.estimators_[1], 3),
+               ForestEngine.from_estimator(model.estimators_[2], 3)]
+    for est, eng in zip(model.estimators_, engines):
+        ref = est.predict_proba(X)
+        got = eng.predict_proba(X)
+        assert got.shape == ref.shape == (800, 3)
+        assert np.max(np.abs(got - ref)) <= 1e-12, eng.name
+        # not trivially constant: the model separates the classes
+        assert np.ptp(ref[:, 0]) > 0.5
+    # the forest's leaves are pure here: stored as class indices, no probability rows
+    assert engines[0].packed.n_nodes == sum(t.tree_.node_count for t in model.estimators_[0].estimators_)
+
+
+def test_gbdt_engine_binary_and_unseen_classes():
+    from lightgbm import LGBMClassifier
+
+    X, y = _data(400, n_classes=2)
+    lg = LGBMClassifier(n_estimators=15, n_jobs=1, verbose=-1).fit(X, y)
+    Xt = _data(300, n_classes=2, seed=4)[0]
+    assert np.max(np.abs(GBDTEngine.from_estimator(lg, 2).predict_proba(Xt) - lg.predict_proba(Xt))) <= 1e-12
+    # a learner that saw classes 0 and 2 of 3: columns placed like the ensemble places them
+    lg3 = LGBMClassifier(n_estimators=5, n_jobs=1, verbose=-1).fit(X, np.where(y == 1, 2, 0))
+    got = GBDTEngine.from_estimator(lg3, 3).predict_proba(Xt)
+    assert np.all(got[:, 1] == 0)
+    assert np.max(np.abs(got - stock_proba(lg3, Xt, 3))) <= 1e-12
+
+
+def test_build_engines_chooses_by_measurement(model):
+    es = build_engines(model, _data(2000, seed=6)[0], time_rows=1500)
+    assert es.keys == learner_keys(model) == ["rf", "lgbm", "et"]
+    for entry, chosen in zip(es.report, es.names()):
+        assert entry["chosen"] == chosen
+        for info in entry["candidates"].values():
+            assert info["max_abs_diff"] <= 1e-5
+        if chosen != "stock":  # kept only when faster than stock
+            assert entry["candidates"][chosen]["seconds"] < entry["stock_s"]
+    assert [sorted(e["candidates"]) for e in es.report] == [["numba-forest"], ["numba-gbdt"], ["numba-forest"]]
+    assert es.sample.shape == (512, 8)
+
+
+def _forced_engines(model):
+    """An engine set with an engine for every learner (whatever the timing on a busy machine)."""
+    es = build_engines(model, _data(800, seed=6)[0], time_rows=600, repeat=1)
+    es.engines = [ForestEngine.from_estimator(model.estimators_[0], 3), GBDTEngine.from_estimator(model.estimators_[1], 3),
+                  ForestEngine.from_estimator(model.estimators_[2], 3)]
+    return es
+
+
+def test_bundle_round_trip_with_engines(model, tmp_path):
+    save_bundle(_bundle(model, _forced_engines(model)), tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert {k: v["engine"] for k, v in meta["engines"].items()} == {"rf": "numba-forest", "lgbm": "numba-gbdt",
+                                                                      "et": "numba-forest"}
+    for key, rec in meta["engines"].items():
+        assert (tmp_path / "m" / rec["file"]).exists() and len(rec["sha256"]) == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = load_bundle(tmp_path / "m")
+    assert fast.engine_set.names() == ["numba-forest", "numba-gbdt", "numba-forest"]
+    stock = load_bundle(tmp_path / "m", engine="stock")
+    assert stock.engine_set is None and stock.engines == fast.engines
+    X = _data(700, seed=8)[0]
+    p_fast, u_fast = fast.predict_proba_and_uncertainty(X)
+    p_ref, u_ref = _bundle(model).predict_proba_and_uncertainty(X)
+    assert np.max(np.abs(p_fast - p_ref)) <= 1e-12 and np.max(np.abs(u_fast - u_ref)) <= 1e-12
+    assert np.max(np.abs(fast.predict_proba(X) - model.predict_proba(X))) <= 1e-12
+    X[::7, 2] = np.nan  # rows with gaps are not predicted
+    for a, b in zip(predict_block(fast, X, threads=2, chunk_rows=100), predict_block(stock, X, threads=1)):
+        assert np.array_equal(a, b)
+
+
+def test_corrupt_engine_file_falls_back_to_stock(model, tmp_path):
+    save_bundle(_bundle(model, _forced_engines(model)), tmp_path / "m")
+    path = tmp_path / "m" / "engine-lgbm.joblib"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(EngineWarning, match=r"learner 'lgbm': inference engine numba-gbdt not used .*checksum"):
+        bundle = load_bundle(tmp_path / "m")
+    assert bundle.engine_set.names() == ["numba-forest", "stock", "numba-forest"]
+    X = _data(300, seed=9)[0]
+    assert np.max(np.abs(bundle.predict_proba(X) - model.predict_proba(X))) <= 1e-12
+
+
+def test_wrong_engine_is_caught_by_the_load_time_check(model, tmp_path):
+    save_bundle(_bundle(model, _forced_engines(model)), tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    path = tmp_path / "m" / "engine-rf.joblib"
+    content = joblib.load(path)
+    content["engine"].packed.thr[:] += 0.5  # a stale or miscompiled engine, with a valid checksum
+    joblib.dump(content, path)
+    from ecocube.atomic import sha256_file
+
+    meta = json.loads(meta_path.read_text())
+    meta["engines"]["rf"]["sha256"] = sha256_file(path)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(EngineWarning, match=r"learner 'rf': .*max abs difference from stock .* > 1e-05"):
+        bundle = load_bundle(tmp_path / "m")
+    assert bundle.engine_set.names() == ["stock", "numba-gbdt", "numba-forest"]
+    X = _data(300, seed=10)[0]
+    p, u = bundle.predict_proba_and_uncertainty(X)
+    p_ref, u_ref = model.predict_proba_and_uncertainty(X)
+    assert np.max(np.abs(p - p_ref)) <= 1e-12 and np.max(np.abs(u - u_ref)) <= 1e-12
+
+
+def test_missing_engine_file_and_unknown_kind(model, tmp_path):
+    save_bundle(_bundle(model, _forced_engines(model)), tmp_path / "m")
+    (tmp_path / "m" / "engine-et.joblib").unlink()
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["engines"]["rf"]["engine"] = "onnx"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(EngineWarning) as caught:
+        bundle = load_bundle(tmp_path / "m")
+    text = " | ".join(str(w.message) for w in caught)
+    assert "learner 'rf'" in text and "unknown engine kind 'onnx'" in text
+    assert "learner 'et'" in text and "engine-et.joblib is missing" in text
+    assert bundle.engine_set.names() == ["stock", "numba-gbdt", "stock"]
+
+
+def test_no_candidate_keeps_stock(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _data(300)
+    model = EnsembleClassifier(base_learners=(LogisticRegression(max_iter=500),), cv_folds=2, n_jobs=1,
+                               random_state=0).fit(X, np.array([10, 20, 30])[y])
+    es = build_engines(model, X)
+    assert es.names() == ["stock"] and es.records() == {}
+    save_bundle(_bundle(model, es), tmp_path / "m")
+    assert "engines" not in json.loads((tmp_path / "m" / "model.json").read_text())
