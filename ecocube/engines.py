@@ -631,8 +631,8 @@ def save_engines(engine_set: EngineSet, folder) -> dict[str, dict]:
     return records
 
 
-def load_engines(model, folder, records: dict[str, dict], *, tolerance: float = TOLERANCE) -> EngineSet:
-    """The verified engines of a bundle's ``records`` (see :func:`save_engines`).
+def load_engines(model, folder, records: dict[str, dict], *, tolerance: float = TOLERANCE) -> EngineSet | None:
+    """The verified engines of a bundle's ``records`` (see :func:`save_engines`); None when there are none.
 
     A missing, corrupt or unreadable engine file, an engine kind this version does not
     know, or an engine that differs from stock on its sample: :class:`EngineWarning`
@@ -643,6 +643,13 @@ def load_engines(model, folder, records: dict[str, dict], *, tolerance: float = 
     from .atomic import sha256_file
 
     folder = Path(folder)
+    if not records:
+        return None
+    if not hasattr(model, "estimators_") or not hasattr(model, "predict_proba_and_uncertainty"):
+        warnings.warn(f"model bundle {folder}: inference engines {', '.join(records)} not used (the model, a "
+                      f"{type(model).__name__}, has no base learners to run them for); it predicts natively",
+                      EngineWarning, stacklevel=2)
+        return None
     keys = learner_keys(model)
     engines: list = [None] * len(keys)
     sample = None

@@ -80,7 +80,7 @@ def _assemble(X: np.ndarray, y: np.ndarray, X_meta: np.ndarray, y_meta: np.ndarr
         rf.estimators_ += extra.estimators_
     rf.n_estimators = len(rf.estimators_)
     model = EnsembleClassifier(base_learners=("rf", "lgbm"), n_estimators=N_TREES, n_jobs=1, random_state=0)
-    model.classes_ = np.arange(N_CLASSES)
+    model.classes_ = np.arange(1, N_CLASSES + 1)  # the class codes; the learners see 0..N_CLASSES-1
     model.n_features_in_ = X.shape[1]
     model.estimators_ = [rf, lgbm]
     model.learner_names_ = ["rf", "lgbm"]
