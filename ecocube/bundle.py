@@ -16,12 +16,16 @@ version of scikit-learn or LightGBM, or whose features differ from the caller's
 (:func:`check_features`, order included).
 
 Inference engines. Every base learner of a bundle runs through its pickled estimator
-(the *native* engine). A compiled engine for a learner (e.g. a treelite or ONNX export)
-is recorded in ``ModelBundle.engines`` — learner name -> engine record, saved under the
+(the *native* engine, ``model.engine: stock``). A fast engine for a learner (see
+:mod:`ecocube.engines`: built at training time, chosen by measurement) is saved as
+``engine-<learner>.joblib`` beside the model and recorded in ``ModelBundle.engines`` —
+learner name -> engine record (kind, file, SHA-256, the measured figures), under the
 :data:`ENGINES_KEY` of ``model.json`` — next to the native model, which stays the
-verified fallback. :func:`engine_records` reads them back; a bundle without the key
-runs natively. This module records and checks; it neither builds engines nor predicts
-tiles.
+verified fallback. :func:`engine_records` reads the records back; ``load_bundle(...,
+engine="auto")`` loads the engines into ``ModelBundle.engine_set`` and checks each against
+its native learner (an engine that fails: a warning, and that learner runs natively). A
+bundle without the key runs natively. This module records and checks; it neither builds
+engines nor predicts tiles.
 
 This module sits below :mod:`ecocube.ensemble`, :mod:`ecocube.train`, :mod:`ecocube.tile`
 and :mod:`ecocube.predict` in the import graph: it imports none of them, so loading a

@@ -200,3 +200,27 @@ def test_no_candidate_keeps_stock(tmp_path):
     assert es.names() == ["stock"] and es.records() == {}
     save_bundle(_bundle(model, es), tmp_path / "m")
     assert "engines" not in json.loads((tmp_path / "m" / "model.json").read_text())
+
+
+def test_model_engine_config(tmp_path, model):
+    import yaml
+
+    from ecocube.config import EXAMPLE_YAML, load_config
+    from ecocube.errors import ConfigError
+    from ecocube.tile import _load_bundle
+
+    p = tmp_path / "run.yaml"
+    p.write_text(EXAMPLE_YAML)
+    assert load_config(p).model.engine == "auto"
+    data = yaml.safe_load(EXAMPLE_YAML)
+    data["model"]["engine"] = "fast"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "model.engine" in str(err.value) and "'stock'" in str(err.value) and "'auto'" in str(err.value)
+    # the tile stage loads the bundle with the configured engine
+    save_bundle(_bundle(model, _forced_engines(model)), tmp_path / "m")
+    assert _load_bundle(tmp_path / "m", engine="stock").engine_set is None
+    assert _load_bundle(tmp_path / "m").engine_set.names() == ["numba-forest", "numba-gbdt", "numba-forest"]
+    with pytest.raises(ValueError, match="engine must be 'auto' or 'stock'"):
+        load_bundle(tmp_path / "m", engine="fast")

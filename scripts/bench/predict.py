@@ -114,12 +114,14 @@ def main() -> None:
              "predict_block_equal_fraction": {name: float(np.mean(a == b)) for name, a, b in
                                               zip(("proba", "class", "uncertainty"), out_ref, out_new)}}
 
+    print(f"checked: {json.dumps(check)}", file=sys.stderr, flush=True)
     # timings, interleaved
     runs: dict[str, list[tuple[float, float]]] = {}
 
     def record(name, fn):
         wall, cpu, _ = _timed(fn)
         runs.setdefault(name, []).append((wall, cpu))
+        print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr, flush=True)
 
     for _ in range(args.repeat):
         for t in args.threads:
