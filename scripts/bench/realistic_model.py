@@ -85,7 +85,13 @@ def _assemble(X: np.ndarray, y: np.ndarray, X_meta: np.ndarray, y_meta: np.ndarr
     model.estimators_ = [rf, lgbm]
     model.learner_names_ = ["rf", "lgbm"]
     base = np.concatenate([e.predict_proba(X_meta) for e in model.estimators_], axis=1)
-    model.meta_learner_ = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(base, y_meta)
+    try:  # what the meta-learner sees (log probabilities since the ensemble's product-of-experts change)
+        from ecocube.ensemble import _meta_features
+    except ImportError:
+        def _meta_features(stacked):
+            return stacked
+    model.meta_learner_ = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(
+        _meta_features(base), y_meta)
     model.oof_proba_ = base
     model.cv_test_folds_ = []
     model.feature_importances_ = np.mean([_importance(e, X.shape[1]) for e in model.estimators_], axis=0)
