@@ -19,6 +19,7 @@ SLOW_FIXTURES = frozenset({
     "demo_run",  # test_demo: the whole demo; test_slurm: demo inputs and a trained model
     "finished_run", "catalog_dir", "local_run",  # a mosaicked, catalogued run (stac, browse, mosaic)
     "belgium", "belgium_model",  # overlay and spatial CV on the real Sentinel-2 series
+    "small_bundle",  # test_train: a model trained with spatial CV for the bundle round trips
 })
 
 

@@ -271,6 +271,7 @@ def _regressor_conformance_cases():
 
 
 @pytest.mark.parametrize(("estimator", "check"), list(_regressor_conformance_cases()))
+@pytest.mark.slow
 def test_regressor_sklearn_conformance(estimator, check):
     try:
         check(estimator)
@@ -299,6 +300,7 @@ def _spatial_regression(n_groups=60, per_group=40, seed=0):
 
 
 @pytest.mark.parametrize("interval", ["normalized", "absolute"])
+@pytest.mark.slow
 def test_intervals_cover_90_percent_of_unseen_groups(interval):
     X, y, g = _spatial_regression()
     train, test = g < 40, g >= 40  # 20 groups the model never saw
@@ -323,6 +325,7 @@ def test_intervals_cover_90_percent_of_unseen_groups(interval):
         assert not held & others
 
 
+@pytest.mark.slow
 def test_normalized_intervals_are_wider_where_the_noise_is():
     X, y, g = _spatial_regression(seed=1)
     model = EnsembleRegressor(n_estimators=60, n_jobs=1, random_state=0).fit(X, y, groups=g)
@@ -344,6 +347,7 @@ def test_regressor_bad_parameters():
         EnsembleRegressor(n_jobs=-1).fit(X, y)
 
 
+@pytest.mark.slow
 def test_meta_auto_picks_the_combiner_with_the_better_out_of_fold_f1():
     X, y = _blobs(240, n_classes=3, sep=1.0)
     groups = np.arange(X.shape[0]) // 12
@@ -369,6 +373,7 @@ def test_meta_auto_picks_the_combiner_with_the_better_out_of_fold_f1():
     assert fixed.meta_ == "mean" and fixed.meta_selection_ == {}
 
 
+@pytest.mark.slow
 def test_lightgbm_early_stopping_sets_the_final_tree_count():
     X, y = _blobs(400, n_classes=3, sep=2.0)
     groups = np.arange(X.shape[0]) // 10

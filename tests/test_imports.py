@@ -134,19 +134,19 @@ def _cycle_path(graph: dict[str, set[str]], group: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def package_graph():
-    """The package's graph, parsed once for the parametrized layering checks."""
+    """The package's graph, parsed once for the module's checks of the package."""
     return import_graph(PACKAGE_DIR)
 
 
-def test_ecocube_has_no_import_circles():
-    graph, _ = import_graph(PACKAGE_DIR)
+def test_ecocube_has_no_import_circles(package_graph):
+    graph, _ = package_graph
     assert len(graph) > 20 and "ecocube.bundle" in graph  # the whole package was read
     cycles = find_cycles(graph)
     assert not cycles, "import circles in ecocube/: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_boto3_is_imported_only_by_store():
-    _, external = import_graph(PACKAGE_DIR)
+def test_boto3_is_imported_only_by_store(package_graph):
+    _, external = package_graph
     assert "boto3" in external[AWS_MODULE]
     users = sorted(m for m, names in external.items() if m != AWS_MODULE and names & set(AWS_PACKAGES))
     assert not users, f"{', '.join(AWS_PACKAGES)} imported outside {AWS_MODULE}: {', '.join(users)}"
