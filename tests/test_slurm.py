@@ -291,6 +291,28 @@ def test_plan_splits_into_arrays_with_finalize_after_all(tmp_path):
     assert "#SBATCH --dependency=afterok:ARRAY_JOB_ID\n" in one.finalize_script
 
 
+def test_format_status_lists_unfinished_tasks_of_large_campaigns():
+    tasks = []
+    for arr, n in (("500", 100), ("501", 50)):
+        for i in range(n):
+            tid = f"X{i:04d}_Y{int(arr) - 500:04d}"
+            failed = (arr, i) == ("501", 7)
+            tasks.append(S.TaskStatus(i, [tid], "FAILED" if failed else "COMPLETED", "7:0" if failed else "0:0",
+                                      None, f"/logs/ecocube-t7-{arr}_{i}.log",
+                                      {tid: "failed" if failed else "done"}, "boom" if failed else None, arr))
+    tiles = {t.tiles[0]: next(iter(t.tile_states.values())) for t in tasks}
+    sub = {"id": "S1", "arrays": [{"job_id": "500", "tiles_file": "a"}, {"job_id": "501", "tiles_file": "b"}],
+           "array_job_id": "500", "n_tasks": 150, "n_tiles": 150}
+    st = S.RunStatus(sub, tasks, None, tiles, {})
+    text = S.format_status(st)
+    assert "2 array jobs 500 501, 150 tasks, 150 tiles" in text
+    rows = [ln for ln in text.splitlines() if re.match(r"^\s*50[01]_\d+ ", ln)]
+    assert rows == ["501_7  FAILED        7:0    X0007_Y0001:failed"]
+    assert "(149 completed tasks with all tiles done not listed; --all lists them)" in text
+    assert "  task 501_7 (FAILED, exit 7:0): /logs/ecocube-t7-501_7.log" in text
+    assert len(S.format_status(st, all_tasks=True).splitlines()) == len(text.splitlines()) + 149 - 1
+
+
 def test_finalize_script_after_several_arrays_golden():
     cfg = _golden_cfg(partition="compute")
     text = S.render_finalize_script(cfg, run_yaml=GOLDEN_BASE / "run.yaml", array_job_id=["4242", "4243", "4244"],
@@ -638,6 +660,33 @@ def test_campaign_split_into_arrays_on_real_slurm(max_array_size_2, tmp_path, mo
     assert st.counts()["tiles"] == {"done": 5}
     assert st.finalize.state == "COMPLETED", S.format_status(st)
     assert sorted(_runs(run_yaml)) == sorted(TILES5 + ["X0000_Y0001"])
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_campaign_benchmark_scaled_down(local_slurm, tmp_path):
+    """scripts/bench/campaign.py at CI size: 300 tiles in 30 tasks, MaxArraySize 10 (3 arrays),
+    2 injected failures resubmitted, the stand-in finalize's catalog lists every tile."""
+    out = tmp_path / "campaign.json"
+    res = _sh(sys.executable, REPO / "scripts" / "bench" / "campaign.py", "--sizes", "300", "--tasks", "30",
+              "--max-array-size", "10", "--fail", "2", "--json", out, timeout=900, check=False,
+              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    r = data["results"][0]
+    ph = r["phases"]
+    assert r["tiles"] == 300 and r["tiles_per_task"] == 10 and r["all_done"] and r["catalog_tiles"] == 300
+    assert len(ph["submit"]["arrays"]) == 3 and ph["submit"]["n_tasks"] == 30
+    assert "30 tasks split into 3 array jobs of up to 10 tasks: MaxArraySize 10" in ph["submit"]["split"]
+    # each failure stops its task: the failed tile and the 9 after it in that task are redone
+    assert ph["status"]["tiles"] == {"done": 280, "failed": 2, "pending": 18}
+    assert ph["resubmit"]["n_tiles"] == 20
+    assert ph["slurm-status"]["tasks"] == {"COMPLETED": 28, "FAILED": 2}
+    assert ph["slurm-status"]["slurm_calls"] == 3  # squeue, scontrol show config, scontrol show job
+    # one listing page + one GET per record: no per-object HEAD
+    assert ph["status-after"]["s3_requests"] == 1 + 300
+    assert "MaxArraySize 10\n" not in Path(local_slurm).read_text() and "MaxArraySize=10\n" not in \
+        Path(local_slurm).read_text()  # restored
 
 
 @pytest.mark.slurm
