@@ -604,7 +604,7 @@ def max_array_size_2(local_slurm):
 @pytest.mark.slurm
 def test_campaign_split_into_arrays_on_real_slurm(max_array_size_2, tmp_path, monkeypatch):
     # the limit is real: one array of 3 tasks is refused by this controller
-    refused = _sh("sbatch", "--array=0-2", "--wrap", "true", check=False)
+    refused = _sh("sbatch", "--array=0-2", "--output=/dev/null", "--wrap", "true", check=False)
     assert refused.returncode != 0 and "invalid job array specification" in refused.stderr.lower(), refused.stderr
     run_yaml = _make_run(tmp_path / "split", tiles_per_task=1, poll_seconds=60)
     (run_yaml.parent / "FAIL_TILES").write_text("X0000_Y0001\n")
