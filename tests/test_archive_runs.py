@@ -40,7 +40,7 @@ def run_config(folder: Path, source: dict, **extra) -> dict:
         "inputs": {"periods": {"start_year": 2019, "end_year": 2019, "season_size": 4, "year_start": "10-01"},
                    "sources": [source]},
         "gapfill": {"h_same": 0, "h_neib": 0, "h_annual": 2},
-        "features": {"indices": ["ndvi"]},
+        "features": {"indices": ["ndvi"], "statistics": []},  # per-period values: the layout checked here
         "model": {"path": "model", "classes": [{"code": 11, "name": "cropland"}, {"code": 13, "name": "grassland"},
                                                {"code": 99, "name": "other"}],
                   "n_estimators": 20, "cv_folds": 4, "max_pixels_per_polygon": 30, "base_learners": ["rf"]},
