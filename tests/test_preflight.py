@@ -16,6 +16,8 @@ from test_tile import bundle, cfg_dict, model_dir, scene, write_yaml  # noqa: F4
 from ecocube.config import config_from_dict, load_config
 from ecocube.preflight import format_bytes, preflight
 
+pytestmark = pytest.mark.slow  # real processes, tiles, models
+
 
 def ecocube(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ecocube", *args], capture_output=True, text=True, timeout=300,

@@ -21,6 +21,8 @@ from test_tile import cfg_dict, scene, write_yaml  # noqa: F401 - fixtures
 
 from ecocube.signals import Stopped, handle_stop_signals
 
+pytestmark = pytest.mark.slow  # real processes, tiles, models
+
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)

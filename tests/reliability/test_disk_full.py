@@ -20,6 +20,8 @@ from ecocube.status import read_status
 from ecocube.store import LocalStore
 from ecocube.tile import process_tile
 
+pytestmark = pytest.mark.slow  # real processes, tiles, models
+
 PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
 TILE = "X0001_Y0000"
 # the scene's tile stages 8 periods x 3 bands x 5 bytes x 32² px = 120 KiB: a disk of 160 KiB
