@@ -64,7 +64,30 @@ def read_status(store, tile_id: str) -> dict[str, Any] | None:
     A record that is not valid JSON (impossible with atomic writes, but a person may have
     edited it) raises :class:`StoreError` naming the key.
     """
-    data = store.get_bytes_or_none(status_key(tile_id))
+    return _parse_record(store, tile_id, store.get_bytes_or_none(status_key(tile_id)))
+
+
+def read_status_versioned(store, tile_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The record and its store version (for a compare-and-set of the next record)."""
+    data, version = store.get_versioned(status_key(tile_id))
+    return _parse_record(store, tile_id, data), version
+
+
+class LeaseError(StoreError):
+    """Another live process holds the tile (its ``running`` record), or took it over."""
+
+    def __init__(self, message: str, *, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+def holder_text(record: Mapping[str, Any]) -> str:
+    """``host:pid (attempt N, heartbeat T)`` of a running record."""
+    return (f"{record.get('host') or '?'}:{record.get('pid') or '?'} (attempt {record.get('attempt')}, "
+            f"heartbeat {record.get('heartbeat') or record.get('started')})")
+
+
+def _parse_record(store, tile_id: str, data: bytes | None) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
@@ -82,6 +105,14 @@ def write_status(store, record: Mapping[str, Any]) -> None:
         raise ValueError(f"invalid tile state {record.get('state')!r}; expected one of {STATES[:-1]}")
     payload = json.dumps(dict(record), indent=2, sort_keys=True, default=_json_default).encode()
     store.put_bytes(payload, status_key(str(record["tile"])))
+
+
+def write_status_if(store, record: Mapping[str, Any], *, version: str | None) -> str | None:
+    """:func:`write_status` as a compare-and-set (see ``Store.put_bytes_if``)."""
+    if record.get("state") not in STATES[:-1]:
+        raise ValueError(f"invalid tile state {record.get('state')!r}; expected one of {STATES[:-1]}")
+    payload = json.dumps(dict(record), indent=2, sort_keys=True, default=_json_default).encode()
+    return store.put_bytes_if(payload, status_key(str(record["tile"])), version=version)
 
 
 def now_iso() -> str:
@@ -108,12 +139,15 @@ class TileStatus:
     """
 
     def __init__(self, store, record: dict[str, Any], *, heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                 clock=time.monotonic):
+                 clock=time.monotonic, version: str | None = None, conditional: bool = False):
         self.store = store
         self.record = record
         self.heartbeat_seconds = float(heartbeat_seconds)
         self._clock = clock
         self._last_beat = clock()
+        #: the store version of the record this attempt replaces / last wrote (the lease)
+        self.version = version
+        self.conditional = conditional
 
     @classmethod
     def create(cls, store, tile_id: str, *, run: str, attempt: int, threads: int, block_size: int,
@@ -157,9 +191,20 @@ class TileStatus:
         return str(self.record["state"])
 
     def running(self) -> None:
-        """Publish the ``running`` record (the attempt has started). Raises StoreError."""
+        """Publish the ``running`` record (the attempt has started). Raises StoreError.
+
+        With ``conditional`` (a lease) the record is written only if the one this attempt
+        read is still there (``version``; ``None``: none at all): create-if-absent or
+        compare-and-set in the store. If another process wrote in between,
+        :class:`LeaseError` is raised naming it, and nothing of this attempt is written."""
         self._publish()
         self._last_beat = self._clock()
+
+    def acquire(self, version: str | None) -> None:
+        """Take the tile's lease: the ``running`` record replaces the record of ``version``."""
+        self.conditional = True
+        self.version = version
+        self.running()
 
     def heartbeat(self, blocks_done: int) -> bool:
         """Refresh ``heartbeat`` and ``blocks_done`` (at most every ``heartbeat_seconds``) so
@@ -172,6 +217,8 @@ class TileStatus:
         self.record.update(heartbeat=now_iso(), blocks_done=blocks_done)
         try:
             self._publish()
+        except LeaseError:  # another process took the tile over: stop this attempt
+            raise
         except EcocubeError as exc:  # a missed heartbeat must not fail the tile
             log.warning("tile %s: could not refresh the heartbeat: %s", self.tile_id, exc)
         return True
@@ -213,7 +260,16 @@ class TileStatus:
 
     def _publish(self) -> None:
         """The one place a tile's record is written during processing."""
-        write_status(self.store, self.record)
+        if not self.conditional:
+            write_status(self.store, self.record)
+            return
+        new = write_status_if(self.store, self.record, version=self.version)
+        if new is None:
+            current = read_status(self.store, self.tile_id)
+            who = holder_text(current) if current else "a process that has since removed it"
+            raise LeaseError(f"tile {self.tile_id}: its status record was written by another process "
+                             f"({who}) since this one read it; this attempt stops", holder=current)
+        self.version = new
 
 
 def _json_default(value: Any) -> Any:

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -101,6 +102,17 @@ class Store(ABC):
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """``(content, version)`` of an object, ``(None, None)`` if it does not exist. The
+        version is what :meth:`put_bytes_if` compares (the ETag on S3, a SHA-256 locally)."""
+
+    @abstractmethod
+    def put_bytes_if(self, data: bytes, key: str, *, version: str | None) -> str | None:
+        """Compare-and-set: write ``data`` only if the object's current version is
+        ``version`` (``None``: only if it does not exist). Returns the new version, or
+        ``None`` when the precondition failed (another writer got there first)."""
 
     @abstractmethod
     def get_file(self, key: str, local: str | Path) -> Path: ...
@@ -241,6 +253,62 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc}") from exc
 
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            data = self.get_bytes(key)
+        except ObjectNotFound:
+            return None, None
+        return data, hashlib.sha256(data).hexdigest()
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str, *, timeout: float = 30.0, stale_after: float = 60.0):
+        """An exclusive lock on one key across processes (and hosts sharing the folder):
+        a lock file created with ``O_CREAT | O_EXCL`` under the store's temporary folder.
+        A lock older than ``stale_after`` seconds (its holder died inside the few
+        milliseconds it is held) is broken."""
+        lock_dir = self.tmp_root / "locks"
+        path = lock_dir / (norm_key(key).replace("/", "%") + ".lock")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                lock_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileNotFoundError:  # another holder removed the empty lock folder meanwhile
+                continue
+            except FileExistsError:
+                try:
+                    age = time.time() - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > stale_after:
+                    path.unlink(missing_ok=True)
+                    continue
+                if time.monotonic() > deadline:
+                    raise StoreError(f"cannot lock {self._path(key)}: {path} held for {age:.0f} s") from None
+                time.sleep(0.005)
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot lock {self._path(key)}: {exc}") from exc
+            try:
+                os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
+            break
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not left behind in the store (others may hold locks)
+                lock_dir.rmdir()
+
+    def put_bytes_if(self, data: bytes, key: str, *, version: str | None) -> str | None:
+        with self._key_lock(key):
+            _, current = self.get_versioned(key)
+            if current != version:
+                return None
+            self.put_bytes(data, key)
+        return hashlib.sha256(data).hexdigest()
+
     def get_file(self, key: str, local: str | Path) -> Path:
         src, local = self._path(key), Path(local)
         try:
@@ -358,6 +426,7 @@ class S3Store(Store):
         self.max_attempts = int(max_attempts)
         self.tmp_dir = Path(tmp_dir) if tmp_dir else None
         self._client = None
+        self._conditional: bool | None = None
 
     def __repr__(self) -> str:
         return f"S3Store('s3://{self.bucket}/{self.prefix}', endpoint_url={self.endpoint_url!r})"
@@ -468,6 +537,63 @@ class S3Store(Store):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except Exception as exc:
             raise self._error("read", key, exc) from None
+
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return obj["Body"].read(), obj.get("ETag")
+        except Exception as exc:
+            err = self._error("read", key, exc)
+            if isinstance(err, ObjectNotFound):
+                return None, None
+            raise err from None
+
+    def conditional_writes(self) -> bool:
+        """Whether the server honours ``If-None-Match``/``If-Match`` on PUT (AWS S3 since
+        2024, SeaweedFS); probed once per store with a throw-away object."""
+        if self._conditional is None:
+            key = f"status/.conditional-put-probe-{uuid.uuid4().hex}"  # beside the records it is for
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=b"1")
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=b"2", IfNoneMatch="*")
+                    self._conditional = False
+                except Exception as exc:
+                    if _client_error_code(exc) not in ("PreconditionFailed", "412"):
+                        raise self._error("probe conditional writes in", key, exc) from None
+                    self._conditional = True
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise self._error("probe conditional writes in", key, exc) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            if not self._conditional:
+                log.warning("s3://%s does not honour conditional PUTs: tile leases are best effort there "
+                            "(written, then read back)", self.bucket)
+        return self._conditional
+
+    def put_bytes_if(self, data: bytes, key: str, *, version: str | None) -> str | None:
+        digest = hashlib.sha256(data).hexdigest()
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data,
+                              "Metadata": {"sha256": digest}, "ContentType": _content_type(key)}
+        if not self.conditional_writes():  # best effort: compare, write, read back
+            _, current = self.get_versioned(key)
+            if current != version:
+                return None
+            self.put_bytes(data, key)
+            back, new = self.get_versioned(key)
+            return new if back == data else None
+        kw["IfNoneMatch" if version is None else "IfMatch"] = "*" if version is None else version
+        try:
+            return self.client.put_object(**kw).get("ETag")
+        except Exception as exc:
+            if _client_error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return None
+            if version is not None and _client_error_code(exc) in ("NoSuchKey", "404"):
+                return None  # the object we expected is gone
+            raise self._error("write", key, exc) from None
 
     def get_file(self, key: str, local: str | Path) -> Path:
         local = Path(local)

@@ -37,6 +37,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -53,7 +54,8 @@ from .covariates import predict_where, run_feature_names, year_features
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
 from .predict import CLASS_NODATA, predict_block
 from .rasterwrite import WriteDigest, close_checked, verify_written, write_window
-from .status import HEARTBEAT_SECONDS, TileStatus, read_status, verify_outputs
+from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, holder_text, read_status_versioned, stale_reason,
+                     verify_outputs)
 
 log = logging.getLogger(__name__)
 
@@ -608,10 +610,20 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     store = store_for(cfg, store, tmp_dir=cfg.processing.tmp_dir)
     t_start = time.perf_counter()
 
-    previous = _previous_record(store, tile)
+    previous, version = _previous_record(store, tile)
+    holder = _live_holder(previous)
+    if holder is not None:  # another live process has the tile's lease: never trample it
+        log.warning("tile %s: held by %s; skipped", tile.id, holder_text(holder))
+        return {**holder, "held": True}
+    fingerprint = run_fingerprint_of(cfg)
+    check_fingerprint(tile.id, previous, fingerprint, overwrite=overwrite)
     if _still_done(store, tile, previous, cfg, overwrite):
         return {**previous, "skipped": True}
-    status, work = _start_attempt(store, tile, cfg, previous, threads)
+    try:
+        status, work = _start_attempt(store, tile, cfg, previous, threads, version=version, fingerprint=fingerprint)
+    except LeaseError as exc:  # lost the race for the lease to another process
+        log.warning("%s", exc)
+        return {**(exc.holder or {"tile": tile.id, "state": "running"}), "held": True}
 
     run = _TileRun(tile, cfg, store, status, bundle=bundle, stages=stages, threads=threads, stop=stop)
     timer = run.timer
@@ -641,11 +653,72 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
     return record
 
 
-def _previous_record(store, tile) -> dict[str, Any] | None:
+def _previous_record(store, tile) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        return read_status(store, tile.id)
+        return read_status_versioned(store, tile.id)
     except EcocubeError as exc:
         raise TileError(f"cannot read the status of tile {tile.id}: {exc}", tile=tile.id) from exc
+
+
+def _live_holder(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The previous record if it is a ``running`` record of another live process (its
+    lease: the pid on this host, the heartbeat elsewhere; see ``status.stale_reason``)."""
+    if previous is None or previous.get("state") != "running":
+        return None
+    if previous.get("host") == socket.gethostname() and previous.get("pid") == os.getpid():
+        return None  # this very process (an earlier call that did not finish its record)
+    return previous if stale_reason(previous) is None else None
+
+
+def run_fingerprint_of(cfg) -> dict[str, Any]:
+    """The fingerprint (:mod:`ecocube.fingerprint`) of this configuration, model bundle and version."""
+    from .bundle import read_bundle_metadata
+    from .fingerprint import run_fingerprint
+
+    model_sha = None
+    if any(layer in PREDICTION_LAYERS for layer in cfg.output.layers) and Path(cfg.model.path).exists():
+        with contextlib.suppress(EcocubeError):
+            model_sha = read_bundle_metadata(cfg.model.path).get("model_sha256")
+    return run_fingerprint(cfg, model_sha256=model_sha, version=__version__)
+
+
+def check_store_fingerprints(cfg, tiles, *, store=None) -> None:
+    """Before a run starts anything: :class:`FingerprintMismatch` (exit 2) if any of the
+    ``tiles`` is done in the store with other settings, model or version than ``cfg``."""
+    from .fingerprint import FingerprintMismatch, fingerprint_diff, summarize_keys
+    from .status import tile_states
+
+    fingerprint = run_fingerprint_of(cfg)
+    differing: dict[str, list[str]] = {}
+    for tile_id, rec in tile_states(cfg, store, tiles=tiles).items():
+        if rec is not None and rec.get("state") == "done":
+            theirs = rec.get("fingerprint")
+            keys = fingerprint_diff(theirs, fingerprint) if theirs else ["(no fingerprint: an older ecocube)"]
+            if keys:
+                differing[tile_id] = keys
+    if differing:
+        keys = sorted({k for ks in differing.values() for k in ks})
+        ids = sorted(differing)
+        raise FingerprintMismatch(
+            f"{len(ids)} of {len(tiles)} tiles are done in {cfg.output.store} with other settings than this "
+            f"run's (differing: {summarize_keys(keys)}; tiles {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}); "
+            "refusing to mix them: use --overwrite to redo them with these settings, or another output.store")
+
+
+def check_fingerprint(tile_id: str, previous: dict[str, Any] | None, fingerprint: dict[str, Any], *,
+                      overwrite: bool) -> None:
+    """A done tile made with other settings, model or version is not mixed with this run:
+    :class:`FingerprintMismatch` (exit 2) names the differing keys, unless ``overwrite``."""
+    from .fingerprint import FingerprintMismatch, fingerprint_diff, summarize_keys
+
+    if overwrite or previous is None or previous.get("state") != "done":
+        return
+    theirs = previous.get("fingerprint")
+    keys = fingerprint_diff(theirs, fingerprint) if theirs else ["(no fingerprint: made by an older ecocube)"]
+    if keys:
+        raise FingerprintMismatch(
+            f"tile {tile_id} is done with other settings than this run's (differing: {summarize_keys(keys)}); "
+            "refusing to mix them in one store: use --overwrite to redo it with these, or another output.store")
 
 
 def _still_done(store, tile, previous: dict[str, Any] | None, cfg, overwrite: bool) -> bool:
@@ -661,16 +734,22 @@ def _still_done(store, tile, previous: dict[str, Any] | None, cfg, overwrite: bo
     return False
 
 
-def _start_attempt(store, tile, cfg, previous: dict[str, Any] | None, threads: int) -> tuple[TileStatus, Path]:
-    """Clear leftovers of an earlier attempt, publish the ``running`` record, make the scratch folder."""
+def _start_attempt(store, tile, cfg, previous: dict[str, Any] | None, threads: int, *, version: str | None,
+                   fingerprint: dict[str, Any]) -> tuple[TileStatus, Path]:
+    """Take the tile's lease (the ``running`` record, written only if the record read as
+    ``version`` is still there: :class:`LeaseError` otherwise), clear leftovers of an
+    earlier attempt, make the scratch folder."""
     attempt = int(previous.get("attempt") or 0) + 1 if previous else 1
     status = TileStatus.create(store, tile.id, run=cfg.name, attempt=attempt, threads=threads,
                                block_size=cfg.processing.block_size, shape=(tile.height, tile.width),
                                version=__version__, heartbeat_seconds=HEARTBEAT_SECONDS)
+    status.record["fingerprint"] = fingerprint
     try:
+        status.acquire(version)
         store.cleanup_stale(_tile_prefixes(tile.id))
-        status.running()
         work = _work_dir(store, tile.id, cfg.processing.tmp_dir)
+    except LeaseError:
+        raise
     except EcocubeError as exc:
         raise TileError(f"cannot start tile {tile.id}: {exc}", tile=tile.id) from exc
     return status, work
@@ -1014,6 +1093,8 @@ def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress
     from .env import available_threads
 
     tiles = list(tiles)
+    if not overwrite:
+        check_store_fingerprints(cfg, tiles)
     workers = max(1, min(int(workers), len(tiles) or 1))
     total_threads = available_threads(cfg.processing.threads)
     per_tile = threads or max(1, total_threads // workers)

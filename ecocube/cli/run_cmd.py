@@ -31,6 +31,10 @@ def _tiles(cfg, ids: tuple[str, ...] = ()):
 
 
 def _describe(rec: dict) -> str:
+    if rec.get("held"):
+        from ..status import holder_text
+
+        return f"{rec['tile']}: held by another live process, {holder_text(rec)}; skipped"
     if rec.get("skipped"):
         return f"{rec['tile']}: already done (attempt {rec.get('attempt')}), outputs verified; skipped"
     state = rec.get("state")
@@ -48,7 +52,9 @@ def _finish_many(records: list[dict], n_tiles: int) -> None:
     failed = [r["tile"] for r in failed_records]
     done = sum(1 for r in records if r.get("state") == "done")
     skipped = sum(1 for r in records if r.get("skipped"))
-    click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed")
+    held = [r["tile"] for r in records if r.get("held")]
+    click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed"
+               + (f", {len(held)} held by another process and skipped: {' '.join(held)}" if held else ""))
     if failed:
         first = failed_records[0].get("error") or "unknown error"
         raise TileError(f"{len(failed)} of {n_tiles} tiles failed: {' '.join(failed)}; "
@@ -98,7 +104,7 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress) ->
     tiles = _tiles(cfg, tile_ids)
     records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress, threads=threads)
     for rec in records:
-        if rec.get("state") == "failed":
+        if rec.get("state") == "failed" or rec.get("held"):
             click.echo(_describe(rec), err=True)
     _finish_many(records, len(tiles))
 
