@@ -352,6 +352,11 @@ class InputsConfig(_Model):
     sources: tuple[SourceConfig, ...] = Field(..., min_length=1)
     composite: CompositeConfig = CompositeConfig()
     on_missing: Literal["fail", "record"] = "fail"
+    on_empty: Literal["fail", "record"] = Field(
+        "fail", description="a tile without any valid observation: fail it, or record it as 'empty' (no outputs)")
+    unobserved_years: Literal["predict", "skip"] = Field(
+        "predict", description="a pixel without any observation in a year: predict it from gap-filled values, "
+                               "or leave it unpredicted (nodata) that year")
     retries: int = Field(3, ge=0, le=20)
     backoff_seconds: float = Field(0.5, ge=0)
     threads: int | None = Field(None, ge=1, description="read threads; default: the allocation")

@@ -111,6 +111,8 @@ class LayerSources:
     expected: tuple[dict | None, ...] = ()
     #: the finalize settings that change a COG (compression, block size, reprojection)
     settings: str = ""
+    #: mean over the tiles of the observed fraction of the period's year (status records)
+    observed_fraction: float | None = None
 
     @property
     def digest(self) -> str:
@@ -200,8 +202,11 @@ def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[La
     out = []
     for (product, layer, period), entries in sorted(groups.items()):
         entries.sort(key=lambda e: e[:2])
+        fractions = [(done_cache[e[0]] or {}).get("observed_fraction_by_year", {}).get(period[:4]) for e in entries]
+        fraction = (round(sum(fractions) / len(fractions), 6)
+                    if fractions and all(isinstance(f, (int, float)) for f in fractions) else None)
         out.append(LayerSources(product, layer, period, tuple(e[0] for e in entries), tuple(e[1] for e in entries),
-                                tuple(e[2] for e in entries), settings))
+                                tuple(e[2] for e in entries), settings, fraction))
     if strays:
         log.warning("%d files under done tiles are not listed in their status records and are left out: %s",
                     len(strays), ", ".join(strays[:5]) + (" ..." if len(strays) > 5 else ""))
@@ -723,7 +728,8 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
         count=meta.count, nodata=meta.nodata, scales=list(meta.scales), offsets=list(meta.offsets),
         descriptions=list(meta.descriptions), statistics=statistics, overviews=list(overviews),
         size=size, checksum=checksum, sources_digest=sources.digest, compress=fin.compress,
-        extra={"grid_crs": _crs_text(meta.crs)},
+        extra={"grid_crs": _crs_text(meta.crs),
+               **({"observed_fraction": sources.observed_fraction} if sources.observed_fraction is not None else {})},
     )
     for p in (local_cog, local_vrt, published_vrt, local_png):
         p.unlink(missing_ok=True)

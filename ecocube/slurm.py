@@ -697,7 +697,7 @@ def tiles_to_do(cfg, store=None, *, states: Mapping[str, Mapping | None] | None 
         from .status import tile_states
 
         states = tile_states(cfg, store, light=True)
-    todo = [t.id for t in tiles if record_state(states.get(t.id)) != "done"]
+    todo = [t.id for t in tiles if record_state(states.get(t.id)) not in ("done", "empty")]
     return todo, {t.id: states.get(t.id) for t in tiles}
 
 

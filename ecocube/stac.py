@@ -319,6 +319,9 @@ def _make_item(cfg, coll_id: str, item_id: str, group: list[MosaicLayer], href_b
                     "ecocube:period": first.period, "ecocube:tiles": len(first.tiles)},
         collection=coll_id,
     )
+    fraction = (first.extra or {}).get("observed_fraction")
+    if fraction is not None:  # share of the year's values that were observed (not gap-filled) in the tiles
+        item.properties["ecocube:observed_fraction"] = fraction
     extensions = {PROJECTION, RASTER, FILE}
     # projection: every asset of an item shares the mosaic grid
     if first.crs.upper().startswith("EPSG:"):

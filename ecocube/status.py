@@ -45,9 +45,11 @@ SCHEMA_VERSION = 1
 STATUS_PREFIX = "status/"
 
 #: every state a record can hold; ``pending`` means "no record"
-STATES = ("done", "failed", "interrupted", "running", "pending")
+STATES = ("done", "failed", "interrupted", "running", "empty", "pending")
 #: the states a summary reports: ``stale`` is a ``running`` record whose process is gone
-SUMMARY_STATES = ("done", "failed", "interrupted", "running", "stale", "pending")
+SUMMARY_STATES = ("done", "failed", "interrupted", "running", "stale", "empty", "pending")
+#: finished states: nothing left to do for the tile (``empty``: no input data, by policy)
+FINISHED_STATES = ("done", "empty")
 #: a running tile refreshes its record's ``heartbeat`` at most this often (between blocks)
 HEARTBEAT_SECONDS = 60.0
 #: a running record from another host without a heartbeat for this long is stale
@@ -232,6 +234,14 @@ class TileStatus:
         self._publish()
         return self.record
 
+    def empty(self, results: Mapping[str, Any], measures: Mapping[str, Any]) -> dict[str, Any]:
+        """Publish an ``empty`` record: the tile has no input data at all and
+        ``inputs.on_empty: record`` says so is fine; no outputs. Raises StoreError."""
+        self.record.update(results)
+        self._finish("empty", measures, None)
+        self._publish()
+        return self.record
+
     def failed(self, exc: BaseException, measures: Mapping[str, Any]) -> dict[str, Any]:
         """Publish a ``failed`` record with ``exc`` as the error (no outputs)."""
         return self._end("failed", exc, measures)
@@ -255,7 +265,7 @@ class TileStatus:
         if exc is not None:
             self.record["error"] = redact(f"{type(exc).__name__}: {exc}")
             self.record["error_type"] = type(exc).__name__
-        if state != "done":
+        if state not in ("done",):
             self.record["outputs"] = {}
 
     def _publish(self) -> None:
@@ -342,6 +352,35 @@ def _read(store, tile_id: str, light: bool) -> dict[str, Any] | None:
     if light and rec is not None and "outputs" in rec:
         rec["n_outputs"] = len(rec.pop("outputs") or ())
     return rec
+
+
+def check_done_outputs(store, states: Mapping[str, Mapping[str, Any] | None],
+                       products: Iterable[str]) -> dict[str, dict | None]:
+    """``states`` with every ``done`` record whose outputs are not all in the store turned
+    into a ``failed`` one (its error names a missing file), so that a summary does not
+    count as done a tile whose output was deleted. One listing per product prefix; works
+    on light records (``n_outputs``), reading the full record only of a damaged tile."""
+    per_tile: Counter[str] = Counter()
+    for product in products:
+        for key in store.list(f"{product}/"):
+            parts = key.split("/")
+            if len(parts) == 4:
+                per_tile[parts[1]] += 1
+    out: dict[str, dict | None] = {}
+    for tile_id, rec in states.items():
+        if rec is not None and rec.get("state") == "done":
+            n = rec.get("n_outputs", len(rec.get("outputs") or ()))
+            if per_tile[tile_id] < n:
+                full = read_status(store, tile_id) or {}
+                present = {k for p in {k.split("/", 1)[0] for k in full.get("outputs") or ()}
+                           for k in store.list(f"{p}/{tile_id}/")}
+                missing = sorted(k for k in (full.get("outputs") or ()) if k not in present)
+                if missing:
+                    rec = {**rec, "state": "failed", "error": (
+                        f"recorded done, but {len(missing)} of {n} outputs are missing from the store "
+                        f"(first: {store.url(missing[0])}); redo it with 'ecocube run-tile'")}
+        out[tile_id] = dict(rec) if rec is not None else None
+    return out
 
 
 def _epoch(text: Any) -> float | None:
@@ -510,7 +549,9 @@ def summarize(states: Mapping[str, Mapping[str, Any] | None], *, stale_after: fl
 def format_summary(summary: StatusSummary) -> str:
     """One line of counts, overall completeness, and the failed ids."""
     c = summary.counts
-    line = (f"{summary.total} tiles: {c.get('done', 0)} done, {c.get('failed', 0)} failed, "
+    line = (f"{summary.total} tiles: {c.get('done', 0)} done, "
+            + (f"{c['empty']} empty (no input data), " if c.get("empty") else "")
+            + f"{c.get('failed', 0)} failed, "
             f"{c.get('interrupted', 0)} interrupted, {c.get('running', 0)} running, "
             f"{c.get('stale', 0)} stale, {c.get('pending', 0)} pending; "
             f"completeness {100 * summary.overall_completeness:.1f} %")

@@ -643,6 +643,10 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
         err = TileError(f"tile {tile.id} failed: {type(exc).__name__}: {exc}", tile=tile.id)
         err.record = record  # type: ignore[attr-defined]
         raise err from exc
+    if results.pop("empty", False):
+        record = status.empty(results, timer.measures(t_start))
+        log.info("tile %s: empty (no input data), recorded", tile.id)
+        return record
     try:
         record = status.done(results, timer.measures(t_start))  # LAST: the tile is done only once this exists
     except EcocubeError as exc:
@@ -690,7 +694,7 @@ def check_store_fingerprints(cfg, tiles, *, store=None) -> None:
 
     fingerprint = run_fingerprint_of(cfg)
     differing: dict[str, list[str]] = {}
-    for tile_id, rec in tile_states(cfg, store, tiles=tiles).items():
+    for tile_id, rec in tile_states(cfg, store, tiles=tiles, light=True).items():
         if rec is not None and rec.get("state") == "done":
             theirs = rec.get("fingerprint")
             keys = fingerprint_diff(theirs, fingerprint) if theirs else ["(no fingerprint: an older ecocube)"]
@@ -723,7 +727,12 @@ def check_fingerprint(tile_id: str, previous: dict[str, Any] | None, fingerprint
 
 def _still_done(store, tile, previous: dict[str, Any] | None, cfg, overwrite: bool) -> bool:
     """Whether the previous attempt is done and its outputs still match its record."""
-    if previous is None or previous.get("state") != "done" or overwrite:
+    if previous is None or overwrite:
+        return False
+    if previous.get("state") == "empty" and cfg.inputs.on_empty == "record":
+        log.info("tile %s: recorded empty (no input data); skipping", tile.id)
+        return True
+    if previous.get("state") != "done":
         return False
     problems = verify_outputs(store, previous, threads=cfg.processing.publish_threads)
     if not problems:
@@ -784,6 +793,19 @@ class _Tally:
         self.gaps = _GapStats()
         self.predicted = 0
         self.target = 0  # pixels x years to predict (model.predict_where may exclude some)
+        #: per year: [observed values, all values] over every period and band of the year
+        self.year_values: dict[int, list[int]] = {}
+
+    def add_years(self, flags: np.ndarray, periods) -> None:
+        for year in sorted({int(p.year) for p in periods}):
+            ts = [i for i, p in enumerate(periods) if int(p.year) == year]
+            part = flags[ts[0]:ts[-1] + 1]
+            counts = self.year_values.setdefault(year, [0, 0])
+            counts[0] += int(np.count_nonzero(part == 0))
+            counts[1] += int(part.size)
+
+    def observed_by_year(self) -> dict[str, float]:
+        return {str(y): (o / n if n else 0.0) for y, (o, n) in sorted(self.year_values.items())}
 
     def add_read(self, res) -> None:
         st = res.stats or {}
@@ -861,16 +883,35 @@ class _TileRun:
                 filled, flags = self.gapfill(res)
                 self.open_outputs(res, i)
                 self.stage(window, res, filled, flags)  # on the second thread, beside features/predict
-                items = self.predict(filled, window, i)
+                items = self.predict(filled, window, i, flags=flags, periods=res.periods)
                 self.write(items, window)
                 del res, filled, flags, items
                 self.status.heartbeat(i + 1)
             _check_stop(self.stop, self.tile, len(windows), len(windows))
+            if self.tally.gaps.flags[0] == 0:  # not one valid observation in the whole tile
+                return self.no_data(len(windows))
             paths = self.finish()
         finally:
             self.close()
         outputs = self.publish(paths)
         return self.results(len(windows), outputs)
+
+    def no_data(self, n_blocks: int) -> dict[str, Any]:
+        """A tile without any valid observation: fail it (``inputs.on_empty: fail``) or
+        return results marked ``empty`` (no outputs; earlier attempts' objects removed)."""
+        gaps = self.tally.gaps.to_dict()
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(gaps.get("reason_counts", {}).items())) or "no values"
+        what = (f"tile {self.tile.id} has no input data at all: not one valid observation in "
+                f"{len(self.tally.year_values)} years x {len(self.bands)} bands ({reasons})")
+        if self.cfg.inputs.on_empty == "fail":
+            raise TileError(f"{what}; check inputs.sources and the tile's location, or set "
+                            "inputs.on_empty: record to record such tiles as empty", tile=self.tile.id)
+        log.warning("%s: recorded as empty (inputs.on_empty: record)", what)
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+        _remove_stale(self.store, self.tile.id, {})
+        return {**self.results(n_blocks, {}), "empty": True}
 
     def check_model(self) -> None:
         if self.want_pred and self.bundle is None and not Path(self.cfg.model.path).exists():
@@ -889,6 +930,7 @@ class _TileRun:
             raise TileError(f"gap-filling changed the cube shape {res.data.shape} -> "
                             f"{filled.shape}/{flags.shape}", tile=self.tile.id)
         self.tally.gaps.add(flags, getattr(res, "reason", None))
+        self.tally.add_years(flags, res.periods)
         return filled, flags
 
     def open_outputs(self, res, i: int) -> None:
@@ -927,13 +969,18 @@ class _TileRun:
                                self.layers, filled, flags, res.count, self.cfg.output.composite_scale,
                                self.tally.gaps)
 
-    def predict(self, filled: np.ndarray, window, i: int) -> list[tuple[str, np.ndarray]]:
-        """The block's prediction layers, year by year, as ``(key, array)`` pairs."""
+    def predict(self, filled: np.ndarray, window, i: int, *, flags: np.ndarray | None = None,
+                periods=None) -> list[tuple[str, np.ndarray]]:
+        """The block's prediction layers, year by year, as ``(key, array)`` pairs.
+
+        With ``inputs.unobserved_years: skip`` a pixel without any observation in a year
+        (every period and band of it filled or unfilled) is left unpredicted (nodata)."""
         items: list[tuple[str, np.ndarray]] = []
         if not self.want_pred:
             return items
         h, w = int(window.height), int(window.width)
         where = predict_where(self.cfg, self.tile, window)  # model.predict_where; None: every pixel
+        skip = self.cfg.inputs.unobserved_years == "skip" and flags is not None and periods is not None
         for year in self.years:
             with self.timer("features"):
                 X = year_features(self.cfg, filled, self.bands, year - self.start_year, self.tile, window,
@@ -946,6 +993,13 @@ class _TileRun:
                                 tile=self.tile.id)
             with self.timer("predict"):
                 proba, hard, unc = self.stages.predict_block(self.bundle, X, threads=self.threads)
+            if skip:
+                ts = [t for t, p in enumerate(periods) if int(p.year) == year]
+                unseen = ~(flags[ts[0]:ts[-1] + 1] == 0).any(axis=(0, 1)).reshape(-1)
+                if unseen.any():
+                    proba[:, unseen] = PROBA_NODATA
+                    hard[unseen] = CLASS_NODATA
+                    unc[unseen] = UNCERTAINTY_NODATA
             self.tally.predicted += int((hard != CLASS_NODATA).sum())
             items.extend(_prediction_items(self.tile.id, year_period(year, self.periods), self.layers, proba, hard,
                                            unc, h, w))
@@ -992,6 +1046,8 @@ class _TileRun:
             "requests": tally.requests,
             "bytes_written": int(sum(o["size"] for o in outputs.values())),
             "gaps": tally.gaps.to_dict(),
+            "observed_fraction_by_year": tally.observed_by_year(),
+            "unobserved_years": [int(y) for y, f in tally.observed_by_year().items() if f == 0.0],
             "missing_inputs": sorted(tally.missing),
             "predicted_pixels": tally.predicted,
             "target_pixels": target,

@@ -38,6 +38,8 @@ def _describe(rec: dict) -> str:
     if rec.get("skipped"):
         return f"{rec['tile']}: already done (attempt {rec.get('attempt')}), outputs verified; skipped"
     state = rec.get("state")
+    if state == "empty":
+        return f"{rec['tile']}: empty: no input data at all (inputs.on_empty: record); no outputs"
     if state == "done":
         return (f"{rec['tile']}: done in {rec.get('seconds', 0):.1f} s, completeness "
                 f"{100 * rec.get('completeness', 0):.1f} %, {len(rec.get('outputs') or {})} outputs, "
@@ -50,7 +52,7 @@ def _finish_many(records: list[dict], n_tiles: int) -> None:
 
     failed_records = [r for r in records if r.get("state") == "failed"]
     failed = [r["tile"] for r in failed_records]
-    done = sum(1 for r in records if r.get("state") == "done")
+    done = sum(1 for r in records if r.get("state") in ("done", "empty"))
     skipped = sum(1 for r in records if r.get("skipped"))
     held = [r["tile"] for r in records if r.get("held")]
     click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed"
@@ -164,10 +166,12 @@ def status(run_yaml, overrides, as_json, only_failed, stale_after) -> None:
     A tile recorded as running whose process died (SIGKILL, a lost node, a cancelled job)
     is shown as stale and counted among the tiles to redo.
     """
-    from ..status import DEFAULT_STALE_AFTER, format_summary, format_table, summarize, tile_states
+    from ..status import DEFAULT_STALE_AFTER, check_done_outputs, format_summary, format_table, summarize, tile_states
+    from ..store import store_for
 
     cfg = load_run_config(run_yaml, overrides)
-    states = tile_states(cfg, tiles=_tiles(cfg), light=True)
+    store = store_for(cfg)
+    states = check_done_outputs(store, tile_states(cfg, store, tiles=_tiles(cfg), light=True), cfg.output.layers)
     summary = summarize(states, stale_after=DEFAULT_STALE_AFTER if stale_after is None else stale_after)
     if only_failed:
         for tile_id in summary.to_redo:
