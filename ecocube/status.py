@@ -531,7 +531,8 @@ def summarize(states: Mapping[str, Mapping[str, Any] | None], *, stale_after: fl
     total = len(states)
     overall = sum(completeness.values()) / total if total else 0.0
     return StatusSummary(
-        counts=dict(counts),
+        # 'empty' (a policy state) is listed only when it occurs: the counts keep their old keys
+        counts={k: v for k, v in counts.items() if k != "empty" or v},
         completeness=completeness,
         overall_completeness=overall,
         failed=by_state["failed"],

@@ -52,7 +52,7 @@ import numpy as np
 from . import __version__, products
 from .covariates import predict_where, run_feature_names, year_features
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
-from .predict import CLASS_NODATA, predict_block
+from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
 from .rasterwrite import WriteDigest, close_checked, verify_written, write_window
 from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, holder_text, read_status_versioned, stale_reason,
                      verify_outputs)
