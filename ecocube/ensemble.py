@@ -252,7 +252,8 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
     meta_class_weight : ``"auto"``, ``"same"``, ``"balanced"`` or None
         Class weights of the meta-learner. ``"auto"`` (default) chooses between none and
         ``class_weight`` by the weighted F1 of the meta-learner over the stacking folds
-        (``meta_selection_``); ``"same"`` uses ``class_weight``.
+        (``meta_selection_``), except that explicit per-class weights (a dict) are always
+        applied, by a logistic meta-learner; ``"same"`` uses ``class_weight``.
     early_stopping : bool
         LightGBM stops adding trees when the log loss on held-out groups (20 % of the
         training groups of each stacking fold; rows without groups) stops improving for
@@ -405,9 +406,14 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.metrics import f1_score
 
         combiners = ("logistic", "mean") if self.meta == "auto" else (self.meta,)
+        explicit = isinstance(self.class_weight, dict) and self.meta_class_weight == "auto"
+        if explicit and self.meta == "auto":
+            combiners = ("logistic",)  # explicit per-class costs: the meta-learner applies them too
         weights: dict[str, Any] = {}
         if "logistic" in combiners:
-            if self.meta_class_weight == "auto":
+            if explicit:
+                weights["logistic"] = self._encoded_class_weight()
+            elif self.meta_class_weight == "auto":
                 weights["logistic"] = None
                 if self.class_weight is not None:
                     weights["logistic, class weights"] = self._encoded_class_weight()
