@@ -135,7 +135,7 @@ def run_yaml(work: Path, size: int, block: int, years: int, n_bands: int, thread
                          "band_indexes": {b: i + 1 for i, b in enumerate(BANDS[:n_bands])},
                          "scale": 0.0001, "nodata": 0, "resampling": "nearest"}],
         },
-        "features": {"indices": ["ndvi"] if n_bands >= 4 else []},
+        "features": {"indices": ["ndvi"] if n_bands >= 4 else [], "statistics": []},
         "model": {"path": str(work / f"model-{n_bands}"),
                   "classes": [{"code": 1, "name": "crop"}, {"code": 2, "name": "forest"},
                               {"code": 3, "name": "water"}]},
