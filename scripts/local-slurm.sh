@@ -221,7 +221,13 @@ cmd_set() {  # cmd_set KEY=VALUE: only the limits tests and benchmarks change
   fi
   stop_pidfile "$DIR/run/slurmctld.pid" slurmctld
   /usr/sbin/slurmctld -f "$CONF"   # recovers the saved state: jobs stay queued
-  ctld_answers() { timeout 10 scontrol show config 2>/dev/null | grep -q "^$key *= *$value\$"; }
+  # read the whole answer before matching: under pipefail, `scontrol | grep -q` fails with
+  # SIGPIPE (141) whenever grep stops reading before scontrol has written everything
+  ctld_answers() {
+    local config
+    config=$(timeout 10 scontrol show config 2>/dev/null) || return 1
+    grep -q "^$key *= *$value\$" <<<"$config"
+  }
   wait_until "$WAIT" "slurmctld with $key=$value" ctld_answers || die "slurmctld did not come back with $key=$value"
   node_ok() { [ -n "$(timeout 10 sinfo -h -N -n localhost -o %T 2>/dev/null)" ]; }
   wait_until "$WAIT" "node" node_ok || die "the node does not answer after the restart"
