@@ -429,6 +429,10 @@ def _wait_jobs(*job_ids, timeout=90.0):
 
 def _make_run(folder: Path, **slurm) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    # --signal=B:TERM@20 may come up to 60 s early ("due to the resolution of event handling",
+    # sbatch(1)): with --time=1 the TERM can reach a task at its start, so jobs that really run
+    # get 10 minutes; the renders (golden files) keep the short limit
+    slurm = {"time": "10", "finalize_time": "10", **slurm}
     data = _cfg_dict(command=f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}", **slurm)
     (folder / "run.yaml").write_text(yaml.safe_dump(data))
     return folder / "run.yaml"
@@ -734,8 +738,8 @@ def demo_run(tmp_path_factory):
                             n_samples=150)
     d = demo_config_dict(spec)
     d["model"].update(n_estimators=10, cv_folds=2)
-    d["slurm"] = {"cpus_per_task": 1, "mem_per_cpu": "900M", "time": "2", "signal_seconds": 20,
-                  "finalize_time": "2", "finalize_cpus": 1, "tiles_per_task": 2, "throttle": 2}
+    d["slurm"] = {"cpus_per_task": 1, "mem_per_cpu": "900M", "time": "10", "signal_seconds": 20,
+                  "finalize_time": "10", "finalize_cpus": 1, "tiles_per_task": 2, "throttle": 2}
     (root / "run.yaml").write_text(yaml.safe_dump(d))
     train_model(load_config(root / "run.yaml"), spec.samples, "lc", threads=1)
     return root / "run.yaml"
