@@ -7,9 +7,12 @@ process's CPU affinity, never from ``os.cpu_count()`` alone, which counts the no
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 #: GDAL options for every read, remote or local. EMPTY_DIR avoids directory listings and
 #: sidecar probes on remote COGs (3 requests instead of ~13 for an open + window read).
@@ -50,6 +53,7 @@ def slurm_context(environ: Mapping[str, str] | None = None) -> SlurmContext:
         try:
             return int(value)
         except ValueError:
+            log.warning("%s=%r is not a whole number; ignored", name, value)
             return None
 
     return SlurmContext(

@@ -108,6 +108,7 @@ from numba import njit
 
 from .env import available_threads
 from .errors import ConfigError
+from .products import FLAG_OBSERVED, FLAG_UNFILLED
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
@@ -149,12 +150,10 @@ PHASE_NEIGHBOUR_SEASONS = 2
 PHASE_CONTIGUOUS = 3
 PHASE_LINEAR = 4
 
-FLAG_OBSERVED = 0
 FLAG_LINEAR = 121
 FLAG_NEAREST = 122
 FLAG_OUTLIER = 128
 FLAG_OUTLIER_UNFILLED = 254
-FLAG_UNFILLED = 255
 
 _PHASE_NAMES = {
     PHASE_SAME_SEASON: "same season",

@@ -206,10 +206,12 @@ class Product:
         return 12 if self.cadence == "year" else 12 // season_size
 
 
-#: gap-fill flag codes written in the flags tags (= ecocube.gapfill.FLAG_UNFILLED / FLAG_OBSERVED,
-#: checked by the tests; not imported so that this module stays free of numba)
-_FLAG_UNFILLED = "255"
-_FLAG_OBSERVED = "0"
+#: gap-fill flag codes of an observed and of an unfilled value: defined here, the module without
+#: numba, and imported by ecocube.gapfill (which adds the codes of each fill phase) and ecocube.tile
+FLAG_OBSERVED = 0
+FLAG_UNFILLED = 255
+_FLAG_UNFILLED = str(FLAG_UNFILLED)
+_FLAG_OBSERVED = str(FLAG_OBSERVED)
 
 _ENTRIES = (
     Product(

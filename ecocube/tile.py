@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 PREDICTION_LAYERS = products.names(source="model")
 CUBE_LAYERS = products.names(source="cube")  # staged: see TileWriter
 COMPOSITE_NODATA = int(products.PRODUCTS["composite"].nodata)
-FLAG_UNFILLED = 255
+FLAG_UNFILLED = products.FLAG_UNFILLED
 
 
 # --------------------------------------------------------------------------- stages

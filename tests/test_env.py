@@ -74,6 +74,16 @@ def test_slurm_context_unparsable_numbers_are_none(value):
     assert ctx.job_id == "9"  # ids stay strings, as Slurm writes them
 
 
+def test_slurm_context_says_which_variable_it_ignored(caplog):
+    with caplog.at_level("WARNING", logger="ecocube.env"):
+        assert slurm_context({"SLURM_CPUS_PER_TASK": "2(x3)"}).cpus_per_task is None
+    assert [r.getMessage() for r in caplog.records] == ["SLURM_CPUS_PER_TASK='2(x3)' is not a whole number; ignored"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ecocube.env"):
+        slurm_context({"SLURM_CPUS_PER_TASK": ""})  # unset by an empty value: nothing to say
+    assert caplog.records == []
+
+
 def test_slurm_context_is_frozen():
     with pytest.raises(AttributeError):
         SlurmContext().cpus_per_task = 4  # type: ignore[misc]
