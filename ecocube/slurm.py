@@ -226,10 +226,19 @@ def load_template(cfg, name: str) -> tuple[str, str]:
         raise SlurmError(f"cannot read sbatch template {path}: {exc}") from None
 
 
+#: "Due to the resolution of event handling by Slurm, the signal may be sent up to 60 seconds
+#: earlier than specified" (sbatch(1), --signal)
+SIGNAL_EARLY_SECONDS = 60
+
+
 def _check_signal(time: str, signal_seconds: int, what: str) -> None:
     if signal_seconds and signal_seconds >= minutes_from_time(time) * 60:
         raise ConfigError(f"slurm.signal_seconds ({signal_seconds} s) must be shorter than {what} ({time}): "
                           "the job would be told to stop as soon as it starts")
+    if signal_seconds and signal_seconds + SIGNAL_EARLY_SECONDS >= minutes_from_time(time) * 60:
+        log.warning("slurm.signal_seconds (%d s) + the %d s by which Slurm may send the TERM early (sbatch(1), "
+                    "--signal) is not shorter than %s (%s): tasks may be told to stop when they start",
+                    signal_seconds, SIGNAL_EARLY_SECONDS, what, time)
 
 
 def array_directives(cfg, *, n_tasks: int, throttle: int | None, after: str | None = None) -> list[str]:

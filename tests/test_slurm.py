@@ -132,6 +132,19 @@ def test_template_placeholders_and_signal_checks(tmp_path):
         [5, 6, 60, 1440, 2970, 1]
 
 
+def test_signal_within_slurms_60_s_early_margin_is_warned(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="ecocube.slurm"):
+        S.array_directives(config_from_dict(_cfg_dict(time="2", signal_seconds=59), base_dir=tmp_path),
+                           n_tasks=1, throttle=None)
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="ecocube.slurm"):
+        S.array_directives(config_from_dict(_cfg_dict(time="2", signal_seconds=60), base_dir=tmp_path),
+                           n_tasks=1, throttle=None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "slurm.signal_seconds (60 s) + the 60 s by which Slurm may send the TERM early (sbatch(1), --signal) "
+        "is not shorter than slurm.time (2): tasks may be told to stop when they start"]
+
+
 def test_default_command_is_this_python():
     cfg = _golden_cfg()
     assert S.ecocube_command(cfg) == f"{shlex.quote(sys.executable)} -m ecocube"
