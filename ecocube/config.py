@@ -440,10 +440,44 @@ class ClassDef(_Model):
         return value
 
 
+class ChipConfig(_Model):
+    """How a chip model (``model.kind: chip``) is run: see :mod:`ecocube.chips`."""
+
+    size: int = Field(64, ge=4, le=4096, description="chip edge in pixels: chips are (n, channels, size, size)")
+    overlap: int = Field(16, ge=0, description="pixels shared by neighbouring chips; crop keeps overlap // 2 "
+                                               "from each edge (at least the model's receptive radius: no seams)")
+    stitch: Literal["crop", "blend"] = Field(
+        "crop", description="crop: each pixel from the chip where it is central (equal to predicting the whole "
+                            "tile at once); blend: pyramid-weighted average of the overlapping chips")
+    halo: int | None = Field(None, ge=0, description="pixels read around each block so that results do not "
+                                                     "change at tile borders; default: overlap // 2 (crop) or "
+                                                     "overlap (blend)")
+    min_valid: float = Field(0.0, ge=0.0, le=1.0, description="a targeted chip is predicted only when at least "
+                                                              "this fraction of its target pixels is observed "
+                                                              "in the year (model.predict_where gives the target)")
+    batch: int = Field(16, ge=1, le=4096, description="chips per onnxruntime call")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> ChipConfig:
+        if self.overlap >= self.size:
+            raise ValueError(f"model.chip.overlap ({self.overlap}) must be smaller than model.chip.size ({self.size})")
+        return self
+
+    @property
+    def halo_pixels(self) -> int:
+        if self.halo is not None:
+            return self.halo
+        return self.overlap // 2 if self.stitch == "crop" else self.overlap
+
+
 class ModelConfig(_Model):
     """The model bundle used for prediction, and how ``ecocube train`` makes one."""
 
     path: Path = Field(Path("model"), description="model bundle folder (written by train)")
+    kind: Literal["ensemble", "chip"] = Field(
+        "ensemble", description="ensemble: per-pixel stacked trees (ecocube train); chip: an ONNX model on image "
+                                "chips of the feature channels (ecocube.chipmodel bundle)")
+    chip: ChipConfig | None = Field(None, description="chip size, overlap, stitching, halo, filter (kind: chip)")
     classes: tuple[ClassDef, ...] = Field(..., min_length=2)
     base_learners: tuple[Literal["rf", "lgbm", "et", "mlp"], ...] = ("rf", "lgbm", "et")
     n_estimators: int = Field(200, ge=1)
@@ -474,6 +508,10 @@ class ModelConfig(_Model):
         codes = [c.code for c in self.classes]
         if len(set(codes)) != len(codes):
             raise ValueError(f"class codes must be unique, got {codes}")
+        if self.kind == "chip" and self.chip is None:
+            object.__setattr__(self, "chip", ChipConfig())
+        if self.kind != "chip" and self.chip is not None:
+            raise ValueError("model.chip is set but model.kind is not 'chip'")
         return self
 
 
@@ -578,6 +616,11 @@ class RunConfig(_Model):
         unknown = [n for n in used if n not in known]
         if unknown:
             raise ValueError(f"covariates {unknown} are not in inputs.covariates ({', '.join(known) or 'none'})")
+        if self.model.kind == "chip" and "layers" not in self.output.model_fields_set:
+            # the default layers of a chip model: every product it makes (not the ensemble's uncertainty)
+            object.__setattr__(self.output, "layers", tuple(x for x in self.output.layers if x != "uncertainty"))
+        if self.model.kind == "chip" and "uncertainty" in self.output.layers:
+            raise ValueError("output.layers: a chip model (model.kind: chip) makes proba and class, not uncertainty")
         if self.features.bands is not None:
             read = list(self.inputs.bands)
             for q in self.inputs.composite.extra_percentiles:

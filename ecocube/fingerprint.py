@@ -23,7 +23,7 @@ from .errors import ConfigError
 #: configuration sections/keys (dotted) whose values change a tile's outputs
 OUTPUT_FIELDS = (
     "grid", "inputs.periods", "inputs.sources", "inputs.composite", "inputs.on_missing", "inputs.on_empty",
-    "inputs.unobserved_years", "gapfill", "features", "model.classes", "output.layers", "output.composite_scale",
+    "inputs.unobserved_years", "gapfill", "features", "model.classes", "model.chip", "output.layers", "output.composite_scale",
     "processing.compress",
 )
 

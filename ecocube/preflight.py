@@ -210,7 +210,12 @@ def _check_model(cfg, report: PreflightReport) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EngineWarning)
-            bundle = load_bundle(cfg.model.path, expected_features=expected, engine=cfg.model.engine)
+            if cfg.model.kind == "chip":
+                from .chipmodel import load_chip_bundle
+
+                bundle = load_chip_bundle(cfg.model.path, expected_features=expected)
+            else:
+                bundle = load_bundle(cfg.model.path, expected_features=expected, engine=cfg.model.engine)
     except EcocubeError as exc:
         report.problems.append(f"model.path: {exc}")
         return

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, products
+from .chips import ChipCounts
 from .covariates import predict_where, run_feature_names, year_features
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
 from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
@@ -793,6 +794,7 @@ class _Tally:
         self.gaps = _GapStats()
         self.predicted = 0
         self.target = 0  # pixels x years to predict (model.predict_where may exclude some)
+        self.chips = ChipCounts()  # chips of a chip model (chips x years)
         #: per year: [observed values, all values] over every period and band of the year
         self.year_values: dict[int, list[int]] = {}
 
@@ -803,6 +805,11 @@ class _Tally:
             counts = self.year_values.setdefault(year, [0, 0])
             counts[0] += int(np.count_nonzero(part == 0))
             counts[1] += int(part.size)
+
+    def chips_record(self) -> dict[str, Any]:
+        c = self.chips
+        return {"total": c.total, "targeted": c.targeted, "predicted": c.predicted,
+                "completeness": (c.predicted / c.targeted) if c.targeted else 1.0}
 
     def observed_by_year(self) -> dict[str, float]:
         return {str(y): (o / n if n else 0.0) for y, (o, n) in sorted(self.year_values.items())}
@@ -868,6 +875,10 @@ class _TileRun:
         self.bands: tuple[str, ...] = ()
         self.years: list[int] = []
         self.periods: list = []
+        #: chip models read a halo around each block (the same pixels the neighbour tile reads)
+        self.chip = cfg.model.chip if cfg.model.kind == "chip" and self.want_pred else None
+        self.halo = self.chip.halo_pixels if self.chip is not None else 0
+        self.read_tile = _haloed(tile, self.halo)
 
     def run(self, work: Path) -> dict[str, Any]:
         """Every block (outputs written in the scratch folder ``work``), then the tile's
@@ -879,11 +890,22 @@ class _TileRun:
         try:
             for i, window in enumerate(windows):
                 _check_stop(self.stop, self.tile, i, len(windows))
-                res = self.read(window)
-                filled, flags = self.gapfill(res)
-                self.open_outputs(res, i)
-                self.stage(window, res, filled, flags)  # on the second thread, beside features/predict
-                items = self.predict(filled, window, i, flags=flags, periods=res.periods)
+                if self.halo:  # chip model: the block and its halo, cropped back for the cube layers
+                    res_h, filled_h, flags_h = self.read_haloed(window)
+                    res, filled, flags = _crop_block(res_h, filled_h, flags_h, self.halo)
+                    self.open_outputs(res, i)
+                    self.stage(window, res, filled, flags)
+                    items = self.predict_chips(filled_h, flags_h, window, res.periods)
+                    del res_h, filled_h, flags_h
+                else:
+                    res = self.read(window)
+                    filled, flags = self.gapfill(res)
+                    self.open_outputs(res, i)
+                    self.stage(window, res, filled, flags)  # on the second thread, beside features/predict
+                    if self.chip is not None:
+                        items = self.predict_chips(filled, flags, window, res.periods)
+                    else:
+                        items = self.predict(filled, window, i, flags=flags, periods=res.periods)
                 self.write(items, window)
                 del res, filled, flags, items
                 self.status.heartbeat(i + 1)
@@ -923,15 +945,89 @@ class _TileRun:
         self.tally.add_read(res)
         return res
 
-    def gapfill(self, res) -> tuple[np.ndarray, np.ndarray]:
+    def gapfill(self, res, *, tally: bool = True) -> tuple[np.ndarray, np.ndarray]:
         with self.timer("gapfill"):
             filled, flags = self.stages.fill_gaps(res.data, self.cfg, threads=self.threads)
         if filled.shape != res.data.shape or flags.shape != res.data.shape:
             raise TileError(f"gap-filling changed the cube shape {res.data.shape} -> "
                             f"{filled.shape}/{flags.shape}", tile=self.tile.id)
-        self.tally.gaps.add(flags, getattr(res, "reason", None))
-        self.tally.add_years(flags, res.periods)
+        if tally:
+            self.tally.gaps.add(flags, getattr(res, "reason", None))
+            self.tally.add_years(flags, res.periods)
         return filled, flags
+
+    def read_haloed(self, window):
+        """The block and ``halo`` pixels around it (outside the tile too), read on the tile's
+        grid and gap-filled; the statistics count only the tile's own pixels."""
+        from rasterio.windows import Window
+
+        h = self.halo
+        big = Window(int(window.col_off), int(window.row_off), int(window.width) + 2 * h, int(window.height) + 2 * h)
+        with self.timer("read"):
+            res = self.stages.read_block(self.cfg, self.read_tile, big, threads=self.threads)
+        self.tally.add_read(res)
+        filled, flags = self.gapfill(res, tally=False)
+        inner = (Ellipsis, slice(h, h + int(window.height)), slice(h, h + int(window.width)))
+        reason = getattr(res, "reason", None)
+        self.tally.gaps.add(flags[inner], None if reason is None else reason[inner])
+        self.tally.add_years(flags[inner], res.periods)
+        return res, filled, flags
+
+    def predict_chips(self, filled: np.ndarray, flags: np.ndarray, window, periods) -> list[tuple[str, np.ndarray]]:
+        """The block's ``proba``/``class`` per year from the chip model (``filled``/``flags``
+        include the halo): chips filtered, predicted, stitched, cropped to the block."""
+        from rasterio.windows import Window
+
+        from .chips import chip_filter, chip_grid, predict_chips
+        from .predict import _to_percent
+
+        chip, h = self.chip, self.halo
+        bh, bw = int(window.height), int(window.width)
+        H, W = filled.shape[-2:]
+        big = Window(int(window.col_off), int(window.row_off), W, H)
+        inner = (slice(h, h + bh), slice(h, h + bw))
+        where = predict_where(self.cfg, self.read_tile, big)
+        target = np.ones((H, W), bool) if where is None else where.reshape(H, W)
+        codes = np.asarray(self.bundle.classes).astype(np.uint16)
+        grid = chip_grid(H, W, size=chip.size, overlap=chip.overlap)
+        items: list[tuple[str, np.ndarray]] = []
+        for year in self.years:
+            with self.timer("features"):
+                X = year_features(self.cfg, filled, self.bands, year - self.start_year, self.read_tile, big,
+                                  self.stages.features_for_year)
+                image = np.ascontiguousarray(X.T.reshape(X.shape[1], H, W))
+                del X
+                finite = np.isfinite(image).all(axis=0)
+                ts = [t for t, p in enumerate(periods) if int(p.year) == year]
+                observed = (flags[ts[0]:ts[-1] + 1] == 0).any(axis=0).all(axis=0)
+                targeted, chosen = chip_filter(grid, target=target, valid=observed & finite,
+                                               min_valid=chip.min_valid, inner=inner)
+            with self.timer("predict"):
+                scores = predict_chips(self.bundle.normalise(image), self.bundle.run, size=chip.size,
+                                       overlap=chip.overlap, stitch=chip.stitch, batch=chip.batch, which=chosen)
+            del image
+            counted = np.zeros_like(targeted)
+            for i, j, _, _ in grid.chips():  # the chips owning a pixel of the block (the others are halo)
+                (a, b), (c, d) = grid.own_rows[i], grid.own_cols[j]
+                counted[i, j] = max(a, h) < min(b, h + bh) and max(c, h) < min(d, h + bw)
+            self.tally.chips.add(ChipCounts(int(counted.sum()), int(targeted.sum()), int(chosen.sum())))
+            proba = np.full((codes.size, bh * bw), PROBA_NODATA, np.uint8)
+            hard = np.full(bh * bw, CLASS_NODATA, np.uint16)
+            t_in = target[inner].reshape(-1)
+            if scores.shape[0]:
+                if scores.shape[0] != codes.size:
+                    raise TileError(f"chip model returned {scores.shape[0]} class scores, the bundle lists "
+                                    f"{codes.size} classes", tile=self.tile.id)
+                s = scores[:, inner[0], inner[1]].reshape(codes.size, -1)
+                ok = np.isfinite(s).all(axis=0) & t_in & finite[inner].reshape(-1)
+                proba[:, ok] = _to_percent(s[:, ok])
+                hard[ok] = codes[np.argmax(s[:, ok], axis=0)]
+            unc = np.full(bh * bw, UNCERTAINTY_NODATA, np.uint8)
+            self.tally.target += int(t_in.sum())
+            self.tally.predicted += int((hard != CLASS_NODATA).sum())
+            items.extend(_prediction_items(self.tile.id, year_period(year, self.periods), self.layers, proba, hard,
+                                           unc, bh, bw))
+        return items
 
     def open_outputs(self, res, i: int) -> None:
         """First block: bands, years, model and the tile's output files; later: same bands."""
@@ -957,8 +1053,14 @@ class _TileRun:
         if self.bundle is None:
             with self.timer("load_model"):
                 expected = run_feature_names(self.cfg, self.bands, self.stages.feature_names)
-                self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected,
-                                                      engine=self.cfg.model.engine)
+                if self.chip is not None:
+                    from .chipmodel import load_chip_bundle
+
+                    self.bundle = load_chip_bundle(self.cfg.model.path, expected_features=expected,
+                                                   threads=self.threads)
+                else:
+                    self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected,
+                                                          engine=self.cfg.model.engine)
         codes = np.asarray(self.bundle.classes)
         names = list(getattr(self.bundle, "class_names", None) or [str(c) for c in codes])
         return codes, names
@@ -1052,8 +1154,35 @@ class _TileRun:
             "predicted_pixels": tally.predicted,
             "target_pixels": target,
             "completeness": (tally.predicted / target) if target else 1.0,
+            **({"chips": tally.chips_record()} if self.chip is not None else {}),
             "outputs": outputs,
         }
+
+
+def _haloed(tile, halo: int):
+    """``tile`` grown by ``halo`` pixels on every side (same id and grid; pure)."""
+    if not halo:
+        return tile
+    import dataclasses
+
+    from .grid import Bounds, Shape2d
+
+    t = tile.transform
+    transform = t @ t.translation(-halo, -halo)
+    px, py = halo * abs(t.a), halo * abs(t.e)
+    b = tile.bounds
+    return dataclasses.replace(tile, transform=transform,
+                               bounds=Bounds(b.left - px, b.bottom - py, b.right + px, b.top + py),
+                               shape=Shape2d(tile.height + 2 * halo, tile.width + 2 * halo))
+
+
+def _crop_block(res, filled: np.ndarray, flags: np.ndarray, halo: int):
+    """The tile's own part of a haloed block: the read result, filled cube and flags cropped."""
+    import dataclasses
+
+    inner = (Ellipsis, slice(halo, filled.shape[-2] - halo), slice(halo, filled.shape[-1] - halo))
+    crop = {k: getattr(res, k)[inner] for k in ("data", "reason", "count") if getattr(res, k, None) is not None}
+    return dataclasses.replace(res, **crop), filled[inner], flags[inner]
 
 
 def _prediction_items(tile_id: str, per: str, layers, proba: np.ndarray, hard: np.ndarray, unc: np.ndarray,
