@@ -94,7 +94,12 @@ def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
               help="Tiles processed at once (local processes); threads are split between them.")
 @click.option("--tile", "tile_ids", multiple=True, help="Only these tiles (repeatable).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress) -> None:
+@click.option("--below", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
+              help="Only the tiles whose completeness is below FRACTION (see 'ecocube status --completeness'), "
+                   "redone (their outputs replaced), e.g. with other scenes through --config.")
+@click.option("--unit", type=click.Choice(["pixels", "chips"]), default="pixels", show_default=True,
+              help="With --below: completeness in pixels or chips.")
+def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, below, unit) -> None:
     """Process every tile of RUN_YAML on this machine (a laptop or one node).
 
     Done tiles are skipped unless --overwrite. Prints a summary; exits non-zero if any
@@ -104,6 +109,17 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress) ->
 
     cfg = load_run_config(run_yaml, overrides)
     tiles = _tiles(cfg, tile_ids)
+    if below is not None:
+        from ..completeness import completeness_report
+        from ..status import tile_states
+
+        low = set(completeness_report(tile_states(cfg, tiles=tiles, light=True), tiles, unit=unit).below(below))
+        tiles = [t for t in tiles if t.id in low]
+        click.echo(f"{len(tiles)} tiles below {100 * below:g} % completeness: "
+                   f"{' '.join(t.id for t in tiles) or 'none'}", err=True)
+        if not tiles:
+            return
+        overwrite = True  # done tiles are redone
     records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress, threads=threads)
     for rec in records:
         if rec.get("state") == "failed" or rec.get("held"):
@@ -160,7 +176,22 @@ def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file) -> No
 @click.option("--stale-after", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="A running tile of another host without a heartbeat for this long is stale "
                    "(default 3600; on this host a running tile is stale as soon as its process is gone).")
-def status(run_yaml, overrides, as_json, only_failed, stale_after) -> None:
+@click.option("--completeness", "completeness", is_flag=True,
+              help="The completeness report: per tile predicted / target (and per region with --regions); "
+                   "prints the table and writes completeness.csv and completeness.png into --out.")
+@click.option("--regions", "regions_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Polygons with a name (GeoPackage, GeoJSON, ...): completeness averaged per region "
+                   "(weighted by the area each tile overlaps).")
+@click.option("--region-field", default="name", show_default=True, help="The regions' name field.")
+@click.option("--unit", type=click.Choice(["pixels", "chips"]), default="pixels", show_default=True,
+              help="Count pixels, or chips (chip models: chips predicted / chips targeted).")
+@click.option("--below", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
+              help="With --completeness: list only the tiles below FRACTION (rerun them with "
+                   "'ecocube run RUN.yaml --below FRACTION').")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for completeness.csv and completeness.png.")
+def status(run_yaml, overrides, as_json, only_failed, stale_after, completeness, regions_path, region_field, unit,
+           below, out_dir) -> None:
     """Show done / failed / interrupted / running / stale / pending tiles and completeness.
 
     A tile recorded as running whose process died (SIGKILL, a lost node, a cancelled job)
@@ -173,6 +204,10 @@ def status(run_yaml, overrides, as_json, only_failed, stale_after) -> None:
     store = store_for(cfg)
     states = check_done_outputs(store, tile_states(cfg, store, tiles=_tiles(cfg), light=True), cfg.output.layers)
     summary = summarize(states, stale_after=DEFAULT_STALE_AFTER if stale_after is None else stale_after)
+    if completeness or regions_path or below is not None:
+        _completeness(cfg, states, summary.states, regions_path=regions_path, region_field=region_field, unit=unit,
+                      below=below, out_dir=out_dir, as_json=as_json)
+        return
     if only_failed:
         for tile_id in summary.to_redo:
             click.echo(tile_id)
@@ -190,3 +225,27 @@ def status(run_yaml, overrides, as_json, only_failed, stale_after) -> None:
         return
     click.echo(format_table(states, summary.stale_reasons))
     click.echo(format_summary(summary))
+
+
+def _completeness(cfg, records, states, *, regions_path, region_field, unit, below, out_dir, as_json) -> None:
+    from pathlib import Path
+
+    from ..completeness import completeness_report, format_report, read_regions, write_csv, write_map
+
+    regions = read_regions(regions_path, cfg.grid.crs, name_field=region_field) if regions_path else []
+    report = completeness_report(records, _tiles(cfg), regions=regions, unit=unit, states=states)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_csv(report, out / "completeness.csv")
+    png_path = write_map(report, out / "completeness.png", regions=regions, title=cfg.name)
+    if as_json:
+        click.echo(json.dumps({
+            "unit": report.unit, "overall": report.overall, "csv": str(csv_path), "map": str(png_path),
+            "tiles": {t.tile: {"state": t.state, "target": t.target, "predicted": t.predicted,
+                               "completeness": t.completeness} for t in report.tiles},
+            "regions": {r.name: {"tiles": r.tiles, "completeness": r.completeness} for r in report.regions},
+            **({"below": report.below(below)} if below is not None else {}),
+        }, indent=2, sort_keys=True))
+        return
+    click.echo(format_report(report, below=below))
+    click.echo(f"wrote {csv_path} and {png_path}")
