@@ -193,12 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RangeServer:
-    """Serve ``root`` on 127.0.0.1 (a free port) with Range support and injectable faults."""
+    """Serve ``root`` on 127.0.0.1 (a free port, or ``port``: a server coming back where a
+    stopped one was) with Range support and injectable faults."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, port: int = 0):
         self.state = _State(Path(root))
         handler = type("Handler", (_Handler,), {"state": self.state})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -245,6 +246,13 @@ class RangeServer:
                                         name="rangeserver", daemon=True)
         self._thread.start()
         return self
+
+    def go_away(self) -> None:
+        """Stop as a crashed server would: requests on open keep-alive connections are reset,
+        new connections are refused."""
+        with self.state.lock:
+            self.state.faults[:] = [Fault("/", "reset")]
+        self.stop()
 
     def stop(self) -> None:
         self._httpd.shutdown()
