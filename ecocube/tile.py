@@ -641,7 +641,7 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
         raise Interrupted(f"tile {tile.id}: aborted by a second SIGINT; nothing was published") from None
     except Exception as exc:
         record = status.failed(exc, timer.measures(t_start))
-        err = TileError(f"tile {tile.id} failed: {type(exc).__name__}: {exc}", tile=tile.id)
+        err = TileError(f"tile {tile.id} failed: {type(exc).__name__}: {exc}{_memory_hint(exc)}", tile=tile.id)
         err.record = record  # type: ignore[attr-defined]
         raise err from exc
     if results.pop("empty", False):
@@ -1245,6 +1245,18 @@ def _worker_init(event) -> None:
 
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
+
+
+def _memory_hint(exc: BaseException) -> str:
+    """What an allocation failure means for the user ("" for any other error). Python raises
+    MemoryError, or RuntimeError for a thread whose stack could not be mapped."""
+    if not (isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc))):
+        return ""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    where = "" if limit == resource.RLIM_INFINITY else \
+        f"; the process's address space is limited to {limit / 2**20:.0f} MiB (ulimit -v)"
+    return (f" (out of memory{where}; give the task more memory, or lower processing.threads or "
+            "processing.block_size)")
 
 
 def _failed_record(exc: BaseException, tile_id: str) -> dict[str, Any]:
