@@ -11,9 +11,14 @@ import pytest
 
 from ecocube.bundle import ModelBundle, load_bundle, save_bundle
 from ecocube.engines import (
+    CANDIDATES,
     EngineWarning,
+    ForestBinsEngine,
     ForestEngine,
+    GBDTBinsEngine,
     GBDTEngine,
+    _Bins,
+    _PackedTrees,
     build_engines,
     floor_float32,
     learner_keys,
@@ -83,6 +88,80 @@ def test_engines_equal_stock_on_a_small_model(model):
     assert engines[0].packed.n_nodes == sum(t.tree_.node_count for t in model.estimators_[0].estimators_)
 
 
+def test_binned_engines_equal_stock_on_a_small_model(model):
+    X = np.concatenate([_data(500, seed=3)[0], _threshold_rows(model, 300)])
+    engines = [ForestBinsEngine.from_estimator(model.estimators_[0], 3),
+               GBDTBinsEngine.from_estimator(model.estimators_[1], 3),
+               ForestBinsEngine.from_estimator(model.estimators_[2], 3)]
+    for est, eng in zip(model.estimators_, engines):
+        bins = eng.packed.binned()  # the narrowest rank type; LightGBM: at most 255 thresholds a feature
+        assert bins.dtype == (np.uint8 if np.diff(bins.offsets).max() <= 255 else np.uint16)
+        assert eng.name != "numba-gbdt-bins" or bins.dtype == np.uint8
+        ref = est.predict_proba(X)
+        assert np.max(np.abs(eng.predict_proba(X) - ref)) <= 1e-12, eng.name
+        assert np.ptp(ref[:, 0]) > 0.5
+
+
+def test_binned_rows_are_threshold_ranks():
+    # ranks against np.searchsorted (independent of the kernel), values on and next to every cut, NaN
+    rng = np.random.default_rng(3)
+    cuts = [np.unique(rng.normal(0, 1, k)) for k in (0, 1, 7, 300)]
+    offsets = np.concatenate([[0], np.cumsum([c.size for c in cuts])]).astype(np.int64)
+    left = np.zeros(1, dtype=np.int32)
+    bins = _Bins(np.concatenate(cuts), offsets, left.astype(np.int64), np.uint16)
+    X = rng.normal(0, 1.5, (400, 4)).astype(np.float32)
+    for f in (2, 3):
+        c = cuts[f].astype(np.float32)
+        near = np.concatenate([c, np.nextafter(c, np.float32(np.inf)), np.nextafter(c, np.float32(-np.inf))])[:100]
+        X[:near.size, f] = near
+    X[5, 3] = np.nan
+    got = bins.rows(X)
+    for f in range(4):
+        ref = np.searchsorted(cuts[f], X[:, f].astype(np.float64), side="left")
+        ref[np.isnan(X[:, f])] = 0  # NaN > t is false at every split: left, rank 0
+        assert np.array_equal(got[:, f], ref), f
+    with pytest.raises(ValueError, match="3 features, the trees split on 4"):
+        bins.rows(X[:, :3])
+
+
+def test_binned_forest_with_uint16_ranks_and_the_fallback():
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(0, 1, (3000, 2)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(0, 1, 3000) > 0).astype(int)  # noisy: deep trees, many thresholds
+    rf = RandomForestClassifier(n_estimators=4, random_state=0, n_jobs=1).fit(X, y)
+    eng = ForestBinsEngine.from_estimator(rf, 2)
+    bins = eng.packed.binned()
+    assert bins.dtype == np.uint16 and np.diff(bins.offsets).max() > 255
+    Xt = rng.normal(0, 1, (2000, 2)).astype(np.float32)
+    assert np.max(np.abs(eng.predict_proba(Xt) - rf.predict_proba(Xt))) <= 1e-12
+    # more than 65,535 distinct thresholds on one feature: no bins, the float walk instead
+    n_int = 70_000  # a comb: internal node at 2k, its children 2k+1 (leaf) and 2k+2
+    n = 2 * n_int + 1
+    idx = np.arange(n)
+    left = np.where((idx % 2 == 0) & (idx < n - 1), idx + 1, idx).astype(np.int32)
+    thr = np.where(left != idx, idx.astype(np.float32), np.inf).astype(np.float32)
+    packed = _PackedTrees(np.zeros(n, np.int32), thr, left, np.zeros(1, np.int64), np.array([n_int], np.int64))
+    assert packed.binned() is None
+
+
+def test_binned_state_is_rebuilt_from_the_stored_trees(model):
+    import pickle
+
+    eng = GBDTBinsEngine.from_estimator(model.estimators_[1], 3)
+    X = _data(300, seed=8)[0]
+    before = eng.predict_proba(X)
+    assert "_binned" in vars(eng.packed)
+    copy = pickle.loads(pickle.dumps(eng))
+    assert "_binned" not in vars(copy.packed)  # derived arrays are not stored ...
+    assert np.array_equal(copy.predict_proba(X), before)
+    copy = pickle.loads(pickle.dumps(eng))
+    copy.packed.thr[:] += 0.5  # ... so a changed threshold changes what the engine computes
+    assert np.max(np.abs(copy.predict_proba(X) - before)) > 1e-3
+    assert sorted(CANDIDATES) == ["numba-forest", "numba-forest-bins", "numba-gbdt", "numba-gbdt-bins"]
+
+
 def test_gbdt_engine_binary_and_unseen_classes():
     from lightgbm import LGBMClassifier
 
@@ -106,7 +185,8 @@ def test_build_engines_chooses_by_measurement(model):
             assert info["max_abs_diff"] <= 1e-5
         if chosen != "stock":  # kept only when faster than stock
             assert entry["candidates"][chosen]["seconds"] < entry["stock_s"]
-    assert [sorted(e["candidates"]) for e in es.report] == [["numba-forest"], ["numba-gbdt"], ["numba-forest"]]
+    forest, gbdt = ["numba-forest", "numba-forest-bins"], ["numba-gbdt", "numba-gbdt-bins"]
+    assert [sorted(e["candidates"]) for e in es.report] == [forest, gbdt, forest]
     assert es.sample.shape == (512, 8)
 
 
