@@ -117,7 +117,8 @@ class SeaweedS3:
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }]}))
         # weed uses port+10000 for gRPC of master, volume and filer
-        base = free_port(also_plus=(1, 2, 3, 10000, 10001, 10002, 10003))
+        # a given port (a server restarted over the same root) reuses the ports it had
+        base = self.port - 3 if self.port else free_port(also_plus=(1, 2, 3, 10000, 10001, 10002, 10003))
         self.port = base + 3
         log = self.root / "weed.log"
         cmd = [

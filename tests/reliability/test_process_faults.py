@@ -56,7 +56,7 @@ def test_sigterm_at_the_time_limit_records_interrupted_and_the_rerun_matches_a_c
                 time.sleep(0.05)
             assert proc.poll() is None and json.loads(record.read_text())["state"] == "running"
             proc.send_signal(signal.SIGTERM)  # what Slurm sends at the time limit (then KILL after KillWait)
-            out, err = proc.communicate(timeout=120)
+            _, err = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
