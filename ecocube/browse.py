@@ -5,6 +5,13 @@
 period with thumbnails and legends, footprints, and the assets with sizes, checksums and
 download links. It reads only the catalog's JSON files.
 
+:func:`write_map` writes ``map.html`` and the bundled ``map.js`` (OpenLayers + geotiff.js, built
+from ``web/map`` by ``scripts/build-map.sh`` and shipped in the package) next to it: the COGs on
+an interactive map read client-side by HTTP range requests, with the legend's class colours, a
+layer and year selector, a swipe between two years and a pixel inspector (every layer's values at
+the clicked pixel through the years). It needs no server of its own: any static host with Range
+and CORS (``ecocube browse``, S3) serves it, and it fetches nothing outside the catalog.
+
 :func:`serve` serves a catalog folder on ``127.0.0.1`` with HTTP Range requests (single and
 multiple ranges), so GDAL/QGIS can stream the COGs, and CORS headers, so STAC Browser or a
 web map served elsewhere can load the catalog. Only ``GET``, ``HEAD`` and ``OPTIONS`` are
@@ -211,6 +218,7 @@ def render_index(catalog_dir: str | Path) -> str:
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
         f"<header><h1>{_esc(title)}</h1><p>{_esc(root.obj.get('description', ''))}</p>",
         f'<p>{len(collections)} collections · {n_items} items · <a href="catalog.json">catalog.json</a>'
+        ' · <a href="map.html" class="maplink">map</a>'
         f" (STAC {_esc(root.obj.get('stac_version', '?'))})</p></header>",
         "<nav>" + "".join(f'<a href="#{_esc(c.obj["id"])}">{_esc(c.obj.get("title") or c.obj["id"])}</a>'
                           for c, _ in collections) + "</nav><main>",
@@ -276,19 +284,159 @@ def render_index(catalog_dir: str | Path) -> str:
 
 
 def write_browser(catalog_dir: str | Path) -> Path:
-    """Write ``index.html`` next to ``catalog.json`` (atomically) and return its path."""
+    """Write ``index.html`` next to ``catalog.json`` (atomically), with the map view
+    (:func:`write_map`), and return the index's path."""
     root_dir = Path(catalog_dir)
     if not (root_dir / "catalog.json").is_file():
         raise EcocubeError(f"no catalog.json in {root_dir}")
     page = render_index(root_dir)
-    return write_text_atomic(root_dir / "index.html", page)
+    index = write_text_atomic(root_dir / "index.html", page)
+    write_map(root_dir)
+    return index
+
+
+# --------------------------------------------------------------------------- map view
+
+#: the bundle built from web/map by scripts/build-map.sh (committed; nothing is fetched at run time)
+MAP_BUNDLE = Path(__file__).parent / "data" / "browse"
+MAP_FILES = ("map.js", "map.css")
+#: colours for classes whose legend gives none (gap-fill flags): distinct, colour-blind friendly
+_FALLBACK_COLOURS = ["4477AA", "EE6677", "228833", "CCBB44", "66CCEE", "AA3377", "BBBBBB", "000000"]
+
+
+def _band_info(band: dict[str, Any], index: int) -> dict[str, Any]:
+    scale = float(band.get("scale", 1.0) or 1.0)
+    offset = float(band.get("offset", 0.0) or 0.0)
+    stats = band.get("statistics") or {}
+    lo, hi = stats.get("minimum"), stats.get("maximum")
+    nodata = band.get("nodata")
+    info = {"name": str(band.get("name") or f"band {index + 1}"), "nodata": nodata, "scale": scale,
+            "offset": offset, "unit": band.get("unit"), "min": lo, "max": hi}
+    info["raw_min"] = (float(lo) - offset) / scale if lo is not None else 0.0
+    info["raw_max"] = (float(hi) - offset) / scale if hi is not None else info["raw_min"] + 1.0
+    return info
+
+
+def map_layers(catalog_dir: str | Path) -> list[dict[str, Any]]:
+    """The map's layers: one per band of each COG data asset, with its items by period.
+
+    Each layer is ``{"id", "title", "collection", "asset", "asset_title", "band", "bands",
+    "classes", "items": [{"period", "href"}]}``; hrefs are relative to the catalog root
+    (or absolute when published so). Collections with a coloured class legend come first.
+    """
+    root_dir = Path(catalog_dir).resolve()
+    root, collections = read_catalog_tree(root_dir)
+    self_href = next(iter(_links(root.obj, "self")), None)
+    root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
+    layers: list[dict[str, Any]] = []
+    for coll, items in collections:
+        assets: dict[str, dict[str, Any]] = {}
+        for item in items:
+            props = item.obj.get("properties", {})
+            period = props.get("ecocube:period") or (props.get("start_datetime") or props.get("datetime") or "")[:10]
+            for key, asset in item.obj.get("assets", {}).items():
+                if "data" not in (asset.get("roles") or []) or "image/tiff" not in str(asset.get("type", "")):
+                    continue
+                entry = assets.setdefault(key, {"asset": asset, "items": []})
+                entry["items"].append({"period": period,
+                                       "href": _page_href(asset["href"], item.path, root_dir, root_base)})
+        for key, entry in assets.items():
+            asset = entry["asset"]
+            classes = asset.get("classification:classes") or coll.obj.get("ecocube:classes") or []
+            classes = [{"value": int(c["value"]), "name": str(c.get("name", c["value"])),
+                        "description": str(c.get("description", "")),
+                        "color": str(c.get("color_hint") or _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)]).lstrip("#")}
+                       for i, c in enumerate(classes)]
+            bands = [_band_info(b, i) for i, b in enumerate(asset.get("raster:bands") or [{}])]
+            base = coll.obj.get("title") or coll.obj["id"]
+            for b in range(len(bands)):
+                title = base if len(bands) == 1 and key == coll.obj["id"] else (
+                    f"{base}: {bands[b]['name']}" if len(bands) > 1 else f"{base}: {asset.get('title') or key}")
+                layers.append({"id": f"{coll.obj['id']}/{key}/{b + 1}", "title": title, "collection": coll.obj["id"],
+                               "asset": key, "asset_title": f"{coll.obj['id']}: {asset.get('title') or key}",
+                               "band": b, "bands": bands, "classes": classes,
+                               "coloured": bool(classes) and all("color_hint" in c for c in
+                                                                 (asset.get("classification:classes")
+                                                                  or coll.obj.get("ecocube:classes") or [])),
+                               "items": entry["items"]})
+    layers.sort(key=lambda lay: not lay["coloured"])  # stable: class maps first, then catalog order
+    return layers
+
+
+MAP_CSS = """
+body { margin:0; font:14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:#1d2733; }
+header { padding:10px 18px; background:#f6f8fa; border-bottom:1px solid #d8dee6; display:flex; gap:18px;
+  align-items:center; flex-wrap:wrap; }
+header h1 { margin:0; font-size:18px; }
+header label { color:#5b6775; }
+#wrap { display:flex; height:calc(100vh - 58px); }
+#map { flex:1; position:relative; background:#fbfcfd; }
+aside { width:380px; overflow:auto; border-left:1px solid #d8dee6; padding:8px 12px; font-size:13px; }
+#legend .sw { display:inline-block; width:12px; height:12px; border:1px solid #0003; margin-right:5px; vertical-align:-1px; }
+#legend .ramp { display:inline-block; width:90px; height:10px; vertical-align:-1px;
+  background:linear-gradient(90deg,#440154,#3b528b,#21918c,#5ec962,#fde725); }
+table.inspect { border-collapse:collapse; margin:8px 0; width:100%; }
+table.inspect caption { text-align:left; font-weight:600; }
+table.inspect td, table.inspect th { border-top:1px solid #d8dee6; padding:2px 4px; text-align:left; }
+#map-error { color:#b42318; }
+.swipe { display:flex; align-items:center; gap:6px; }
+"""
+
+
+def render_map(catalog_dir: str | Path) -> str:
+    """The HTML of ``map.html`` for a local catalog folder."""
+    root_dir = Path(catalog_dir).resolve()
+    root, _ = read_catalog_tree(root_dir)
+    layers = map_layers(root_dir)
+    origins = sorted({"{0.scheme}://{0.netloc}".format(urlsplit(it["href"]))
+                      for lay in layers for it in lay["items"] if "://" in it["href"]})
+    connect = " ".join(["'self'", *origins])
+    title = (root.obj.get("title") or root.obj.get("id", "STAC catalog")) + " — map"
+    payload = json.dumps({"layers": layers}, separators=(",", ":")).replace("</", "<\\/")
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # the catalog's own files only; geotiff.js decodes in blob: workers, OpenLayers draws with WebGL
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'self'; script-src 'self'; "
+        f"worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src {connect}\">",
+        f'<title>{_esc(title)}</title><link rel="stylesheet" href="map.css"><style>{MAP_CSS}</style></head><body>',
+        f'<header><h1>{_esc(title)}</h1><a href="index.html">catalog</a>',
+        '<label>layer <select id="layer"></select></label>',
+        '<label>left <select id="year-a"></select></label>',
+        '<span class="swipe"><span id="year-a-label"></span>'
+        '<input id="swipe" type="range" min="0" max="100" value="50" aria-label="swipe between the two years">'
+        '<span id="year-b-label"></span></span>',
+        '<label>right <select id="year-b"></select></label><div id="legend"></div></header>',
+        '<div id="wrap"><div id="map"></div><aside><p id="map-error" hidden></p>'
+        '<h2>pixel</h2><div id="inspector"><p>click the map to read every layer at that pixel through the years</p>'
+        '</div></aside></div>',
+        f'<script id="ecocube-map-data" type="application/json">{payload}</script>',
+        '<script src="map.js"></script>',
+        "</body></html>\n",
+    ])
+
+
+def write_map(catalog_dir: str | Path) -> Path:
+    """Write ``map.html`` and copy the bundled ``map.js`` next to ``catalog.json``; return the page."""
+    root_dir = Path(catalog_dir)
+    if not (root_dir / "catalog.json").is_file():
+        raise EcocubeError(f"no catalog.json in {root_dir}")
+    missing = [name for name in MAP_FILES if not (MAP_BUNDLE / name).is_file()]
+    if missing:
+        raise EcocubeError(f"the map bundle is missing from the package: {MAP_BUNDLE}/{missing[0]} "
+                           "(run scripts/build-map.sh)")
+    page = render_map(root_dir)
+    for name in MAP_FILES:
+        write_text_atomic(root_dir / name, (MAP_BUNDLE / name).read_text(encoding="utf-8"))
+    return write_text_atomic(root_dir / "map.html", page)
 
 
 # --------------------------------------------------------------------------- server
 
 _RANGE_RE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 CONTENT_TYPES = {".json": "application/json", ".tif": "image/tiff", ".tiff": "image/tiff", ".png": "image/png",
-                 ".html": "text/html; charset=utf-8", ".vrt": "application/xml", ".geojson": "application/geo+json"}
+                 ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".vrt": "application/xml", ".geojson": "application/geo+json"}
 
 
 def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:

@@ -739,7 +739,9 @@ def _client_error_code(exc: Exception) -> str | None:
 def _content_type(key: str) -> str:
     suffix = PurePosixPath(key).suffix.lower()
     return {".tif": "image/tiff", ".tiff": "image/tiff", ".json": "application/json",
-            ".html": "text/html", ".png": "image/png", ".vrt": "application/xml"}.get(suffix,
+            ".html": "text/html", ".png": "image/png", ".vrt": "application/xml",
+            # the catalog's map page: browsers refuse a stylesheet or script served as octet-stream
+            ".js": "text/javascript", ".css": "text/css"}.get(suffix,
                                                                                       "application/octet-stream")
 
 

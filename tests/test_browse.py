@@ -216,3 +216,108 @@ def test_footprint_svg_and_errors(tmp_path):
     assert footprint_svg([None]).startswith("<svg")
     with pytest.raises(EcocubeError, match="no catalog.json"):
         write_browser(tmp_path)
+
+
+# WebGL in headless Chromium without a GPU: SwiftShader (software), which Chromium only allows when asked
+MAP_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+
+def _shot_rgb(locator) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"))
+
+
+def _wait_render(page, before: int) -> int:
+    page.wait_for_function(f"() => Number(document.body.dataset.rendered || 0) > {before}", timeout=60_000)
+    return int(page.evaluate("() => Number(document.body.dataset.rendered)"))
+
+
+def test_map_in_headless_chromium(catalog_dir):
+    """The map reads the COGs client-side: non-blank tiles in the legend's colours, in the classes'
+    proportions; the inspector shows, for a known pixel, the values rasterio reads there."""
+    from playwright.sync_api import sync_playwright
+
+    from ecocube.browse import MAP_BUNDLE
+
+    assert (catalog_dir / "map.js").read_bytes() == (MAP_BUNDLE / "map.js").read_bytes()
+    assert 'href="map.html"' in (catalog_dir / "index.html").read_text()
+    cls_path = catalog_dir / "class/class-2019-01-01/class.tif"
+    with rasterio.open(cls_path) as src:
+        cls = src.read(1)
+        row, col = 40, 100
+        assert cls[row, col] != 65535
+        x, y = src.xy(row, col)  # the pixel's centre
+    expected = {("class", "class", "2019-01-01"): [int(cls[row, col])]}
+    for coll, asset, periods in (("proba", "proba", ["2019-01-01"]), ("uncertainty", "uncertainty", ["2019-01-01"]),
+                                 ("flags", "blue", ["2019-01-01", "2019-04-01"]),
+                                 ("flags", "nir", ["2019-01-01", "2019-04-01"])):
+        for period in periods:
+            with rasterio.open(catalog_dir / f"{coll}/{coll}-{period}/{asset}.tif") as src:
+                r, c = src.index(x, y)
+                expected[(coll, asset, period)] = [int(v) for v in src.read(window=((r, r + 1), (c, c + 1)))[:, 0, 0]]
+    assert len(expected[("proba", "proba", "2019-01-01")]) == 3
+
+    requests: list[str] = []
+    errors: list[str] = []
+    with BackgroundServer(catalog_dir) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=MAP_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/map.html", wait_until="load")
+            n = _wait_render(page, 0)
+            assert page.evaluate("() => document.body.dataset.layer") == "class/class/1"
+            assert page.locator("#legend").inner_text().count("forest") == 1
+            rgb = _shot_rgb(page.locator("#map"))
+            legend = {1: (0xF2, 0xD1, 0x6B), 2: (0x1A, 0x7F, 0x37), 5: (0x2B, 0x6C, 0xB0)}
+            counts = {v: int(np.all(rgb == colour, axis=-1).sum()) for v, colour in legend.items()}
+            drawn = sum(counts.values())
+            assert drawn > 20_000, counts  # non-blank: the tiles were read and drawn
+            valid = cls[cls != 65535]
+            for v, k in counts.items():  # the map shows the classes in the raster's proportions
+                assert abs(k / drawn - np.mean(valid == v)) < 0.03, (v, k / drawn, np.mean(valid == v))
+
+            # swipe between two periods of the gap-fill flags: left = first, right = second
+            idx = page.evaluate("() => window.ecocubeMap.layers.findIndex(l => l.id === 'flags/blue/1')")
+            page.select_option("#layer", str(idx))
+            n = _wait_render(page, n)
+            assert page.locator("#year-a-label").inner_text() == "2019-01-01"
+            assert page.locator("#year-b-label").inner_text() == "2019-04-01"
+            page.fill("#swipe", "100")
+            n = _wait_render(page, n)
+            left = _shot_rgb(page.locator("#map"))
+            page.fill("#swipe", "0")
+            n = _wait_render(page, n)
+            right = _shot_rgb(page.locator("#map"))
+            assert np.any(left != right, axis=-1).mean() > 0.05  # the two years differ where the flags do
+
+            # the inspector at a known pixel
+            page.evaluate(f"() => window.ecocubeMap.inspect([{x}, {y}])")
+            page.wait_for_function("() => document.getElementById('inspector').dataset.done === '1'", timeout=60_000)
+            for (coll, asset, period), values in expected.items():
+                cells = page.locator(f'#inspector table[data-collection="{coll}"][data-asset="{asset}"] '
+                                     f'tr[data-period="{period}"] td[data-band]')
+                assert [int(v) for v in cells.evaluate_all("els => els.map(e => e.dataset.raw)")] == values, \
+                    (coll, asset, period)
+            text = page.locator('#inspector table[data-collection="class"]').inner_text()
+            name = {1: "cropland", 2: "forest", 5: "water"}[int(cls[row, col])]
+            assert f"{int(cls[row, col])} {name}" in text
+            row_text = page.locator('#inspector table[data-collection="flags"][data-asset="blue"] '
+                                    'tr[data-period="2019-04-01"]').inner_text()
+            assert f"flag_{expected[('flags', 'blue', '2019-04-01')][0]}" in row_text
+
+            # a real click on the map fills it too
+            page.locator("#map").click(position={"x": 400, "y": 300})
+            page.wait_for_function("() => document.getElementById('inspector').dataset.done === '2'", timeout=60_000)
+            assert page.locator("#inspector p.where").inner_text().startswith("x ")
+        finally:
+            browser.close()
+    assert errors == []
+    # nothing but the catalog's files (and the decoders' blob: workers made from the bundle)
+    outside = [r for r in requests if not r.startswith((url + "/", f"blob:{url}/"))]
+    assert requests and outside == [], outside
+    assert any(r.endswith("/class/class-2019-01-01/class.tif") for r in requests)

@@ -221,6 +221,9 @@ def test_catalog_on_s3(s3_bucket, seaweed, tmp_path):
     assert result["catalog"] == f"s3://{s3_bucket}/run/catalog/catalog.json"
     keys = store.list("catalog/")
     assert "catalog/index.html" in keys and "catalog/class/collection.json" in keys
+    for key, ctype in (("catalog/map.html", "text/html"), ("catalog/map.js", "text/javascript"),
+                       ("catalog/map.css", "text/css")):  # the map view, served as such by S3
+        assert store.client.head_object(Bucket=store.bucket, Key=store._key(key))["ContentType"] == ctype
     # download the JSON objects and validate them offline
     local = tmp_path / "dl"
     for key in keys:
