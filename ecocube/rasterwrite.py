@@ -20,12 +20,15 @@ from a file system with no free space left); its ``errno`` attribute is set.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno as errno_mod
 import hashlib
+import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,8 @@ from .errors import StoreError
 _ERRNOS = (errno_mod.ENOSPC, errno_mod.EDQUOT, errno_mod.EFBIG, errno_mod.EROFS, errno_mod.EIO, errno_mod.EACCES)
 #: a file system with less than this free is taken as the cause of an unexplained write failure
 _NEARLY_FULL = 1 << 20
+
+log = logging.getLogger(__name__)
 
 _lib_lock = threading.Lock()
 _lib: Any = None
@@ -52,16 +57,18 @@ def _libgdal():
         _lib_loaded = True
         import rasterio._base  # noqa: F401 - loads libgdal into the process
 
-        path = None
+        path = tiff = None
         try:
             with open("/proc/self/maps") as fh:
                 for line in fh:
                     name = line.rsplit(None, 1)[-1]
-                    if "/libgdal" in name and ".so" in name:
+                    if "/libgdal" in name and ".so" in name and path is None:
                         path = name
-                        break
+                    elif "/libtiff" in name and ".so" in name and tiff is None:
+                        tiff = name
         except OSError:
             path = None
+        _libtiff_errors_to_log(tiff)
         if path is None:
             path = ctypes.util.find_library("gdal")
         if path is None:
@@ -71,10 +78,74 @@ def _libgdal():
             lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
             lib.CPLGetLastErrorType.restype = ctypes.c_int
             lib.CPLGetLastErrorNo.restype = ctypes.c_int
+            lib.CPLPushErrorHandler.argtypes = [_HANDLER]
+            lib.CPLPopErrorHandler.argtypes = []
         except (OSError, AttributeError):
             return None
         _lib = lib
         return lib
+
+
+_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
+
+
+@_HANDLER
+def _to_debug_log(kind: int, number: int, message: bytes | None) -> None:
+    log.debug("GDAL error %d/%d while writing: %s", kind, number,
+              message.decode("utf-8", "replace") if message else "")
+
+
+@contextlib.contextmanager
+def gdal_errors_to_log() -> Iterator[None]:
+    """GDAL's messages inside the block go to this module's debug log instead of stderr.
+
+    A write to a full disk makes libtiff report every failed seek and write
+    (``_tiffSeekProc: No space left on device``, hundreds per tile) straight to stderr,
+    before ecocube's one-line error; the errors themselves are still taken from GDAL's
+    last-error state afterwards (the handler is per thread and does not clear it)."""
+    lib = _libgdal()
+    if lib is None:
+        yield
+        return
+    lib.CPLPushErrorHandler(_to_debug_log)
+    try:
+        yield
+    finally:
+        lib.CPLPopErrorHandler()
+
+
+_TIFF_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+_libc = None
+
+
+@_TIFF_HANDLER
+def _tiff_to_debug_log(module: bytes | None, fmt: bytes | None, args) -> None:
+    try:
+        buf = ctypes.create_string_buffer(512)
+        _libc.vsnprintf(buf, len(buf), fmt, args)  # x86-64/aarch64: the va_list arrives as a pointer
+        text = buf.value.decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - a log line must never fail a write
+        text = (fmt or b"").decode("utf-8", "replace")
+    log.debug("libtiff: %s: %s", (module or b"").decode("utf-8", "replace"), text)
+
+
+def _libtiff_errors_to_log(path: str | None) -> None:
+    """libtiff's process-wide error handler (it prints ``_tiffSeekProc: No space left on
+    device.`` straight to stderr, once per failed seek, for I/O errors GDAL does not route
+    through its own handler) is replaced by this module's debug log. The failures still fail
+    the write: they are found by GDAL's last error and by re-reading the file."""
+    global _libc
+    if path is None:
+        return
+    try:
+        _libc = ctypes.CDLL(None)
+        _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        tiff = ctypes.CDLL(path)
+        tiff.TIFFSetErrorHandler.argtypes = [_TIFF_HANDLER]
+        tiff.TIFFSetErrorHandler.restype = ctypes.c_void_p
+        tiff.TIFFSetErrorHandler(_tiff_to_debug_log)
+    except (OSError, AttributeError):
+        log.debug("libtiff's error handler left as it is (%s)", path)
 
 
 def reset_gdal_error() -> None:
@@ -148,7 +219,8 @@ def write_window(dst, arr: np.ndarray, window, path: str | Path, digest: WriteDi
 
     reset_gdal_error()
     try:
-        dst.write(arr, window=window)
+        with gdal_errors_to_log():
+            dst.write(arr, window=window)
     except (rasterio.errors.RasterioError, OSError) as exc:
         raise _error_after(path, str(exc)) from exc
     err = last_gdal_error()
@@ -169,7 +241,8 @@ def close_checked(dst, path: str | Path) -> None:
 
     reset_gdal_error()
     try:
-        dst.close()
+        with gdal_errors_to_log():
+            dst.close()
     except (rasterio.errors.RasterioError, OSError) as exc:
         raise _error_after(path, str(exc)) from exc
     err = last_gdal_error()

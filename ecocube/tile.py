@@ -54,7 +54,7 @@ from .chips import ChipCounts
 from .covariates import predict_where, run_feature_names, year_features
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
 from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
-from .rasterwrite import WriteDigest, close_checked, verify_written, write_window
+from .rasterwrite import WriteDigest, close_checked, gdal_errors_to_log, verify_written, write_window
 from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, holder_text, read_status_versioned, stale_reason,
                      verify_outputs)
 
@@ -411,8 +411,8 @@ class TileWriter:
                                     f"({len(buf)} of {nbytes} bytes at {offset})", tile=self.tile.id)
                 write_window(dst, np.frombuffer(buf, dtype=spec.dtype).reshape(shape), window, path, digest)
         except BaseException:
-            with contextlib.suppress(Exception):
-                dst.close()
+            with contextlib.suppress(Exception), gdal_errors_to_log():
+                dst.close()  # the write already failed: its GDAL messages are not news
             raise
         close_checked(dst, path)
         self._verify(spec, path, digest)
@@ -458,7 +458,7 @@ class TileWriter:
     def abort(self) -> None:
         """Close everything without finishing the staged outputs (the tile is abandoned)."""
         for dst in list(self._datasets.values()):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), gdal_errors_to_log():
                 dst.close()
         self._datasets.clear()
         self._drop_scratch()

@@ -47,6 +47,10 @@ def test_full_tmp_dir_fails_the_tile_and_the_rerun_matches_a_clean_run(scene, mo
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ecocube: error: tile X0001_Y0000 failed: StoreError: "), last
+    # libtiff's own complaints (_tiffSeekProc/_tiffWriteProc, one per failed write) go to the
+    # debug log, not before the one clean line
+    assert "_tiff" not in proc.stderr and "ERROR 1:" not in proc.stderr, proc.stderr[:3000]
+    assert proc.stderr.count("No space left on device") == 1, proc.stderr[:3000]
     _assert_enospc(last, disk)
     store = LocalStore(tmp_path / "out")
     rec = read_status(store, TILE)
