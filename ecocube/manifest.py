@@ -85,3 +85,61 @@ def write_manifest(store, layers: Iterable[MosaicLayer], cfg) -> None:
     doc = {"ecocube_version": __version__, "run": cfg.name,
            "layers": [layer.to_dict() for layer in sorted(layers, key=lambda x: x.key)]}
     store.put_bytes(json.dumps(doc, indent=1).encode(), MANIFEST_KEY)
+
+
+#: store key of the vector layers ``ecocube vectorize`` published (:class:`VectorLayer`)
+VECTORS_KEY = f"{CATALOG_PREFIX}/vectors.json"
+
+
+@dataclass
+class VectorLayer:
+    """One year's polygons of a class product, in up to three formats (``assets``:
+    format -> ``{"key", "size", "checksum", "media_type", "crs"}``)."""
+
+    product: str
+    period: str
+    collection: str
+    item_id: str
+    assets: dict[str, dict[str, Any]]
+    features: int
+    tiles: list[str]
+    tile_bounds: list[list[float]]  # per tile (left, bottom, right, top) in the grid CRS
+    crs: str  # of the GeoPackage / GeoParquet (GeoJSON is EPSG:4326)
+    bbox: list[float]  # of the polygons, in ``crs``
+    bbox_wgs84: list[float]
+    simplify: float
+    sources_digest: str
+    title: str
+    carried_max: int = 0
+    state: str = "written"  # written | up-to-date
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VectorLayer:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def keys(self) -> list[str]:
+        return [a["key"] for a in self.assets.values()]
+
+
+def read_vectors(store) -> dict[str, VectorLayer]:
+    """The published vector layers by ``product/period`` (empty if there are none)."""
+    if not store.exists(VECTORS_KEY):
+        return {}
+    try:
+        data = json.loads(store.get_bytes(VECTORS_KEY))
+        return {f"{d['product']}/{d['period']}": VectorLayer.from_dict(d) for d in data["layers"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"vector manifest {store.url(VECTORS_KEY)} is not valid: {exc}") from None
+
+
+def write_vectors(store, layers: Iterable[VectorLayer], cfg) -> None:
+    from . import __version__
+
+    doc = {"ecocube_version": __version__, "run": cfg.name,
+           "layers": [v.to_dict() for v in sorted(layers, key=lambda v: (v.product, v.period))]}
+    store.put_bytes(json.dumps(doc, indent=1).encode(), VECTORS_KEY)

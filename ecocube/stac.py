@@ -41,7 +41,8 @@ import yaml
 
 from . import products
 from .errors import ConfigError, EcocubeError, StoreError
-from .manifest import CATALOG_PREFIX, MANIFEST_KEY, MosaicLayer, read_manifest
+from .manifest import (CATALOG_PREFIX, MANIFEST_KEY, VECTORS_KEY, MosaicLayer, VectorLayer, read_manifest,
+                       read_vectors)
 from .store import store_for
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,10 @@ def _collection_product(items: dict[str, list[MosaicLayer]]) -> products.Product
     return products.get(min(items[first], key=_asset_order).product)
 
 
-def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None):
-    """The pystac :class:`~pystac.Catalog` of the run's mosaic layers (in memory, no I/O)."""
+def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None,
+                 vectors: list[VectorLayer] = ()):
+    """The pystac :class:`~pystac.Catalog` of the run's mosaic layers and the polygons of
+    ``ecocube vectorize`` (in memory, no I/O)."""
     import pystac
 
     stac_cfg = cfg.finalize.stac
@@ -296,7 +299,68 @@ def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None
         for item in built_items:
             collection.add_item(item)
         catalog.add_child(collection)
+    _add_vector_collections(catalog, cfg, list(vectors), templates, base_values, software, href_base)
     return catalog
+
+
+def _add_vector_collections(catalog, cfg, vectors: list[VectorLayer], templates, base_values, software,
+                            href_base) -> None:
+    """One ``{product}-polygons`` collection per vectorised product, one item per year, the
+    GeoPackage / GeoParquet / GeoJSON files as assets (file and projection extensions)."""
+    import pystac
+    import shapely
+
+    by_collection: dict[str, list[VectorLayer]] = defaultdict(list)
+    for v in vectors:
+        by_collection[v.collection].append(v)
+    for coll_id in sorted(by_collection):
+        group = sorted(by_collection[coll_id], key=lambda v: v.period)
+        product = products.get(group[0].product)
+        tpl = _template_for(templates, product.template, dict(base_values, band=coll_id))
+        items = []
+        for v in group:
+            start, end = period_interval(v.period, _months(v.product, cfg))
+            geometry = _json_geom(footprint(v))
+            item = pystac.Item(
+                id=v.item_id, geometry=geometry, bbox=list(shapely.geometry.shape(geometry).bounds), datetime=None,
+                properties={"start_datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "end_datetime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "ecocube:period": v.period, "ecocube:tiles": len(v.tiles),
+                            "ecocube:features": v.features, "ecocube:simplify": v.simplify,
+                            "proj:code": v.crs if v.crs.upper().startswith("EPSG:") else None,
+                            **({} if v.crs.upper().startswith("EPSG:") else {"proj:wkt2": v.crs})},
+                collection=coll_id)
+            for fmt, a in v.assets.items():
+                rel = a["key"].removeprefix(f"{CATALOG_PREFIX}/")
+                href = f"{href_base.rstrip('/')}/{rel}" if href_base else f"./{rel.rsplit('/', 1)[-1]}"
+                fields = {"file:size": int(a["size"]), "file:checksum": a["checksum"]}
+                if a.get("crs") and a["crs"] != v.crs:
+                    fields["proj:code"] = a["crs"]
+                item.add_asset(fmt, pystac.Asset(href=href, media_type=a["media_type"], roles=["data"],
+                                                 title=f"{v.title} ({_VECTOR_FORMAT_TITLES.get(fmt, fmt)})",
+                                                 extra_fields=fields))
+            item.stac_extensions = sorted({PROJECTION, FILE})
+            items.append(item)
+        bboxes = [it.bbox for it in items]
+        starts = [period_interval(v.period, _months(v.product, cfg)) for v in group]
+        collection = pystac.Collection(
+            id=coll_id, title=f"{tpl['title']} (polygons)",
+            description=(f"{tpl['description']} As polygons: one per 4-connected region of one class, "
+                         "dissolved across tile borders, with area, pixel count and mean class probability."),
+            extent=pystac.Extent(
+                pystac.SpatialExtent([[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
+                                       max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]),
+                pystac.TemporalExtent([[min(s for s, _ in starts), max(e for _, e in starts)]])),
+            license=tpl["license"], keywords=[*tpl["keywords"], "polygons"],
+            extra_fields={"ecocube:run": cfg.name, "ecocube:software": software,
+                          "ecocube:classes": _classes(cfg)})
+        collection.summaries = pystac.Summaries({"ecocube:periods": [v.period for v in group]})
+        for item in items:
+            collection.add_item(item)
+        catalog.add_child(collection)
+
+
+_VECTOR_FORMAT_TITLES = {"gpkg": "GeoPackage", "parquet": "GeoParquet", "geojson": "GeoJSON, WGS84"}
 
 
 def _asset_order(layer: MosaicLayer) -> tuple[int, str]:
@@ -397,10 +461,11 @@ def publish_catalog(cfg, *, store=None, layers: list[MosaicLayer] | None = None,
     store = store_for(cfg, store)
     if layers is None:
         layers = list(read_manifest(store).values())
-    if not layers:
+    vectors = list(read_vectors(store).values())
+    if not layers and not vectors:
         raise StoreError(f"no mosaics to catalog in {store!r}: {MANIFEST_KEY} lists none (run `ecocube mosaic` first)")
     href_base = cfg.finalize.stac.href_base
-    catalog = make_catalog(cfg, layers, href_base=href_base)
+    catalog = make_catalog(cfg, layers, href_base=href_base, vectors=vectors)
     work = store.work_dir("stac")
     staging = work / "catalog"  # a plain folder name: pystac takes "a.b" for a file
     staging.mkdir()
@@ -432,7 +497,7 @@ def publish_catalog(cfg, *, store=None, layers: list[MosaicLayer] | None = None,
             published.append(key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _remove_unpublished(store, published, layers)
+    _remove_unpublished(store, published, layers, vectors)
     root = store.url(f"{CATALOG_PREFIX}/catalog.json")
     index_url = store.url(index) if index else None
     if getattr(store, "local", False):
@@ -444,7 +509,8 @@ def publish_catalog(cfg, *, store=None, layers: list[MosaicLayer] | None = None,
 PUBLISHED_LIST_KEY = f"{CATALOG_PREFIX}/published.json"
 
 
-def _remove_unpublished(store, published: list[str], layers: list[MosaicLayer]) -> list[str]:
+def _remove_unpublished(store, published: list[str], layers: list[MosaicLayer],
+                        vectors: list[VectorLayer] = ()) -> list[str]:
     """Delete what the previous publish wrote and this one no longer references.
 
     Runs after ``catalog.json`` is in place, so a reader never sees a link to a deleted
@@ -452,6 +518,8 @@ def _remove_unpublished(store, published: list[str], layers: list[MosaicLayer]) 
     put under ``catalog/`` are never touched.
     """
     current = set(published) | {MANIFEST_KEY, PUBLISHED_LIST_KEY}
+    for vector in vectors:
+        current.update([*vector.keys, VECTORS_KEY])
     for layer in layers:
         current.update(k for k in (layer.key, layer.vrt_key, layer.thumbnail_key) if k)
     raw = store.get_bytes_or_none(PUBLISHED_LIST_KEY)

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mosaic": ("ecocube.cli.finalize_cmd:mosaic", "Mosaic the tile outputs into COGs and VRTs."),
     "stac": ("ecocube.cli.finalize_cmd:stac", "Build or validate the STAC catalog."),
     "finalize": ("ecocube.cli.finalize_cmd:finalize", "Mosaic + STAC catalog + browser: the job Slurm runs last."),
+    "vectorize": ("ecocube.cli.vectorize_cmd:vectorize", "Turn class maps into polygons (GeoPackage, GeoParquet, GeoJSON)."),
     "browse": ("ecocube.cli.finalize_cmd:browse", "Serve a catalog folder on 127.0.0.1 for browsing and range reads."),
 }
 
