@@ -156,6 +156,19 @@ class ModelBundle:
     def predict_uncertainty(self, X) -> np.ndarray:
         return self.model.predict_uncertainty(self._check(X))
 
+    @property
+    def task(self) -> str:
+        """``"classification"`` or ``"regression"`` (metadata ``task``; older bundles: classification)."""
+        return str(self.metadata.get("task", "classification"))
+
+    def predict_with_interval(self, X, coverage: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A regression bundle's ``(mean, lower, upper)``; ``coverage`` defaults to the one it was trained for
+        (metadata ``interval_coverage``)."""
+        if self.task != "regression":
+            raise ModelError(f"a {self.task} bundle has no prediction intervals")
+        level = float(coverage if coverage is not None else self.metadata.get("interval_coverage", 0.9))
+        return self.model.predict_with_interval(self._check(X), coverage=level)
+
     def predict_proba_and_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Both at the cost of one pass of the base learners (what tile prediction needs)."""
         if self.engine_set is not None:

@@ -478,7 +478,12 @@ class ModelConfig(_Model):
         "ensemble", description="ensemble: per-pixel stacked trees (ecocube train); chip: an ONNX model on image "
                                 "chips of the feature channels (ecocube.chipmodel bundle)")
     chip: ChipConfig | None = Field(None, description="chip size, overlap, stitching, halo, filter (kind: chip)")
-    classes: tuple[ClassDef, ...] = Field(..., min_length=2)
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: class codes -> proba/class/uncertainty; regression: a "
+                                      "continuous target -> mean/lower/upper (EnsembleRegressor, conformal intervals)")
+    classes: tuple[ClassDef, ...] = Field((), description="the class legend (classification: at least 2)")
+    interval_coverage: float = Field(0.9, gt=0, lt=1, description="regression: nominal coverage of lower..upper")
+    target_unit: str | None = Field(None, description="regression: unit of the target (STAC raster:bands unit)")
     base_learners: tuple[Literal["rf", "lgbm", "et", "mlp"], ...] = ("rf", "lgbm", "et")
     n_estimators: int = Field(200, ge=1)
     cv_folds: int = Field(5, ge=2)
@@ -505,6 +510,10 @@ class ModelConfig(_Model):
 
     @model_validator(mode="after")
     def _codes(self) -> ModelConfig:
+        if self.task == "classification" and len(self.classes) < 2:
+            raise ValueError(f"model.classes: a classification needs at least 2 classes, got {len(self.classes)}")
+        if self.task == "regression" and self.classes:
+            raise ValueError("model.classes: a regression has no class legend (model.task: regression)")
         codes = [c.code for c in self.classes]
         if len(set(codes)) != len(codes):
             raise ValueError(f"class codes must be unique, got {codes}")
@@ -512,6 +521,8 @@ class ModelConfig(_Model):
             object.__setattr__(self, "chip", ChipConfig())
         if self.kind != "chip" and self.chip is not None:
             raise ValueError("model.chip is set but model.kind is not 'chip'")
+        if self.kind == "chip" and self.task == "regression":
+            raise ValueError("model.task: regression needs model.kind: ensemble (a chip model classifies)")
         return self
 
 
@@ -534,7 +545,7 @@ class S3Config(_Model):
 
 
 #: every product, in planning order (the registry: :mod:`ecocube.products`)
-LAYERS = products.NAMES
+LAYERS = products.default_layers("classification")  # the default; regression: default_layers("regression")
 ProductName = Literal[products.NAMES]  # type: ignore[valid-type]  # built from the registry
 
 
@@ -608,6 +619,17 @@ class RunConfig(_Model):
     @property
     def bands(self) -> tuple[str, ...]:
         return self.inputs.bands
+
+    @model_validator(mode="after")
+    def _task_layers(self) -> RunConfig:
+        task = self.model.task
+        if "layers" not in self.output.model_fields_set:  # the default follows the task
+            object.__setattr__(self.output, "layers", products.default_layers(task))
+        other = [n for n in self.output.layers if products.get(n).task not in (None, task)]
+        if other:
+            raise ValueError(f"output.layers {other} belong to another task than model.task {task!r}; "
+                             f"choose among {', '.join(products.default_layers(task))}")
+        return self
 
     @model_validator(mode="after")
     def _covariate_names(self) -> RunConfig:

@@ -167,3 +167,48 @@ def predict_block(bundle, X: np.ndarray, *, threads: int | None = None,
                 delayed(_predict_chunk)(bundle, X, c, codes, proba, hard, unc, controller) for c in chunks
             )
     return proba, hard, unc
+
+
+#: nodata of the regression outputs mean / lower / upper (float32, from the products registry)
+VALUE_NODATA = float(PRODUCTS["mean"].nodata)
+
+
+def predict_regression_block(bundle, X: np.ndarray, *, threads: int | None = None,
+                             chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A regression bundle's ``(mean, lower, upper)`` float32 ``(n,)`` for one block's pixels.
+
+    ``bundle`` needs ``predict_with_interval(X) -> (mean, lower, upper)`` (the interval level
+    is the bundle's ``interval_coverage``). Rows with a non-finite feature, and predictions
+    that are not finite, get :data:`VALUE_NODATA`. Chunks run on at most ``threads`` joblib
+    threads with every learner and native pool at one thread, as in :func:`predict_block`.
+    """
+    from sklearn.utils.parallel import Parallel, delayed
+
+    from .env import available_threads
+
+    X = np.asarray(X)
+    ok = predicted_mask(X)
+    n = X.shape[0]
+    outs = tuple(np.full(n, VALUE_NODATA, dtype=np.float32) for _ in range(3))
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
+        return outs
+    threads = available_threads(threads)
+    n_chunks = min(rows.size, -(-max(1, -(-rows.size // max(1, chunk_rows))) // threads) * threads)
+    chunks = [c for c in np.array_split(rows, n_chunks) if c.size]
+
+    def _one(c: np.ndarray) -> None:
+        for out, values in zip(outs, bundle.predict_with_interval(X[c])):
+            values = np.asarray(values, dtype=np.float32)
+            out[c] = np.where(np.isfinite(values), values, np.float32(VALUE_NODATA))
+
+    from threadpoolctl import ThreadpoolController
+
+    with ThreadpoolController().limit(limits=1), learner_threads(bundle, 1):
+        if threads == 1 or len(chunks) == 1:
+            for c in chunks:
+                _one(c)
+        else:
+            Parallel(n_jobs=min(threads, len(chunks)), prefer="threads", require="sharedmem")(
+                delayed(_one)(c) for c in chunks)
+    return outs

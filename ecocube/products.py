@@ -68,19 +68,17 @@ Fields (all plain data, no I/O):
 ``predictor``
     whether the mosaic COG uses a compression predictor (class codes do not vary smoothly).
 
-Adding a product is one entry in :data:`PRODUCTS` below. A regression mean and its
-interval per year, for example, are three entries like::
+``task``
+    the ``model.task`` a model product belongs to (``"classification"``: proba, class,
+    uncertainty; ``"regression"``: mean, lower, upper); ``None`` for cube products. A run's
+    default ``output.layers`` are the cube products and those of its task.
 
-    Product("mean", source="model", cadence="year", dtype="int16", nodata=-32768,
-            scale=0.01, kind="continuous", unit="t/ha", collection="{name}", asset="{name}",
-            template="mean", title="predicted mean", band_description="{layer}",
-            description="mean of the ensemble's prediction"),
-
-plus the values themselves: the compute that makes them (an estimator, a stage) and one
-line in the name -> array mapping of the tile (``ecocube.tile._prediction_items`` for model
-products, ``ecocube.tile._stage_cube`` for cube products); optionally a
-``stac/{template}.yaml`` with its title and description. Plans, keys, config validation, CLI choices, mosaics,
-catalog assets and size estimates follow from the entry. A vector product (e.g. parcels)
+Adding a product is one entry in :data:`PRODUCTS` below (the regression ``mean``,
+``lower`` and ``upper`` are three such entries), plus the values themselves: the compute
+that makes them (an estimator, a stage) and one line in the name -> array mapping of the
+tile (the ``values`` of ``ecocube.tile._TileRun.predict`` for model products,
+``ecocube.tile._stage_cube`` for cube products); optionally a ``stac/{template}.yaml`` with
+its title and description. Plans, keys, config validation, CLI choices, mosaics, catalog assets and size estimates follow from the entry. A vector product (e.g. parcels)
 would add a ``format`` field here, with its own writer; none exists yet.
 """
 
@@ -97,6 +95,7 @@ __all__ = [
     "NAMES",
     "PRODUCTS",
     "Product",
+    "default_layers",
     "get",
     "names",
     "tile_key_pattern",
@@ -136,11 +135,13 @@ class Product:
     reduce: Literal["max"] | None = None
     asset_order: int = 0
     predictor: bool = True
+    task: Literal["classification", "regression"] | None = None
 
     def __post_init__(self):
         allowed = {"source": ("model", "cube"), "cadence": ("year", "period"),
                    "kind": ("categorical", "discrete", "continuous"), "legend": ("classes", "flags", None),
-                   "thumbnail": ("every", "first-band", "none"), "reduce": ("max", None)}
+                   "thumbnail": ("every", "first-band", "none"), "reduce": ("max", None),
+                   "task": ("classification", "regression", None)}
         for name, values in allowed.items():
             if getattr(self, name) not in values:
                 raise ValueError(f"product {self.name!r}: {name} must be one of {values}, "
@@ -150,6 +151,8 @@ class Product:
         if self.per_band and "{layer}" not in self.collection + self.asset:
             raise ValueError(f"product {self.name!r} has one output per band: its collection or asset "
                              "template must contain '{layer}'")
+        if (self.source == "model") != (self.task is not None):
+            raise ValueError(f"product {self.name!r}: a model product names its task, a cube product none")
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
 
     # derived ------------------------------------------------------------------------
@@ -212,6 +215,9 @@ FLAG_OBSERVED = 0
 FLAG_UNFILLED = 255
 _FLAG_UNFILLED = str(FLAG_UNFILLED)
 _FLAG_OBSERVED = str(FLAG_OBSERVED)
+#: nodata of the float32 regression products (a value no target takes in practice; NaN would
+#: not compare equal to itself in the nodata checks of mosaics and statistics)
+_FLOAT_NODATA = -9999.0
 
 _ENTRIES = (
     Product(
@@ -219,21 +225,40 @@ _ENTRIES = (
         per_class=True, collection="{name}", asset="{name}", template="proba",
         title="class probabilities (%)", band_description="{class_name}", unit="%",
         class_tag=True, tags={"units": "percent"}, ramp="viridis", ramp_label="max class probability (%)",
-        ramp_range=(0.0, 100.0), reduce="max",
+        ramp_range=(0.0, 100.0), reduce="max", task="classification",
         description="probability of each class in percent (one band per class), from the stacked ensemble"),
     Product(
         "class", source="model", cadence="year", dtype="uint16", nodata=65535, kind="categorical",
         collection="{name}", asset="{name}", template="class", title="class", band_description="class",
-        legend="classes", class_tag=True, predictor=False,
+        legend="classes", class_tag=True, predictor=False, task="classification",
         description="the most probable class code"),
     Product(
         "uncertainty", source="model", cadence="year", dtype="uint8", nodata=255, kind="continuous",
         collection="{name}", asset="{name}", template="uncertainty", title="uncertainty (%)",
         band_description="uncertainty", unit="%", ramp="magma", ramp_label="uncertainty (%)",
-        ramp_range=(0.0, 100.0),
+        ramp_range=(0.0, 100.0), task="classification",
         tags={"units": "percent",
               "definition": "std of the base learners' probability of the chosen class x 100"},
         description="standard deviation of the base learners' probability of the chosen class, in percent"),
+    Product(
+        "mean", source="model", cadence="year", dtype="float32", nodata=_FLOAT_NODATA, kind="continuous",
+        collection="regression", asset="{name}", template="regression", title="predicted mean",
+        band_description="mean", task="regression", ramp="viridis", ramp_label="predicted mean",
+        description="the stacked regression ensemble's prediction (units of the training target)"),
+    Product(
+        "lower", source="model", cadence="year", dtype="float32", nodata=_FLOAT_NODATA, kind="continuous",
+        collection="regression", asset="{name}", template="regression", title="lower interval bound",
+        band_description="lower", task="regression", ramp="viridis", ramp_label="lower bound", thumbnail="none",
+        asset_order=1,
+        roles=("data", "quality"),
+        description="lower bound of the conformal prediction interval (level: model.interval_coverage)"),
+    Product(
+        "upper", source="model", cadence="year", dtype="float32", nodata=_FLOAT_NODATA, kind="continuous",
+        collection="regression", asset="{name}", template="regression", title="upper interval bound",
+        band_description="upper", task="regression", ramp="viridis", ramp_label="upper bound", thumbnail="none",
+        asset_order=2,
+        roles=("data", "quality"),
+        description="upper bound of the conformal prediction interval (level: model.interval_coverage)"),
     Product(
         "composite", source="cube", cadence="period", dtype="int16", nodata=-32768, kind="continuous",
         per_band=True, scale=0.0001, scale_option="composite_scale", collection="composite-{layer}",
@@ -262,6 +287,11 @@ NAMES: tuple[str, ...] = tuple(PRODUCTS)
 MODEL_PRODUCTS: tuple[str, ...] = tuple(p.name for p in _ENTRIES if p.source == "model")
 
 
+def default_layers(task: str = "classification") -> tuple[str, ...]:
+    """The default ``output.layers`` of a run: the cube products and the model products of ``task``."""
+    return tuple(p.name for p in _ENTRIES if p.task in (None, task))
+
+
 def get(name: str) -> Product:
     """The product called ``name``; a ``KeyError`` lists the known ones."""
     try:
@@ -271,12 +301,12 @@ def get(name: str) -> Product:
 
 
 def names(*, source: str | None = None, cadence: str | None = None,
-          among: Iterable[str] | None = None) -> tuple[str, ...]:
-    """Product names in registry order, filtered by ``source``/``cadence`` and to those in ``among``."""
+          among: Iterable[str] | None = None, task: str | None = None) -> tuple[str, ...]:
+    """Product names in registry order, filtered by ``source``/``cadence``/``task`` and to those in ``among``."""
     wanted = None if among is None else set(among)
     return tuple(p.name for p in _ENTRIES
                  if (source is None or p.source == source) and (cadence is None or p.cadence == cadence)
-                 and (wanted is None or p.name in wanted))
+                 and (task is None or p.task == task) and (wanted is None or p.name in wanted))
 
 
 def tile_key_pattern() -> re.Pattern[str]:

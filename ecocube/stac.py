@@ -199,7 +199,8 @@ def model_metadata(cfg) -> dict[str, Any] | None:
     return _compact(meta) if isinstance(meta, dict) else {"value": _compact(meta)}
 
 
-def _raster_band(layer: MosaicLayer, b: int) -> dict[str, Any]:
+def _raster_band(layer: MosaicLayer, b: int, target_unit: str | None = None) -> dict[str, Any]:
+    """``raster:bands`` entry; ``target_unit`` is the unit of regression products (``model.target_unit``)."""
     band: dict[str, Any] = {"data_type": layer.dtype}
     if layer.nodata is not None:
         band["nodata"] = layer.nodata if not math.isnan(layer.nodata) else "nan"
@@ -211,7 +212,8 @@ def _raster_band(layer: MosaicLayer, b: int) -> dict[str, Any]:
     stats = {k: v for k, v in layer.statistics[b].items() if v is not None and math.isfinite(v)}
     if stats:
         band["statistics"] = stats
-    unit = products.get(layer.product).unit
+    prod = products.get(layer.product)
+    unit = prod.unit or (target_unit if prod.task == "regression" else None)
     if unit:
         band["unit"] = unit
     if layer.descriptions[b]:
@@ -383,6 +385,9 @@ def _make_item(cfg, coll_id: str, item_id: str, group: list[MosaicLayer], href_b
                     "ecocube:period": first.period, "ecocube:tiles": len(first.tiles)},
         collection=coll_id,
     )
+    if any(products.get(layer.product).task == "regression" for layer in group):
+        # the nominal coverage of the lower..upper interval (a conformal interval: see ecocube.ensemble)
+        item.properties["ecocube:interval_coverage"] = float(cfg.model.interval_coverage)
     fraction = (first.extra or {}).get("observed_fraction")
     if fraction is not None:  # share of the year's values that were observed (not gap-filled) in the tiles
         item.properties["ecocube:observed_fraction"] = fraction
@@ -405,7 +410,7 @@ def _make_item(cfg, coll_id: str, item_id: str, group: list[MosaicLayer], href_b
     for layer in group:
         prod = products.get(layer.product)
         fields: dict[str, Any] = {
-            "raster:bands": [_raster_band(layer, b) for b in range(layer.count)],
+            "raster:bands": [_raster_band(layer, b, cfg.model.target_unit) for b in range(layer.count)],
             "file:size": int(layer.size),
             "file:checksum": layer.checksum,
         }

@@ -53,7 +53,14 @@ from . import __version__, products
 from .chips import ChipCounts
 from .covariates import predict_where, run_feature_names, year_features
 from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
-from .predict import CLASS_NODATA, PROBA_NODATA, UNCERTAINTY_NODATA, predict_block
+from .predict import (
+    CLASS_NODATA,
+    PROBA_NODATA,
+    UNCERTAINTY_NODATA,
+    VALUE_NODATA,
+    predict_block,
+    predict_regression_block,
+)
 from .rasterwrite import WriteDigest, close_checked, gdal_errors_to_log, verify_written, write_window
 from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, holder_text, read_status_versioned, stale_reason,
                      verify_outputs)
@@ -117,6 +124,7 @@ class Stages:
     feature_names: Callable = _feature_names
     load_bundle: Callable = _load_bundle
     predict_block: Callable = predict_block
+    predict_regression_block: Callable = predict_regression_block
 
 
 # --------------------------------------------------------------------------- stop flag
@@ -1025,8 +1033,9 @@ class _TileRun:
             unc = np.full(bh * bw, UNCERTAINTY_NODATA, np.uint8)
             self.tally.target += int(t_in.sum())
             self.tally.predicted += int((hard != CLASS_NODATA).sum())
-            items.extend(_prediction_items(self.tile.id, year_period(year, self.periods), self.layers, proba, hard,
-                                           unc, bh, bw))
+            values = {"proba": proba.reshape(-1, bh, bw), "class": hard.reshape(bh, bw),
+                      "uncertainty": unc.reshape(bh, bw)}
+            items.extend(_prediction_items(self.tile.id, year_period(year, self.periods), self.layers, values))
         return items
 
     def open_outputs(self, res, i: int) -> None:
@@ -1093,18 +1102,30 @@ class _TileRun:
             if X.shape[0] != h * w:
                 raise TileError(f"features of block {i} have {X.shape[0]} rows for {h * w} pixels",
                                 tile=self.tile.id)
-            with self.timer("predict"):
-                proba, hard, unc = self.stages.predict_block(self.bundle, X, threads=self.threads)
+            unseen = None
             if skip:
                 ts = [t for t, p in enumerate(periods) if int(p.year) == year]
                 unseen = ~(flags[ts[0]:ts[-1] + 1] == 0).any(axis=(0, 1)).reshape(-1)
-                if unseen.any():
+            per = year_period(year, self.periods)
+            if getattr(self.bundle, "task", "classification") == "regression":
+                with self.timer("predict"):
+                    mean, lower, upper = self.stages.predict_regression_block(self.bundle, X, threads=self.threads)
+                if unseen is not None and unseen.any():
+                    for a in (mean, lower, upper):
+                        a[unseen] = VALUE_NODATA
+                self.tally.predicted += int((mean != VALUE_NODATA).sum())
+                values = {"mean": mean.reshape(h, w), "lower": lower.reshape(h, w), "upper": upper.reshape(h, w)}
+            else:
+                with self.timer("predict"):
+                    proba, hard, unc = self.stages.predict_block(self.bundle, X, threads=self.threads)
+                if unseen is not None and unseen.any():
                     proba[:, unseen] = PROBA_NODATA
                     hard[unseen] = CLASS_NODATA
                     unc[unseen] = UNCERTAINTY_NODATA
-            self.tally.predicted += int((hard != CLASS_NODATA).sum())
-            items.extend(_prediction_items(self.tile.id, year_period(year, self.periods), self.layers, proba, hard,
-                                           unc, h, w))
+                self.tally.predicted += int((hard != CLASS_NODATA).sum())
+                values = {"proba": proba.reshape(-1, h, w), "class": hard.reshape(h, w),
+                          "uncertainty": unc.reshape(h, w)}
+            items.extend(_prediction_items(self.tile.id, per, self.layers, values))
             del X
         return items
 
@@ -1185,12 +1206,16 @@ def _crop_block(res, filled: np.ndarray, flags: np.ndarray, halo: int):
     return dataclasses.replace(res, **crop), filled[inner], flags[inner]
 
 
-def _prediction_items(tile_id: str, per: str, layers, proba: np.ndarray, hard: np.ndarray, unc: np.ndarray,
-                      h: int, w: int) -> list[tuple[str, np.ndarray]]:
-    """The year's model outputs wanted in ``layers``, in registry order: the one place a new
-    model product (see ecocube.products) maps what the model returns to its raster."""
-    values = {"proba": proba.reshape(-1, h, w), "class": hard.reshape(h, w), "uncertainty": unc.reshape(h, w)}
-    return [(output_key(name, tile_id, per, name), values[name]) for name in products.names(source="model", among=layers)]
+def _prediction_items(tile_id: str, per: str, layers, values: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The year's model outputs wanted in ``layers``, in registry order. ``values`` maps each
+    model product of the bundle's task (see ecocube.products) to its block raster: the one
+    place a new model product meets what the model returns."""
+    wanted = products.names(source="model", among=layers)
+    missing = [n for n in wanted if n not in values]
+    if missing:
+        raise ModelError(f"output.layers {missing} are not made by this model (it makes {', '.join(values)}); "
+                         "check model.task against the bundle")
+    return [(output_key(name, tile_id, per, name), values[name]) for name in wanted]
 
 
 def _publish(store, paths: dict[str, Path], *, threads: int) -> dict[str, dict[str, Any]]:

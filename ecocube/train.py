@@ -81,6 +81,7 @@ class Samples:
     crs: str
     sha256: str
     date_field: str | None = None
+    values: np.ndarray | None = None  # float64 target values (model.task: regression), else None
 
     def __len__(self) -> int:
         return int(self.classes.size)
@@ -128,6 +129,19 @@ def _class_codes(values, path: Path, class_field: str) -> np.ndarray:
             raise ConfigError(
                 f"samples {path}: feature {i} has class {v!r} in field {class_field!r}; class codes must be integers"
             ) from None
+    return out
+
+
+def _target_values(values, path: Path, field_name: str) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            out[i] = np.nan
+        if not math.isfinite(out[i]):
+            raise ConfigError(f"samples {path}: feature {i} has value {v!r} in field {field_name!r}; "
+                              "a regression target must be a finite number")
     return out
 
 
@@ -204,8 +218,10 @@ def _read_table(path: Path, crs: str | None) -> tuple[dict[str, list], np.ndarra
 
 
 def load_samples(path: str | Path, class_field: str, *, crs: str | None = None,
-                 date_field: str | None = None, periods_cfg=None) -> Samples:
+                 date_field: str | None = None, periods_cfg=None, task: str = "classification") -> Samples:
     """Read labelled points/polygons (see the module docstring for the formats).
+
+    ``task="regression"``: ``class_field`` holds a continuous target (``Samples.values``).
 
     ``periods_cfg`` (``cfg.inputs.periods``) maps sample dates to run years under
     ``year_start``; without it a date's year is its calendar year."""
@@ -230,13 +246,18 @@ def load_samples(path: str | Path, class_field: str, *, crs: str | None = None,
     if bad:
         raise ConfigError(f"samples {path}: only Point, Polygon and MultiPolygon geometries are supported, "
                           f"found {sorted(shapely.GeometryType(t).name for t in bad)}")
-    classes = _class_codes(cols[cname], path, cname)
+    values = None
+    if task == "regression":
+        values = _target_values(cols[cname], path, cname)
+        classes = np.zeros(values.size, dtype=np.int64)
+    else:
+        classes = _class_codes(cols[cname], path, cname)
     years = None
     if dname is not None:
         years = np.array([_year_of(v, f"samples {path}: feature {i} field {dname!r}", periods_cfg)
                           for i, v in enumerate(cols[dname])], dtype=np.int64)
     return Samples(path=path, geometries=geoms, classes=classes, years=years, ids=ids, crs=str(file_crs),
-                   sha256=sha256_file(path), date_field=dname)
+                   sha256=sha256_file(path), date_field=dname, values=values)
 
 
 def _to_grid_crs(geoms: np.ndarray, src: str, dst: str) -> np.ndarray:
@@ -270,12 +291,14 @@ class PixelTable:
     y: np.ndarray
     group: np.ndarray  # str CV group ("P12" polygon, "B3_-2" block)
     kind: np.ndarray  # str "point" | "polygon"
+    value: np.ndarray | None = None  # float64 regression target, None for classification
 
     def __len__(self) -> int:
         return int(self.cls.size)
 
     def take(self, idx) -> PixelTable:
-        return PixelTable(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
+        return PixelTable(**{k: None if getattr(self, k) is None else getattr(self, k)[idx]
+                             for k in self.__dataclass_fields__})
 
 
 def sample_pixels(samples: Samples, grid: TileGrid, *, years: list[int], max_pixels_per_polygon: int,
@@ -289,7 +312,7 @@ def sample_pixels(samples: Samples, grid: TileGrid, *, years: list[int], max_pix
     geoms = _to_grid_crs(samples.geometries, samples.crs, grid.crs)
     rng = np.random.default_rng(random_state)
     ps, ox, oy = grid.pixel_size, grid.origin_x, grid.origin_y
-    rows: dict[str, list] = {k: [] for k in ("sample_id", "cls", "gx", "gy", "group", "kind", "year")}
+    rows: dict[str, list] = {k: [] for k in ("sample_id", "cls", "gx", "gy", "group", "kind", "year", "value")}
 
     def _block(x: float, y: float) -> str:
         return f"B{math.floor((x - ox) / cv_block_size)}_{math.floor((oy - y) / cv_block_size)}"
@@ -332,10 +355,12 @@ def sample_pixels(samples: Samples, grid: TileGrid, *, years: list[int], max_pix
             rows["group"].append(np.asarray(group, dtype=object))
             rows["kind"].append(np.full(gx.size, kind, dtype=object))
             rows["year"].append(np.full(gx.size, yr, np.int64))
+            rows["value"].append(np.full(gx.size, np.nan if samples.values is None else samples.values[i]))
     cat = {k: np.concatenate(v) for k, v in rows.items()}
     return PixelTable(sample_id=cat["sample_id"], cls=cat["cls"], year=cat["year"], gx=cat["gx"], gy=cat["gy"],
                       x=ox + (cat["gx"] + 0.5) * ps, y=oy - (cat["gy"] + 0.5) * ps,
-                      group=cat["group"].astype(str), kind=cat["kind"].astype(str))
+                      group=cat["group"].astype(str), kind=cat["kind"].astype(str),
+                      value=None if samples.values is None else cat["value"].astype(np.float64))
 
 
 def resolve_block_size(cfg, samples: Samples, grid: TileGrid) -> tuple[float, dict]:
@@ -518,6 +543,8 @@ def write_feature_table(path: Path, pixels: PixelTable, X: np.ndarray, names: li
         "group": pa.array(pixels.group.tolist(), pa.string()), "kind": pa.array(pixels.kind.tolist(), pa.string()),
         "gx": pa.array(pixels.gx), "gy": pa.array(pixels.gy), "x": pa.array(pixels.x), "y": pa.array(pixels.y),
     }
+    if pixels.value is not None:
+        cols["value"] = pa.array(pixels.value)
     for j, n in enumerate(names):
         cols[n] = pa.array(X[:, j])
     table = pa.table(cols).replace_schema_metadata({b"ecocube": json.dumps(metadata).encode()})
@@ -537,6 +564,7 @@ def read_feature_table(path: Path) -> tuple[PixelTable, np.ndarray, list[str], d
         x=np.asarray(table.column("x")), y=np.asarray(table.column("y")),
         group=np.asarray(table.column("group").to_pylist(), dtype=str),
         kind=np.asarray(table.column("kind").to_pylist(), dtype=str),
+        value=np.asarray(table.column("value"), dtype=np.float64) if "value" in table.column_names else None,
     )
     X = np.column_stack([np.asarray(table.column(n), dtype=np.float32) for n in names]) if names else \
         np.empty((len(pixels), 0), np.float32)
@@ -870,6 +898,7 @@ class TrainResult:
 def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str:
     parts = {
         "samples": samples.sha256, "class_field": class_field, "date_field": samples.date_field,
+        "task": cfg.model.task,
         "crs": samples.crs, "years": years,
         "cfg": cfg.model_dump(mode="json", include={"grid", "inputs", "gapfill", "features"}),
         "pixels": cfg.model.model_dump(mode="json", include={"max_pixels_per_polygon", "cv_block_size", "cv_groups",
@@ -908,6 +937,9 @@ def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str
     t_overlay = time.perf_counter() - t_start
     year_warnings = check_year_observations(table.overlay_stats, samples.path)
     rows = _training_rows(cfg, table, samples)
+    if cfg.model.task == "regression":
+        return _train_regression(cfg, samples, class_field, table, rows, out, threads=n_threads,
+                                 warnings_=year_warnings, t_overlay=t_overlay)
     cv = _spatial_cv(cfg, rows, threads=n_threads)
     model, t_fit = _fit_final(cfg, rows, threads=n_threads)
     report = _training_report(cfg, samples, class_field, table, rows, cv, model, threads=n_threads,
@@ -936,14 +968,14 @@ def _checked_samples(cfg, samples_path: str | Path, class_field: str, *, year: i
         raise ConfigError(f"year {year} is outside the run's years {run_years[0]}..{run_years[-1]}")
 
     samples = load_samples(samples_path, class_field, crs=crs, date_field=date_field,
-                           periods_cfg=cfg.inputs.periods)
+                           periods_cfg=cfg.inputs.periods, task=cfg.model.task)
     if samples.years is not None:
         outside = sorted(set(samples.years.tolist()) - set(run_years))
         if outside:
             raise ConfigError(f"samples {samples.path}: years {outside} are outside the run's years "
                               f"{run_years[0]}..{run_years[-1]} (field {samples.date_field!r})")
     legend = _legend(cfg)
-    unknown = sorted(set(samples.classes.tolist()) - set(legend))
+    unknown = sorted(set(samples.classes.tolist()) - set(legend)) if cfg.model.task == "classification" else []
     if unknown:
         raise ConfigError(f"samples {samples.path}: class codes {unknown} in field {class_field!r} are not in "
                           f"model.classes ({', '.join(str(c) for c in legend)})")
@@ -1026,12 +1058,15 @@ def _training_rows(cfg, table: _FeatureTable, samples: Samples) -> _TrainingRows
         log.warning("%d of %d pixel samples keep unfilled gaps and are %s", n_dropped, len(table.pixels),
                     "dropped" if cfg.model.nan_policy == "drop" else "dropped (all features missing)")
     pixels, X = table.pixels.take(np.flatnonzero(keep)), X[keep]
+    group_codes = np.unique(pixels.group, return_inverse=True)[1].ravel()
+    if cfg.model.task == "regression":
+        return _TrainingRows(pixels=pixels, X=X, y=pixels.value, groups=group_codes,
+                             present=np.array([], np.int64), n_dropped=n_dropped)
     y = pixels.cls
     present = np.unique(y)
     if present.size < 2:
         raise ModelError(f"samples {samples.path}: after the overlay only class(es) {present.tolist()} remain; "
                          "training needs at least 2 classes")
-    group_codes = np.unique(pixels.group, return_inverse=True)[1].ravel()
     return _TrainingRows(pixels=pixels, X=X, y=y, groups=group_codes, present=present, n_dropped=n_dropped)
 
 
@@ -1169,3 +1204,237 @@ def _write_outputs(out: Path, bundle: ModelBundle, report: dict, table_path: Pat
     save_bundle(bundle, out)
     return {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",
             "report_md": out / "report.md", "features": table_path, **{k: out / v for k, v in plots.items()}}
+
+
+# ---------------------------------------------------------------------- regression (model.task: regression)
+
+
+def _make_regressor(cfg, threads: int):
+    from .ensemble import EnsembleRegressor
+
+    m = cfg.model
+    learners = tuple(b for b in m.base_learners if b in ("rf", "lgbm", "et")) or ("rf", "lgbm")
+    return EnsembleRegressor(base_learners=learners, n_estimators=m.n_estimators, max_depth=m.max_depth,
+                             learning_rate=m.learning_rate, cv_folds=m.cv_folds,
+                             nan_policy="impute" if m.nan_policy == "impute" else "raise", n_jobs=threads,
+                             random_state=m.random_state)
+
+
+def _regression_fold(cfg, X, y, groups, k, train, test, threads, coverage):
+    from sklearn.ensemble import RandomForestRegressor
+
+    from .ensemble import conformal_quantile
+
+    inner = groups[train] if np.unique(groups[train]).size >= 2 else None
+    model = _make_regressor(cfg, threads).fit(X[train], y[train], groups=inner)
+    mean, lower, upper = model.predict_with_interval(X[test], coverage=coverage)
+    preds = {"ensemble": (mean, lower, upper)}
+    for name, p in zip(_unique_names(model.learner_names_), model.predict_base(X[test]).T):
+        preds[name] = (p, None, None)
+    # baselines: a plain random forest (default settings, n_estimators trees) and the training mean
+    # with the conformal quantile of the training rows' absolute deviations as its interval
+    rf = RandomForestRegressor(n_estimators=cfg.model.n_estimators, n_jobs=threads,
+                               random_state=cfg.model.random_state)
+    if cfg.model.nan_policy == "impute":
+        rf = _imputing(rf)
+    preds["plain rf"] = (rf.fit(X[train], y[train]).predict(X[test]), None, None)
+    mu = float(y[train].mean())
+    q = conformal_quantile(np.abs(y[train] - mu), coverage)
+    preds["training mean"] = (np.full(test.size, mu), np.full(test.size, mu - q), np.full(test.size, mu + q))
+    info = {"fold": k, "n_train": int(train.size), "n_test": int(test.size),
+            "groups_test": int(np.unique(groups[test]).size),
+            "rmse": float(np.sqrt(np.mean((mean - y[test]) ** 2)))}
+    return test, preds, info
+
+
+def _imputing(estimator):
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(SimpleImputer(strategy="median"), estimator)
+
+
+def regression_cross_validate(cfg, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, threads: int = 1,
+                              coverage: float = 0.9) -> tuple[dict[str, tuple], list[dict]]:
+    """Held-out predictions of a grouped K-fold: the ensemble's ``(mean, lower, upper)``, each base
+    learner alone, a plain random forest and the training mean (with an interval), on the same folds."""
+    from joblib import Parallel, delayed
+    from sklearn.model_selection import GroupKFold
+
+    n_groups = np.unique(groups).size
+    n_splits = min(cfg.model.cv_folds, n_groups)
+    if n_splits < 2:
+        raise ModelError(f"spatial cross-validation needs at least 2 groups, got {n_groups}: "
+                         "lower model.cv_block_size or add samples")
+    splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.model.random_state)
+                  .split(X, y, groups))
+    n_outer = max(1, min(int(threads), len(splits)))
+    results = Parallel(n_jobs=n_outer, prefer="threads")(
+        delayed(_regression_fold)(cfg, X, y, groups, k, tr, te, max(1, threads // n_outer), coverage)
+        for k, (tr, te) in enumerate(splits))
+    held: dict[str, list[np.ndarray]] = {}
+    per_fold = []
+    for test, preds, info in results:
+        per_fold.append(info)
+        for name, triple in preds.items():
+            slot = held.setdefault(name, [np.full(y.size, np.nan) for _ in range(3)])
+            for arr, part in zip(slot, triple):
+                if part is not None:
+                    arr[test] = part
+    out = {n: (a[0], a[1] if not np.isnan(a[1]).all() else None, a[2] if not np.isnan(a[2]).all() else None)
+           for n, a in held.items()}
+    return out, sorted(per_fold, key=lambda f: f["fold"])
+
+
+def _train_regression(cfg, samples: Samples, class_field: str, table: _FeatureTable, rows: _TrainingRows,
+                      out: Path, *, threads: int, warnings_: list[str], t_overlay: float) -> TrainResult:
+    """``model.task: regression``: grouped CV scores against baselines, final EnsembleRegressor, bundle."""
+    from .evaluation import regression_scores
+
+    coverage = cfg.model.interval_coverage
+    t0 = time.perf_counter()
+    held, per_fold = regression_cross_validate(cfg, rows.X, rows.y, rows.groups, threads=threads, coverage=coverage)
+    t_cv = time.perf_counter() - t0
+    scores = {name: regression_scores(rows.y, *triple) for name, triple in held.items()}
+    ens = scores["ensemble"]
+    singles = {n: s for n, s in scores.items() if n not in ("ensemble", "training mean")}
+    best = min(scores, key=lambda n: scores[n]["rmse"])
+    report_warnings = list(warnings_)
+    if best != "ensemble":
+        report_warnings.append(f"the ensemble (RMSE {ens['rmse']:.4g}) is not the best model on the same folds: "
+                               f"{best} has RMSE {scores[best]['rmse']:.4g}")
+    if abs(ens["interval_coverage"] - coverage) > 0.05:
+        report_warnings.append(f"the {coverage:.0%} intervals cover {ens['interval_coverage']:.1%} of held-out "
+                               "pixels (more than 5 points off)")
+    for w in report_warnings:
+        log.warning("%s", w)
+    t1 = time.perf_counter()
+    model = _make_regressor(cfg, threads).fit(rows.X, rows.y, groups=rows.groups)
+    t_fit = time.perf_counter() - t1
+    kinds = sorted(set(rows.pixels.kind.tolist()))
+    table_hash = hashlib.sha256(np.ascontiguousarray(rows.X).tobytes()
+                                + np.ascontiguousarray(rows.y).tobytes()).hexdigest()
+    importance = sorted(({"feature": n, "importance": float(v)}
+                         for n, v in zip(table.names, model.feature_importances_)), key=lambda d: -d["importance"])
+    report = {
+        "run": cfg.name, "task": "regression",
+        **{k: ens[k] for k in ("rmse", "mae", "r2", "ccc", "interval_coverage")},
+        "interval_level": coverage,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "samples": {
+            "file": samples.path.name, "sha256": samples.sha256, "target_field": class_field,
+            "date_field": samples.date_field, "features": len(samples), "kinds": kinds,
+            "years": sorted(set(rows.pixels.year.tolist())), "pixels_used": int(rows.y.size),
+            "pixels_dropped_nan": rows.n_dropped, "training_table_sha256": table_hash,
+            "target": {"min": float(rows.y.min()), "max": float(rows.y.max()), "mean": float(rows.y.mean()),
+                       "std": float(rows.y.std()), "unit": cfg.model.target_unit},
+            "observed_share_by_year": table.overlay_stats.get("observed_share_by_year"),
+        },
+        "cv": {"scheme": _cv_scheme(cfg, kinds),
+               "block_size": table.block_size if "point" in kinds or cfg.model.cv_groups == "block" else None,
+               "block_size_choice": table.block_choice, "folds": len(per_fold),
+               "groups": int(np.unique(rows.groups).size), "per_fold": per_fold},
+        "metrics": ens,
+        "comparison": {"models": scores, "best": best, "best_single": min(singles, key=lambda n: singles[n]["rmse"]),
+                       "rmse_ratio_to_plain_rf": ens["rmse"] / scores["plain rf"]["rmse"],
+                       "rmse_ratio_to_mean": ens["rmse"] / scores["training mean"]["rmse"]},
+        "warnings": report_warnings,
+        "n_features": len(table.names),
+        "feature_importance": importance,
+        "model": {"kind": "EnsembleRegressor", "base_learners": list(model.learner_names_),
+                  "n_estimators": cfg.model.n_estimators, "cv_folds": cfg.model.cv_folds,
+                  "max_depth": cfg.model.max_depth, "learning_rate": cfg.model.learning_rate,
+                  "nan_policy": cfg.model.nan_policy, "random_state": cfg.model.random_state,
+                  "interval": model.interval, "meta_weights": [float(w) for w in model.meta_learner_.coef_]},
+        "features": {"season_size": cfg.inputs.periods.season_size, "indices": list(cfg.features.indices),
+                     "statistics": list(cfg.features.statistics)},
+        "overlay": {**table.overlay_stats, "reused_feature_table": table.reused},
+        "timing_seconds": {"overlay": round(t_overlay, 3), "cross_validation": round(t_cv, 3),
+                           "final_fit": round(t_fit, 3)},
+        "threads": threads,
+        "versions": package_versions(),
+    }
+    bundle = ModelBundle(
+        model=model, feature_names=list(table.names), classes=[], class_names=[], colors=[],
+        metadata={
+            "run": cfg.name, "task": "regression", "interval_coverage": coverage, "target_unit": cfg.model.target_unit,
+            "training_samples_sha256": samples.sha256, "training_table_sha256": table_hash,
+            "samples_file": samples.path.name, "target_field": class_field,
+            "season_size": cfg.inputs.periods.season_size, "indices": list(cfg.features.indices),
+            "years": report["samples"]["years"], "cv": {k: v for k, v in report["cv"].items() if k != "per_fold"},
+            "metrics": {k: ens[k] for k in ("rmse", "mae", "r2", "ccc", "interval_coverage")},
+            "baseline": scores["training mean"], "model": report["model"],
+        })
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _regression_plots(rows.y, held["ensemble"], report, out)
+    report["plots"] = plots
+    write_text_atomic(out / "report.json", strict_json(report), fsync="file")
+    write_text_atomic(out / "report.md", regression_report_markdown(report), fsync="file")
+    save_bundle(bundle, out)
+    log.info("trained a regression on %d pixels: RMSE %.4g, R² %.3f, %.0f%% interval coverage %.3f (spatial CV; "
+             "plain RF RMSE %.4g, training mean %.4g) -> %s", rows.y.size, ens["rmse"], ens["r2"], coverage * 100,
+             ens["interval_coverage"], scores["plain rf"]["rmse"], scores["training mean"]["rmse"], out)
+    files = {"model": out / MODEL_FILE, "metadata": out / META_FILE, "report_json": out / "report.json",
+             "report_md": out / "report.md", "features": table.path, **{k: out / v for k, v in plots.items()}}
+    return TrainResult(bundle=bundle, report=report, out_dir=out, files=files)
+
+
+def _regression_plots(y: np.ndarray, held: tuple, report: dict, folder: Path) -> dict[str, str]:
+    """Held-out predicted vs observed (with the intervals) and feature importance as PNG."""
+    mean, lower, upper = held
+    fig = _figure(4.5, 4.5)
+    ax = fig.add_subplot()
+    order = np.argsort(y)[:: max(1, y.size // 2000)]
+    ax.vlines(y[order], lower[order], upper[order], color="#cccccc", linewidth=0.5,
+              label=f"{report['interval_level']:.0%} interval")
+    ax.scatter(y[order], mean[order], s=4, color="#4c72b0", label="held-out prediction")
+    lo, hi = float(min(y.min(), mean.min())), float(max(y.max(), mean.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel("observed")
+    ax.set_ylabel("predicted (spatial CV)")
+    m = report["metrics"]
+    ax.set_title(f"RMSE {m['rmse']:.3g}, R² {m['r2']:.2f}, coverage {m['interval_coverage']:.1%}")
+    ax.legend(loc="upper left", fontsize=8)
+    _save_png(fig, folder / "predicted_vs_observed.png")
+    imp = report["feature_importance"][:25]
+    fig = _figure(6.0, 0.8 + 0.25 * max(len(imp), 1))
+    ax = fig.add_subplot()
+    ax.barh(range(len(imp))[::-1], [d["importance"] for d in imp], color="#4c72b0")
+    ax.set_yticks(range(len(imp))[::-1], [d["feature"] for d in imp], fontsize=8)
+    ax.set_xlabel("mean normalised importance of the base learners")
+    ax.set_title("Feature importance (final model)")
+    _save_png(fig, folder / "feature_importance.png")
+    return {"predicted_vs_observed": "predicted_vs_observed.png", "feature_importance": "feature_importance.png"}
+
+
+def regression_report_markdown(report: dict) -> str:
+    cv, cmp_ = report["cv"], report["comparison"]
+    s = report["samples"]
+    unit = f" {s['target']['unit']}" if s["target"].get("unit") else ""
+    lines = [
+        f"# Training report: {report['run']} (regression)", "",
+        f"Samples: `{s['file']}` (target `{s['target_field']}`, sha256 `{s['sha256'][:16]}…`): {s['features']} "
+        f"features → {s['pixels_used']} pixel samples ({s['pixels_dropped_nan']} dropped for unfilled gaps), years "
+        f"{', '.join(map(str, s['years']))}; target {s['target']['min']:.4g}..{s['target']['max']:.4g}{unit}.", "",
+        f"Scores from **{cv['scheme']}** cross-validation: {cv['folds']} folds over {cv['groups']} groups "
+        f"(block size: {_block_text(cv)}); every figure comes from models that never saw the pixel's group. "
+        f"Intervals: split-conformal, nominal {report['interval_level']:.0%}.", "",
+        "| model | RMSE | MAE | R² | CCC | interval coverage | mean interval width |", "|---|---|---|---|---|---|---|",
+    ]
+    for name, sc in cmp_["models"].items():
+        bold = "**" if name == cmp_["best"] else ""
+        cov = f"{sc['interval_coverage']:.3f}" if "interval_coverage" in sc else "–"
+        width = f"{sc['interval_mean_width']:.4g}" if "interval_mean_width" in sc else "–"
+        lines.append(f"| {bold}{name}{bold} | {sc['rmse']:.4g} | {sc['mae']:.4g} | {sc['r2']:.3f} | {sc['ccc']:.3f} | "
+                     f"{cov} | {width} |")
+    lines += ["", f"RMSE of the ensemble / plain random forest: {cmp_['rmse_ratio_to_plain_rf']:.3f}; / training "
+              f"mean: {cmp_['rmse_ratio_to_mean']:.3f}.", ""]
+    lines += [f"**Warning:** {w}." for w in report["warnings"]]
+    lines += ["", "![predicted vs observed](predicted_vs_observed.png)", "", "## Most important features", "",
+              "| feature | importance |", "|---|---|"]
+    lines += [f"| {d['feature']} | {d['importance']:.4f} |" for d in report["feature_importance"][:15]]
+    lines += ["", "![feature importance](feature_importance.png)", "", "## Folds", "",
+              "| fold | train | test | test groups | RMSE |", "|---|---|---|---|---|"]
+    lines += [f"| {f['fold']} | {f['n_train']} | {f['n_test']} | {f['groups_test']} | {f['rmse']:.4g} |"
+              for f in cv["per_fold"]]
+    return "\n".join(lines) + "\n"

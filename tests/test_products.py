@@ -15,13 +15,19 @@ PACKAGED_TEMPLATES = __import__("pathlib").Path(products.__file__).parent / "dat
 
 
 def test_the_registered_products_and_their_encoding():
-    assert products.NAMES == ("proba", "class", "uncertainty", "composite", "flags", "count")
-    assert products.MODEL_PRODUCTS == ("proba", "class", "uncertainty")
+    assert products.NAMES == ("proba", "class", "uncertainty", "mean", "lower", "upper", "composite", "flags",
+                              "count")
+    assert products.MODEL_PRODUCTS == ("proba", "class", "uncertainty", "mean", "lower", "upper")
+    assert products.names(task="regression") == ("mean", "lower", "upper")
+    assert products.default_layers() == ("proba", "class", "uncertainty", "composite", "flags", "count")
+    assert products.default_layers("regression") == ("mean", "lower", "upper", "composite", "flags", "count")
     assert products.names(source="cube") == ("composite", "flags", "count")
     assert products.names(among=["count", "proba", "nope"]) == ("proba", "count")  # registry order
     encoding = {p.name: (p.dtype, p.nodata, p.scale) for p in PRODUCTS.values()}
     assert encoding == {"proba": ("uint8", 255, None), "class": ("uint16", 65535, None),
                         "uncertainty": ("uint8", 255, None), "composite": ("int16", -32768, 0.0001),
+                        "mean": ("float32", -9999.0, None), "lower": ("float32", -9999.0, None),
+                        "upper": ("float32", -9999.0, None),
                         "flags": ("uint8", None, None), "count": ("uint16", None, None)}
 
 
@@ -59,6 +65,7 @@ def test_flag_codes_in_the_tags_are_the_gapfill_codes():
 def test_resampling_follows_the_kind():
     assert {n: PRODUCTS[n].overview_resampling for n in products.NAMES} == {
         "proba": "AVERAGE", "class": "NEAREST", "uncertainty": "AVERAGE", "composite": "AVERAGE",
+        "mean": "AVERAGE", "lower": "AVERAGE", "upper": "AVERAGE",
         "flags": "NEAREST", "count": "NEAREST"}
     assert PRODUCTS["count"].warp_resampling == "nearest" and PRODUCTS["proba"].warp_resampling == "bilinear"
 
@@ -67,16 +74,18 @@ def test_tile_key_pattern():
     pat = products.tile_key_pattern()
     m = pat.match("composite/X0001_Y-0002/2020-04-01/nir.tif")
     assert m and (m["product"], m["tile"], m["period"], m["layer"]) == ("composite", "X0001_Y-0002", "2020-04-01", "nir")
-    assert not pat.match("mean/X0001_Y0002/2020-01-01/mean.tif")  # not a registered product
+    assert pat.match("mean/X0001_Y0002/2020-01-01/mean.tif")["product"] == "mean"
+    assert not pat.match("biomass/X0001_Y0002/2020-01-01/biomass.tif")  # not a registered product
     assert not pat.match("class/X0001_Y0002/2020-01-01/class.tiff")
 
 
 def test_config_accepts_exactly_the_registered_products():
     from ecocube.config import OutputConfig
 
-    assert OutputConfig().layers == products.NAMES
-    with pytest.raises(ValueError, match="'proba', 'class', 'uncertainty', 'composite', 'flags' or 'count'"):
-        OutputConfig(layers=["proba", "mean"])
+    assert OutputConfig().layers == products.default_layers("classification")
+    with pytest.raises(ValueError, match="'proba', 'class', 'uncertainty', 'mean', 'lower', 'upper', 'composite', "
+                                         "'flags' or 'count'"):
+        OutputConfig(layers=["proba", "biomass"])
 
 
 def test_cli_offers_the_registered_products():
@@ -86,7 +95,7 @@ def test_cli_offers_the_registered_products():
 
     res = CliRunner().invoke(cli, ["mosaic", "--help"])
     assert res.exit_code == 0, res.output
-    assert "proba|class|uncertainty|composite|flags|count" in res.output.replace("\n", "").replace(" ", "")
+    assert "proba|class|uncertainty|mean|lower|upper|composite|flags|count" in res.output.replace("\n", "").replace(" ", "")
 
 
 def test_mosaic_cog_options_per_product():
@@ -110,23 +119,24 @@ def test_adding_a_product_is_one_entry(monkeypatch):
     from ecocube.stac import _months
     from ecocube.tile import plan_outputs
 
-    mean = Product("mean", source="model", cadence="year", dtype="int16", nodata=-32768, scale=0.01,
-                   kind="continuous", unit="t/ha", collection="{name}", asset="{name}", template="mean",
-                   title="predicted mean", band_description="{layer}", description="mean prediction")
+    mean = Product("biomass", source="model", cadence="year", dtype="int16", nodata=-32768, scale=0.01,
+                   kind="continuous", unit="t/ha", collection="{name}", asset="{name}", template="biomass",
+                   title="predicted biomass", band_description="{layer}", description="mean prediction",
+                   task="regression")
     entries = (*products._ENTRIES, mean)
     monkeypatch.setattr(products, "_ENTRIES", entries)
     monkeypatch.setattr(products, "PRODUCTS", MappingProxyType({p.name: p for p in entries}))
 
-    specs = plan_outputs(("class", "mean", "count"), periods=[SimpleNamespace(id="2020-01-01")], bands=["red"],
+    specs = plan_outputs(("class", "biomass", "count"), periods=[SimpleNamespace(id="2020-01-01")], bands=["red"],
                          years=[2020], classes=[1, 2], class_names=["a", "b"])
     assert [(s.key("X0000_Y0000"), s.dtype, s.nodata, s.scale, s.descriptions) for s in specs] == [
         ("class/X0000_Y0000/2020-01-01/class.tif", "uint16", 65535, None, ("class",)),
-        ("mean/X0000_Y0000/2020-01-01/mean.tif", "int16", -32768, 0.01, ("mean",)),
+        ("biomass/X0000_Y0000/2020-01-01/biomass.tif", "int16", -32768, 0.01, ("biomass",)),
         ("count/X0000_Y0000/2020-01-01/red.tif", "uint16", None, None, ("red valid observations",)),
     ]
-    assert collection_for("mean", "mean") == ("mean", "mean")
-    assert _months("mean", SimpleNamespace(inputs=SimpleNamespace(periods=SimpleNamespace(season_size=4)))) == 12
-    assert products.tile_key_pattern().match("mean/X0000_Y0000/2020-01-01/mean.tif")
+    assert collection_for("biomass", "biomass") == ("biomass", "biomass")
+    assert _months("biomass", SimpleNamespace(inputs=SimpleNamespace(periods=SimpleNamespace(season_size=4)))) == 12
+    assert products.tile_key_pattern().match("biomass/X0000_Y0000/2020-01-01/biomass.tif")
 
 
 def test_products_are_frozen():
@@ -149,6 +159,10 @@ def test_a_bad_entry_is_refused_with_its_name():
         Product("x", **{**good, "collection": "x", "asset": "x"})
     with pytest.raises(ValueError, match="product name 'X-1'"):
         Product("X-1", **good)
+    with pytest.raises(ValueError, match="product 'x': a model product names its task"):
+        Product("x", **{**good, "source": "model", "cadence": "year", "per_band": False, "collection": "x"})
+    with pytest.raises(ValueError, match="product 'x': task must be one of"):
+        Product("x", **{**good, "task": "clustering"})
 
 
 # ----------------------------------------------------------------------- raster profiles

@@ -14,7 +14,8 @@ from .options import config_override_option, load_run_config, overwrite_option, 
 @config_override_option
 @click.option("--samples", "samples", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Labelled points or polygons: GeoPackage, GeoJSON, GeoParquet or CSV (x, y columns).")
-@click.option("--class-field", "class_field", required=True, help="Field holding the integer class codes.")
+@click.option("--class-field", "class_field", required=True,
+              help="Field holding the integer class codes (model.task: regression: the continuous target).")
 @click.option("--crs", "samples_crs", default=None,
               help="CRS of the samples (required for CSV; overrides the file's CRS otherwise).")
 @click.option("--date-field", "date_field", default=None,
@@ -43,6 +44,16 @@ def train(run_yaml, overrides, samples: Path, class_field: str, samples_crs, dat
     cv = result.report["cv"]
     click.echo(f"trained on {m['n']} pixel samples ({result.report['samples']['pixels_dropped_nan']} dropped for gaps), "
                f"{cv['scheme']} CV: {cv['folds']} folds over {cv['groups']} groups")
+    if result.report.get("task") == "regression":
+        level = result.report["interval_level"]
+        for name, sc in result.report["comparison"]["models"].items():
+            cover = (f", {level:.0%} interval coverage {sc['interval_coverage']:.3f}"
+                     if "interval_coverage" in sc else "")
+            click.echo(f"  {name:<14} RMSE {sc['rmse']:.4g}, MAE {sc['mae']:.4g}, R² {sc['r2']:.3f}{cover}")
+        for w in result.report["warnings"]:
+            click.echo(f"warning: {w}")
+        click.echo(f"model bundle and report: {result.out_dir}")
+        return
     click.echo(f"overall accuracy {m['overall_accuracy']:.3f} (majority baseline {b.get('overall_accuracy', 0):.3f}), "
                f"weighted F1 {m['f1_weighted']:.3f} (baseline {b.get('f1_weighted', 0):.3f}), "
                f"macro F1 {m['f1_macro']:.3f}, log loss {m['log_loss']:.3f}")
