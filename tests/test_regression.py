@@ -122,6 +122,16 @@ def test_regression_tiles_mosaics_and_stac(trained, slovenia):
 
     cfg, _ = trained
     _, _, dem = slovenia
+    from ecocube.preflight import preflight
+
+    report = preflight(cfg, inputs=False)
+    assert report.problems == [] and any("regression with 90% intervals" in f for f in report.facts)
+    data = _cfg_dict(slovenia[0], slovenia[1], Path(cfg.output.store), Path(cfg.model.path))
+    data["model"].update(task="classification", classes=[{"code": 1, "name": "a", "color": "#000000"},
+                                                         {"code": 2, "name": "b", "color": "#ffffff"}])
+    wrong = config_from_dict(data)
+    assert any(p.startswith("model.task: the bundle") and "is a regression model, the configuration says "
+               "classification" in p for p in preflight(wrong, inputs=False).problems)
     store = open_store(cfg.output)
     tiles = TileGrid.from_config(cfg.grid).tiles_for_aoi(cfg.aoi)
     assert len(tiles) == 4
