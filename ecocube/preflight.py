@@ -224,11 +224,12 @@ def _check_model(cfg, report: PreflightReport) -> None:
             report.warnings.append(f"model.engine: {w.message}")
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if bundle.task != cfg.model.task:
-        report.problems.append(f"model.task: the bundle {cfg.model.path} is a {bundle.task} model, the configuration "
+    task = getattr(bundle, "task", "classification")  # a chip bundle classifies
+    if task != cfg.model.task:
+        report.problems.append(f"model.task: the bundle {cfg.model.path} is a {task} model, the configuration "
                                f"says {cfg.model.task}")
         return
-    if bundle.task == "regression":
+    if task == "regression":
         report.facts.append(f"model {cfg.model.path}: {len(expected)} features, regression with "
                             f"{bundle.metadata.get('interval_coverage', 0.9):.0%} intervals")
         return
