@@ -31,7 +31,7 @@ from .atomic import sha256_file, write_bytes_atomic, write_text_atomic
 from .bundle import BUNDLE_FORMAT, BUNDLE_VERSION, META_FILE, check_features, read_bundle_metadata
 from .errors import ModelError
 
-__all__ = ["ChipBundle", "load_chip_bundle", "save_chip_bundle"]
+__all__ = ["ChipBundle", "linear_chip_onnx", "load_chip_bundle", "save_chip_bundle"]
 
 ONNX_FILE = "model.onnx"
 
@@ -153,3 +153,34 @@ def load_chip_bundle(folder: str | Path, expected_features: list[str] | None = N
     if not outputs or len(outputs[0].shape) != 4:
         raise ModelError(f"chip model {path}: needs a 4-D output (n, classes, H, W)")
     return ChipBundle(folder, meta, session, threads=threads)
+
+
+def linear_chip_onnx(coef: np.ndarray, intercept: np.ndarray, *, smooth: int = 1) -> bytes:
+    """An ONNX chip model from a per-pixel linear classifier (e.g. a fitted multinomial
+    logistic regression on normalised features): a 1×1 convolution gives each pixel's class
+    logits, a ``(2 * smooth + 1)``² mean filter per class averages them over the
+    neighbourhood (receptive radius ``smooth``), then a softmax over the classes.
+    Input ``x`` ``(n, channels, H, W)``, output ``y`` ``(n, classes, H, W)``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    coef = np.asarray(coef, np.float32)
+    k, c = coef.shape
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["logits"], kernel_shape=[1, 1])]
+    inits = [numpy_helper.from_array(coef.reshape(k, c, 1, 1), "w"),
+             numpy_helper.from_array(np.asarray(intercept, np.float32).reshape(k), "b")]
+    last = "logits"
+    if smooth > 0:
+        size = 2 * smooth + 1
+        inits.append(numpy_helper.from_array(np.full((k, 1, size, size), 1.0 / size ** 2, np.float32), "mean"))
+        nodes.append(helper.make_node("Conv", ["logits", "mean"], ["smoothed"], kernel_shape=[size, size],
+                                      pads=[smooth] * 4, group=k))
+        last = "smoothed"
+    nodes.append(helper.make_node("Softmax", [last], ["y"], axis=1))
+    graph = helper.make_graph(nodes, "ecocube-linear-chip",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", k, "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ecocube")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -890,6 +890,8 @@ features:
   indices: [ndvi, nbr]
 model:
   path: model             # bundle folder written by `ecocube train`
+  # kind: chip            # an ONNX chip model instead (ecocube.chipmodel bundle), run as:
+  # chip: {size: 256, overlap: 32, stitch: crop, min_valid: 0.8}   # halo: overlap / 2 by default
   classes:
     - {code: 1, name: cropland, color: "#f2d16b"}
     - {code: 2, name: forest, color: "#1a7f37"}

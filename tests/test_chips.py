@@ -191,3 +191,30 @@ def test_chip_bundle_roundtrip_normalises_and_checks(tmp_path, model):
     with pytest.raises(ModelError, match="channels"):
         save_chip_bundle(tmp_path / "m2", onnx_bytes, feature_names=names[:3], classes=[3, 5, 7])
         load_chip_bundle(tmp_path / "m2")
+
+
+def _chip_config(tmp_path, model=None, output=None):
+    from ecocube.config import config_from_dict
+    from test_tile import cfg_dict
+
+    data = cfg_dict(tmp_path, str(tmp_path / "store"))
+    data["model"].update(model or {})
+    data["output"].update(output or {})
+    return config_from_dict(data)
+
+
+def test_chip_config_defaults_and_errors(tmp_path):
+    from ecocube.errors import ConfigError
+
+    cfg = _chip_config(tmp_path, {"kind": "chip"})
+    assert (cfg.model.chip.size, cfg.model.chip.overlap, cfg.model.chip.stitch) == (64, 16, "crop")
+    assert cfg.model.chip.halo_pixels == 8
+    assert "uncertainty" not in cfg.output.layers and "proba" in cfg.output.layers
+    assert _chip_config(tmp_path, {"kind": "chip", "chip": {"stitch": "blend"}}).model.chip.halo_pixels == 16
+    assert "uncertainty" in _chip_config(tmp_path).output.layers  # the ensemble's default is unchanged
+    with pytest.raises(ConfigError, match="overlap"):
+        _chip_config(tmp_path, {"kind": "chip", "chip": {"size": 16, "overlap": 16}})
+    with pytest.raises(ConfigError, match="model.kind is not 'chip'"):
+        _chip_config(tmp_path, {"chip": {"size": 32}})
+    with pytest.raises(ConfigError, match="not uncertainty"):
+        _chip_config(tmp_path, {"kind": "chip"}, {"layers": ["class", "uncertainty"]})

@@ -13,7 +13,9 @@ import click
 @click.option("--workers", type=int, default=None, help="Parallel tile workers (default: the allocation's CPUs).")
 @click.option("--overwrite", is_flag=True, help="Make the demo anew in a folder that already holds one.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def demo(out: Path, workers: int | None, overwrite: bool, no_progress: bool) -> None:
+@click.option("--chip", is_flag=True, help="Predict with an ONNX chip model (model.kind: chip) instead of the "
+                                            "ensemble: chips stitched seam-free across tiles.")
+def demo(out: Path, workers: int | None, overwrite: bool, no_progress: bool, chip: bool) -> None:
     """Make a small realistic data cube and run the whole flow on it.
 
     read → gap-fill → features → train the stacked ensemble → predict every tile in
@@ -24,4 +26,4 @@ def demo(out: Path, workers: int | None, overwrite: bool, no_progress: bool) -> 
     from ..env import available_threads
 
     run_demo(out, workers=available_threads(workers), overwrite=overwrite, progress=not no_progress,
-             echo=click.echo)
+             echo=click.echo, chip=chip)
