@@ -142,3 +142,18 @@ def test_chip_filter_counts_chips_and_pixels_by_hand(chip_scene, chip_model, tmp
     assert (outs["X0000_Y0000", 2020][0] != 65535).all()
     clsb = outs["X0001_Y0000", 2020][0]
     assert (clsb[:, :16] != 65535).all() and (clsb[:, 16:] == 65535).all()
+
+
+def test_blend_stitching_runs_across_tiles_close_to_the_whole(chip_scene, chip_model, tmp_path):
+    """stitch: blend (pyramid weights, halo = overlap) is not exact but close, border included."""
+    blend = chip_cfg(chip_scene, chip_model, tmp_path / "blend", chip={"overlap": 8, "stitch": "blend"})
+    assert blend.model.chip.halo_pixels == 8
+    whole = chip_cfg(chip_scene, chip_model, tmp_path / "whole", tile_size=2 * TILE, chip={"size": 96})
+    recs, outs = run_tiles_of(blend, ["X0000_Y0000", "X0001_Y0000"])
+    _, ref = run_tiles_of(whole, ["X0000_Y0000"])
+    year = YEARS[1]
+    cls = np.concatenate([outs["X0000_Y0000", year][0], outs["X0001_Y0000", year][0]], axis=1)
+    proba = np.concatenate([outs["X0000_Y0000", year][1], outs["X0001_Y0000", year][1]], axis=2).astype(int)
+    ok = cls != 65535
+    assert abs(proba.sum(axis=0)[ok] - 100).max() <= 2  # blended probabilities still sum to 100 %
+    assert (cls == ref["X0000_Y0000", year][0][:TILE])[ok].mean() > 0.9
