@@ -378,12 +378,19 @@ def acquisitions_of(src_cfg) -> tuple[list[Acquisition], str]:
         found = discover_files(src_cfg.glob, date_pattern=src_cfg.date_pattern, date_tag=src_cfg.date_tag,
                                what=f"inputs.sources[{src_cfg.name}].glob")
         return [Acquisition(f.day, f.stem, path=f.path) for f in found], f"glob {src_cfg.glob}"
-    out, seen = [], set()
+    out, seen, repeated = [], set(), []
     for text in src_cfg.dates or ():
         day = parse_day(text)
         if day not in seen:
             seen.add(day)
             out.append(Acquisition(day))
+        elif day not in repeated:
+            repeated.append(day)
+    if repeated:  # one file per date: a repeated date is read once, never counted twice
+        days = sorted(repeated)
+        shown = ", ".join(d.isoformat() for d in days[:5]) + (" ..." if len(days) > 5 else "")
+        _warn_once(src_cfg, f"inputs.sources[{src_cfg.name}].dates: {len(days)} date(s) listed more than once "
+                            f"are read once: {shown}")
     return out, "dates"
 
 
@@ -444,8 +451,11 @@ def dropped_dates_message(src_cfg, dropped: Sequence[date], periods: Sequence[Pe
 
 
 def _warn_dropped(src_cfg, dropped: Sequence[date], periods: Sequence[Period]) -> None:
+    _warn_once(src_cfg, dropped_dates_message(src_cfg, dropped, periods))
+
+
+def _warn_once(src_cfg, msg: str) -> None:
     """Log once per process and source (a catalog is built for every tile)."""
-    msg = dropped_dates_message(src_cfg, dropped, periods)
     if (src_cfg.name, msg) not in _WARNED:
         _WARNED.add((src_cfg.name, msg))
         log.warning("%s", msg)

@@ -75,6 +75,22 @@ def test_acquisitions_fall_into_their_period_and_outside_dates_are_dropped():
     assert len(refs) == 1 and refs[0].indexes == (3, 4)
 
 
+def test_repeated_dates_are_read_once_with_a_warning_and_order_does_not_matter(caplog):
+    ps = periods_from_config(PeriodsConfig(start_year=2019, end_year=2019, season_size=4))
+    days = ["2019-02-01", "2019-05-03", "2019-05-20", "2019-08-09", "2019-11-30"]
+    plain = source_catalog(_src(name="messy", kind="acquisitions", href="https://h/S2_{yyyymmdd}_{band}.tif",
+                                dates=days), ps)
+    messy = ["2019-11-30", "2019-05-20", "2019-02-01", "2019-05-03", "2019-05-20", "2019-08-09", "2019-02-01"]
+    with caplog.at_level("WARNING", logger="ecocube.sources"):
+        cat = source_catalog(_src(name="messy", kind="acquisitions", href="https://h/S2_{yyyymmdd}_{band}.tif",
+                                  dates=messy), ps)
+    assert cat.observations == plain.observations  # shuffled and repeated: the sorted list's catalog
+    assert [o.day.isoformat() for o in cat.observations[1]] == ["2019-05-03", "2019-05-20"]  # time order
+    assert sum(len(v) for v in cat.observations.values()) == 5  # none counted twice
+    assert [r.getMessage() for r in caplog.records] == [
+        "inputs.sources[messy].dates: 2 date(s) listed more than once are read once: 2019-02-01, 2019-05-20"]
+
+
 def test_template_errors_are_config_errors_listing_fields():
     ps = periods_from_config(PeriodsConfig(start_year=2019, end_year=2019, season_size=4))
     with pytest.raises(ConfigError, match=r"\{week\}.*allowed: \{band\}"):
