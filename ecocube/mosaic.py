@@ -127,14 +127,19 @@ class LayerSources:
 # --------------------------------------------------------------------------- discovery
 
 
-def _done_record(store, tile_id: str, cache: dict[str, dict | None]) -> dict | None:
-    """The tile's record if it says ``done`` (cached per run), else None."""
-    if tile_id not in cache:
-        from .status import read_status
+def _done_records(store, tile_ids: Sequence[str], *, threads: int = 16) -> dict[str, dict | None]:
+    """``{tile_id: record if it says done, else None}``, the records read in parallel."""
+    from .status import read_status
 
+    def _one(tile_id: str) -> dict | None:
         record = read_status(store, tile_id)
-        cache[tile_id] = record if record is not None and record.get("state") == "done" else None
-    return cache[tile_id]
+        return record if record is not None and record.get("state") == "done" else None
+
+    ids = sorted(set(tile_ids))
+    if not ids:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(ids)))) as pool:
+        return dict(zip(ids, pool.map(_one, ids)))
 
 
 def _finalize_settings(cfg) -> str:
@@ -143,14 +148,51 @@ def _finalize_settings(cfg) -> str:
                       sort_keys=True)
 
 
-def verify_sources(store, layers: Sequence[LayerSources], *, threads: int = 8) -> None:
+def verify_sources(store, layers: Sequence[LayerSources], *, threads: int = 8) -> dict[str, int]:
     """Check every tile file the layers read against its tile's status record (size and
-    SHA-256: the file is hashed locally, the object's checksum metadata is used on S3).
+    SHA-256).
+
+    On a local store each file is hashed. On S3 the files are checked from listings (one
+    request per 1,000 keys, not one per file): a file is accepted without a request of its
+    own when the listing gives the size its record gives and the server last wrote it
+    *before* it wrote the tile's ``done`` record (both times from the same listing
+    server). The record is written last, by the process that hashed what it uploaded,
+    under the tile's lease, so such a file is the one the record describes: any later write
+    of it (a redo, a hand copy, a restore) moves its time past the record's. Every other
+    file (written in the same second as the record or after it, or on a store without
+    listed sizes) is checked by its object's ``sha256`` metadata (one HEAD), as before.
 
     Raises :class:`StoreError`, one line per mismatching file naming the tile and the file
     (redo those tiles with ``ecocube run-tile --overwrite``), before anything is mosaicked.
+    Returns ``{"files", "from_listing", "checked_each"}`` counts.
     """
+    from .status import STATUS_PREFIX, status_key
+
     items = [(t, k, e) for src in layers for t, k, e in zip(src.tiles, src.keys, src.expected or ()) if e]
+    counts = {"files": len(items), "from_listing": 0, "checked_each": 0}
+    if not items:
+        return counts
+    problems: list[str] = []
+    rest = items
+    records = store.list_stats(STATUS_PREFIX)  # None on a local store: each file is hashed
+    if records is not None:
+        listed: dict = {}
+        for product in sorted({k.split("/", 1)[0] for _, k, _ in items}):
+            listed.update(store.list_stats(f"{product}/") or {})
+        rest = []
+        for item in items:
+            tile_id, key, expected = item
+            obj = listed.get(key)
+            record = records.get(status_key(tile_id))
+            if obj is None:
+                problems.append(f"tile {tile_id}: {store.url(key)} cannot be read: not in the store's listing")
+            elif obj.size != expected.get("size"):
+                problems.append(f"tile {tile_id}: {store.url(key)} does not match its status record "
+                                f"(size {obj.size}, recorded {expected.get('size')})")
+            elif record is not None and obj.modified < record.modified:
+                counts["from_listing"] += 1
+            else:
+                rest.append(item)
 
     def _check(item) -> str | None:
         tile_id, key, expected = item
@@ -166,12 +208,13 @@ def verify_sources(store, layers: Sequence[LayerSources], *, threads: int = 8) -
                     f"(sha256 {info.sha256}, recorded {expected.get('sha256')})")
         return None
 
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(items)))) as pool:
-        problems = [p for p in pool.map(_check, items) if p]
+    counts["checked_each"] = len(rest)
+    if rest:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(rest)))) as pool:
+            problems.extend(p for p in pool.map(_check, rest) if p)
     if problems:
         raise StoreError("\n".join(problems))
+    return counts
 
 
 def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[LayerSources]:
@@ -181,23 +224,22 @@ def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[La
     until its record is written). Keys that do not follow the output layout are ignored.
     """
     wanted = [p for p in (products or cfg.output.layers) if p in registry.PRODUCTS]
-    done_cache: dict[str, dict | None] = {}
     groups: dict[tuple[str, str, str], list[tuple[str, str, dict | None]]] = {}
     strays: list[str] = []
-    for product in wanted:
-        for key in store.list(f"{product}/"):
-            m = TILE_KEY_RE.match(key)
-            if not m:
-                continue
-            record = _done_record(store, m["tile"], done_cache)
-            if record is None:
-                continue
-            outputs = record.get("outputs")
-            if outputs and key not in outputs:  # not an output of the attempt the record describes
-                strays.append(key)
-                continue
-            groups.setdefault((m["product"], m["layer"], m["period"]), []).append(
-                (m["tile"], key, dict(outputs[key]) if outputs else None))
+    matches = [(key, m) for product in wanted for key in store.list(f"{product}/")
+               if (m := TILE_KEY_RE.match(key))]
+    # one listing per product, then each tile's record once, read in parallel
+    done_cache = _done_records(store, [m["tile"] for _, m in matches])
+    for key, m in matches:
+        record = done_cache[m["tile"]]
+        if record is None:
+            continue
+        outputs = record.get("outputs")
+        if outputs and key not in outputs:  # not an output of the attempt the record describes
+            strays.append(key)
+            continue
+        groups.setdefault((m["product"], m["layer"], m["period"]), []).append(
+            (m["tile"], key, dict(outputs[key]) if outputs else None))
     settings = _finalize_settings(cfg)
     out = []
     for (product, layer, period), entries in sorted(groups.items()):

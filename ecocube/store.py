@@ -56,6 +56,14 @@ class ObjectInfo:
     sha256: str | None  # None when the object was not written by ecocube
 
 
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """What a listing says of one object: its size and when the server last wrote it."""
+
+    size: int
+    modified: float  # POSIX seconds, the server's clock
+
+
 def norm_key(key: str) -> str:
     """Check and normalise a store key: relative, POSIX, no ``..``, no empty parts."""
     if not isinstance(key, str) or not key or key.strip() != key:
@@ -120,6 +128,12 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (a plain string prefix), sorted."""
+
+    def list_stats(self, prefix: str = "") -> dict[str, ListedObject] | None:
+        """``{key: ListedObject}`` under ``prefix`` from the listing alone (no request per
+        object), or ``None`` where the store's listing gives no sizes and times (then
+        callers ask :meth:`info` per object)."""
+        return None
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -620,6 +634,19 @@ class S3Store(Store):
         except Exception as exc:
             raise StoreError(f"cannot list s3://{self.bucket}/{full}: {exc}") from None
         return sorted(keys)
+
+    def list_stats(self, prefix: str = "") -> dict[str, ListedObject]:
+        """One paged listing (up to 1,000 keys a request): size and LastModified per key."""
+        full, strip = self._listing_prefix(prefix)
+        out: dict[str, ListedObject] = {}
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", ()):
+                    out[obj["Key"][strip:]] = ListedObject(int(obj["Size"]), obj["LastModified"].timestamp())
+        except Exception as exc:
+            raise StoreError(f"cannot list s3://{self.bucket}/{full}: {exc}") from None
+        return out
 
     def delete(self, key: str) -> None:
         try:

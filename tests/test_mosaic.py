@@ -318,3 +318,44 @@ def _cfg_dict(tmp_path):
     }
 
 
+
+
+def test_verify_sources_on_s3_from_listings_then_per_file_where_the_listing_is_not_enough(s3_bucket, seaweed):
+    """A file written before its tile's done record, with the recorded size, is accepted from
+    the listing (no HEAD); one rewritten after the record is checked by HEAD (its sha256), a
+    wrong size is refused from the listing; each problem is one line naming tile and file."""
+    import hashlib
+    import time
+
+    from ecocube.errors import StoreError
+    from ecocube.mosaic import LayerSources, verify_sources
+    from ecocube.store import S3Store
+
+    store = S3Store(s3_bucket, prefix="run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
+    tiles = ("X0000_Y0000", "X0001_Y0000", "X0002_Y0000")
+    keys = tuple(f"composite/{t}/2019-01-01/red.tif" for t in tiles)
+    contents = {k: f"pixels of {k}".encode() for k in keys}
+    for k, data in contents.items():
+        store.put_bytes(data, k)
+    time.sleep(1.1)  # S3 LastModified has whole seconds: the records come strictly later
+    expected = tuple({"sha256": hashlib.sha256(contents[k]).hexdigest(), "size": len(contents[k])} for k in keys)
+    for t, k, e in zip(tiles, keys, expected):
+        store.put_bytes(json.dumps({"tile": t, "state": "done", "outputs": {k: e}}).encode(), f"status/{t}.json")
+    src = LayerSources("composite", "red", "2019-01-01", tiles, keys, expected)
+    assert verify_sources(store, [src]) == {"files": 3, "from_listing": 3, "checked_each": 0}
+
+    # same size, other content, written after the record: only a HEAD can tell
+    store.put_bytes(contents[keys[1]].upper(), keys[1])
+    # truncated: the listing's size tells
+    store.put_bytes(contents[keys[2]][:-3], keys[2])
+    with pytest.raises(StoreError) as err:
+        verify_sources(store, [src])
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0] == (f"tile X0002_Y0000: {store.url(keys[2])} does not match its status record "
+                        f"(size {len(contents[keys[2]]) - 3}, recorded {len(contents[keys[2]])})")
+    assert lines[1].startswith(f"tile X0001_Y0000: {store.url(keys[1])} does not match its status record (sha256 ")
+    # a missing file
+    store.delete(keys[0])
+    with pytest.raises(StoreError, match=r"tile X0000_Y0000: .*red.tif cannot be read: not in the store's listing"):
+        verify_sources(store, [src])
