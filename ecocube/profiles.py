@@ -49,7 +49,7 @@ _PROFILES: dict[str, dict[str, Any]] = {
     "gapfill": {"driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
                 "BIGTIFF": "IF_SAFER"},
     "read-dump": dict(driver="GTiff", dtype="float32", nodata=float("nan"), compress="deflate"),
-    "demo-input": dict(driver="COG", blocksize=64, compress="deflate", predictor=2),
+    "demo-input": dict(driver="COG", blocksize=128, compress="deflate", predictor=2),  # COG driver: >= 128
 }
 
 #: the registered profiles, read-only (use :func:`profile` for a copy to write with)

@@ -94,3 +94,21 @@ def test_demo_cogs_valid_and_catalog_validates(demo_run):
     for cog in cogs:
         assert cog_validate(str(cog))[0], cog
     assert validate_catalog(catalog) == []
+
+
+def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
+    """The demo's input COGs use creation options GDAL accepts: its messages reach `logging`
+    (rasterio's loggers) and none is logged; the COGs are tiled as asked."""
+    import logging
+
+    from ecocube.demo import make_demo_inputs
+
+    with caplog.at_level(logging.DEBUG, logger="rasterio"):
+        spec = make_demo_inputs(tmp_path, tiles_x=2, tiles_y=1, tile_size=32, start_year=2019, end_year=2019,
+                                n_samples=50)
+    gdal = [r.getMessage() for r in caplog.records if r.name.startswith("rasterio") and r.levelno >= logging.WARNING]
+    assert gdal == []
+    tifs = sorted(tmp_path.rglob("*.tif"))
+    assert tifs and spec.samples.exists()
+    with rasterio.open(tifs[0]) as src:
+        assert src.block_shapes[0] == (128, 128) or src.block_shapes[0] == (src.height, src.width)
