@@ -164,13 +164,13 @@ def check_s3(cfg) -> list[Check]:
     if cfg is None:
         return []
     out = []
-    for what, s3 in _s3_settings(cfg):
-        import boto3
+    from .store import aws_session
 
+    for what, s3 in _s3_settings(cfg):
         endpoint = (s3.endpoint_url if s3 is not None else None) or "AWS (default endpoint)"
         profile = s3.profile if s3 is not None else None
         try:
-            creds = boto3.Session(profile_name=profile).get_credentials()
+            creds = aws_session(profile=profile).get_credentials()
         except Exception as exc:  # noqa: BLE001 - botocore's ProfileNotFound and friends
             creds, error = None, str(exc)
         else:
