@@ -729,6 +729,19 @@ def _save_png(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", bbox_inches="tight")
 
 
+def _importance_png(report: dict, folder: Path) -> str:
+    """The 25 most important features of the final model, as ``feature_importance.png``."""
+    imp = report["feature_importance"][:25]
+    fig = _figure(6.0, 0.8 + 0.25 * max(len(imp), 1))
+    ax = fig.add_subplot()
+    ax.barh(range(len(imp))[::-1], [d["importance"] for d in imp], color="#4c72b0")
+    ax.set_yticks(range(len(imp))[::-1], [d["feature"] for d in imp], fontsize=8)
+    ax.set_xlabel("mean normalised importance of the base learners")
+    ax.set_title("Feature importance (final model)")
+    _save_png(fig, folder / "feature_importance.png")
+    return "feature_importance.png"
+
+
 def write_plots(report: dict, folder: Path) -> dict[str, str]:
     """Confusion matrix, per-class F1 and feature importance as PNG (matplotlib, Agg)."""
     metrics = report["metrics"]
@@ -768,15 +781,7 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
     _save_png(fig, folder / "per_class_f1.png")
     out["per_class_f1"] = "per_class_f1.png"
 
-    imp = report["feature_importance"][:25]
-    fig = _figure(6.0, 0.8 + 0.25 * max(len(imp), 1))
-    ax = fig.add_subplot()
-    ax.barh(range(len(imp))[::-1], [d["importance"] for d in imp], color="#4c72b0")
-    ax.set_yticks(range(len(imp))[::-1], [d["feature"] for d in imp], fontsize=8)
-    ax.set_xlabel("mean normalised importance of the base learners")
-    ax.set_title("Feature importance (final model)")
-    _save_png(fig, folder / "feature_importance.png")
-    out["feature_importance"] = "feature_importance.png"
+    out["feature_importance"] = _importance_png(report, folder)
 
     cal = report.get("calibration")
     if cal and cal["bins"]:
@@ -1396,15 +1401,7 @@ def _regression_plots(y: np.ndarray, held: tuple, report: dict, folder: Path) ->
     ax.set_title(f"RMSE {m['rmse']:.3g}, R² {m['r2']:.2f}, coverage {m['interval_coverage']:.1%}")
     ax.legend(loc="upper left", fontsize=8)
     _save_png(fig, folder / "predicted_vs_observed.png")
-    imp = report["feature_importance"][:25]
-    fig = _figure(6.0, 0.8 + 0.25 * max(len(imp), 1))
-    ax = fig.add_subplot()
-    ax.barh(range(len(imp))[::-1], [d["importance"] for d in imp], color="#4c72b0")
-    ax.set_yticks(range(len(imp))[::-1], [d["feature"] for d in imp], fontsize=8)
-    ax.set_xlabel("mean normalised importance of the base learners")
-    ax.set_title("Feature importance (final model)")
-    _save_png(fig, folder / "feature_importance.png")
-    return {"predicted_vs_observed": "predicted_vs_observed.png", "feature_importance": "feature_importance.png"}
+    return {"predicted_vs_observed": "predicted_vs_observed.png", "feature_importance": _importance_png(report, folder)}
 
 
 def regression_report_markdown(report: dict) -> str:
