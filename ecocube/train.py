@@ -1048,6 +1048,15 @@ class _TrainingRows:
     n_dropped: int  # rows dropped for unfilled gaps
 
 
+def _outside_aoi(cfg, pixels: PixelTable) -> np.ndarray:
+    """True for the pixel samples whose tile is not one of the run's (``aoi``)."""
+    grid = TileGrid.from_config(cfg.grid)
+    ts = grid.tile_size
+    run_tiles = {(t.index.ix, t.index.iy) for t in grid.tiles_for_aoi(cfg.aoi)}
+    tile_of = zip(np.floor_divide(pixels.gx, ts).tolist(), np.floor_divide(pixels.gy, ts).tolist())
+    return np.fromiter((t not in run_tiles for t in tile_of), bool, count=len(pixels.gx))
+
+
 def _training_rows(cfg, table: _FeatureTable, samples: Samples) -> _TrainingRows:
     """Drop the rows the NaN policy cannot use; refuse a table with fewer than 2 classes."""
     X = table.X
@@ -1060,8 +1069,16 @@ def _training_rows(cfg, table: _FeatureTable, samples: Samples) -> _TrainingRows
         keep = ~np.isnan(X).all(axis=1)  # a pixel without any value has nothing to impute from
         n_dropped = int((~keep).sum())
     if n_dropped:
-        log.warning("%d of %d pixel samples keep unfilled gaps and are %s", n_dropped, len(table.pixels),
-                    "dropped" if cfg.model.nan_policy == "drop" else "dropped (all features missing)")
+        outside = _outside_aoi(cfg, table.pixels) & ~keep
+        n_outside = int(outside.sum())
+        if n_outside:
+            n_samples = np.unique(table.pixels.sample_id[outside]).size
+            log.warning("%d pixel samples of %d sample(s) lie outside the run's tiles (aoi), have no input data "
+                        "and are dropped", n_outside, n_samples)
+        if n_dropped - n_outside:
+            log.warning("%d of %d pixel samples keep unfilled gaps and are %s", n_dropped - n_outside,
+                        len(table.pixels),
+                        "dropped" if cfg.model.nan_policy == "drop" else "dropped (all features missing)")
     pixels, X = table.pixels.take(np.flatnonzero(keep)), X[keep]
     group_codes = np.unique(pixels.group, return_inverse=True)[1].ravel()
     if cfg.model.task == "regression":

@@ -328,6 +328,21 @@ def test_train_rejects_unknown_classes_and_years(scene, tmp_path):
         train_model(cfg, late, "cls", out_dir=tmp_path / "m", samples_crs="EPSG:32631")
 
 
+def test_samples_outside_the_run_tiles_are_named_not_called_gaps(scene, tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    picks = sorted({(int(a), int(b)) for a, b in zip(rng.integers(0, 2 * TS, 60), rng.integers(0, TS, 60))})
+    south = [(3, TS + 2), (TS + 4, TS + 5)]  # tiles X0000_Y0001 and X0001_Y0001: not in the aoi, no input there
+    csv = _points_csv(tmp_path / "pts.csv", picks + south, year=2020)
+    cfg = config_from_dict(_scene_cfg(scene))
+    with caplog.at_level("WARNING", logger="ecocube.train"):
+        train_model(cfg, csv, "cls", out_dir=tmp_path / "m", samples_crs="EPSG:32631")
+    messages = [r.getMessage() for r in caplog.records if r.name == "ecocube.train"]
+    assert "2 pixel samples of 2 sample(s) lie outside the run's tiles (aoi), have no input data and are dropped" \
+        in messages
+    assert not any("unfilled gaps" in m for m in messages), messages
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["samples"]["pixels_used"] == len(picks)
+
+
 # ---------------------------------------------------------------------- real data
 
 
