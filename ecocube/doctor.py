@@ -91,15 +91,16 @@ def check_drivers(cfg=None) -> list[Check]:
 
 
 def check_threads(cfg, environ: Mapping[str, str]) -> Check:
-    from .env import available_threads, slurm_context
+    from .env import available_threads, slurm_context, slurm_variable
 
     ctx = slurm_context(environ)
     requested = cfg.processing.threads if cfg is not None else None
     threads = available_threads(requested, environ)
     source = ("processing.threads" if requested else
               "SLURM_CPUS_PER_TASK" if ctx.cpus_per_task else "CPU affinity of this process")
-    if ctx.job_id and ctx.cpus_per_task is None and environ.get("SLURM_CPUS_PER_TASK"):
-        return Check("threads", False, f"SLURM_CPUS_PER_TASK={environ['SLURM_CPUS_PER_TASK']!r} is not a number",
+    raw_cpus = slurm_variable("SLURM_CPUS_PER_TASK", environ)
+    if ctx.job_id and ctx.cpus_per_task is None and raw_cpus:
+        return Check("threads", False, f"SLURM_CPUS_PER_TASK={raw_cpus!r} is not a number",
                      "submit with --cpus-per-task N")
     if requested and ctx.cpus_per_task and requested > ctx.cpus_per_task:
         return Check("threads", False, f"processing.threads={requested} exceeds the allocation's "

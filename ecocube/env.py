@@ -65,6 +65,13 @@ def slurm_context(environ: Mapping[str, str] | None = None) -> SlurmContext:
     )
 
 
+def slurm_variable(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The raw text of one ``SLURM_*`` variable (None when unset), for messages that quote it."""
+    if not name.startswith("SLURM"):
+        raise ValueError(f"not a Slurm variable: {name}")
+    return (os.environ if environ is None else environ).get(name)
+
+
 def available_threads(requested: int | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Threads this process may use.
 
