@@ -142,3 +142,13 @@ def test_s3_credentials_and_endpoint(scene, tmp_path, s3_bucket, seaweed):  # no
     assert set(fails) == {"store"}, fails
     assert f"s3://{s3_bucket}/run" in fails["store"]
     assert secret not in proc.stdout + proc.stderr
+
+
+def test_threads_check_quotes_an_unparsable_allocation():
+    from ecocube.doctor import check_threads
+
+    bad = check_threads(None, {"SLURM_JOB_ID": "41", "SLURM_CPUS_PER_TASK": "2(x3)"})
+    assert bad.line() == ("FAIL threads   SLURM_CPUS_PER_TASK='2(x3)' is not a number — fix: submit with "
+                          "--cpus-per-task N")
+    good = check_threads(None, {"SLURM_JOB_ID": "41", "SLURM_CPUS_PER_TASK": "3"})
+    assert good.ok is True and good.text.startswith("3 (from SLURM_CPUS_PER_TASK)")
