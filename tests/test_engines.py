@@ -304,3 +304,115 @@ def test_model_engine_config(tmp_path, model):
     assert _load_bundle(tmp_path / "m").engine_set.names() == ["numba-forest", "numba-gbdt", "numba-forest"]
     with pytest.raises(ValueError, match="engine must be 'auto' or 'stock'"):
         load_bundle(tmp_path / "m", engine="fast")
+
+
+def test_float_keys_keep_the_float_order():
+    from ecocube.engines import float_keys
+
+    rng = np.random.default_rng(11)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 1e-38, -1e-38, 3.4e38, -3.4e38, 1.0, -1.0],
+                       dtype=np.float32)
+    values = np.concatenate([special, rng.normal(0, 10, 300).astype(np.float32),
+                             np.nextafter(special, np.float32(np.inf)), np.nextafter(special, np.float32(-np.inf))])
+    keys = float_keys(values)
+    assert keys.dtype == np.int64 and keys.min() >= -2**31 and keys.max() < 2**31
+    x, t = values[:, None], values[None, :]
+    assert np.array_equal(x > t, keys[:, None] > keys[None, :])  # every pair, both ways
+    assert float_keys(np.float32(-0.0)) == float_keys(np.float32(0.0)) == 0
+    nan = float_keys(np.array([np.nan, -np.nan], dtype=np.float32))
+    assert np.all(nan == -2**31) and np.all(nan < keys.min())  # NaN > t is false for every t
+
+
+def test_keyed_rows_match_the_keys_of_every_value():
+    from ecocube.engines import _Keyed, float_keys
+
+    rng = np.random.default_rng(12)
+    X = rng.normal(0, 3, (13, 5)).astype(np.float32)  # 13 rows: two groups of 8, the second padded
+    X[0, 0], X[1, 1], X[2, 2], X[3, 3] = -0.0, np.nan, np.inf, -np.inf
+    keyed = _Keyed(np.zeros(1, np.int64), np.ones(1, np.int64), 5)
+    flat = keyed.rows(X)
+    assert flat.dtype == np.int32 and flat.shape == (16 * 5,)
+    back = flat.reshape(2, 5, 8).transpose(0, 2, 1).reshape(16, 5)
+    assert np.array_equal(back[:13], float_keys(X))
+    assert np.all(back[13:] == 0)
+    with pytest.raises(ValueError, match="4 features, the trees split on 5"):
+        keyed.rows(X[:, :4])
+
+
+def test_keyed_forest_equals_stock_on_any_row_count(model):
+    rf = model.estimators_[0]
+    eng = ForestEngine.from_estimator(rf, 3)
+    keyed = eng.packed.keyed()
+    assert keyed is not None and keyed.word.size == eng.packed.n_nodes
+    X = np.concatenate([_data(300, seed=13)[0], _threshold_rows(model, 99)])
+    for n in (1, 7, 8, 9, 13, 399):  # groups of 8 and the padded last group
+        ref = rf.predict_proba(X[:n])
+        got = eng.predict_proba(X[:n])
+        assert got.shape == (n, 3) and np.max(np.abs(got - ref)) <= 1e-12, n
+    # the float walk (the layout before the keys) gives the same probabilities
+    old = ForestEngine.from_estimator(rf, 3)
+    old.packed._keyed = None
+    assert np.array_equal(old.predict_proba(X), eng.predict_proba(X))
+
+
+def test_keyed_forest_with_one_node_trees_and_nan_rows():
+    from sklearn.ensemble import RandomForestClassifier
+
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.5]], dtype=np.float32)
+    rf = RandomForestClassifier(n_estimators=40, random_state=3, n_jobs=1).fit(X, [0, 0, 0, 1])
+    sizes = [t.tree_.node_count for t in rf.estimators_]
+    assert min(sizes) == 1 and max(sizes) > 1  # bootstraps with only class 0: one-node trees
+    eng = ForestEngine.from_estimator(rf, 2)
+    assert eng.packed.keyed() is not None
+    Xt = np.random.default_rng(14).uniform(-1, 4, (50, 2)).astype(np.float32)
+    assert np.max(np.abs(eng.predict_proba(Xt) - rf.predict_proba(Xt))) <= 1e-12
+    # NaN (the ensemble never passes one: nan_policy raise or impute) goes left at every split,
+    # as in the float walk
+    Xt[::3, 0] = np.nan
+    old = ForestEngine.from_estimator(rf, 2)
+    old.packed._keyed = None
+    assert np.array_equal(eng.predict_proba(Xt), old.predict_proba(Xt))
+
+
+def test_forest_beyond_the_keyed_layout_uses_the_float_walk():
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(15)
+    X = rng.normal(0, 1, (400, 600)).astype(np.float32)
+    y = (X[:, 550] + X[:, 3] > 0).astype(int)
+    rf = RandomForestClassifier(n_estimators=3, random_state=0, n_jobs=1).fit(X, y)
+    assert max(int(t.tree_.feature.max()) for t in rf.estimators_) >= 512
+    eng = ForestEngine.from_estimator(rf, 2)
+    assert eng.packed.keyed() is None  # 600 features: feature * 8 does not fit 12 bits
+    Xt = rng.normal(0, 1, (100, 600)).astype(np.float32)
+    assert np.max(np.abs(eng.predict_proba(Xt) - rf.predict_proba(Xt))) <= 1e-12
+
+
+def test_gbdt_bins_at_lightgbm_thresholds_and_row_counts(model):
+    lg = model.estimators_[1]
+    eng = GBDTBinsEngine.from_estimator(lg, 3)
+    bins = eng.packed.binned()
+    assert bins is not None and bins.dtype == np.uint8
+    X = _data(200, seed=16)[0]
+    rng = np.random.default_rng(17)
+    for i in range(X.shape[0]):  # on, and one float32 step around, LightGBM's own thresholds
+        f = int(rng.integers(bins.n_features))
+        cuts = bins.cuts[bins.offsets[f]:bins.offsets[f + 1]]
+        if cuts.size:
+            t = np.float32(cuts[rng.integers(cuts.size)])
+            X[i, f] = [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))][i % 3]
+    for n in (1, 9, 200):
+        assert np.max(np.abs(eng.predict_proba(X[:n]) - lg.predict_proba(X[:n]))) <= 1e-12, n
+
+
+def test_keyed_state_is_rebuilt_from_the_stored_trees(model):
+    import pickle
+
+    eng = ForestEngine.from_estimator(model.estimators_[0], 3)
+    X = _data(300, seed=18)[0]
+    before = eng.predict_proba(X)
+    assert vars(eng.packed).get("_keyed") is not None
+    copy = pickle.loads(pickle.dumps(eng))
+    assert "_keyed" not in vars(copy.packed)
+    copy.packed.thr[:] += 0.5
+    assert np.max(np.abs(copy.predict_proba(X) - before)) > 1e-3
