@@ -782,6 +782,42 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
 # --------------------------------------------------------------------------- whole run
 
 
+@dataclass
+class MosaicPlan:
+    """What :func:`mosaic_run` would do: the layers to (re)make, those kept as up to date, and
+    the URLs of existing mosaics whose tiles changed (they need ``overwrite``)."""
+
+    todo: list[LayerSources]
+    kept: list[MosaicLayer]
+    stale: list[str]
+    previous: dict[str, MosaicLayer]
+
+    def keys(self) -> list[str]:
+        return [output_key(s.product, s.layer, s.period) for s in self.todo]
+
+
+def plan_mosaics(cfg, store, *, overwrite: bool = False, products: Sequence[str] | None = None) -> MosaicPlan:
+    """Decide, from the tiles' records and the manifest alone (no pixel read, nothing
+    written), which mosaics are to be made, kept or refused (``ecocube finalize --dry-run``)."""
+    layers = find_layers(cfg, store, products=products)
+    if not layers:
+        raise StoreError(f"no finished tile outputs to mosaic in {store!r} "
+                         f"(products {', '.join(products or cfg.output.layers)}; tiles need a 'done' status record)")
+    previous = read_manifest(store)
+    plan = MosaicPlan([], [], [], previous)
+    for src in layers:
+        key = output_key(src.product, src.layer, src.period)
+        unchanged = key in previous and previous[key].sources_digest == src.digest and store.exists(key)
+        if unchanged:  # same tiles with the same content (their records' checksums), same settings
+            previous[key].state = "up-to-date"
+            plan.kept.append(previous[key])
+        elif overwrite or not store.exists(key):
+            plan.todo.append(src)
+        else:
+            plan.stale.append(store.url(key))
+    return plan
+
+
 def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None = None,
                products: Sequence[str] | None = None, work_dir: str | Path | None = None) -> list[MosaicLayer]:
     """Mosaic every finished product/layer/period of the run into COGs under ``catalog/``.
@@ -799,25 +835,9 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
     import rasterio
 
     store = store_for(cfg, store)
-    layers = find_layers(cfg, store, products=products)
-    if not layers:
-        raise StoreError(f"no finished tile outputs to mosaic in {store!r} "
-                         f"(products {', '.join(products or cfg.output.layers)}; tiles need a 'done' status record)")
+    plan = plan_mosaics(cfg, store, overwrite=overwrite, products=products)
+    todo, kept, stale, previous = plan.todo, plan.kept, plan.stale, plan.previous
     total = available_threads(threads)
-    previous = read_manifest(store)
-    todo: list[LayerSources] = []
-    kept: list[MosaicLayer] = []
-    stale: list[str] = []
-    for src in layers:
-        key = output_key(src.product, src.layer, src.period)
-        unchanged = key in previous and previous[key].sources_digest == src.digest and store.exists(key)
-        if unchanged:  # same tiles with the same content (their records' checksums), same settings
-            previous[key].state = "up-to-date"
-            kept.append(previous[key])
-        elif overwrite or not store.exists(key):
-            todo.append(src)
-        else:
-            stale.append(store.url(key))
     if stale:
         raise FileOverwriteError(
             f"{len(stale)} mosaics exist but their tiles changed since they were made (or the manifest "

@@ -1305,13 +1305,17 @@ def _cancel_quietly(ids: Iterable[str | None]) -> None:
 
 def resubmit_failed(cfg, run_yaml: str | Path, *, store=None, tiles_per_task: int | None = None,
                     throttle: int | None = None, command: str | None = None,
-                    limits: ClusterLimits | None = None) -> SubmitPlan:
+                    limits: ClusterLimits | None = None, dry_run: bool = False) -> SubmitPlan:
     """New array job(s) over the failed and missing tiles of the whole run (every array of
-    every earlier submission), with the finalize job behind them."""
+    every earlier submission), with the finalize job behind them; with ``dry_run`` only the
+    plan (:func:`plan_submission`), nothing submitted."""
     store = store_for(cfg, store)
     if not read_jobs(store)["submissions"]:
         raise SlurmError(f"nothing to resubmit: no submission recorded in {store.url(JOBS_KEY)}; "
                          "use `ecocube slurm submit` first")
+    if dry_run:
+        return plan_submission(cfg, run_yaml, store=store, tiles_per_task=tiles_per_task, throttle=throttle,
+                               command=command, limits=limits)
     return submit(cfg, run_yaml, store=store, tiles_per_task=tiles_per_task, throttle=throttle,
                   kind="resubmit", command=command, limits=limits)
 
@@ -1355,6 +1359,14 @@ class RunStatus:
         for s in self.tiles.values():
             tiles[s] = tiles.get(s, 0) + 1
         return {"tasks": tasks, "tiles": tiles}
+
+    @property
+    def active(self) -> bool:
+        """Whether a job of the submission still waits, runs, or is not known to Slurm yet."""
+        states = [t.state for t in self.tasks] + ([self.finalize.state] if self.finalize is not None else [])
+        if self.submission is not None and self.submission.get("finalize_job_id") and self.finalize is None:
+            states.append("UNKNOWN")
+        return any(s in ACTIVE_STATES or s == "UNKNOWN" for s in states)
 
     def to_dict(self) -> dict:
         return {
@@ -1442,6 +1454,28 @@ def slurm_status(cfg, *, store=None, states=None, submission: str | None = None,
         if fin is not None and fin.state in FAILED_STATES:
             fin_err = last_error_line(fin_log)
     return RunStatus(sub, tasks, fin, tiles, tile_errors, fin_log, fin_err)
+
+
+def wait_for_submission(cfg, *, store=None, submission: str | None = None, timeout: float = 3600.0,
+                        poll: float | None = None, sleep=None) -> RunStatus:
+    """Ask Slurm every ``poll`` seconds (default ``slurm.poll_seconds``, at least 1) until no
+    job of the submission waits or runs any more; the last status. A submission still active
+    after ``timeout`` seconds is a SlurmError naming its jobs."""
+    import time
+
+    sleep = time.sleep if sleep is None else sleep
+    poll = max(1.0, cfg.slurm.poll_seconds if poll is None else poll)
+    deadline = time.monotonic() + timeout
+    while True:
+        st = slurm_status(cfg, store=store, submission=submission, max_age=0)
+        if st.submission is None:
+            raise SlurmError("nothing to wait for: no Slurm submission recorded for this run")
+        if not st.active:
+            return st
+        if time.monotonic() >= deadline:
+            ids = " ".join(submission_job_ids(st.submission))
+            raise SlurmError(f"submission {st.submission['id']}: jobs {ids} still active after {timeout:g} s")
+        sleep(poll)
 
 
 #: above this many tasks, ``format_status`` lists only the tasks that are not completed

@@ -718,6 +718,21 @@ def check_store_fingerprints(cfg, tiles, *, store=None) -> None:
             "refusing to mix them: use --overwrite to redo them with these settings, or another output.store")
 
 
+def plan_run(cfg, tiles, *, store=None, overwrite: bool = False) -> dict[str, list[str]]:
+    """Which of ``tiles`` a run would process and which it would skip, from their status
+    records alone (``ecocube run --dry-run``; the run itself also re-checks a done tile's
+    outputs against its record): ``{"process": [ids], "skip": [ids]}``, in the given order."""
+    from .status import effective_state, tile_states
+
+    records = tile_states(cfg, store, tiles=tiles, light=True)
+    out: dict[str, list[str]] = {"process": [], "skip": []}
+    for tile_id, rec in records.items():
+        state = effective_state(rec)
+        finished = state == "done" or (state == "empty" and cfg.inputs.on_empty == "record")
+        out["skip" if finished and not overwrite else "process"].append(tile_id)
+    return out
+
+
 def check_fingerprint(tile_id: str, previous: dict[str, Any] | None, fingerprint: dict[str, Any], *,
                       overwrite: bool) -> None:
     """A done tile made with other settings, model or version is not mixed with this run:

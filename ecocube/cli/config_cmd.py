@@ -11,7 +11,13 @@ from .options import config_override_option, load_run_config, run_config_argumen
 
 @click.group()
 def config() -> None:
-    """Check a run configuration or print an example."""
+    """Check a run configuration or print an example.
+
+    \b
+    Examples:
+      ecocube config example --kind acquisitions > run.yaml
+      ecocube config check run.yaml
+    """
 
 
 @config.command("check")
@@ -25,7 +31,12 @@ def config() -> None:
 def check(run_yaml, overrides, show, open_inputs, no_preflight) -> None:
     """Validate RUN_YAML and pre-flight the run: the area of interest, URL templates, dates,
     the model bundle against the features and classes, a sample of inputs opened, the store
-    written, scratch space. Exit 2 listing every problem, one per line."""
+    written, scratch space. Exit 2 listing every problem, one per line.
+
+    \b
+    Example:
+      ecocube config check run.yaml --no-inputs
+    """
     from ..config import dump_config
     from ..preflight import PreflightReport
 
@@ -56,5 +67,10 @@ def _tiles(cfg) -> list:
 @click.option("--kind", "kind", type=click.Choice(sorted(EXAMPLES)), default="composite", show_default=True,
               help="Input source kind: per-period composites, scene files found by a glob, or a STAC API.")
 def example(kind) -> None:
-    """Print an annotated example configuration (ecocube config example > run.yaml)."""
+    """Print an annotated example configuration to start a run from.
+
+    \b
+    Example:
+      ecocube config example --kind acquisitions > run.yaml
+    """
     click.echo(EXAMPLES[kind], nl=False)

@@ -21,6 +21,10 @@ def demo(out: Path, workers: int | None, overwrite: bool, no_progress: bool, chi
     read → gap-fill → features → train the stacked ensemble → predict every tile in
     parallel → per-tile outputs in a local store → COG mosaics → STAC catalog + browser.
     No cluster, no cloud account, no internet.
+
+    \b
+    Example:
+      ecocube demo --out ecocube-demo && ecocube browse ecocube-demo/output/catalog
     """
     from ..demo import run_demo
     from ..env import available_threads

@@ -20,7 +20,8 @@ def doctor(run_yaml, overrides, open_inputs) -> None:
     """Check that this machine (and the run in RUN_YAML) is ready: GDAL/PROJ and drivers,
     threads of the allocation, Slurm and the partition's limits, S3 credentials (never
     printed), a sample of inputs, the store, free scratch space. One line per check, OK or
-    FAIL with the fix; exit 1 on any FAIL.
+    FAIL with the fix; exit 1 on any FAIL, 2 when RUN_YAML is not a valid configuration
+    (the machine is checked all the same).
 
     \b
     Example:
@@ -36,7 +37,8 @@ def doctor(run_yaml, overrides, open_inputs) -> None:
 
             cfg = load_run_config(run_yaml, overrides)
         except (EcocubeError, ValueError) as exc:  # the environment is still checked
-            problem = Check("config", False, f"{run_yaml}: {str(exc).strip().splitlines()[0]}",
+            text = " ".join(ln.strip() for ln in str(exc).strip().splitlines())  # every problem, one line
+            problem = Check("config", False, text if str(run_yaml) in text else f"{run_yaml}: {text}",
                             "fix the file (ecocube config check RUN.yaml), or the environment below")
     checks = run_doctor(cfg, inputs=open_inputs)
     if problem is not None:
@@ -46,4 +48,4 @@ def doctor(run_yaml, overrides, open_inputs) -> None:
     failed = [c for c in checks if c.ok is False]
     click.echo(f"{len(failed)} of {len(checks)} checks failed" if failed else f"all {len(checks)} checks passed")
     if failed:
-        sys.exit(1)
+        sys.exit(2 if problem is not None else 1)

@@ -23,7 +23,12 @@ threads_option = click.option("--threads", type=click.IntRange(min=1), default=N
               type=click.Choice(PRODUCT_NAMES),
               help="Only these products (repeatable; default: output.layers).")
 def mosaic(run_yaml: Path, overrides, overwrite: bool, threads, products) -> None:
-    """Mosaic the finished tiles into COGs (+ VRTs, thumbnails) under catalog/ in the store."""
+    """Mosaic the finished tiles into COGs (+ VRTs, thumbnails) under catalog/ in the store.
+
+    \b
+    Example:
+      ecocube mosaic run.yaml --product class
+    """
     from ..mosaic import mosaic_run
 
     cfg = load_run_config(run_yaml, overrides)
@@ -43,7 +48,13 @@ class _DefaultBuildGroup(click.Group):
 
 @click.group(cls=_DefaultBuildGroup)
 def stac() -> None:
-    """Build (``stac build RUN.yaml``, or just ``stac RUN.yaml``) or validate the STAC catalog."""
+    """Build (``stac build RUN.yaml``, or just ``stac RUN.yaml``) or validate the STAC catalog.
+
+    \b
+    Examples:
+      ecocube stac build run.yaml
+      ecocube stac validate output/catalog
+    """
 
 
 @stac.command("build")
@@ -51,7 +62,12 @@ def stac() -> None:
 @config_override_option
 @click.option("--no-validate", is_flag=True, help="Publish without validating against the schemas.")
 def stac_build(run_yaml: Path, overrides, no_validate: bool) -> None:
-    """Build, validate and publish the catalog from the mosaics of a run."""
+    """Build, validate and publish the catalog from the mosaics of a run.
+
+    \b
+    Example:
+      ecocube stac build run.yaml
+    """
     from ..stac import publish_catalog
 
     cfg = load_run_config(run_yaml, overrides)
@@ -67,7 +83,12 @@ def stac_build(run_yaml: Path, overrides, no_validate: bool) -> None:
               help="Folder of STAC JSON schemas laid out by URL (default: the packaged copy).")
 @click.option("--no-assets", is_flag=True, help="Do not check that relative asset hrefs exist.")
 def stac_validate(catalog: Path, schemas, no_assets: bool) -> None:
-    """Validate a local catalog (catalog.json or its folder) offline; exit 1 on any problem."""
+    """Validate a local catalog (catalog.json or its folder) offline; exit 1 on any problem.
+
+    \b
+    Example:
+      ecocube stac validate output/catalog/catalog.json
+    """
     from ..stac import PACKAGED_SCHEMAS, validate_catalog
 
     issues = validate_catalog(catalog, schema_dir=schemas or PACKAGED_SCHEMAS, check_assets=not no_assets)
@@ -83,11 +104,34 @@ def stac_validate(catalog: Path, schemas, no_assets: bool) -> None:
 @config_override_option
 @overwrite_option
 @threads_option
-def finalize(run_yaml: Path, overrides, overwrite: bool, threads) -> None:
-    """Mosaic + STAC catalog + browser: the job Slurm runs after the tiles."""
+@click.option("--dry-run", is_flag=True,
+              help="List the mosaics that would be written, kept or refused; write nothing.")
+def finalize(run_yaml: Path, overrides, overwrite: bool, threads, dry_run: bool) -> None:
+    """Mosaic + STAC catalog + browser: the job Slurm runs after the tiles.
+
+    \b
+    Examples:
+      ecocube finalize run.yaml --dry-run
+      ecocube finalize run.yaml
+    """
     from ..finalize import finalize as run_finalize
 
     cfg = load_run_config(run_yaml, overrides)
+    if dry_run:
+        from ..mosaic import plan_mosaics
+        from ..store import store_for
+
+        store = store_for(cfg)
+        plan = plan_mosaics(cfg, store, overwrite=overwrite)
+        click.echo(f"mosaics: {len(plan.todo)} to write, {len(plan.kept)} up to date, {len(plan.stale)} changed "
+                   "since they were made" + (" (refused without --overwrite)" if plan.stale else ""))
+        for key in plan.keys():
+            click.echo(f"  write {store.url(key)}")
+        for url in plan.stale:
+            click.echo(f"  changed {url}")
+        click.echo(f"then the STAC catalog {store.url('catalog/catalog.json')} and its browser page")
+        click.echo("(dry run: nothing written)")
+        return
     result = run_finalize(cfg, overwrite=overwrite, threads=threads)
     written = sum(1 for x in result["layers"] if x.state == "written")
     click.echo(f"mosaics: {len(result['layers'])} ({written} written, {len(result['layers']) - written} up to date)")
@@ -102,7 +146,12 @@ def finalize(run_yaml: Path, overrides, overwrite: bool, threads) -> None:
 @click.option("--write-index/--no-write-index", default=None,
               help="(Re)write index.html first (default: only if it is missing).")
 def browse(catalog_dir: Path, port: int, write_index) -> None:
-    """Serve a catalog folder on 127.0.0.1 (Range requests, CORS) for browsers, QGIS and GDAL."""
+    """Serve a catalog folder on 127.0.0.1 (Range requests, CORS) for browsers, QGIS and GDAL.
+
+    \b
+    Example:
+      ecocube browse output/catalog --port 8000
+    """
     from ..browse import serve, write_browser
 
     if write_index or (write_index is None and not (catalog_dir / "index.html").exists()):

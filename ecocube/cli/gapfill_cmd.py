@@ -37,7 +37,12 @@ from .options import overwrite_option
 def gapfill(files, season_size, out_dir, method, h_same, h_neib, h_annual, direction, outlier_percentiles,
             block_size, threads, overwrite) -> None:
     """Gap-fill FILES (single-band rasters, one per period, in time order) with TMWM or
-    linear interpolation; writes filled rasters and flag rasters to --out."""
+    linear interpolation; writes filled rasters and flag rasters to --out.
+
+    \b
+    Example:
+      ecocube gapfill ndvi/2019-*.tif --season-size 4 --out filled/
+    """
     from ..gapfill_stack import fill_raster_stack
 
     summary = fill_raster_stack(

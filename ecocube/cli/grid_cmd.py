@@ -17,7 +17,12 @@ from .options import config_override_option, load_run_config, run_config_argumen
               help="Output file: .gpkg, .geojson or .fgb.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def grid(run_yaml, overrides, out: Path, overwrite: bool) -> None:
-    """Write the tiles of the run's area of interest as polygons (tile_id, ix, iy)."""
+    """Write the tiles of the run's area of interest as polygons (tile_id, ix, iy).
+
+    \b
+    Example:
+      ecocube grid run.yaml --out grid.gpkg
+    """
     from ..errors import FileOverwriteError
 
     cfg = load_run_config(run_yaml, overrides)

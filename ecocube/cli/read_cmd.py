@@ -27,6 +27,10 @@ def read(run_yaml, overrides, tile_id: str, out: Path, window, threads, overwrit
     Writes OUT/TILE/read.npz (data, reason, count, bands, periods), one float32 GeoTIFF
     per period (NaN = no valid value, band descriptions = band names) and summary.json
     (stats, missing inputs, share of each reason per period and band).
+
+    \b
+    Example:
+      ecocube read run.yaml --tile X0000_Y0000 --out read-X0000_Y0000/
     """
     from ..read_dump import dump_tile_read
 

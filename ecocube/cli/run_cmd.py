@@ -75,6 +75,10 @@ def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
 
     Exits non-zero when the tile fails (its status record holds the error) or is
     interrupted by SIGTERM/SIGINT (nothing partial is published).
+
+    \b
+    Example:
+      ecocube run-tile run.yaml --tile X0000_Y0000
     """
     from ..tile import process_tile, stop_on_signals
 
@@ -99,11 +103,17 @@ def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
                    "redone (their outputs replaced), e.g. with other scenes through --config.")
 @click.option("--unit", type=click.Choice(["pixels", "chips"]), default="pixels", show_default=True,
               help="With --below: completeness in pixels or chips.")
-def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, below, unit) -> None:
+@click.option("--dry-run", is_flag=True, help="List the tiles that would be processed and skipped; process nothing.")
+def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, below, unit, dry_run) -> None:
     """Process every tile of RUN_YAML on this machine (a laptop or one node).
 
     Done tiles are skipped unless --overwrite. Prints a summary; exits non-zero if any
     tile failed or the run was interrupted.
+
+    \b
+    Examples:
+      ecocube run run.yaml --dry-run
+      ecocube run run.yaml --workers 2
     """
     from ..tile import run_tiles
 
@@ -120,6 +130,16 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, be
         if not tiles:
             return
         overwrite = True  # done tiles are redone
+    if dry_run:
+        from ..tile import plan_run
+
+        plan = plan_run(cfg, tiles, overwrite=overwrite)
+        click.echo(f"{len(tiles)} tiles: {len(plan['process'])} to process, {len(plan['skip'])} done (skipped"
+                   f"{'' if not plan['skip'] else '; --overwrite redoes them'})")
+        if plan["process"]:
+            click.echo("to process: " + " ".join(plan["process"]))
+        click.echo("(dry run: nothing processed)")
+        return
     records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress, threads=threads)
     for rec in records:
         if rec.get("state") == "failed" or rec.get("held"):
@@ -143,6 +163,10 @@ def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file) -> No
     Without --tiles-file, task i takes a fixed, contiguous slice of slurm.tiles_per_task
     tiles of the run's tiles in grid order; with it, the tiles on line i of the list.
     Failed tiles do not stop the others; the task exits non-zero if any failed.
+
+    \b
+    Example:
+      ecocube run-task run.yaml --task-id 3   # what an array task runs
     """
     from ..env import slurm_context
     from ..errors import ConfigError
@@ -196,6 +220,10 @@ def status(run_yaml, overrides, as_json, only_failed, stale_after, completeness,
 
     A tile recorded as running whose process died (SIGKILL, a lost node, a cancelled job)
     is shown as stale and counted among the tiles to redo.
+
+    \b
+    Example:
+      ecocube status run.yaml --completeness --below 0.9
     """
     from ..status import DEFAULT_STALE_AFTER, check_done_outputs, format_summary, format_table, summarize, tile_states
     from ..store import store_for

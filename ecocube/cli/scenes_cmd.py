@@ -21,6 +21,10 @@ def scenes(run_yaml, overrides, tile_ids, refresh, as_json) -> None:
 
     STAC API results are cached in the run's store (scenes/TILE/SOURCE.json), so the tiles'
     jobs read them from there.
+
+    \b
+    Example:
+      ecocube scenes run.yaml --tile X0000_Y0000
     """
     from ..grid import TileGrid
     from ..read import mask_cover

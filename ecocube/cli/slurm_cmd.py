@@ -23,6 +23,7 @@ def slurm() -> None:
     """Submit, watch and resubmit the run on Slurm.
 
     \b
+    Examples:
     ecocube slurm submit RUN.yaml --dry-run     # scripts, tile count, memory, volume
     ecocube slurm submit RUN.yaml               # array over tiles left + finalize (afterok)
     ecocube slurm status RUN.yaml               # tasks and tiles by state, failures + logs
@@ -73,6 +74,11 @@ def submit_cmd(run_yaml, tiles_per_task, throttle, dry_run, open_inputs, no_pref
 
     The full pre-flight (as ``ecocube config check``) runs first: nothing is submitted
     while it finds a problem (exit 2, every problem on its own line).
+
+    \b
+    Examples:
+      ecocube slurm submit run.yaml --dry-run
+      ecocube slurm submit run.yaml --tiles-per-task 4
     """
     from .. import slurm as slurm_lib
 
@@ -92,14 +98,22 @@ def submit_cmd(run_yaml, tiles_per_task, throttle, dry_run, open_inputs, no_pref
               help="Resubmit the failed and missing tiles (required; the only mode).")
 @tiles_per_task_option
 @throttle_option
+@click.option("--dry-run", is_flag=True, help="Print the scripts and estimates; submit nothing.")
 @config_override_option
-def resubmit_cmd(run_yaml, failed, tiles_per_task, throttle, overrides):
-    """A new array over failed/missing tiles only; the pending finalize job moves behind it."""
+def resubmit_cmd(run_yaml, failed, tiles_per_task, throttle, dry_run, overrides):
+    """A new array over failed/missing tiles only; the pending finalize job moves behind it.
+
+    \b
+    Examples:
+      ecocube slurm resubmit run.yaml --failed --dry-run
+      ecocube slurm resubmit run.yaml --failed
+    """
     from .. import slurm as slurm_lib
 
     cfg = load_run_config(run_yaml, overrides)
-    plan = slurm_lib.resubmit_failed(cfg, run_yaml, tiles_per_task=tiles_per_task, throttle=throttle)
-    _print_plan(plan, dry_run=False)
+    plan = slurm_lib.resubmit_failed(cfg, run_yaml, tiles_per_task=tiles_per_task, throttle=throttle,
+                                     dry_run=dry_run)
+    _print_plan(plan, dry_run=dry_run)
 
 
 @slurm.command("status")
@@ -108,13 +122,28 @@ def resubmit_cmd(run_yaml, failed, tiles_per_task, throttle, overrides):
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--all", "all_tasks", is_flag=True,
               help="List every task (default: above 100 tasks, only those not completed).")
+@click.option("--wait", is_flag=True,
+              help="Wait until every job of the submission has ended, then print the status.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=3600, show_default=True, metavar="SECONDS",
+              help="With --wait: give up after this long (exit 1).")
 @config_override_option
-def status_cmd(run_yaml, submission, as_json, all_tasks, overrides):
-    """Tasks and tiles by state, with log paths and the error line of each failure."""
+def status_cmd(run_yaml, submission, as_json, all_tasks, wait, timeout, overrides):
+    """Tasks and tiles by state, with log paths and the error line of each failure.
+
+    With --wait, Slurm is asked every slurm.poll_seconds until the submission's jobs have
+    ended (a script's way to wait for a campaign).
+
+    \b
+    Example:
+      ecocube slurm status run.yaml --wait
+    """
     from .. import slurm as slurm_lib
 
     cfg = load_run_config(run_yaml, overrides)
-    st = slurm_lib.slurm_status(cfg, submission=submission)
+    if wait:
+        st = slurm_lib.wait_for_submission(cfg, submission=submission, timeout=timeout)
+    else:
+        st = slurm_lib.slurm_status(cfg, submission=submission)
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:

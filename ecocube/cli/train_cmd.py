@@ -33,6 +33,10 @@ def train(run_yaml, overrides, samples: Path, class_field: str, samples_crs, dat
     Writes the model bundle (model.joblib + model.json), report.json, report.md with PNG
     plots, and the feature table features.parquet (reused by a later run with the same
     samples and settings) to OUT.
+
+    \b
+    Example:
+      ecocube train run.yaml --samples parcels.gpkg --class-field LC --year 2019
     """
     from ..train import train_model
 

@@ -28,7 +28,12 @@ FORMATS = ("gpkg", "parquet", "geojson")
 def vectorize(run_yaml: Path, overrides, overwrite: bool, product: str, years, simplify: float, formats,
               no_catalog: bool) -> None:
     """Polygons per class from the finished tiles, dissolved across tile borders, with area and
-    mean class probability; published under catalog/ and added to the STAC catalog."""
+    mean class probability; published under catalog/ and added to the STAC catalog.
+
+    \b
+    Example:
+      ecocube vectorize run.yaml --year 2019 --simplify 15 --format gpkg
+    """
     from ..vectorize import vectorize_run
 
     cfg = load_run_config(run_yaml, overrides)
