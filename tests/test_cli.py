@@ -161,3 +161,23 @@ def test_exit_codes(tmp_path, capsys, argv, code, text):
         assert err.strip() == "" or "warning" in err.lower(), err
     if argv[:1] == ["config"] and code == 0:
         assert yaml.safe_load(out)["grid"]  # the example is a configuration
+
+
+def test_run_dry_run_lists_the_tiles_and_writes_nothing(tmp_path, capsys):
+    import json
+
+    good = _run_yaml(tmp_path, aoi={"tiles": ["X0000_Y0000", "X0001_Y0000", "X0002_Y0000"]})
+    code, out, _ = _main(["run", good, "--dry-run"], capsys)
+    assert code == 0
+    assert out.splitlines() == ["3 tiles: 3 to process, 0 done (skipped)", "to process: X0000_Y0000 X0001_Y0000 X0002_Y0000",
+                                "(dry run: nothing processed)"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.json"))
+    # a done record (as a finished tile leaves) moves that tile to the skipped ones
+    (tmp_path / "out" / "status").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "out" / "status" / "X0001_Y0000.json").write_text(json.dumps({"tile": "X0001_Y0000", "state": "done"}))
+    code, out, _ = _main(["run", good, "--dry-run"], capsys)
+    assert code == 0
+    assert out.splitlines()[:2] == ["3 tiles: 2 to process, 1 done (skipped; --overwrite redoes them)",
+                                    "to process: X0000_Y0000 X0002_Y0000"]
+    code, out, _ = _main(["run", good, "--dry-run", "--overwrite"], capsys)
+    assert out.splitlines()[0] == "3 tiles: 3 to process, 0 done (skipped)"
