@@ -11,7 +11,10 @@ while the writer carries on. Every raster ecocube writes therefore goes through:
 - :func:`close_checked`: ``dst.close()`` with GDAL's last error checked afterwards
   (``CPLGetLastErrorType`` through the loaded libgdal; errors of type ≥ CE_Failure fail);
 - :func:`verify_written`: the file re-opened, its size/shape/dtype checked and the same
-  windows read back and hashed: a mismatch, a read error or a short file fails.
+  windows read back and hashed: a mismatch, a read error or a short file fails;
+- :func:`verify_strips`: the same check for a file written from data that is still at hand
+  (a tile's staged layers): the windows read back are compared with the data itself, so
+  nothing is hashed, neither while writing nor on the read-back.
 
 A failure raises :class:`~ecocube.errors.StoreError` ``cannot write PATH: CAUSE [errno 28
 ENOSPC: No space left on device]`` (the errno found in GDAL's messages or, failing that,
@@ -282,3 +285,38 @@ def verify_written(path: str | Path, digest: WriteDigest, *, width: int, height:
         raise write_error(name, f"the written file does not read back: {exc}") from exc
     if h.hexdigest() != digest.hexdigest():
         raise write_error(name, "the written file reads back different pixels than were written")
+
+
+def verify_strips(path: str | Path, strips, *, width: int, height: int, count: int, dtype,
+                  what: str | Path | None = None) -> None:
+    """Re-open ``path`` and check it holds exactly the data of ``strips``.
+
+    ``strips`` yields ``(window, array (count, h, w))`` pairs, e.g. re-read from the scratch
+    file the raster was written from; each window is read back and compared with its array
+    (``np.array_equal``: every pixel, cheaper than hashing both sides). ``what`` names the
+    file in errors (default ``path``). Errors as :func:`verify_written`.
+    """
+    import rasterio
+
+    name = what if what is not None else path
+    dtype = np.dtype(dtype)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise write_error(name, f"cannot stat the written file: {exc}") from exc
+    if size == 0:
+        raise write_error(name, "the written file is empty")
+    try:
+        with rasterio.open(path) as src:
+            if (src.width, src.height, src.count) != (width, height, count) or np.dtype(src.dtypes[0]) != dtype:
+                raise write_error(name, f"the written file is {src.width}x{src.height}x{src.count} {src.dtypes[0]}, "
+                                        f"expected {width}x{height}x{count} {dtype}")
+            for window, expected in strips:
+                r, c, hh, ww = (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+                data = src.read(window=((r, r + hh), (c, c + ww)))
+                if data.shape != expected.shape or not np.array_equal(data, expected):
+                    raise write_error(name, "the written file reads back different pixels than were written")
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any read failure means the file is not what was written
+        raise write_error(name, f"the written file does not read back: {exc}") from exc
