@@ -642,12 +642,21 @@ def _nodata_mask(arr: np.ndarray, nodata) -> np.ndarray:
     return bad
 
 
-def _observation_layers(cat: SourceCatalog, obs: Observation, results: dict, shape) -> tuple[np.ndarray, np.ndarray]:
-    """(values (nb, h, w) float32 NaN-invalid, reason (nb, h, w) uint8) of one observation."""
+def _observation_layers(cat: SourceCatalog, obs: Observation, results: dict, shape,
+                        out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(values (nb, h, w) float32 NaN-invalid, reason (nb, h, w) uint8) of one observation.
+
+    ``out``: two arrays of those shapes to fill instead of new ones (e.g. views of the
+    block's cube). Each band is classified and scaled in one compiled pass
+    (:func:`_band_kernel`), with the same values and codes as the numpy formulation
+    ``float32(float64(dn) * scale + offset)`` where valid (``tests/test_read.py``)."""
     nb = len(cat.bands)
     h, w = shape
-    values = np.full((nb, h, w), np.nan, np.float32)
-    reason = np.full((nb, h, w), REASON_NODATA, np.uint8)
+    if out is None:
+        values = np.empty((nb, h, w), np.float32)
+        reason = np.empty((nb, h, w), np.uint8)
+    else:
+        values, reason = out
     mask_invalid = mask_nodata = None
     mask_missing = False
     if obs.mask is not None:
@@ -662,27 +671,71 @@ def _observation_layers(cat: SourceCatalog, obs: Observation, results: dict, sha
                 mask_nodata |= res.outside
             mask_invalid = cat.mask_rule.invalid(qa)
     refs = {ref.href: ref for ref in obs.file_refs()}
+    kernel = _band_kernel()
+    none2d = np.zeros((1, 1), np.bool_)
     for bi, band in enumerate(cat.bands):
         href, idx = obs.bands[band]
         ref = refs[href]
         res = results[(href, ref.indexes, cat.resampling, cat.nodata, "data")]
         if isinstance(res, _Missing) or mask_missing:
+            values[bi] = np.nan
             reason[bi] = REASON_MISSING
             continue
         dn = res.array[ref.indexes.index(idx)]
-        nodata = _nodata_mask(dn, res.nodata)
-        if res.outside is not None:
-            nodata |= res.outside
-        r = np.full((h, w), REASON_VALID, np.uint8)
-        if mask_invalid is not None:
-            r[mask_invalid] = REASON_MASKED
-            nodata |= mask_nodata
-        r[nodata] = REASON_NODATA
-        valid = r == REASON_VALID
-        scaled = (dn.astype(np.float64) * cat.scale + cat.offset).astype(np.float32)
-        values[bi] = np.where(valid, scaled, np.float32(np.nan))
-        reason[bi] = r
+        nodata = res.nodata
+        if nodata is not None and np.issubdtype(dn.dtype, np.floating):
+            nodata = dn.dtype.type(nodata)  # compared in the array's precision, as numpy does
+        if not dn.flags.c_contiguous:
+            dn = np.ascontiguousarray(dn)
+        kernel(dn, 0.0 if nodata is None else float(nodata), nodata is not None,
+               nodata is not None and bool(np.isnan(nodata)),
+               none2d if res.outside is None else res.outside, res.outside is not None,
+               none2d if mask_invalid is None else mask_invalid,
+               none2d if mask_nodata is None else mask_nodata, mask_invalid is not None,
+               float(cat.scale), float(cat.offset), values[bi], reason[bi])
     return values, reason
+
+
+_BAND_KERNEL = None
+
+
+def _band_kernel():
+    """The compiled per-band pass (numba, compiled on first use and cached on disk)."""
+    global _BAND_KERNEL
+    if _BAND_KERNEL is None:
+        from numba import njit
+
+        @njit(nogil=True, cache=True)
+        def band_kernel(dn, nodata, has_nodata, nodata_nan, outside, has_outside, invalid, mask_nodata,
+                        has_mask, scale, offset, values, reason):  # pragma: no cover - compiled
+            """reason: nodata (NaN, == nodata, outside the file, or the mask's own nodata) >
+            masked (the mask rule) > valid; values float32(float64(dn) * scale + offset) where
+            valid, else NaN."""
+            h, w = dn.shape
+            for y in range(h):
+                for x in range(w):
+                    v = dn[y, x]
+                    bad = v != v  # NaN (never for integers)
+                    if has_nodata and not bad:
+                        bad = v == nodata and not nodata_nan
+                    if has_outside and outside[y, x]:
+                        bad = True
+                    r = REASON_VALID
+                    if has_mask:
+                        if invalid[y, x]:
+                            r = REASON_MASKED
+                        if mask_nodata[y, x]:
+                            bad = True
+                    if bad:
+                        r = REASON_NODATA
+                    reason[y, x] = r
+                    if r == REASON_VALID:
+                        values[y, x] = np.float32(np.float64(v) * scale + offset)
+                    else:
+                        values[y, x] = np.nan
+
+        _BAND_KERNEL = band_kernel
+    return _BAND_KERNEL
 
 
 def _combine_reasons(reasons: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -742,6 +795,12 @@ class _BlockCube:
             slots = [self.band_slot[b] for b in cat.bands]
             if not obs_list:
                 continue  # no observation of this source in the period: NODATA, count 0
+            direct = self._slot_range(slots) if cat.kind == "composite" else None
+            if direct is not None:  # composites: each observation straight into the cube (the last wins)
+                for o in obs_list:
+                    _observation_layers(cat, o, results, self.shape, out=(self.data[k, direct], self.reason[k, direct]))
+                np.equal(self.reason[k, direct], REASON_VALID, out=self.count[k, direct], casting="unsafe")
+                continue
             layers = [_observation_layers(cat, o, results, self.shape) for o in obs_list]
             if cat.kind == "composite":
                 self._put_composites(k, slots, layers)
@@ -753,6 +812,12 @@ class _BlockCube:
             self.data[k, slots] = values
             self.reason[k, slots] = rsn
             self.count[k, slots] = (rsn == REASON_VALID).astype(np.uint16)
+
+    def _slot_range(self, slots: list[int]) -> slice | None:
+        """``slots`` as a slice when they are consecutive (a view of the cube, no copy)."""
+        if slots and slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots))
+        return None
 
     def _put_acquisitions(self, k: int, cat: SourceCatalog, slots: list[int], layers) -> None:
         """The period's percentile composite (and extra percentiles) of the acquisitions."""

@@ -416,3 +416,109 @@ def test_cli_read_dumps_tile(series, tmp_path, tile):
     # again without --overwrite: refused with a clear error
     res = CliRunner().invoke(cli, ["read", str(run), "--tile", TILE, "--out", str(out)])
     assert res.exit_code != 0 and "overwrite" in str(res.exception or res.output)
+
+
+def _numpy_layers(cat, obs, results, shape):
+    """The reference: the numpy formulation of one observation's values and reasons
+    (before the compiled per-band pass), written out here."""
+    from ecocube.read import _Missing
+
+    def nodata_mask(arr, nodata):
+        bad = np.zeros(arr.shape, bool)
+        if np.issubdtype(arr.dtype, np.floating):
+            bad |= np.isnan(arr)
+        if nodata is not None:
+            bad |= np.isnan(arr) if np.isnan(nodata) else (arr == nodata)
+        return bad
+
+    nb, (h, w) = len(cat.bands), shape
+    values = np.full((nb, h, w), np.nan, np.float32)
+    reason = np.full((nb, h, w), REASON_NODATA, np.uint8)
+    mask_invalid = mask_nodata = None
+    mask_missing = False
+    if obs.mask is not None:
+        res = results[(obs.mask[0], (obs.mask[1],), "nearest", None, "mask")]
+        if isinstance(res, _Missing):
+            mask_missing = True
+        else:
+            qa = res.array[0]
+            mask_nodata = nodata_mask(qa, res.nodata)
+            if res.outside is not None:
+                mask_nodata |= res.outside
+            mask_invalid = cat.mask_rule.invalid(qa)
+    refs = {ref.href: ref for ref in obs.file_refs()}
+    for bi, band in enumerate(cat.bands):
+        href, idx = obs.bands[band]
+        res = results[(href, refs[href].indexes, cat.resampling, cat.nodata, "data")]
+        if isinstance(res, _Missing) or mask_missing:
+            reason[bi] = REASON_MISSING
+            continue
+        dn = res.array[refs[href].indexes.index(idx)]
+        nodata = nodata_mask(dn, res.nodata)
+        if res.outside is not None:
+            nodata |= res.outside
+        r = np.full((h, w), REASON_VALID, np.uint8)
+        if mask_invalid is not None:
+            r[mask_invalid] = REASON_MASKED
+            nodata |= mask_nodata
+        r[nodata] = REASON_NODATA
+        scaled = (dn.astype(np.float64) * cat.scale + cat.offset).astype(np.float32)
+        values[bi] = np.where(r == REASON_VALID, scaled, np.float32(np.nan))
+        reason[bi] = r
+    return values, reason
+
+
+@pytest.mark.parametrize("case", ["uint16-all-values", "int64-mask", "float32-nan", "float32-inexact-nodata",
+                                  "missing"])
+def test_observation_layers_equal_the_numpy_formulation(case):
+    """Every uint16 value (and float/int64 inputs, a quality mask, pixels outside the file, a
+    missing file): the compiled pass gives the same float32 bits and reason codes."""
+    from ecocube.read import _FileData, _Missing, _observation_layers
+    from ecocube.sources import MaskRule, Observation, SourceCatalog
+
+    rng = np.random.default_rng(7)
+    h = w = 256
+    bands = ("b1", "b2", "b3")
+    nodata, outside, mask = 0, None, None
+    scale, offset = 0.0001, -0.1
+    if case == "uint16-all-values":
+        arr = np.stack([np.arange(h * w, dtype=np.uint16).reshape(h, w), rng.integers(0, 65535, (h, w), np.uint16),
+                        np.full((h, w), 7, np.uint16)])
+    elif case == "int64-mask":
+        arr = rng.integers(-5, 12000, (3, h, w)).astype(np.int64)
+        outside = rng.random((h, w)) < 0.1
+        mask = rng.integers(0, 12, (1, h, w)).astype(np.uint8)
+        scale, offset = 2.75e-05, -0.2
+    elif case == "float32-nan":
+        arr = rng.normal(0.2, 0.1, (3, h, w)).astype(np.float32)
+        arr[rng.random((3, h, w)) < 0.2] = np.nan
+        nodata, scale, offset = float("nan"), 1.0, 0.0
+    elif case == "float32-inexact-nodata":
+        arr = rng.normal(0.2, 0.1, (3, h, w)).astype(np.float32)
+        arr[:, :40] = np.float32(1e-4)
+        nodata, scale, offset = 1e-4, 3.0, 0.5
+    else:
+        arr = rng.integers(0, 9000, (3, h, w)).astype(np.uint16)
+        mask = rng.integers(0, 12, (1, h, w)).astype(np.uint8)
+    obs = Observation("s", None, None, {b: ("data.tif", i + 1) for i, b in enumerate(bands)},
+                      mask=("qa.tif", 1) if mask is not None else None)
+    cat = SourceCatalog("s", "composite", bands, scale, offset, nodata, "nearest",
+                        MaskRule("classes", (3, 8, 9, 10)) if mask is not None else None)
+    results = {("data.tif", (1, 2, 3), "nearest", nodata, "data"): _FileData(arr, nodata, outside, 0, 0)}
+    if mask is not None:
+        mask_outside = np.zeros((h, w), bool)
+        mask_outside[:, -30:] = True
+        qa = _FileData(mask, 0, mask_outside, 0, 0)
+        results[("qa.tif", (1,), "nearest", None, "mask")] = qa
+    if case == "missing":
+        results[("data.tif", (1, 2, 3), "nearest", nodata, "data")] = _Missing(InputMissingError("x"))
+    values, reason = _observation_layers(cat, obs, results, (h, w))
+    ref_values, ref_reason = _numpy_layers(cat, obs, results, (h, w))
+    np.testing.assert_array_equal(reason, ref_reason)
+    np.testing.assert_array_equal(values.view(np.uint32), ref_values.view(np.uint32))  # the same bits
+    assert values.dtype == np.float32 and reason.dtype == np.uint8
+    # the cases cover every reason code they can produce
+    codes = set(np.unique(reason).tolist())
+    expect = {"uint16-all-values": {REASON_VALID, REASON_NODATA}, "int64-mask": {0, 1, 2},
+              "float32-nan": {0, 2}, "float32-inexact-nodata": {0, 2}, "missing": {REASON_MISSING}}[case]
+    assert codes == expect
