@@ -947,7 +947,19 @@ class _TileRun:
 
     def run(self, work: Path) -> dict[str, Any]:
         """Every block (outputs written in the scratch folder ``work``), then the tile's
-        outputs published; returns the results for the record."""
+        outputs published; returns the results for the record.
+
+        One thread budget, ``threads`` (the allocation's share): the read workers, the
+        gap-fill and finish pools and prediction each use at most that many, one stage at a
+        time (staging the cube layers is the one thread beside prediction), and the native
+        pools (BLAS, OpenMP) are limited to it for the whole tile, so no library sizes its
+        pool by the machine's cores."""
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.threads):
+            return self._run(work)
+
+    def _run(self, work: Path) -> dict[str, Any]:
         self.work = work
         windows = list(self.tile.blocks(self.block_size))
         self.check_model()

@@ -732,3 +732,41 @@ def test_tile_writer_refuses_to_start_without_scratch_space_for_the_staged_layer
     writer = TileWriter(tmp_path, tile, specs, block_size=256, threads=2)
     assert writer.scratch_bytes == 4 * 3 * 5 * 10**6
     writer.abort()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_thread_pools_are_limited_to_the_tile_threads_in_every_stage(scene, bundle, tmp_path, threads):
+    """One thread budget: the BLAS/OpenMP pools seen inside read, gap-fill and prediction
+    are the tile's ``threads``, not the machine's cores."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), processing={"block_size": 32})
+    seen: dict[str, set] = {"read": set(), "gapfill": set(), "predict": set()}
+
+    def pools(stage):
+        seen[stage].update((i["user_api"], i["num_threads"]) for i in threadpool_info())
+
+    def read(*a, **k):
+        pools("read")
+        return Stages().read_block(*a, **k)
+
+    def fill(*a, **k):
+        pools("gapfill")
+        return Stages().fill_gaps(*a, **k)
+
+    def predict(bundle_, X, *, threads=None):
+        pools("predict")
+        return Stages().predict_block(bundle_, X, threads=threads)
+
+    stages = _fake_stages(read_block=read, fill_gaps=fill, predict_block=predict)
+    with threadpool_limits(limits=5):  # pools larger than the tile's budget (as on a many-core node)
+        before = sorted((i["user_api"], i["num_threads"]) for i in threadpool_info())
+        assert {n for _, n in before} == {5}
+        rec = process_tile(tile_of(cfg), cfg, bundle=bundle, stages=stages, threads=threads)
+        after = sorted((i["user_api"], i["num_threads"]) for i in threadpool_info())
+    assert rec["state"] == "done"
+    for stage, found in seen.items():
+        assert found, stage
+        assert {n for _, n in found} == {threads}, (stage, found)
+    assert {api for api, _ in seen["predict"]} >= {"openmp"}  # LightGBM's OpenMP is among them
+    assert after == before  # restored after the tile
