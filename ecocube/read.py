@@ -471,7 +471,9 @@ class _Reader:
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + w, src.width), min(row + h, src.height)
         fill = nodata if nodata is not None else 0
-        dtype = np.result_type(src.dtypes[0], np.asarray(fill).dtype) if nodata is not None else src.dtypes[0]
+        # the file's dtype when its nodata fits (a uint16 file with nodata 0.0 stays uint16, not
+        # float64: 4x less to allocate, copy and scan; the values are the same)
+        dtype = _warp_dtype(src.dtypes[0], nodata)
         arr = np.full((len(job.indexes), h, w), fill, dtype=dtype)
         outside = np.ones((h, w), bool)
         win = None
