@@ -86,23 +86,30 @@ def tile_arrays(tile_id: str, seed: int = 0) -> dict[tuple[str, str, str], np.nd
 NODATA = {"proba": 255, "class": 65535, "uncertainty": 255, "composite": -32768, "flags": None, "count": None}
 
 
-def write_tile_outputs(store, cfg, tile_ids=DONE_TILES, running=(RUNNING_TILE,), seed=0) -> dict:
-    """Tile outputs with the layout of CONTRACT.md, written through the store."""
+def write_tile_outputs(store, cfg, tile_ids=DONE_TILES, running=(RUNNING_TILE,), seed=0, *,
+                       with_outputs=False) -> dict:
+    """Tile outputs with the layout of CONTRACT.md, written through the store. With
+    ``with_outputs`` the records list every file's size and sha256, as a tile's do."""
+    import hashlib
+
     grid = TileGrid.from_config(cfg.grid)
     arrays = {}
     work = Path(store.work_dir("fixture"))
     for tile_id in (*tile_ids, *running):
         tile = grid.tile(tile_id)
+        outputs = {}
         for (product, period, layer), arr in tile_arrays(tile_id, seed).items():
             local = work / f"{tile_id}-{product}-{period}-{layer}.tif"
             _write_tif(local, arr, tile, nodata=NODATA[product],
                        scale=0.0001 if product == "composite" else 1.0,
                        descriptions=[c["name"] for c in CLASSES] if product == "proba" else [layer])
-            store.put_file(local, f"{product}/{tile_id}/{period}/{layer}.tif")
+            key = f"{product}/{tile_id}/{period}/{layer}.tif"
+            outputs[key] = {"sha256": hashlib.sha256(local.read_bytes()).hexdigest(), "size": local.stat().st_size}
+            store.put_file(local, key)
             arrays[(product, tile_id, period, layer)] = arr
         state = "done" if tile_id in tile_ids else "running"
-        store.put_bytes(json.dumps({"schema": 1, "tile": tile_id, "state": state}).encode(),
-                        f"status/{tile_id}.json")
+        record = {"schema": 1, "tile": tile_id, "state": state, **({"outputs": outputs} if with_outputs else {})}
+        store.put_bytes(json.dumps(record).encode(), f"status/{tile_id}.json")
     return arrays
 
 
@@ -171,6 +178,74 @@ def test_mosaic_run_local(local_run):
         # the published VRT opens and holds the same pixels (relative paths into the store)
         with rasterio.open(store.url(layer.vrt_key)) as vrt, rasterio.open(path) as cog:
             np.testing.assert_array_equal(vrt.read(), cog.read())
+
+
+def test_vrt_from_the_grid_and_records_opens_one_tile_file_and_equals_the_mosaic(tmp_path):
+    """Records that list their outputs: each layer's VRT is built from one tile header and the
+    grid; the other tile files are not opened (removing them does not change the XML), the
+    XML equals the one built from every header, and GDAL reads the published VRT as the COG
+    and the tiles."""
+    from ecocube import mosaic as M
+
+    cfg = run_config(tmp_path, str(tmp_path / "store"))
+    store = open_store(cfg.output)
+    arrays = write_tile_outputs(store, cfg, with_outputs=True)
+    grid = TileGrid.from_config(cfg.grid)
+    layers = mosaic_run(cfg, store=store, threads=2, products=["class", "proba", "composite"])
+    assert len(layers) == 2 + 4
+    for layer in layers:
+        path = store.url(layer.key)
+        _assert_equals_tiles(path, layer.product, layer.period, layer.layer, arrays, grid, NODATA[layer.product])
+        with rasterio.open(store.url(layer.vrt_key)) as vrt, rasterio.open(path) as cog:
+            assert (vrt.width, vrt.height, vrt.count, vrt.dtypes, vrt.nodata) == \
+                (192, 128, cog.count, cog.dtypes, cog.nodata)
+            assert vrt.transform == cog.transform and vrt.crs == cog.crs
+            np.testing.assert_array_equal(vrt.read(), cog.read())
+            if layer.product == "proba":
+                assert vrt.descriptions == ("cropland", "forest", "water")
+            if layer.product == "composite":
+                assert vrt.scales == (0.0001,)
+    (src,) = [x for x in find_layers(cfg, store, products=["proba"])]
+    assert all(src.expected) and len(src.tiles) == 5
+    paths = [store.gdal_path(k) for k in src.keys]
+    every = M.vrt_xml(M._read_tile_meta(paths, src.keys, 1, lambda: M._mosaic_env(store, 1, 2**26)))
+    for key in src.keys[1:]:
+        Path(store.url(key)).unlink()
+    from_grid = M.vrt_xml(M._layer_meta_from_grid(cfg, src, paths, lambda: M._mosaic_env(store, 1, 2**26)))
+    assert from_grid == every
+    assert from_grid.count("<ComplexSource>") == 5 * 3
+
+
+def test_vrt_from_the_grid_refuses_a_tile_file_off_the_grid(tmp_path):
+    """A tile file whose header does not fit the run's grid is named before any VRT is made."""
+    import hashlib
+
+    from ecocube.errors import StoreError
+
+    cfg = run_config(tmp_path, str(tmp_path / "store"))
+    store = open_store(cfg.output)
+    grid = TileGrid.from_config(cfg.grid)
+    outputs = {}
+    for tile_id, shift in (("X0000_Y0000", 5.0), ("X0001_Y0000", 0.0)):  # the first one half a pixel off
+        tile = grid.tile(tile_id)
+        local = tmp_path / f"{tile_id}.tif"
+        from affine import Affine
+
+        shifted = type(tile)(tile.id, tile.index, tile.crs, tile.bounds, tile.transform @ Affine.translation(
+            shift / 10, 0), tile.shape)
+        _write_tif(local, tile_arrays(tile_id)[("class", YEAR, "class")], shifted, nodata=65535)
+        key = f"class/{tile_id}/{YEAR}/class.tif"
+        store.put_file(local, key)
+        rec = {"schema": 1, "tile": tile_id, "state": "done",
+               "outputs": {key: {"sha256": hashlib.sha256(local.read_bytes()).hexdigest(),
+                                 "size": local.stat().st_size}}}
+        store.put_bytes(json.dumps(rec).encode(), f"status/{tile_id}.json")
+    with pytest.raises(StoreError) as err:
+        mosaic_run(cfg, store=store, products=["class"])
+    assert str(err.value) == ("tile output class/X0000_Y0000/2019-01-01/class.tif does not fit the run's grid: "
+                              "bounds (3900005.0, 3199360.0, 3900645.0, 3200000.0), the grid's tile has "
+                              "(3900000.0, 3199360.0, 3900640.0, 3200000.0)")
+    assert not store.list("catalog/class/")
 
 
 def test_mosaic_statistics_and_manifest(local_run):
