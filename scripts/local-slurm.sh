@@ -133,6 +133,18 @@ EOF
   mv "$CONF.part" "$CONF"
 }
 
+daemon() {  # daemon CMD...: start a daemon without the descriptors this script inherited
+  # (a caller's `flock LOCK scripts/local-slurm.sh up` lock fd would stay held by the daemon
+  # for its whole life, and every other flock on LOCK would wait forever)
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      case $fd in 0|1|2|255) ;; *) eval "exec $fd>&-" 2>/dev/null || true ;; esac
+    done
+    exec "$@"
+  )
+}
+
 start_munge() {
   if munge_ok; then
     return 0
@@ -144,7 +156,7 @@ start_munge() {
   if [ -S /run/munge/munge.socket.2 ] && ! munge_ok; then
     rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
   fi
-  runuser -u munge -- /usr/sbin/munged
+  daemon runuser -u munge -- /usr/sbin/munged
   touch "$DIR/run/munged.started-by-us"
   wait_until "$WAIT" munged munge_ok || die "munged did not start within ${WAIT}s"
 }
@@ -160,8 +172,8 @@ cmd_up() {
   mkdir -p "$DIR/run"
   write_conf
   start_munge
-  /usr/sbin/slurmctld -i -f "$CONF"
-  /usr/sbin/slurmd -N localhost -f "$CONF"
+  daemon /usr/sbin/slurmctld -i -f "$CONF"
+  daemon /usr/sbin/slurmd -N localhost -f "$CONF"
   node_idle() { [ "$(timeout 10 sinfo -h -N -n localhost -o %T 2>/dev/null)" = idle ]; }
   if ! wait_until "$WAIT" "node idle" node_idle; then
     log "the node is not idle after ${WAIT}s; sinfo says: $(sinfo -h -N -o '%N %T %E' 2>&1 || true)"
@@ -220,7 +232,7 @@ cmd_set() {  # cmd_set KEY=VALUE: only the limits tests and benchmarks change
     sed -i "s/^KillWait=/$key=$value\nKillWait=/" "$CONF"
   fi
   stop_pidfile "$DIR/run/slurmctld.pid" slurmctld
-  /usr/sbin/slurmctld -f "$CONF"   # recovers the saved state: jobs stay queued
+  daemon /usr/sbin/slurmctld -f "$CONF"   # recovers the saved state: jobs stay queued
   # read the whole answer before matching: under pipefail, `scontrol | grep -q` fails with
   # SIGPIPE (141) whenever grep stops reading before scontrol has written everything
   ctld_answers() {
