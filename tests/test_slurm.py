@@ -683,7 +683,9 @@ def test_campaign_split_into_arrays_on_real_slurm(max_array_size_2, tmp_path, mo
 @pytest.mark.slurm
 def test_campaign_benchmark_scaled_down(local_slurm, tmp_path):
     """scripts/bench/campaign.py at CI size: 300 tiles in 30 tasks, MaxArraySize 10 (3 arrays),
-    2 injected failures resubmitted, the stand-in finalize's catalog lists every tile."""
+    2 injected failures resubmitted, then the real finalize in the Slurm finalize job over the
+    stand-in's real tiny tile outputs: a catalog that validates, a class mosaic with every
+    tile's value at its place."""
     out = tmp_path / "campaign.json"
     res = _sh(sys.executable, REPO / "scripts" / "bench" / "campaign.py", "--sizes", "300", "--tasks", "30",
               "--max-array-size", "10", "--fail", "2", "--json", out, timeout=900, check=False,
@@ -692,7 +694,12 @@ def test_campaign_benchmark_scaled_down(local_slurm, tmp_path):
     data = json.loads(out.read_text())
     r = data["results"][0]
     ph = r["phases"]
-    assert r["tiles"] == 300 and r["tiles_per_task"] == 10 and r["all_done"] and r["catalog_tiles"] == 300
+    assert r["tiles"] == 300 and r["tiles_per_task"] == 10 and r["all_done"]
+    # the real finalize: 2 layers (class, proba of 2019), valid catalog, class values where each tile is
+    assert ph["finalize"]["layers"] == 2 and ph["finalize"]["s3_requests"] > 300
+    assert r["catalog"]["n_invalid"] == 0, r["catalog"]["invalid"]
+    assert r["catalog"]["class_tiles_checked"] == 300 and r["catalog"]["class_tiles_wrong"] == 0
+    assert r["catalog"]["ok"]
     assert len(ph["submit"]["arrays"]) == 3 and ph["submit"]["n_tasks"] == 30
     assert "30 tasks split into 3 array jobs of up to 10 tasks: MaxArraySize 10" in ph["submit"]["split"]
     # each failure stops its task: the failed tile and the 9 after it in that task are redone

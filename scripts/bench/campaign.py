@@ -4,8 +4,9 @@
 For each size (default 700 and 7000 tiles) it writes a run whose AOI is an N-tile grid, with
 ``slurm.command`` set to the job stand-in ``tests/data/slurm/fake_ecocube.py`` (the real
 templates, the real ``ecocube.slurm.task_tiles`` tile lists and real status records written
-through ``ecocube.status`` to the S3 store, but no raster work: the subject is the campaign's
-bookkeeping, not the tile compute). With the controller's ``MaxArraySize`` set low (slurm.conf
+through ``ecocube.status`` to the S3 store; no reading, gap-filling or prediction, but every
+tile's planned GeoTIFFs written small and real, with their checksums in the record: the subject
+is the campaign's bookkeeping and finalize, not the tile compute). With the controller's ``MaxArraySize`` set low (slurm.conf
 set with ``scripts/local-slurm.sh set``, restored afterwards), it then times these phases, each in a
 fresh child process so that its peak RSS and S3 request count are its own:
 
@@ -15,7 +16,11 @@ fresh child process so that its peak RSS and S3 request count are its own:
   (every task of every array joined with the records; Slurm calls counted);
 - ``resubmit``: the injected failures (``--fail`` tiles) fixed and resubmitted; ``rerun``
   waits for them and the finalize job;
-- ``finalize-plan``: the stand-in finalize's check that every tile is done (tile states).
+- ``finalize-plan``: the check that every tile is done (tile states), as finalize starts;
+- ``finalize``: the real :func:`ecocube.finalize.finalize` in the Slurm finalize job (the stand-in
+  writes real tiny tile outputs, see ``OUTPUTS`` in its docstring): mosaics from VRTs, manifest,
+  STAC catalog validated offline, browser; its time, S3 requests and peak RSS come from the job.
+  The catalog is then downloaded, validated again and the class COG compared tile by tile.
 
 Prints a table with, for each phase, wall time, S3 requests and peak RSS, and the growth from
 the first to the last size as a ratio per 10x tiles; writes JSON.
@@ -55,14 +60,17 @@ def tile_ids(n: int) -> list[str]:
     return [f"X{i % width:04d}_Y{i // width:04d}" for i in range(n)]
 
 
-def run_config(n: int, *, store: str, endpoint: str, tiles_per_task: int, log_dir: Path) -> dict:
+def run_config(n: int, *, store: str, endpoint: str, tiles_per_task: int, log_dir: Path,
+               layers: tuple[str, ...] = ("class", "proba")) -> dict:
     return {
         "name": f"campaign-{n}",
         "grid": {"crs": "EPSG:3035", "origin": [3900000, 3200000], "pixel_size": 10, "tile_size": 16},
         "aoi": {"tiles": tile_ids(n)},
-        "inputs": {"sources": [{"name": "s2", "href": "in/{band}.tif", "bands": ["red", "nir"]}]},
-        "model": {"classes": [{"code": 1, "name": "a"}, {"code": 2, "name": "b"}]},
-        "output": {"store": store, "s3": {"endpoint_url": endpoint, "region": "us-east-1"}},
+        "inputs": {"periods": {"start_year": 2019, "end_year": 2019, "season_size": 4},
+                   "sources": [{"name": "s2", "href": "in/{band}.tif", "bands": ["red", "nir"]}]},
+        "model": {"classes": [{"code": 1, "name": "a", "color": "#f2d16b"},
+                              {"code": 2, "name": "b", "color": "#1a7f37"}]},
+        "output": {"store": store, "s3": {"endpoint_url": endpoint, "region": "us-east-1"}, "layers": list(layers)},
         "slurm": {"cpus_per_task": 1, "mem_per_cpu": "200M", "time": "30", "signal_seconds": 20,
                   "finalize_time": "30", "finalize_cpus": 1, "tiles_per_task": tiles_per_task,
                   "log_dir": str(log_dir), "poll_seconds": 0,
@@ -157,15 +165,19 @@ def _sh(*args, check=True, env=None, timeout=120):
 LOCAL_SLURM = REPO / "scripts" / "local-slurm.sh"
 
 
-def set_max_array_size(conf: Path, value: int) -> str:
-    """Set the controller's MaxArraySize (slurmctld restarted); returns the value before."""
+def max_array_size(conf: Path) -> str:
+    """The MaxArraySize slurm.conf gives now."""
     m = re.search(r"^MaxArraySize=(\d+)$", conf.read_text(), re.M)
     if not m:
         raise SystemExit(f"{conf} has no MaxArraySize line (not written by scripts/local-slurm.sh?)")
+    return m.group(1)
+
+
+def set_max_array_size(value: int | str) -> None:
+    """Set the controller's MaxArraySize (slurmctld restarted)."""
     res = _sh(LOCAL_SLURM, "set", f"MaxArraySize={value}", check=False)
     if res.returncode != 0:
-        raise SystemExit(f"cannot set MaxArraySize={value}: {res.stderr.strip()}")
-    return m.group(1)
+        raise SystemExit(f"cannot set MaxArraySize={value} (exit {res.returncode}): {res.stderr.strip()}")
 
 
 def wait_jobs(ids: list[str], timeout: float) -> float:
@@ -197,6 +209,7 @@ def campaign(n: int, *, workdir: Path, s3, tasks: int, n_fail: int, env: dict, t
     # injected failures: spread over the campaign (the first tile of evenly spaced tasks)
     fail = [ids[(i * n) // max(1, n_fail) // k * k] for i in range(n_fail)]
     (folder / "FAIL_TILES").write_text("\n".join(fail) + "\n")
+    (folder / "OUTPUTS").write_text("")  # the stand-in writes real tiny tile outputs; finalize is the real one
     result: dict = {"tiles": n, "tiles_per_task": k, "failures_injected": len(fail), "phases": {}}
     ph = result["phases"]
     _log(f"[{n}] submit ({k} tiles per task)")
@@ -213,11 +226,60 @@ def campaign(n: int, *, workdir: Path, s3, tasks: int, n_fail: int, env: dict, t
     ph["status-after"] = run_phase("status", run_yaml, env)
     ph["slurm-status-after"] = run_phase("slurm-status", run_yaml, env)
     ph["finalize-plan"] = run_phase("finalize-plan", run_yaml, env)
-    catalog = s3.client().get_object(Bucket=BUCKET, Key=f"run-{n}/catalog/catalog.json")["Body"].read()
-    result["catalog_tiles"] = len(json.loads(catalog)["tiles"])
+    metrics = folder / "finalize-metrics.json"
+    if not metrics.exists():
+        logs = sorted((folder / "logs").glob("*finalize*"))
+        tail = logs[-1].read_text()[-2000:] if logs else "(no finalize log)"
+        raise SystemExit(f"[{n}] the finalize job wrote no {metrics.name}:\n{tail}")
+    ph["finalize"] = json.loads(metrics.read_text())
+    _log(f"[{n}] check the published catalog and the class mosaic")
+    result["catalog"] = check_catalog(s3, f"run-{n}", ids, folder)
     result["all_done"] = (ph["status-after"]["tiles"] == {"done": n}
                           and ph["slurm-status-after"]["slurm_tiles"] == {"done": n})
     return result
+
+
+def check_catalog(s3, prefix: str, ids: list[str], folder: Path) -> dict:
+    """Download the published catalog, validate it offline against the packaged schemas, and
+    compare the class COG with the value the stand-in wrote into each tile (every tile's
+    centre pixel). Returns counts; ``ok`` only when all of it holds."""
+    import rasterio
+
+    from ecocube.grid import TileGrid
+    from ecocube.stac import validate_catalog
+
+    sys.path.insert(0, str(FAKE.parent))
+    from fake_ecocube import tile_value
+
+    client = s3.client()
+    local = folder / "catalog"
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/catalog/"):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    for key in keys:  # the catalog's JSON and HTML, COGs, VRTs, thumbnails (validation checks assets exist)
+        target = local / key[len(prefix) + len("/catalog/"):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(BUCKET, key, str(target))
+    issues = validate_catalog(local / "catalog.json")
+    objects = sum(1 for p in local.rglob("*.json"))
+    grid = TileGrid.from_config(_grid())
+    wrong = 0
+    with rasterio.open(local / "class" / "class-2019-01-01" / "class.tif") as cog:
+        for tile_id in ids:
+            b = grid.tile(tile_id).bounds
+            row, col = cog.index((b.left + b.right) / 2, (b.bottom + b.top) / 2)
+            value = cog.read(1, window=((row, row + 1), (col, col + 1)))[0, 0]
+            wrong += int(value != tile_value(tile_id, "class"))
+    return {"objects_listed": len(keys), "json_files": objects, "invalid": [str(i) for i in issues][:5],
+            "n_invalid": len(issues), "class_tiles_checked": len(ids), "class_tiles_wrong": wrong,
+            "ok": not issues and wrong == 0}
+
+
+def _grid():
+    from types import SimpleNamespace
+
+    g = run_config(1, store="", endpoint="", tiles_per_task=1, log_dir=Path("."))["grid"]
+    return SimpleNamespace(**g)
 
 
 def per_10x(small: float, big: float, n_small: int, n_big: int) -> float | None:
@@ -247,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [int(x) for x in args.sizes.split(",")]
     conf = Path(os.environ["SLURM_CONF"])
-    original = set_max_array_size(conf, args.max_array_size)
+    original = max_array_size(conf)
     results = []
     try:
+        set_max_array_size(args.max_array_size)  # inside: a half-done set is restored too
         with SeaweedS3() as s3, tempfile.TemporaryDirectory(prefix="ecocube-campaign-") as tmp:
             s3.create_bucket(BUCKET)
             env = {**os.environ, **s3.env(), "PYTHONPATH": os.pathsep.join(
@@ -258,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(campaign(n, workdir=Path(tmp), s3=s3, tasks=args.tasks, n_fail=args.fail, env=env,
                                         timeout=args.timeout))
     finally:
-        _sh(LOCAL_SLURM, "set", f"MaxArraySize={original}", check=False)
+        res = _sh(LOCAL_SLURM, "set", f"MaxArraySize={original}", check=False)
+        if res.returncode != 0:
+            _log(f"could not restore MaxArraySize={original} (exit {res.returncode}): {res.stderr.strip()}")
     phases = ["submit", "run", "status", "slurm-status", "resubmit", "rerun", "status-after", "slurm-status-after",
-              "finalize-plan"]
+              "finalize-plan", "finalize"]
     heads = "".join(f"{str(r['tiles']) + ' tiles':>34}" for r in results)
     print(f"{'phase':<19}{heads}   x per 10x tiles (time)")
     print(f"{'':<19}" + "".join(f"{'s':>10} {'S3 req':>10} {'RSS MiB':>12}" for _ in results))
@@ -285,13 +350,15 @@ def main(argv: list[str] | None = None) -> int:
               f"split: {'; '.join(r['phases']['submit']['split'])}; status Slurm calls "
               f"{r['phases']['slurm-status']['slurm_calls']} ({', '.join(r['phases']['slurm-status']['slurm_call_kinds'])}); "
               f"resubmitted {r['phases']['resubmit']['n_tiles']} tiles; all done {r['all_done']}; "
-              f"catalog {r['catalog_tiles']} tiles")
+              f"finalize {r['phases']['finalize']['layers']} layers, {r['phases']['finalize']['cpu_seconds']:.1f} CPU s; "
+              f"catalog {r['catalog']['json_files']} JSON files, {r['catalog']['n_invalid']} invalid, "
+              f"class mosaic wrong in {r['catalog']['class_tiles_wrong']} of {r['catalog']['class_tiles_checked']} tiles")
     out = {"benchmark": "campaign", "python": platform.python_version(), "machine": platform.machine(),
            "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "max_array_size": args.max_array_size,
            "results": results, "growth_per_10x": growth}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    ok = all(r["all_done"] and r["catalog_tiles"] == r["tiles"] for r in results)
+    ok = all(r["all_done"] and r["catalog"]["ok"] for r in results)
     return 0 if ok else 1
 
 
