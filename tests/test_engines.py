@@ -416,3 +416,35 @@ def test_keyed_state_is_rebuilt_from_the_stored_trees(model):
     assert "_keyed" not in vars(copy.packed)
     copy.packed.thr[:] += 0.5
     assert np.max(np.abs(copy.predict_proba(X) - before)) > 1e-3
+
+
+def test_rank_table_equals_the_binary_search():
+    # float64 cuts that are not float32 values, cuts equal after rounding down to float32,
+    # many cuts in one key bucket, rows on / next to the cuts' float32 neighbours, NaN, +-inf, -0
+    rng = np.random.default_rng(19)
+    c32 = np.float32(1.5)
+    ulp = float(np.spacing(c32))
+    # 39 cuts 100 float32 steps apart, half a step off float32 (one key bucket is 65,536 steps),
+    # and 9 cuts within one float32 step (equal after rounding down)
+    crowded = float(c32) + np.arange(1, 40) * 100 * ulp + ulp / 2
+    tight = float(c32) - 50 * ulp + np.arange(1, 10) * ulp / 20
+    cuts = [np.unique(rng.normal(0, 2, 250)), np.unique(np.concatenate([crowded, tight, [float(c32), -0.0, 1e-40]])),
+            np.zeros(0), np.unique(rng.normal(0, 1e-3, 30))]
+    offsets = np.concatenate([[0], np.cumsum([c.size for c in cuts])]).astype(np.int64)
+    bins = _Bins(np.concatenate(cuts), offsets, np.zeros(1, np.int64), np.uint8)
+    assert bins.rank_table() is not None
+    X = rng.normal(0, 2, (500, 4)).astype(np.float32)
+    for f in (0, 1, 3):
+        c = floor_float32(cuts[f])
+        near = np.concatenate([c, np.nextafter(c, np.float32(np.inf)), np.nextafter(c, np.float32(-np.inf))])
+        X[:near.size, f] = near[:500]
+    X[-6:, 1] = [np.nan, np.inf, -np.inf, -0.0, 0.0, np.float32(1e-40)]
+    got = bins.rows(X)  # float32 rows: the bucket tables
+    ref = np.stack([np.searchsorted(cuts[f], X[:, f].astype(np.float64), side="left") for f in range(4)], axis=1)
+    ref[np.isnan(X)] = 0
+    assert np.array_equal(got, ref)
+    assert np.array_equal(bins.rows(X.astype(np.float64)), ref)  # float64 rows: the binary search
+    assert ref[:, 1].max() == cuts[1].size and len(set(ref[:, 1])) > 40  # the crowded bucket is resolved
+    fresh = _Bins(bins.cuts, bins.offsets, bins.word, np.uint8)  # tables too large: binary search
+    fresh.MAX_TABLE_BYTES = 1
+    assert fresh.rank_table() is None and np.array_equal(fresh.rows(X), ref)
