@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchtools import best_thread_cpu, load_average  # noqa: E402
 from realistic_model import describe, realistic_bundle, realistic_features  # noqa: E402
 
 
@@ -97,15 +97,6 @@ def gbdt_session(engine):
     return _session(p, p.thr, targets, engine.n_per_iter, "SUM", TensorProto.DOUBLE)
 
 
-def _cpu(fn, repeat):
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=8192)
@@ -118,7 +109,7 @@ def main() -> None:
     from ecocube.engines import ForestEngine, GBDTBinsEngine
     from ecocube.predict import learner_threads
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     bundle = realistic_bundle()
     rf, lgbm = bundle.model.estimators_
     n_classes = int(bundle.model.classes_.size)
@@ -139,15 +130,14 @@ def main() -> None:
                              ("stock_lgbm", lambda: lgbm.predict_proba(X)),
                              ("onnx_lgbm", lambda: s_gbdt.run(None, {"X": Xd})),
                              ("numba_gbdt_bins", lambda: gbdt.predict_proba(X))):
-                cpu[name] = round(min(cpu.get(name, np.inf), _cpu(fn, args.repeat)), 4)
+                cpu[name] = round(min(cpu.get(name, np.inf), best_thread_cpu(fn, args.repeat)), 4)
     result = {"bench": "onnx_trees", "rows": args.rows, "model": describe(bundle), "onnx_build_s": round(build_s, 1),
               "cpu_s_1thread": cpu, "max_abs_diff_onnx_vs_engine": diff,
               "ratio": {"onnx_vs_stock_rf": round(cpu["stock_rf"] / cpu["onnx_rf"], 2),
                         "numba_vs_onnx_rf": round(cpu["onnx_rf"] / cpu["numba_forest"], 2),
                         "onnx_vs_stock_lgbm": round(cpu["stock_lgbm"] / cpu["onnx_lgbm"], 2),
                         "numba_vs_onnx_lgbm": round(cpu["onnx_lgbm"] / cpu["numba_gbdt_bins"], 2)},
-              "load_avg_before": [round(x, 1) for x in load_before],
-              "load_avg_after": [round(x, 1) for x in os.getloadavg()]}
+              "load_avg_before": load_before, "load_avg_after": load_average()}
     line = json.dumps(result)
     print(line)
     if args.out:

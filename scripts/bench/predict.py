@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -37,23 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchtools import load_average, machine, timed  # noqa: E402
 from realistic_model import RESULTS, describe, realistic_bundle, realistic_features  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def _timed(fn):
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - w0, time.process_time() - c0, out
 
 
 def engine_bundle(bundle, *, rebuild: bool = False):
@@ -89,7 +72,7 @@ def main() -> None:
     from ecocube.bundle import ModelBundle
     from ecocube.predict import learner_threads, predict_block
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     raw = realistic_bundle()
     stock_bundle = ModelBundle(model=raw.model, feature_names=raw.feature_names, classes=raw.classes,
                                class_names=raw.class_names, colors=raw.colors, metadata=raw.metadata)
@@ -119,7 +102,7 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {}
 
     def record(name, fn):
-        wall, cpu, _ = _timed(fn)
+        wall, cpu, _ = timed(fn)
         runs.setdefault(name, []).append((wall, cpu))
         print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr, flush=True)
 
@@ -148,10 +131,7 @@ def main() -> None:
         result["ratio"][f"ecocube_vs_ecocube_stock_{t}t"] = round(best[f"ecocube_stock_{t}t"][0]
                                                                   / best[f"ecocube_{t}t"][0], 2)
     result["engine_records"] = fast.engines  # the choice by measurement, as model.json records it
-    result["machine"] = {"cpu": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
-                         "python": platform.python_version(),
-                         "load_avg_before": [round(x, 1) for x in load_before],
-                         "load_avg_after": [round(x, 1) for x in os.getloadavg()]}
+    result["machine"] = machine(load_before)
     line = json.dumps(result)
     print(line)
     if args.out:
