@@ -274,10 +274,13 @@ class TileWriter:
     (the deflate state and one internal block), so 1,512 of them open for the whole tile
     (84 periods × 6 bands) would cost ~1.1 GB. Staged outputs are instead appended, block
     by block, as raw arrays to one scratch file per layer (page cache, not process memory),
-    and :meth:`close` writes each GeoTIFF from there, ``threads`` at a time, window by window
-    and in the same window order, so the files are the same as if written directly. Peak
-    memory: the direct outputs plus ``threads`` open GeoTIFFs and windows. Scratch disk:
-    about ``5 × periods × bands × pixels`` bytes until :meth:`close`.
+    and :meth:`close` writes each GeoTIFF from there, ``threads`` at a time, one strip (a row
+    of blocks) per write, so the pixels are the same as if written directly. Each staged file
+    is then verified: re-opened, its header checked and every strip read back and compared
+    with the staged data (:func:`ecocube.rasterwrite.verify_strips`; direct outputs are
+    hashed while written and on the read-back instead). Peak memory: the direct outputs plus
+    ``threads`` open GeoTIFFs and two strips each. Scratch disk: about
+    ``5 × periods × bands × pixels`` bytes until :meth:`close`.
     """
 
     def __init__(self, folder: Path, tile, specs: Sequence[OutputSpec], *, block_size: int,
