@@ -109,17 +109,46 @@ def check_threads(cfg, environ: Mapping[str, str]) -> Check:
     return Check("threads", True, f"{threads} (from {source}), shared by GDAL, joblib and LightGBM")
 
 
-def _partition_info(partition: str, environ: Mapping[str, str]) -> dict[str, str]:
-    proc = subprocess.run(["scontrol", "show", "partition", partition, "--oneliner"], capture_output=True, check=False,
-                          text=True, timeout=30, env=dict(environ))
+def _partition_info(partition: str | None, environ: Mapping[str, str]) -> dict[str, str] | None:
+    """``scontrol show partition NAME`` as a dict; with ``partition`` None, the cluster's
+    default partition (``Default=YES``), or None when it has none."""
+    cmd = ["scontrol", "show", "partition", *([partition] if partition else []), "--oneliner"]
+    proc = subprocess.run(cmd, capture_output=True, check=False, text=True, timeout=30, env=dict(environ))
     if proc.returncode != 0:
         raise EcocubeError((proc.stderr or proc.stdout).strip() or f"scontrol exited {proc.returncode}")
-    return dict(tok.split("=", 1) for tok in proc.stdout.split() if "=" in tok)
+    parts = [dict(tok.split("=", 1) for tok in line.split() if "=" in tok) for line in proc.stdout.splitlines()
+             if line.strip()]
+    if partition:
+        return parts[0] if parts else {}
+    return next((p for p in parts if p.get("Default") == "YES"), None)
+
+
+def _check_partition(cfg, partition: str | None, keys: tuple[str, ...], environ: Mapping[str, str]) -> Check:
+    """One partition (None: the cluster's default) against the time limits in ``keys``."""
+    from .slurm import minutes_from_time
+
+    try:
+        info = _partition_info(partition, environ)
+    except (EcocubeError, OSError, subprocess.SubprocessError) as exc:
+        return Check("partition", False, f"{partition}: {exc}", "set slurm.partition to one listed by `sinfo -s`")
+    if info is None:
+        return Check("partition", None, "slurm.partition not set and the cluster names no default partition")
+    name = partition or f"{info.get('PartitionName', '?')} (the default partition)"
+    max_time = info.get("MaxTime", "UNLIMITED")
+    state = info.get("State", "?")
+    text = f"{name}: state {state}, MaxTime {max_time}, MaxNodes {info.get('MaxNodes', '?')}"
+    if state != "UP":
+        return Check("partition", False, text, "wait for it to be UP or choose another partition (slurm.partition)")
+    if max_time not in ("UNLIMITED", "INFINITE", "NONE"):
+        for key in keys:
+            value = getattr(cfg.slurm, key.split(".", 1)[1])
+            if minutes_from_time(value) > minutes_from_time(max_time):
+                return Check("partition", False, f"{text}: {key} {value} is longer",
+                             f"lower {key} to at most {max_time} (or more tiles per task on another partition)")
+    return Check("partition", True, text)
 
 
 def check_slurm(cfg, environ: Mapping[str, str]) -> list[Check]:
-    from .slurm import minutes_from_time
-
     path = environ.get("PATH", "")
     missing = [c for c in SLURM_COMMANDS if shutil.which(c, path=path) is None]
     partition = cfg.slurm.partition if cfg is not None else None
@@ -131,25 +160,11 @@ def check_slurm(cfg, environ: Mapping[str, str]) -> list[Check]:
     out = [Check("slurm", True, f"{', '.join(SLURM_COMMANDS)} found")]
     if cfg is None:
         return out
-    name = partition or "the default partition"
-    try:
-        info = _partition_info(partition, environ) if partition else None
-    except (EcocubeError, OSError, subprocess.SubprocessError) as exc:
-        return [*out, Check("partition", False, f"{partition}: {exc}",
-                            "set slurm.partition to one listed by `sinfo -s`")]
-    if info is None:
-        return [*out, Check("partition", None, "slurm.partition not set: the cluster's default is used")]
-    max_time = info.get("MaxTime", "UNLIMITED")
-    state = info.get("State", "?")
-    text = f"{name}: state {state}, MaxTime {max_time}, MaxNodes {info.get('MaxNodes', '?')}"
-    if state != "UP":
-        return [*out, Check("partition", False, text, f"wait for {partition} to be UP or choose another partition")]
-    if max_time not in ("UNLIMITED", "INFINITE", "NONE"):
-        for key, value in (("slurm.time", cfg.slurm.time), ("slurm.finalize_time", cfg.slurm.finalize_time)):
-            if minutes_from_time(value) > minutes_from_time(max_time):
-                return [*out, Check("partition", False, f"{text}: {key} {value} is longer",
-                                    f"lower {key} to at most {max_time} (or more tiles per task on another partition)")]
-    return [*out, Check("partition", True, text)]
+    fin = cfg.slurm.finalize_partition
+    if fin is None or fin == partition:  # the finalize job runs on the array's partition
+        return [*out, _check_partition(cfg, partition, ("slurm.time", "slurm.finalize_time"), environ)]
+    return [*out, _check_partition(cfg, partition, ("slurm.time",), environ),
+            _check_partition(cfg, fin, ("slurm.finalize_time",), environ)]
 
 
 def _s3_settings(cfg):

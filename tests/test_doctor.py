@@ -152,3 +152,68 @@ def test_threads_check_quotes_an_unparsable_allocation():
                           "--cpus-per-task N")
     good = check_threads(None, {"SLURM_JOB_ID": "41", "SLURM_CPUS_PER_TASK": "3"})
     assert good.ok is True and good.text.startswith("3 (from SLURM_CPUS_PER_TASK)")
+
+
+# ---------------------------------------------------------------------- the partition, on the local Slurm
+
+from test_slurm import local_slurm  # noqa: E402,F401 - the fixture
+
+
+def _scontrol(*args: str) -> None:
+    proc = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"scontrol {' '.join(args)}: {proc.stderr}"
+
+
+@pytest.fixture
+def small_partitions(local_slurm):  # noqa: F811
+    """Two partitions on the local Slurm's node next to its default one: 'ecodoc-short'
+    (MaxTime 5 minutes, UP) and 'ecodoc-down' (DOWN); deleted afterwards. Neither is the
+    default, so other jobs on the cluster do not land there."""
+    names = ("ecodoc-short", "ecodoc-down")
+    for name in names:  # left over by an interrupted run
+        subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True, timeout=60, check=False)
+    _scontrol("create", "PartitionName=ecodoc-short", "Nodes=localhost", "MaxTime=5", "State=UP", "Default=NO")
+    _scontrol("create", "PartitionName=ecodoc-down", "Nodes=localhost", "State=DOWN", "Default=NO")
+    yield local_slurm
+    for name in names:
+        _scontrol("delete", f"PartitionName={name}")
+
+
+@pytest.mark.slurm
+def test_partition_limits_on_a_real_slurm(tmp_path, small_partitions):
+    conf = {"SLURM_CONF": small_partitions}
+
+    def partition_line(**slurm) -> tuple[int, str]:
+        data = cfg_dict(tmp_path, str(tmp_path / "out"), output={"layers": ["composite", "count"]},
+                        slurm={"time": "10", "finalize_time": "10", **slurm})
+        proc = doctor("--no-inputs", str(write_yaml(tmp_path / "run.yaml", data)), env=conf)
+        found = [ln for ln in proc.stdout.splitlines() if ln.split()[1:2] == ["partition"]]
+        assert found, proc.stdout + proc.stderr
+        return proc.returncode, found
+
+    code, lines_ = partition_line()  # no slurm.partition: the cluster's default, checked all the same
+    assert code == 0 and len(lines_) == 1, lines_
+    assert lines_[0].startswith("OK   partition debug (the default partition): state UP, MaxTime UNLIMITED")
+
+    code, lines_ = partition_line(partition="ecodoc-short")  # 10 minutes asked, 5 allowed
+    assert code == 1
+    assert lines_ == ["FAIL partition ecodoc-short: state UP, MaxTime 00:05:00, MaxNodes UNLIMITED: slurm.time 10 is "
+                      "longer — fix: lower slurm.time to at most 00:05:00 (or more tiles per task on another "
+                      "partition)"]
+
+    code, lines_ = partition_line(partition="ecodoc-short", time="4")  # the tasks fit, the finalize job does not
+    assert code == 1 and "slurm.finalize_time 10 is longer" in lines_[0], lines_
+
+    code, lines_ = partition_line(partition="ecodoc-short", time="4", finalize_partition="debug")
+    assert code == 0 and [ln.split()[0] for ln in lines_] == ["OK", "OK"], lines_
+    assert lines_[0].startswith("OK   partition ecodoc-short: state UP, MaxTime 00:05:00")
+    assert lines_[1].startswith("OK   partition debug: state UP")
+
+    code, lines_ = partition_line(partition="ecodoc-down")
+    assert code == 1 and lines_[0].startswith("FAIL partition ecodoc-down: state DOWN"), lines_
+    assert "fix: wait for it to be UP or choose another partition (slurm.partition)" in lines_[0]
+
+    code, lines_ = partition_line(partition="no-such-partition")
+    assert code == 1
+    assert lines_[0].startswith("FAIL partition no-such-partition: ") and "not found" in lines_[0], lines_
+    assert lines_[0].endswith("fix: set slurm.partition to one listed by `sinfo -s`")
