@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -112,3 +113,13 @@ def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
     assert tifs and spec.samples.exists()
     with rasterio.open(tifs[0]) as src:
         assert src.block_shapes[0] == (128, 128) or src.block_shapes[0] == (src.height, src.width)
+
+
+def test_demo_prints_no_warning(demo_run):
+    # a clean run prints nothing on stderr: no GDAL message, no Python warning
+    # (NotGeoreferencedWarning, BLOCKSIZE, ...), no log line of any level
+    _, proc = demo_run
+    assert proc.stderr == "", proc.stderr[-3000:]  # the steps and the summary go to stdout
+    assert [ln[:5] for ln in proc.stdout.splitlines() if re.match(r"^\[\d/4\] ", ln)] == [
+        "[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert "warning" not in proc.stderr.lower() and "warning" not in proc.stdout.lower()

@@ -4,6 +4,7 @@ without seams at the tile borders."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,13 @@ def test_chip_demo_map_has_no_seams_at_tile_borders(chip_demo, tmp_path):
         # windows by up to 2e-4 reflectance (the inputs differ, not the stitching: with the same
         # reads, tests/test_tile_chips.py finds them equal); 2-3 of 55,296 pixels per year flip
         assert (mosaic != whole).sum() <= 10
+
+
+def test_chip_demo_prints_no_warning(chip_demo):
+    # a clean run prints nothing on stderr: no GDAL message, no Python warning
+    # (NotGeoreferencedWarning, BLOCKSIZE, ...), no log line of any level
+    _, proc = chip_demo
+    assert proc.stderr == "", proc.stderr[-3000:]  # the steps and the summary go to stdout
+    assert [ln[:5] for ln in proc.stdout.splitlines() if re.match(r"^\[\d/4\] ", ln)] == [
+        "[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert "warning" not in proc.stderr.lower() and "warning" not in proc.stdout.lower()
