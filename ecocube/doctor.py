@@ -115,7 +115,8 @@ def _partition_info(partition: str | None, environ: Mapping[str, str]) -> dict[s
     cmd = ["scontrol", "show", "partition", *([partition] if partition else []), "--oneliner"]
     proc = subprocess.run(cmd, capture_output=True, check=False, text=True, timeout=30, env=dict(environ))
     if proc.returncode != 0:
-        raise EcocubeError((proc.stderr or proc.stdout).strip() or f"scontrol exited {proc.returncode}")
+        text = "; ".join(ln.strip() for ln in (proc.stderr or proc.stdout).strip().splitlines())
+        raise EcocubeError(text or f"scontrol exited {proc.returncode}")
     parts = [dict(tok.split("=", 1) for tok in line.split() if "=" in tok) for line in proc.stdout.splitlines()
              if line.strip()]
     if partition:
@@ -130,6 +131,8 @@ def _check_partition(cfg, partition: str | None, keys: tuple[str, ...], environ:
     try:
         info = _partition_info(partition, environ)
     except (EcocubeError, OSError, subprocess.SubprocessError) as exc:
+        if partition is None:  # no Slurm run configured: the controller not answering is context, not a failure
+            return Check("partition", None, f"slurm.partition not set; the default partition is unknown: {exc}")
         return Check("partition", False, f"{partition}: {exc}", "set slurm.partition to one listed by `sinfo -s`")
     if info is None:
         return Check("partition", None, "slurm.partition not set and the cluster names no default partition")
