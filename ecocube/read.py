@@ -27,6 +27,8 @@ on the same object store; a campaign reading a public archive sets ``inputs.s3``
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import queue
@@ -185,6 +187,19 @@ class _Patch:
     @property
     def nbytes(self) -> int:
         return int(self.array.nbytes)
+
+
+@contextlib.contextmanager
+def _mem_dataset(array: np.ndarray, transform, crs):
+    """A GDAL MEM dataset holding a copy of ``array`` (bands, y, x), created with its
+    transform and CRS (so it never exists without a geotransform)."""
+    import rasterio
+
+    count, height, width = array.shape
+    with rasterio.open("ecocube-warp", "w+", driver="MEM", width=width, height=height, count=count,
+                       dtype=array.dtype, crs=crs, transform=transform) as ds:
+        ds.write(array)
+        yield ds
 
 
 def _warp_dtype(dtype, nodata) -> np.dtype:
@@ -430,22 +445,32 @@ class _Reader:
         user at a time, so warps run at once each rebuild it from the PROJ database — a
         WarpedVRT per file on 8 threads read local files 4x slower than on one.
         """
+        from rasterio import band
         from rasterio.enums import Resampling
         from rasterio.warp import reproject
 
         n = patch.array.shape[0]
         dtype = _warp_dtype(patch.array.dtype, patch.nodata)
-        kw = dict(src_transform=patch.transform, src_crs=patch.crs, dst_transform=self.dst_transform,
-                  dst_crs=self.dst_crs, resampling=Resampling[patch.resampling], num_threads=1,
+        kw = dict(resampling=Resampling[patch.resampling], num_threads=1,
                   XSCALE=repr(patch.scale[0]), YSCALE=repr(patch.scale[1]))
         src = patch.array if patch.array.dtype == dtype else patch.array.astype(dtype)
-        with self._transform_lock:
-            if patch.nodata is not None:
-                arr = np.full((n, self.height, self.width), patch.nodata, dtype)
-                reproject(src, arr, src_nodata=patch.nodata, dst_nodata=patch.nodata, **kw)
-                return _FileData(arr, patch.nodata, None, patch.nbytes, patch.block_bytes)
-            arr = np.zeros((n + 1, self.height, self.width), dtype)
-            reproject(src, arr, dst_alpha=n + 1, **kw)
+        if patch.nodata is not None:
+            arr = np.full((n, self.height, self.width), patch.nodata, dtype)
+            kw.update(src_nodata=patch.nodata, dst_nodata=patch.nodata)
+        else:
+            arr = np.zeros((n + 1, self.height, self.width), dtype)  # + the alpha band: 0 outside the source
+            kw.update(dst_alpha=n + 1)
+        # the warp between in-memory datasets made with their transform and CRS: reproject() on
+        # bare arrays wraps each in a MEM dataset that exists for a moment without a geotransform,
+        # and hides the NotGeoreferencedWarning that raises with warnings.catch_warnings(), which
+        # is not thread-safe: with warps or other catch_warnings() users on other threads (a
+        # training overlay reads tiles in parallel) the warning escaped onto stderr
+        with self._transform_lock, _mem_dataset(src, patch.transform, patch.crs) as s_ds, \
+                _mem_dataset(arr, self.dst_transform, self.dst_crs) as d_ds:
+            reproject(band(s_ds, list(range(1, n + 1))), band(d_ds, list(range(1, arr.shape[0] + 1))), **kw)
+            arr = d_ds.read()
+        if patch.nodata is not None:
+            return _FileData(arr, patch.nodata, None, patch.nbytes, patch.block_bytes)
         outside = arr[-1] == 0
         return _FileData(arr[:-1], None, outside if outside.any() else None, patch.nbytes, patch.block_bytes)
 

@@ -522,3 +522,26 @@ def test_observation_layers_equal_the_numpy_formulation(case):
     expect = {"uint16-all-values": {REASON_VALID, REASON_NODATA}, "int64-mask": {0, 1, 2},
               "float32-nan": {0, 2}, "float32-inexact-nodata": {0, 2}, "missing": {REASON_MISSING}}[case]
     assert codes == expect
+
+
+def test_the_warp_never_makes_a_dataset_without_geotransform(series, tile, monkeypatch):
+    """#18: 'ecocube demo --chip' printed rasterio's NotGeoreferencedWarning. reproject() on bare
+    arrays wraps each in a MEM dataset that exists for a moment without a geotransform and
+    hides the warning with warnings.catch_warnings() + simplefilter('ignore'), which is not
+    thread-safe, so with parallel reads it escaped. With that hiding disabled (simplefilter a
+    no-op) and the warning an error, a warped read on two threads must not raise it and reads
+    the same values as before."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    cfg = _cfg(*_templates(str(series)), resampling="bilinear")
+    plain = read_block(cfg, tile, threads=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=NotGeoreferencedWarning)
+        monkeypatch.setattr(warnings, "simplefilter", lambda *a, **k: None)
+        strict = read_block(cfg, tile, threads=2)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(strict.data, plain.data)
+    np.testing.assert_array_equal(strict.count, plain.count)
+    assert np.isfinite(strict.data).mean() > 0.3  # a real warp: the tile grid is EPSG:3035, the files UTM
