@@ -354,6 +354,9 @@ class InputsConfig(_Model):
     on_missing: Literal["fail", "record"] = "fail"
     on_empty: Literal["fail", "record"] = Field(
         "fail", description="a tile without any valid observation: fail it, or record it as 'empty' (no outputs)")
+    on_misplaced: Literal["warn", "fail"] = Field(
+        "warn", description="an input file whose footprint overlaps no part of a tile (another CRS than it says, "
+                            "a wrong georeference): one warning per tile naming it, or fail the tile")
     unobserved_years: Literal["predict", "skip"] = Field(
         "predict", description="a pixel without any observation in a year: predict it from gap-filled values, "
                                "or leave it unpredicted (nodata) that year")

@@ -56,7 +56,7 @@ from .store import gdal_env, probe_s3_object
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReadResult", "read_block", "gdal_path", "nan_percentile", "band_names", "norm_window"]
+__all__ = ["ReadResult", "read_block", "gdal_path", "nan_percentile", "band_names", "norm_window", "footprint_note"]
 
 
 @dataclass
@@ -84,6 +84,12 @@ class ReadResult:
     periods: list[Period]
     missing: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    #: every input file (data and mask) the block's plan lists
+    files: frozenset[str] = frozenset()
+    #: files whose footprint does not reach the block, href → what is odd about it ("" if nothing)
+    outside: dict[str, str] = field(default_factory=dict)
+    #: files read through a reprojection/resampling onto the block (another grid, CRS or resolution)
+    resampled: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- paths
@@ -170,6 +176,8 @@ class _FileData:
     outside: np.ndarray | None  # (h, w) bool, True outside the file's footprint
     nbytes: int  # decoded bytes read from the file
     block_bytes: int | None = 0  # compressed bytes of the image blocks read; None: unknown
+    placed: bool = True  # False: the file's footprint does not reach the block
+    note: str = ""  # why the file cannot be placed where it says it is ("" if nothing odd)
 
 
 @dataclass
@@ -367,12 +375,14 @@ class _Reader:
             if aligned is not None:
                 arr, outside, win = self._read_aligned(src, job, nodata, aligned)
                 return _FileData(arr, nodata, outside, int(arr.nbytes) if win is not None else 0,
-                                 _block_bytes(src, job.indexes, win))
+                                 _block_bytes(src, job.indexes, win), placed=win is not None)
             if src.crs is None:
                 raise _BadInputError("the file has no CRS: cannot reproject it onto the tile grid")
             win, scale = self._source_window(src, job.resampling)
             if win is None:  # the block lies entirely outside the file
-                return self._outside(src.dtypes[0], len(job.indexes), nodata)
+                out = self._outside(src.dtypes[0], len(job.indexes), nodata)
+                out.note = footprint_note(src.crs, src.bounds)
+                return out
             arr = src.read(list(job.indexes), window=win)
             return _Patch(arr, src.window_transform(win), src.crs, nodata, job.resampling, scale,
                           _block_bytes(src, job.indexes, win))
@@ -435,7 +445,8 @@ class _Reader:
     def _outside(self, dtype, n: int, nodata) -> _FileData:
         dtype = _warp_dtype(dtype, nodata)
         arr = np.full((n, self.height, self.width), nodata if nodata is not None else 0, dtype)
-        return _FileData(arr, nodata, None if nodata is not None else np.ones((self.height, self.width), bool), 0, 0)
+        return _FileData(arr, nodata, None if nodata is not None else np.ones((self.height, self.width), bool), 0, 0,
+                         placed=False)
 
     def warp(self, patch: "_Patch") -> _FileData:
         """Reproject a source window read by a worker onto the block.
@@ -472,7 +483,8 @@ class _Reader:
         if patch.nodata is not None:
             return _FileData(arr, patch.nodata, None, patch.nbytes, patch.block_bytes)
         outside = arr[-1] == 0
-        return _FileData(arr[:-1], None, outside if outside.any() else None, patch.nbytes, patch.block_bytes)
+        return _FileData(arr[:-1], None, outside if outside.any() else None, patch.nbytes, patch.block_bytes,
+                         placed=not outside.all())
 
     def _aligned_offsets(self, src) -> tuple[int, int] | None:
         """(col, row) offset of the block in the source when both grids coincide, else None."""
@@ -878,6 +890,8 @@ class _Scheduler:
         self.record_missing = record_missing
         self.tile_id = tile_id
         self.missing: list[str] = []
+        self.outside: dict[str, str] = {}
+        self.resampled: set[str] = set()
         self._results: dict[int, dict] = {}
         self._remaining: dict[int, int] = {}
         self._next_period = 0
@@ -928,12 +942,15 @@ class _Scheduler:
         if self._failure is not None:
             return  # draining the files still in flight
         if isinstance(res, _Patch):
+            self.resampled.add(job.href)
             try:
                 res = self.reader.warp(res)
             except Exception as err:  # noqa: BLE001 - names the file and the tile
                 self._fail(ReadError(f"cannot reproject {job.href} onto tile {self.tile_id}: {_error_text(err)}",
                                      url=job.href, tile=self.tile_id), job.href)
                 return
+        if isinstance(res, _FileData) and not res.placed:
+            self.outside[job.href] = res.note
         self._results[job.period][_job_key(job)] = res
         self._remaining[job.period] -= 1
         if self._remaining[job.period] == 0:
@@ -972,9 +989,10 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
     cancel = threading.Event()
     reader = _Reader(cfg, tile, window, cancel)
     pool = _Pool(n_threads, reader.gdal_env, reader.read, cancel) if plan.n_jobs else None
+    scheduler = _Scheduler(plan, cube, reader, pool, cancel, max_in_flight=max(4 * n_threads, 8),
+                           record_missing=inputs.on_missing == "record", tile_id=tile.id)
     try:
-        missing = _Scheduler(plan, cube, reader, pool, cancel, max_in_flight=max(4 * n_threads, 8),
-                             record_missing=inputs.on_missing == "record", tile_id=tile.id).run()
+        missing = scheduler.run()
     finally:
         cancel.set()  # nothing is pending after a normal end; after an error, workers stop early
         if pool is not None:
@@ -984,7 +1002,22 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
     stats.update(threads=n_threads, jobs=plan.n_jobs, seconds=round(time.perf_counter() - t0, 4),
                  missing=len(missing))
     return ReadResult(data=cube.data, reason=cube.reason, count=cube.count, bands=plan.bands,
-                      periods=list(plan.periods), missing=missing, stats=stats)
+                      periods=list(plan.periods), missing=missing, stats=stats,
+                      files=frozenset(j.href for jobs in plan.jobs for j in jobs),
+                      outside=dict(scheduler.outside), resampled=frozenset(scheduler.resampled))
+
+
+def footprint_note(crs, bounds) -> str:
+    """What is impossible about a file's footprint in its declared CRS ("" if nothing): a
+    geographic CRS with coordinates beyond ±180° / ±90° (a projected file labelled EPSG:4326)."""
+    if crs is None:
+        return "no CRS"
+    if crs.is_geographic:
+        left, bottom, right, top = bounds
+        if min(left, right) < -360 or max(left, right) > 360 or min(bottom, top) < -90.5 or max(bottom, top) > 90.5:
+            return (f"bounds ({left:.6g}, {bottom:.6g}, {right:.6g}, {top:.6g}) are impossible in "
+                    f"{crs.to_string()}: projected coordinates labelled geographic?")
+    return ""
 
 
 def mask_cover(cfg, src_cfg, cat: SourceCatalog, observations: list[Observation], tile, *,

@@ -52,7 +52,7 @@ import numpy as np
 from . import __version__, products
 from .chips import ChipCounts
 from .covariates import predict_where, run_feature_names, year_features
-from .errors import EcocubeError, Interrupted, ModelError, StoreError, TileError
+from .errors import EcocubeError, Interrupted, ModelError, ReadError, StoreError, TileError
 from .predict import (
     CLASS_NODATA,
     PROBA_NODATA,
@@ -65,6 +65,9 @@ from .rasterwrite import (WriteDigest, close_checked, gdal_errors_to_log, verify
                           write_window)
 from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, holder_text, read_status_versioned, stale_reason,
                      verify_outputs)
+
+#: input files named in a tile's warning about misplaced inputs (and its record)
+MISPLACED_SHOWN = 3
 
 log = logging.getLogger(__name__)
 
@@ -865,6 +868,9 @@ class _Tally:
         self.chips = ChipCounts()  # chips of a chip model (chips x years)
         #: per year: [observed values, all values] over every period and band of the year
         self.year_values: dict[int, list[int]] = {}
+        self.files: set[str] = set()  # every input file of the tile's blocks
+        self.outside: dict[str, str] | None = None  # files outside every block so far (href → note)
+        self.resampled: set[str] = set()  # files reprojected/resampled onto the grid
 
     def add_years(self, flags: np.ndarray, periods) -> None:
         for year in sorted({int(p.year) for p in periods}):
@@ -887,6 +893,16 @@ class _Tally:
         self.bytes_read += int(st.get("bytes_read", st.get("bytes_decoded", 0)) or 0)
         self.requests += int(st.get("requests", st.get("attempts", 0)) or 0)
         self.missing.update(res.missing or ())
+        files = getattr(res, "files", None)
+        if files:
+            self.files.update(files)
+            outside = dict(getattr(res, "outside", None) or {})
+            self.outside = outside if self.outside is None else {h: n for h, n in self.outside.items() if h in outside}
+            self.resampled.update(getattr(res, "resampled", None) or ())
+
+    def misplaced(self) -> dict[str, str]:
+        """Input files whose footprint reaches no block of the tile (href → what is odd about it)."""
+        return dict(sorted((self.outside or {}).items()))
 
 
 class _Stager:
@@ -990,6 +1006,7 @@ class _TileRun:
                 del res, filled, flags, items
                 self.status.heartbeat(i + 1)
             _check_stop(self.stop, self.tile, len(windows), len(windows))
+            self.check_misplaced()
             if self.tally.gaps.flags[0] == 0:  # not one valid observation in the whole tile
                 return self.no_data(len(windows))
             paths = self.finish()
@@ -997,6 +1014,21 @@ class _TileRun:
             self.close()
         outputs = self.publish(paths)
         return self.results(len(windows), outputs)
+
+    def check_misplaced(self) -> None:
+        """Inputs that overlap no part of the tile contribute nothing: never silently. One
+        warning per tile naming the first few (``inputs.on_misplaced: warn``), or the tile
+        fails (``fail``)."""
+        misplaced = self.tally.misplaced()
+        if not misplaced:
+            return
+        shown = [f"{h} ({note})" if note else h for h, note in list(misplaced.items())[:MISPLACED_SHOWN]]
+        more = f" (+{len(misplaced) - MISPLACED_SHOWN} more)" if len(misplaced) > MISPLACED_SHOWN else ""
+        what = (f"tile {self.tile.id}: {len(misplaced)} of {len(self.tally.files)} input files overlap no part of "
+                f"the tile and contribute nothing: {', '.join(shown)}{more}; check their CRS and georeference")
+        if self.cfg.inputs.on_misplaced == "fail":
+            raise ReadError(f"{what} (inputs.on_misplaced: fail)", url=next(iter(misplaced)), tile=self.tile.id)
+        log.warning("%s (inputs.on_misplaced: fail makes this an error)", what)
 
     def no_data(self, n_blocks: int) -> dict[str, Any]:
         """A tile without any valid observation: fail it (``inputs.on_empty: fail``) or
@@ -1143,6 +1175,7 @@ class _TileRun:
                     self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected,
                                                           engine=self.cfg.model.engine)
         codes = np.asarray(self.bundle.classes)
+        check_bundle_classes(self.cfg, self.bundle)
         names = list(getattr(self.bundle, "class_names", None) or [str(c) for c in codes])
         return codes, names
 
@@ -1244,12 +1277,29 @@ class _TileRun:
             "observed_fraction_by_year": tally.observed_by_year(),
             "unobserved_years": [int(y) for y, f in tally.observed_by_year().items() if f == 0.0],
             "missing_inputs": sorted(tally.missing),
+            "input_files": len(tally.files),
+            "misplaced_inputs": len(tally.misplaced()),
+            "misplaced_examples": list(tally.misplaced())[:MISPLACED_SHOWN],
+            "resampled_inputs": len(tally.resampled),
             "predicted_pixels": tally.predicted,
             "target_pixels": target,
             "completeness": (tally.predicted / target) if target else 1.0,
             **({"chips": tally.chips_record()} if self.chip is not None else {}),
             "outputs": outputs,
         }
+
+
+def check_bundle_classes(cfg, bundle) -> None:
+    """A classification bundle predicts exactly the classes of ``model.classes``, or
+    :class:`ModelError`: its codes would be written into class rasters whose legend, colours
+    and STAC classes come from the configuration (a bundle of another campaign)."""
+    if getattr(bundle, "task", "classification") != "classification" or cfg.model.task != "classification":
+        return
+    trained = sorted(int(c) for c in bundle.classes)
+    configured = sorted(int(c.code) for c in cfg.model.classes)
+    if trained != configured:
+        raise ModelError(f"model bundle {cfg.model.path} predicts classes {trained}, model.classes lists "
+                         f"{configured}: a bundle trained for another legend; retrain it, or fix model.classes")
 
 
 def _haloed(tile, halo: int):

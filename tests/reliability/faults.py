@@ -63,3 +63,21 @@ def mounted_tmpfs(where: Path, size: str):
 
 def remount(where: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True, capture_output=True)
+
+
+def run_cli(*args: str, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+    """``python -m ecocube ARGS`` in a child process, its output captured."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ecocube", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_rerun_matches(cmd, store, tile_id: str, products, reference: dict[str, str], *,
+                         timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+    """The fault cleared: rerun ``cmd`` (argv) and check that it exits 0 and that the tile's
+    files, their record and a clean run (``reference``, from :func:`clean_run`) agree."""
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert output_checksums(store, tile_id) == file_checksums(store, tile_id, products) == reference
+    return proc
