@@ -592,3 +592,93 @@ def format_table(states: Mapping[str, Mapping[str, Any] | None],
         "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + ("  " + r[-1] if r[-1] else "")
         for r in rows
     ).rstrip()
+
+
+# --------------------------------------------------------------------------- the store's campaign
+
+#: the store's campaign marker: the fingerprint of the settings its tiles are made with
+CAMPAIGN_KEY = f"{STATUS_PREFIX}campaign.json"
+
+
+def read_campaign(store) -> tuple[dict[str, Any] | None, str | None]:
+    """The store's campaign marker and its version (None, None when there is none)."""
+    data, version = store.get_versioned(CAMPAIGN_KEY)
+    if data is None:
+        return None, None
+    try:
+        return json.loads(data), version
+    except ValueError as exc:
+        raise StoreError(f"campaign marker {store.url(CAMPAIGN_KEY)} is not valid JSON: {exc}") from None
+
+
+def _campaign_marker(fingerprint: Mapping[str, Any], run: str) -> bytes:
+    import os
+
+    record = {"run": run, "fingerprint": dict(fingerprint), "host": socket.gethostname(), "pid": os.getpid(),
+              "started": now_iso()}
+    return json.dumps(record, indent=2, sort_keys=True).encode()
+
+
+def _campaign_in_use(store, marker: Mapping[str, Any], *, overwrite: bool, threads: int = 16) -> str | None:
+    """Why the store's campaign ``marker`` may not be replaced (None: it may): its process
+    still runs on this host, tiles of it are being made now, or (without ``overwrite``) tiles
+    of it are done. Reads every tile record of the store (only when another campaign asks)."""
+    sha = (marker.get("fingerprint") or {}).get("sha256")
+    if marker.get("host") == socket.gethostname() and stale_reason({**marker, "state": "running"}) is None:
+        return f"its run {marker.get('host')}:{marker.get('pid')} is still running"
+    ids = [k[len(STATUS_PREFIX):-len(".json")] for k in store.list(STATUS_PREFIX)
+           if k.endswith(".json") and k != CAMPAIGN_KEY]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(ids) or 1))) as pool:
+        records = [r for r in pool.map(lambda t: _read(store, t, True), ids) if r is not None]
+    ours = [r for r in records if (r.get("fingerprint") or {}).get("sha256") == sha]
+    running = sorted(r["tile"] for r in ours if r.get("state") == "running" and stale_reason(r) is None)
+    if running:
+        return f"{len(running)} of its tiles are being made now ({', '.join(running[:5])})"
+    done = sorted(r["tile"] for r in ours if r.get("state") in FINISHED_STATES)
+    if done and not overwrite:
+        return f"{len(done)} of its tiles are done ({', '.join(done[:5])}{' ...' if len(done) > 5 else ''})"
+    return None
+
+
+def claim_campaign(store, fingerprint: Mapping[str, Any], *, run: str, overwrite: bool = False,
+                   takeover: bool = True) -> dict[str, Any]:
+    """Make the store this campaign's, or refuse: one store prefix holds the tiles of one
+    set of settings (:mod:`ecocube.fingerprint`), also while two runs start at once.
+
+    The marker (:data:`CAMPAIGN_KEY`) is written create-if-absent; a marker of the same
+    fingerprint is this campaign's (any number of processes share it). A marker of other
+    settings is replaced (compare-and-set) only when ``takeover`` and nothing of that
+    campaign is in use (:func:`_campaign_in_use`; ``overwrite`` lets its done tiles be
+    redone), else :class:`~ecocube.fingerprint.FingerprintMismatch` (exit 2) names the
+    differing keys. A run checks again before each tile with ``takeover=False``: a run
+    whose store was claimed by another campaign meanwhile stops instead of mixing.
+    Returns the marker in force."""
+    from .fingerprint import FingerprintMismatch, fingerprint_diff, summarize_keys
+
+    mine = _campaign_marker(fingerprint, run)
+    for _ in range(5):
+        marker, version = read_campaign(store)
+        if marker is None:
+            if store.put_bytes_if(mine, CAMPAIGN_KEY, version=None) is not None:
+                return json.loads(mine)
+            continue  # another process wrote it first: compare with theirs
+        theirs = marker.get("fingerprint") or {}
+        if theirs.get("sha256") == fingerprint.get("sha256"):
+            return marker
+        keys = fingerprint_diff(theirs, fingerprint) or ["(the marker has no fingerprint)"]
+        where = store.url(CAMPAIGN_KEY).removesuffix("/" + CAMPAIGN_KEY)
+        what = (f"store {where} holds campaign {marker.get('run')!r} with other settings than this run's "
+                f"(differing: {summarize_keys(keys)}; claimed by {marker.get('host')}:{marker.get('pid')} at "
+                f"{marker.get('started')})")
+        if not takeover:
+            raise FingerprintMismatch(f"{what}, claimed while this run was running; stopping rather than mixing "
+                                      "two campaigns' tiles")
+        busy = _campaign_in_use(store, marker, overwrite=overwrite)
+        if busy:
+            hint = "" if overwrite or "done" not in busy else ", or --overwrite to redo its tiles with these settings"
+            raise FingerprintMismatch(f"{what}: {busy}; refusing to mix two campaigns in one store: use another "
+                                      f"output.store{hint}")
+        if store.put_bytes_if(mine, CAMPAIGN_KEY, version=version) is not None:
+            log.warning("%s: nothing of it is in use; the store is this run's campaign now", what)
+            return json.loads(mine)
+    raise StoreError(f"cannot claim {store.url(CAMPAIGN_KEY)}: it kept changing (runs starting at the same time?)")

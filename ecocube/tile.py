@@ -61,10 +61,11 @@ from .predict import (
     predict_block,
     predict_regression_block,
 )
+from .fingerprint import FingerprintMismatch
 from .rasterwrite import (WriteDigest, close_checked, gdal_errors_to_log, verify_strips, verify_written,
                           write_window)
-from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, holder_text, read_status_versioned, stale_reason,
-                     verify_outputs)
+from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, claim_campaign, holder_text, read_status_versioned,
+                     stale_reason, verify_outputs)
 
 #: input files named in a tile's warning about misplaced inputs (and its record)
 MISPLACED_SHOWN = 3
@@ -647,8 +648,15 @@ def _stage_cube(writer: TileWriter, tile_id: str, window, periods, bands, layers
 
 
 def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False, threads: int | None = None,
-                 stages: Stages | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
+                 stages: Stages | None = None, stop: StopFlag | None = None,
+                 campaign: str | None = None) -> dict[str, Any]:
     """Read, gap-fill, predict and write one tile; returns its status record.
+
+    ``campaign``: ``"claim"`` makes the store this run's campaign first
+    (:func:`ecocube.status.claim_campaign`: refused, exit 2, while another campaign with
+    other settings uses it), ``"check"`` only checks that the store's campaign is still this
+    run's (``run_tiles`` claims once, then checks before each tile); None (library use on a
+    store of its own) neither.
 
     A tile already ``done`` whose outputs match the record is skipped (the record is
     returned with ``"skipped": True``) unless ``overwrite``. ``bundle`` defaults to
@@ -674,6 +682,8 @@ def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False,
         return {**holder, "held": True}
     fingerprint = run_fingerprint_of(cfg)
     check_fingerprint(tile.id, previous, fingerprint, overwrite=overwrite)
+    if campaign is not None:
+        claim_campaign(store, fingerprint, run=cfg.name, overwrite=overwrite, takeover=campaign == "claim")
     if _still_done(store, tile, previous, cfg, overwrite):
         return {**previous, "skipped": True}
     try:
@@ -1417,7 +1427,7 @@ def _failed_record(exc: BaseException, tile_id: str) -> dict[str, Any]:
 def _run_one(cfg, tile, overwrite: bool, threads: int, stop) -> dict[str, Any]:
     stop = stop if stop is not None else _WORKER_STOP
     try:
-        return process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=stop)
+        return process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=stop, campaign="check")
     except (TileError, Interrupted) as exc:
         log.error("%s", exc)
         return _failed_record(exc, tile.id)
@@ -1436,9 +1446,12 @@ def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress
 
     from .env import available_threads
 
+    from .store import store_for
+
     tiles = list(tiles)
     if not overwrite:
         check_store_fingerprints(cfg, tiles)
+    claim_campaign(store_for(cfg), run_fingerprint_of(cfg), run=cfg.name, overwrite=overwrite)
     workers = max(1, min(int(workers), len(tiles) or 1))
     total_threads = available_threads(cfg.processing.threads)
     per_tile = threads or max(1, total_threads // workers)
@@ -1479,6 +1492,9 @@ def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress
                         tile = running.pop(fut)
                         try:
                             _done(fut.result())
+                        except FingerprintMismatch:  # another campaign claimed the store meanwhile
+                            flag.set(signal.SIGTERM)
+                            raise
                         except Exception as exc:  # noqa: BLE001 - a worker died (OOM kill, segfault)
                             _done({"tile": tile.id, "state": "failed",
                                    "error": f"worker process failed: {type(exc).__name__}: {exc}"})

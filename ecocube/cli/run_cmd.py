@@ -85,7 +85,7 @@ def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
     cfg = load_run_config(run_yaml, overrides)
     (tile,) = _tiles(cfg, (tile_id,))
     with stop_on_signals() as flag:
-        rec = process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=flag)
+        rec = process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=flag, campaign="claim")
     click.echo(json.dumps(rec, indent=2, sort_keys=True) if as_json else _describe(rec))
 
 

@@ -1,13 +1,18 @@
-"""Faults: two runs on one store at once, and a run with other settings on a finished store.
+"""Faults: two runs on one store at once, two campaigns (other settings) on one store at once or
+one after the other, and a run with other settings on a finished store.
 
 What must hold: a tile is processed by one process only (a lease: the running record,
 written create-if-absent / compare-and-set, O_EXCL locally and a conditional PUT on S3);
 the other process says it skipped a tile another live process holds; and a run whose
 fingerprint (output-changing settings, model bundle, version) differs from the done tiles'
-refuses to mix with exit 2 naming the differing keys, unless --overwrite."""
+refuses to mix with exit 2 naming the differing keys, unless --overwrite; and one store prefix
+holds one campaign (status/campaign.json, written create-if-absent): a run with other settings
+is refused, exit 2, while the campaign's run is alive or any of its tiles is done or being made,
+and a run stops if another campaign claimed the store while it ran."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -17,6 +22,7 @@ from faults import clean_run, output_checksums
 from rangeserver import RangeServer
 from test_tile import bundle, cfg_dict, model_dir, scene, write_yaml  # noqa: F401 - fixtures
 
+from ecocube import __version__
 from ecocube.config import config_from_dict
 from ecocube.fingerprint import fingerprint_diff, run_fingerprint
 from ecocube.status import read_status
@@ -154,3 +160,86 @@ def test_overwrite_redoes_tiles_of_other_settings_and_matches_a_clean_run(scene,
     assert recs[0]["fingerprint"] == recs[1]["fingerprint"]
     assert recs[0]["attempt"] == 2 and recs[1]["attempt"] == 1
     assert output_checksums(store, "X0000_Y0000") == clean_run(other_data, tmp_path, "X0000_Y0000")
+
+
+def _campaign_configs(root, store: str, srv_url: str, model_dir, **output) -> tuple[dict, dict]:
+    """Two campaigns with other settings (gap-filling, name) pointed at one store."""
+    a = cfg_dict(root, store, model=model_dir, output=output)
+    b = cfg_dict(root, store, model=model_dir, output=output, gapfill={"method": "linear"})
+    b["name"] = "campaign-b"
+    for data in (a, b):
+        data["inputs"]["sources"][0]["href"] = srv_url + "/inputs/{year}/Q{quarter}/{band}.tif"
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_two_campaigns_started_at_once_on_one_store_never_mix(kind, scene, model_dir, tmp_path, request):  # noqa: F811
+    if kind == "local":
+        store_url, s3 = str(tmp_path / "out"), {}
+    else:
+        seaweed = request.getfixturevalue("seaweed")
+        bucket = request.getfixturevalue("s3_bucket")
+        store_url, s3 = f"s3://{bucket}/run", {"s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}}
+    with RangeServer(scene["root"]) as srv:
+        srv.add_fault("/inputs/", "stall", seconds=0.1)  # slow reads: the two runs overlap
+        a, b = _campaign_configs(scene["root"], store_url, srv.url, model_dir, **s3)
+        yamls = [write_yaml(tmp_path / "a.yaml", a), write_yaml(tmp_path / "b.yaml", b)]
+        procs = [subprocess.Popen([sys.executable, "-m", "ecocube", "run", str(y), "--no-progress"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for y in yamls]
+        try:
+            outs = [p.communicate(timeout=900) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=10)
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], [o[1][-2000:] for o in outs]
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    names = ["tile-test", "campaign-b"]
+    refusal = outs[loser][1].strip().splitlines()[-1]
+    assert refusal.startswith(f"ecocube: error: store {store_url} holds campaign "), refusal
+    assert f"holds campaign {names[winner]!r} with other settings than this run's (differing: gapfill.method;" \
+        in refusal, refusal
+    assert "refusing to mix two campaigns in one store: use another output.store" in refusal, refusal
+    assert "Traceback" not in outs[loser][1]
+
+    store = LocalStore(tmp_path / "out") if kind == "local" else S3Store(
+        bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
+    winners_fp = run_fingerprint(config_from_dict(a if winner == 0 else b),
+                                 model_sha256=json.loads((model_dir / "model.json").read_text())["model_sha256"],
+                                 version=__version__)
+    for t in TILES:  # every tile made once, by the winner, with its settings
+        rec = read_status(store, t)
+        assert rec["state"] == "done" and rec["attempt"] == 1, rec
+        assert rec["fingerprint"]["sha256"] == winners_fp["sha256"], t
+    assert json.loads(store.get_bytes("status/campaign.json"))["run"] == names[winner]
+
+
+def test_a_second_campaign_on_a_finished_store_is_refused_even_on_other_tiles(scene, model_dir, tmp_path):  # noqa: F811
+    a = cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir, tiles=("X0000_Y0000",))
+    b = cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir, tiles=("X0001_Y0000",),
+                 gapfill={"method": "linear"})
+    assert ecocube("run", str(write_yaml(tmp_path / "a.yaml", a)), "--no-progress").returncode == 0
+    b_yaml = write_yaml(tmp_path / "b.yaml", b)
+    refused = ecocube("run", str(b_yaml), "--no-progress")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ecocube: error: store {tmp_path / 'out'}") and \
+        "holds campaign 'tile-test' with other settings than this run's (differing: gapfill.method;" in last, last
+    assert last.endswith(": 1 of its tiles are done (X0000_Y0000); refusing to mix two campaigns in one store: use "
+                         "another output.store, or --overwrite to redo its tiles with these settings"), last
+    store = LocalStore(tmp_path / "out")
+    assert read_status(store, "X0001_Y0000") is None  # nothing was started
+    tile = ecocube("run-tile", str(b_yaml), "--tile", "X0001_Y0000")
+    assert tile.returncode == 2 and "1 of its tiles are done (X0000_Y0000)" in tile.stderr
+    assert read_status(store, "X0001_Y0000") is None
+
+    # a campaign whose attempts all failed holds nothing: the next settings take the store over
+    c = cfg_dict(scene["root"], str(tmp_path / "fresh"), model=tmp_path / "no-model", tiles=("X0000_Y0000",))
+    assert ecocube("run", str(write_yaml(tmp_path / "c.yaml", c)), "--no-progress").returncode == 1
+    d = cfg_dict(scene["root"], str(tmp_path / "fresh"), model=model_dir, tiles=("X0000_Y0000",))
+    took = ecocube("run", str(write_yaml(tmp_path / "d.yaml", d)), "--no-progress")
+    assert took.returncode == 0, took.stderr[-2000:]
+    assert "nothing of it is in use; the store is this run's campaign now" in took.stderr
+    assert read_status(LocalStore(tmp_path / "fresh"), "X0000_Y0000")["attempt"] == 2
