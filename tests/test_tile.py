@@ -516,7 +516,8 @@ def test_cli_sigterm_exits_nonzero_and_records_interrupted(scene, tmp_path, monk
     assert info.value.code == 143 and "stopped by SIGTERM after 1 of 4 blocks; nothing was published" in err
     store = LocalStore(tmp_path / "out")
     assert read_status(store, "X0001_Y0000")["state"] == "interrupted"
-    assert store.list("") == ["status/X0001_Y0000.json"]
+    # the record and the store's campaign marker (written before the tile started), nothing else
+    assert store.list("") == ["status/X0001_Y0000.json", "status/campaign.json"]
 
 
 def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, model_dir, tmp_path, seaweed, s3_bucket):
@@ -552,7 +553,8 @@ def test_sigkill_mid_publish_then_rerun_leaves_a_clean_store(scene, model_dir, t
     assert code == 0, err
     rec = read_status(store, "X0000_Y0000")
     assert rec["state"] == "done" and rec["attempt"] == 2 and len(rec["outputs"]) == N_OUTPUTS_PER_TILE
-    assert keys() == sorted([*rec["outputs"], "status/X0000_Y0000.json"])  # no duplicates, no strays
+    # no duplicates, no strays: the outputs, the record and the store's campaign marker
+    assert keys() == sorted([*rec["outputs"], "status/X0000_Y0000.json", "status/campaign.json"])
     assert store.incomplete_uploads("") == []
     for key, meta in rec["outputs"].items():
         body = client.get_object(Bucket=s3_bucket, Key=f"run/{key}")["Body"].read()
