@@ -47,10 +47,17 @@ _SPECS: dict = {}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo's inputs and one clean, finalized run of its campaign."""
+def demo_inputs(tmp_path_factory):
+    """The folder of the demo's inputs (``ecocube demo``'s generator)."""
     root = tmp_path_factory.mktemp("demo-campaign")
     _SPECS[root] = make_demo_inputs(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo(demo_inputs):
+    """The demo's inputs and one clean, finalized run of its campaign."""
+    root = demo_inputs
     clean = _write(root, "clean.yaml", _config(root, root / "clean"))
     run = run_cli("run", clean, "--no-progress", "--workers", "2")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -138,8 +145,8 @@ def test_demo_finalize_refuses_stale_mosaics_and_remakes_exactly_the_changed_one
     assert f"mosaics: {len(layers)} ({len(stale)} written, {len(layers) - len(stale)} up to date)" in redone.stdout
 
 
-def test_demo_preflight_lists_every_problem_and_submits_nothing(demo, tmp_path):
-    root = demo["root"]
+def test_demo_preflight_lists_every_problem_and_submits_nothing(demo_inputs, tmp_path):
+    root = demo_inputs
     data = _config(root, tmp_path / "out", output={"layers": ["class", *LAYERS]}, model={"path": str(tmp_path / "none")})
     data["inputs"]["sources"][0]["mask"]["href"] = "inputs/{year}/Q{quartr}/cloud.tif"
     run_yaml = _write(root, "broken.yaml", data)
@@ -150,4 +157,4 @@ def test_demo_preflight_lists_every_problem_and_submits_nothing(demo, tmp_path):
         assert any("{quartr}" in ln for ln in lines), proc.stderr[-3000:]
         assert any(ln.strip().startswith("model.path: model bundle not found") for ln in lines), proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "out").exists()  # nothing written, nothing submitted
+    assert LocalStore(tmp_path / "out").list("") == []  # nothing written (the store probe was removed)
