@@ -337,6 +337,28 @@ def test_normalized_intervals_are_wider_where_the_noise_is():
     np.testing.assert_allclose(up - lo, (up - lo)[0])
 
 
+def test_convex_meta_learner_weights_are_a_mean_of_the_learners():
+    from ecocube.ensemble import ConvexCombination
+
+    rng = np.random.default_rng(0)
+    a, b, c = rng.normal(0, 1, (3, 500))
+    # the target is exactly 0.3 a + 0.7 b: the weights found are those, c gets none
+    m = ConvexCombination().fit(np.column_stack([a, b, c]), 0.3 * a + 0.7 * b)
+    np.testing.assert_allclose(m.coef_, [0.3, 0.7, 0.0], atol=1e-5)
+    assert m.intercept_ == 0.0
+    # noisy learners of a target far from 0: least squares with an intercept would shrink
+    # toward the mean; the convex weights sum to 1 and beat (or equal) the best learner
+    y = 100 + rng.normal(0, 10, 500)
+    P = np.column_stack([y + rng.normal(0, 8, 500), y + rng.normal(0, 9, 500), y + rng.normal(0, 30, 500)])
+    m = ConvexCombination().fit(P, y)
+    assert np.all(m.coef_ >= 0) and m.coef_.sum() == pytest.approx(1.0)
+    mse = lambda p: float(np.mean((p - y) ** 2))  # noqa: E731
+    assert mse(m.predict(P)) <= min(mse(P[:, k]) for k in range(3))
+    assert mse(m.predict(P)) < 0.7 * mse(P[:, 0])  # two independent errors of similar size average out
+    # one learner alone: weight 1
+    np.testing.assert_array_equal(ConvexCombination().fit(P[:, :1], y).coef_, [1.0])
+
+
 def test_regressor_bad_parameters():
     X, y, _ = _spatial_regression(n_groups=4, per_group=5)
     with pytest.raises(ValueError, match="interval must be"):
@@ -345,6 +367,23 @@ def test_regressor_bad_parameters():
         _fast_reg().fit(X, y).predict_interval(X, coverage=1.5)
     with pytest.raises(ValueError, match="n_jobs=-1"):
         EnsembleRegressor(n_jobs=-1).fit(X, y)
+
+
+def test_greedy_selection_weights_by_hand():
+    from ecocube.ensemble import greedy_selection_weights
+
+    # two rows (classes 0 and 1), two learners, each sure of one row: A gives the true class
+    # 0.9 then 0.5, B 0.5 then 0.9. Round 1: a tie, A (the first); round 2: B (the mean
+    # 0.7/0.7 beats A twice); from then on the two alternate (A on ties): 13 A, 12 B in 25
+    A = np.array([[0.9, 0.1], [0.5, 0.5]])
+    B = np.array([[0.5, 0.5], [0.1, 0.9]])
+    w = greedy_selection_weights(np.stack([A, B]), np.array([0, 1]), rounds=25)
+    np.testing.assert_allclose(w, [13 / 25, 12 / 25])
+    # a learner that is right and sure everywhere takes all the weight; a useless one none
+    y = np.array([0, 1, 2, 1, 0])
+    perfect = np.eye(3)[y] * 0.98 + 0.01 / 1.5
+    flat = np.full((5, 3), 1 / 3)
+    np.testing.assert_array_equal(greedy_selection_weights(np.stack([flat, perfect]), y), [0.0, 1.0])
 
 
 @pytest.mark.slow

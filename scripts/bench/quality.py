@@ -322,7 +322,85 @@ def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, d
                                                                 "log_loss")}
         r["per_class_f1"] = {int(c): float(v) for c, v in zip(codes, np.mean([x["per_class_f1"] for x in runs], 0))}
         r["f1_weighted_per_repeat"] = [float(x["f1_weighted"]) for x in runs]
+        r["f1_weighted_sd"] = float(np.std(r["f1_weighted_per_repeat"], ddof=1)) if len(runs) > 1 else 0.0
         r["seconds"] = seconds
+        out[name] = r
+    return out
+
+
+#: combiners scored on the same fitted base learners of every outer fold (``--meta-variants``):
+#: label -> (combiners ``meta="auto"`` chooses among, selection metric)
+META_VARIANTS = {
+    "auto: mean|logistic by wF1 (before)": (("logistic", "mean"), "f1_weighted"),
+    "auto: mean|logistic|greedy by wF1": (("logistic", "mean", "greedy"), "f1_weighted"),
+    "auto: mean|logistic|greedy by log loss": (("logistic", "mean", "greedy"), "log_loss"),
+    "auto: logistic|greedy by log loss": (("logistic", "greedy"), "log_loss"),
+    "greedy selection": (("greedy",), "f1_weighted"),
+    "logistic (class weights by CV)": (("logistic",), "f1_weighted"),
+    "mean": (("mean",), "f1_weighted"),
+}
+
+
+def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, dict]:
+    """Like :func:`score` for an ensemble, with the same folds as ``cross_validate``, and in
+    addition every combiner of :data:`META_VARIANTS` applied to the same fitted base learners
+    of each outer fold (their out-of-fold probabilities inside the fold: no leakage), so the
+    combiners are compared without the base learners' seed noise."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from ecocube.ensemble import _meta_features
+
+    codes = np.unique(y)
+    per: dict[str, list[dict]] = {}
+    chosen: dict[str, dict[str, int]] = {}
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=r)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            splits = list(splitter.split(X, y, groups))
+        held: dict[str, np.ndarray] = {}
+        for train, test in splits:
+            m = make_model(spec, threads, 1000 + r).fit(X[train], y[train], groups=groups[train])
+            p, base = m.predict_proba_with_base(X[test])
+            cols = np.searchsorted(codes, m.classes_)
+            parts = {spec: p, **{f"{spec} > {n}": b for n, b in zip(m.learner_names_, base)}}
+            L, C = len(m.learner_names_), m.classes_.size
+            y_enc = np.searchsorted(m.classes_, y[train])
+            feats = _meta_features(m.oof_proba_)
+            for label, (combiners, metric) in META_VARIANTS.items():
+                alt = m.set_params(meta_metric=metric)
+                meta, cw, sel = alt._select_meta(feats, m.oof_proba_, y_enc, m.cv_test_folds_, 0, L, C,
+                                                 combiners=combiners)
+                comb = alt._fit_combiner(meta, cw, feats, m.oof_proba_, y_enc, L, C, 0)
+                name = sel.get("chosen", meta)
+                chosen.setdefault(label, {}).setdefault(name, 0)
+                chosen[label][name] += 1
+                if hasattr(comb, "coef_"):
+                    q = comb.predict_proba(_meta_features(np.concatenate(list(base), axis=1)))
+                else:
+                    q = comb.predict_proba(base)
+                parts[f"{spec} | {label}"] = q
+            maj = _Majority().fit(None, y[train]).predict_proba(X[test])
+            parts[f"{spec} > majority class"] = maj
+            for name, q in parts.items():
+                full = np.zeros((test.size, codes.size))
+                full[:, cols if q.shape[1] == cols.size else slice(None)] = q
+                held.setdefault(name, np.full((y.size, codes.size), np.nan))[test] = full
+        for name, q in held.items():
+            per.setdefault(name, []).append(_scores(y, q, codes))
+    seconds = round(time.perf_counter() - t0, 2)
+    out = {}
+    for name, runs in per.items():
+        r = {k: float(np.mean([x[k] for x in runs])) for k in ("f1_weighted", "overall_accuracy", "f1_macro",
+                                                                "log_loss")}
+        r["per_class_f1"] = {int(c): float(v) for c, v in zip(codes, np.mean([x["per_class_f1"] for x in runs], 0))}
+        r["f1_weighted_per_repeat"] = [float(x["f1_weighted"]) for x in runs]
+        r["f1_weighted_sd"] = float(np.std(r["f1_weighted_per_repeat"], ddof=1)) if len(runs) > 1 else 0.0
+        r["seconds"] = seconds
+        label = name.split(" | ", 1)[1] if " | " in name else None
+        if label in chosen:
+            r["chosen_per_fold"] = chosen[label]
         out[name] = r
     return out
 
@@ -348,6 +426,7 @@ def regression_check(d: dict, *, repeats: int) -> dict:
     """EnsembleRegressor on a real continuous target: the Slovenian patch's elevation (DEM)
     from its NDVI features, polygon-grouped 5-fold CV: RMSE, R², CCC and the coverage of
     the 90 % conformal intervals on polygons the model never saw."""
+    from sklearn.linear_model import LinearRegression
     from sklearn.model_selection import GroupKFold
 
     from ecocube.ensemble import EnsembleRegressor
@@ -360,17 +439,34 @@ def regression_check(d: dict, *, repeats: int) -> dict:
     X, y, groups = X[keep], y[keep], groups[keep]
     out = {}
     for interval in ("normalized", "absolute"):
-        runs = []
+        runs: dict[str, list[dict]] = {}
         for r in range(repeats):
             mean, lo, up = (np.empty_like(y) for _ in range(3))
+            base = None
             for train, test in GroupKFold(n_splits=5, shuffle=True, random_state=r).split(X, y, groups):
                 m = EnsembleRegressor(n_jobs=1, random_state=r, interval=interval).fit(X[train], y[train],
                                                                                      groups=groups[train])
                 mean[test], lo[test], up[test] = m.predict_with_interval(X[test], coverage=0.9)
-            runs.append(regression_scores(y, mean, lo, up))
-        out[interval] = {k: float(np.mean([x[k] for x in runs])) for k in runs[0]}
-        print(f"regression (DEM from NDVI, {interval} intervals): " +
-              ", ".join(f"{k} {v:.3f}" for k, v in out[interval].items()), flush=True)
+                if base is None:
+                    base = {name: np.empty_like(y) for name in [*m.learner_names_, "nnls meta (before)"]}
+                bp = m.predict_base(X[test])
+                for name, p in zip(m.learner_names_, bp.T):
+                    base[name][test] = p
+                # the meta-learner before the convex one, on the same out-of-fold predictions
+                old = LinearRegression(positive=True).fit(m.oof_predictions_, y[train])
+                base["nnls meta (before)"][test] = old.predict(bp)
+            runs.setdefault("ensemble", []).append(regression_scores(y, mean, lo, up))
+            if interval == "normalized":  # the learners alone do not depend on the interval kind
+                for name, p in base.items():
+                    runs.setdefault(name, []).append(regression_scores(y, p))
+        for name, rs in runs.items():
+            key = "ensemble" if name == "ensemble" else name
+            res = {k: float(np.mean([x[k] for x in rs])) for k in rs[0] if rs[0][k] is not None}
+            res["rmse_sd"] = float(np.std([x["rmse"] for x in rs], ddof=1)) if len(rs) > 1 else 0.0
+            res["rmse_per_repeat"] = [float(x["rmse"]) for x in rs]
+            out.setdefault(interval, {})[key] = res
+            print(f"regression (DEM from NDVI, {interval} intervals) {key}: " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in res.items() if not isinstance(v, list)), flush=True)
     return out
 
 
@@ -384,6 +480,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench-quality.json")
     ap.add_argument("--regression", action="store_true", help="also the EnsembleRegressor check on the DEM")
     ap.add_argument("--regression-only", action="store_true")
+    ap.add_argument("--meta-variants", action="store_true",
+                    help="for ensembles: also every combiner of META_VARIANTS on the same fitted learners")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -409,13 +507,15 @@ def main() -> None:
             if fs not in sets:  # e.g. +dem where the dataset has no DEM
                 continue
             X, names = sets[fs]
-            for name, r in score(spec, X[keep], y[keep], groups[keep], repeats=args.repeats,
-                                 threads=args.threads).items():
+            scorer = score_meta_variants if (args.meta_variants and spec.startswith("ens")) else score
+            for name, r in scorer(spec, X[keep], y[keep], groups[keep], repeats=args.repeats,
+                                  threads=args.threads).items():
                 r["n_features"] = len(names)
                 info["results"][f"{name}@{fs}"] = r
                 pc = " ".join(f"{c}:{v:.2f}" for c, v in r["per_class_f1"].items())
-                print(f"{name:58s} {fs:28s} {r['f1_weighted']:6.3f} {r['overall_accuracy']:6.3f} "
-                      f"{r['f1_macro']:6.3f} {r['log_loss']:7.3f} {r['seconds']:6.1f}  {pc}", flush=True)
+                print(f"{name:58s} {fs:28s} {r['f1_weighted']:6.3f}±{r['f1_weighted_sd']:.3f} {r['overall_accuracy']:6.3f} "
+                      f"{r['f1_macro']:6.3f} {r['log_loss']:7.3f} {r['seconds']:6.1f}  {pc}"
+                      + (f"  chosen {r['chosen_per_fold']}" if "chosen_per_fold" in r else ""), flush=True)
         out["datasets"][ds] = info
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.out}")
