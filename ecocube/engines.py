@@ -32,8 +32,9 @@ An *engine* computes one fitted base learner's class probabilities faster than i
     becomes an exact integer comparison, a node is one int64 word with constant shifts
     (no threshold array, no variable shift) and a row 1-2 bytes a feature, the rows
     interleaved by groups of 8 and indexed unsigned as in the keyed forest. Realistic model,
-    1 thread, CPU time: LightGBM 1.5x ``numba-gbdt`` (ranking the rows costs ~10 % of it),
-    then 1.4x from the interleaved rows and unsigned indices;
+    1 thread, CPU time: LightGBM 1.5x ``numba-gbdt``, then 1.4x from the interleaved rows
+    and unsigned indices; float32 rows are ranked by a bucket table
+    (:meth:`_Bins.rank_table`, 5.8x the binary search that float64 rows keep);
     the forest's walk gains ~20 % but ranking against 40 k thresholds a feature costs more,
     so ``numba-forest`` stays the forest's choice there (decided per learner by
     :func:`build_engines`).
@@ -585,8 +586,8 @@ class _Keyed:
 class _Bins:
     """Trees whose splits compare a feature's *rank* among its sorted distinct thresholds.
 
-    A row is binned once (:func:`_bin_rows`: ``rank(x)`` = how many of the feature's
-    thresholds lie below ``x``); then ``x > t_j`` iff ``rank(x) > j``, exactly. The ranks fit
+    A row is binned once (:func:`_rank_rows` / :func:`_bin_rows`: ``rank(x)`` = how many of
+    the feature's thresholds lie below ``x``); then ``x > t_j`` iff ``rank(x) > j``, exactly. The ranks fit
     in uint8 (LightGBM: at most 255 thresholds a feature) or uint16 (a deep forest: ~40 k),
     so a row takes 1-2 bytes a feature instead of 4-8 and a node is one int64 word
     ``left << 32 | (feature * 8) << 16 | rank`` (constant shifts; a leaf: its own index, rank
@@ -631,6 +632,8 @@ class _Bins:
 
     #: the bucket tables of :meth:`rank_table` take at most this many bytes (else: binary search)
     MAX_TABLE_BYTES = 64 << 20
+    #: ... and their buckets hold at most this many cuts (each is a compare of the scan)
+    MAX_BUCKET_CUTS = 64
 
     def rank_table(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per feature, the rank at the start of each of 65,536 buckets of the int32 key space
@@ -640,7 +643,9 @@ class _Bins:
         so the cuts' float32 keys rank a float32 row exactly: its rank is the bucket's start
         plus the cuts of its own bucket below it (a few at most; usually none). One table load
         and a compare a value instead of an 8-step binary search. Built once (a cumulative
-        count per feature); None when the tables would exceed :data:`MAX_TABLE_BYTES`.
+        count per feature); None when the tables would exceed :data:`MAX_TABLE_BYTES` or a
+        bucket holds more than :data:`MAX_BUCKET_CUTS` cuts (a deep forest's ~40 k thresholds
+        a feature: the scan would cost more than the binary search).
         """
         if not hasattr(self, "_table"):
             itemsize = np.dtype(self.dtype).itemsize
@@ -649,11 +654,13 @@ class _Bins:
             else:
                 ukeys = float_keys(floor_float32(self.cuts)) + 2**31  # uint32 order, as int64
                 table = np.zeros((self.n_features, 65536), dtype=self.dtype)
+                crowded = False
                 for f in range(self.n_features):
                     u = ukeys[self.offsets[f]:self.offsets[f + 1]]
                     counts = np.bincount(u >> 16, minlength=65536)
+                    crowded |= bool(counts.max() > self.MAX_BUCKET_CUTS)
                     table[f] = np.cumsum(counts) - counts  # cuts in the buckets below
-                self._table = (table.ravel(), ukeys)
+                self._table = None if crowded else (table.ravel(), ukeys)
         return self._table
 
     def interleaved(self, X: np.ndarray) -> np.ndarray:

@@ -448,3 +448,11 @@ def test_rank_table_equals_the_binary_search():
     fresh = _Bins(bins.cuts, bins.offsets, bins.word, np.uint8)  # tables too large: binary search
     fresh.MAX_TABLE_BYTES = 1
     assert fresh.rank_table() is None and np.array_equal(fresh.rows(X), ref)
+    from ecocube.engines import float_keys
+
+    fresh = _Bins(bins.cuts, bins.offsets, bins.word, np.uint8)  # a bucket over the limit: binary search
+    u = float_keys(floor_float32(cuts[1])) + 2**31
+    most = np.bincount(u >> 16).max()
+    assert most >= 39  # the crowded cuts share a bucket
+    fresh.MAX_BUCKET_CUTS = int(most) - 1
+    assert fresh.rank_table() is None and np.array_equal(fresh.rows(X), ref)
