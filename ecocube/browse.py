@@ -3,7 +3,10 @@
 :func:`write_browser` writes ``index.html`` next to ``catalog.json``: one self-contained page
 (inline CSS and SVG, no script, no CDN, no network) listing the collections, their items by
 period with thumbnails and legends, footprints, and the assets with sizes, checksums and
-download links. It reads only the catalog's JSON files.
+download links. A collection split into child catalogs per year (large collections, see
+:data:`ecocube.stac.YEAR_CATALOGS_ABOVE`) links one page per year instead
+(``{collection}/{year}/index.html``, next to that year's ``catalog.json``), so no page grows
+with the number of items. It reads only the catalog's JSON files.
 
 :func:`write_map` writes ``map.html`` and the bundled ``map.js`` (OpenLayers + geotiff.js, built
 from ``web/map`` by ``scripts/build-map.sh`` and shipped in the package) next to it: the COGs on
@@ -31,7 +34,7 @@ import posixpath
 import re
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +70,8 @@ def _links(obj: dict[str, Any], rel: str) -> list[str]:
 class _Node:
     obj: dict[str, Any]
     path: Path  # local file
+    #: a collection's child catalogs (one per year in a large collection) with their items
+    children: list[tuple[_Node, list[_Node]]] = field(default_factory=list)
 
 
 def _resolve(href: str, base: Path, root: Path, root_base: str | None) -> Path | None:
@@ -91,15 +96,34 @@ def read_catalog_tree(catalog_dir: str | Path) -> tuple[_Node, list[tuple[_Node,
             log.warning("cannot follow %s from %s", href, root_path)
             continue
         coll = _Node(_read_json(path), path)
-        items = []
-        for ihref in _links(coll.obj, "item"):
-            ipath = _resolve(ihref, path, root_dir, root_base)
-            if ipath is not None:
-                items.append(_Node(_read_json(ipath), ipath))
-        items.sort(key=lambda n: (n.obj.get("properties", {}).get("start_datetime") or
-                                  n.obj.get("properties", {}).get("datetime") or "", n.obj.get("id", "")))
+        items = _items_of(coll, root_dir, root_base)
+        for chref in _links(coll.obj, "child"):  # e.g. one catalog per year of a large collection
+            cpath = _resolve(chref, path, root_dir, root_base)
+            if cpath is None:
+                log.warning("cannot follow %s from %s", chref, path)
+                continue
+            child = _Node(_read_json(cpath), cpath)
+            child_items = _items_of(child, root_dir, root_base)
+            coll.children.append((child, child_items))
+            items += child_items
+        items.sort(key=_item_order)
         collections.append((coll, items))
     return root, collections
+
+
+def _item_order(node: _Node) -> tuple[str, str]:
+    props = node.obj.get("properties", {})
+    return (props.get("start_datetime") or props.get("datetime") or "", node.obj.get("id", ""))
+
+
+def _items_of(node: _Node, root_dir: Path, root_base: str | None) -> list[_Node]:
+    items = []
+    for ihref in _links(node.obj, "item"):
+        ipath = _resolve(ihref, node.path, root_dir, root_base)
+        if ipath is not None:
+            items.append(_Node(_read_json(ipath), ipath))
+    items.sort(key=_item_order)
+    return items
 
 
 # --------------------------------------------------------------------------- HTML
@@ -193,6 +217,9 @@ table.assets { width:100%; border-collapse:collapse; margin-top:6px; font-size:1
 table.assets td, table.assets th { border-top:1px solid var(--line); padding:3px 4px; text-align:left; vertical-align:top; }
 table.assets td.num { text-align:right; white-space:nowrap; }
 code { font-size:12px; color:var(--muted); }
+.years { display:flex; flex-wrap:wrap; gap:6px; margin-top:12px; }
+.years a { padding:3px 10px; border:1px solid var(--line); border-radius:12px; text-decoration:none; color:var(--fg); }
+.years a span, nav a[aria-current] { color:var(--muted); }
 footer { padding:14px 28px; color:var(--muted); border-top:1px solid var(--line); font-size:12px; }
 """
 
@@ -201,21 +228,101 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render_index(catalog_dir: str | Path) -> str:
-    """The HTML of the browser page for a local catalog folder."""
-    root_dir = Path(catalog_dir).resolve()
-    root, collections = read_catalog_tree(root_dir)
-    self_href = next(iter(_links(root.obj, "self")), None)
-    root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
-    n_items = sum(len(items) for _, items in collections)
-    title = root.obj.get("title") or root.obj.get("id", "STAC catalog")
-    out = [
+def _page_head(title: str) -> list[str]:
+    return [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         # no network at all: everything is inline or in this folder
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'self'; "
         "style-src 'unsafe-inline'; img-src 'self' data:; script-src 'none'\">",
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
+    ]
+
+
+def _page_foot() -> list[str]:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"</main><footer>Generated by ecocube on {stamp}. Stream the COGs with GDAL/QGIS "
+            "(<code>/vsicurl/</code>), or load <code>catalog.json</code> in any STAC client.</footer>",
+            "</body></html>\n"]
+
+
+def _from_page(href: str, up: str) -> str:
+    """A root-relative href as seen from a page ``up`` (``"../../"``) below the root."""
+    return href if "://" in href or href.startswith("/") else up + href
+
+
+def _rel(path: Path, root_dir: Path) -> str:
+    return path.relative_to(root_dir).as_posix() if root_dir in path.parents else path.name
+
+
+def _legend(coll: _Node) -> str:
+    classes = coll.obj.get("ecocube:classes")
+    if not classes:
+        return ""
+    return '<div class="legend">' + "".join(
+        f'<div><span class="sw" style="background:#{_esc(c.get("color_hint", "888888"))}"></span>'
+        f'{_esc(c["value"])} {_esc(c.get("name", c.get("description", "")))}</div>' for c in classes) + "</div>"
+
+
+def _unique_geometries(items: list[_Node]) -> list[dict[str, Any] | None]:
+    """One footprint per distinct geometry (a large collection's items mostly share one)."""
+    seen: dict[str, dict[str, Any] | None] = {}
+    for it in items:
+        geometry = it.obj.get("geometry")
+        seen.setdefault(json.dumps(geometry, sort_keys=True), geometry)
+    return list(seen.values())
+
+
+def _item_cards(items: list[_Node], root_dir: Path, root_base: str | None, up: str = "") -> list[str]:
+    """The item cards (thumbnail, assets with size and checksum, item JSON) for a page ``up``
+    below the catalog root."""
+    out = ['<div class="items">']
+    for item in items:
+        props = item.obj.get("properties", {})
+        period = props.get("ecocube:period") or (props.get("start_datetime") or props.get("datetime") or "")[:10]
+        out.append(f'<div class="item" data-item="{_esc(item.obj.get("id"))}">')
+        out.append(f'<h3>{_esc(period)} <code>{_esc(item.obj.get("id"))}</code></h3>')
+        assets = item.obj.get("assets", {})
+        thumb = assets.get("thumbnail")
+        if thumb:
+            src = _from_page(_page_href(thumb["href"], item.path, root_dir, root_base), up)
+            out.append(f'<img class="thumb" loading="lazy" src="{_esc(src)}" '
+                       f'alt="thumbnail of {_esc(item.obj.get("id"))}">')
+        out.append('<table class="assets"><tr><th>asset</th><th>size</th><th>sha2-256</th></tr>')
+        for key, asset in assets.items():
+            if "thumbnail" in (asset.get("roles") or []):
+                continue
+            href = _from_page(_page_href(asset["href"], item.path, root_dir, root_base), up)
+            checksum = str(asset.get("file:checksum", ""))
+            out.append(
+                f'<tr><td><a href="{_esc(href)}" download>{_esc(key)}</a><br><code>{_esc(asset.get("title", ""))}</code></td>'
+                f'<td class="num">{_esc(human_size(asset.get("file:size")))}</td>'
+                f'<td><code title="{_esc(checksum)}">{_esc(checksum[4:16])}…</code></td></tr>')
+        out.append(f'</table><p><a href="{_esc(up + _rel(item.path, root_dir))}">item JSON</a></p></div>')
+    out.append("</div>")
+    return out
+
+
+def _child_page_path(child: _Node) -> Path:
+    """Where the page of a collection's child catalog goes: ``index.html`` next to its JSON."""
+    return child.path.parent / "index.html"
+
+
+def render_index(catalog_dir: str | Path) -> str:
+    """The HTML of the browser page for a local catalog folder.
+
+    A collection with child catalogs (one per year, see :data:`ecocube.stac.YEAR_CATALOGS_ABOVE`)
+    is shown by its metadata, footprint and legend with one link per year to that year's page
+    (:func:`render_child_page`) instead of its items, so the page does not grow with the
+    number of items; smaller collections show their items here.
+    """
+    root_dir = Path(catalog_dir).resolve()
+    root, collections = read_catalog_tree(root_dir)
+    self_href = next(iter(_links(root.obj, "self")), None)
+    root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
+    n_items = sum(len(items) for _, items in collections)
+    title = root.obj.get("title") or root.obj.get("id", "STAC catalog")
+    out = _page_head(title) + [
         f"<header><h1>{_esc(title)}</h1><p>{_esc(root.obj.get('description', ''))}</p>",
         f'<p>{len(collections)} collections · {n_items} items · <a href="catalog.json">catalog.json</a>'
         ' · <a href="map.html" class="maplink">map</a>'
@@ -225,13 +332,12 @@ def render_index(catalog_dir: str | Path) -> str:
     ]
     for coll, items in collections:
         cid = coll.obj["id"]
-        rel_coll = coll.path.relative_to(root_dir).as_posix() if root_dir in coll.path.parents else coll.path.name
         temporal = (coll.obj.get("extent", {}).get("temporal", {}).get("interval") or [[None, None]])[0]
         out.append(f'<section class="collection" id="{_esc(cid)}" data-collection="{_esc(cid)}">')
         out.append(f"<h2>{_esc(coll.obj.get('title') or cid)}</h2>")
         out.append(f"<p>{_esc(coll.obj.get('description', ''))}</p>")
         out.append('<div class="meta"><dl>')
-        rows = [("id", f'<code>{_esc(cid)}</code> · <a href="{_esc(rel_coll)}">collection.json</a>'),
+        rows = [("id", f'<code>{_esc(cid)}</code> · <a href="{_esc(_rel(coll.path, root_dir))}">collection.json</a>'),
                 ("licence", _esc(coll.obj.get("license", ""))),
                 ("period", _esc(f"{(temporal[0] or '')[:10]} – {(temporal[1] or '')[:10]}")),
                 ("items", str(len(items)))]
@@ -245,41 +351,60 @@ def render_index(catalog_dir: str | Path) -> str:
             rows.append(("software", _esc(", ".join(f"{k} {v}" for k, v in software.items()))))
         out.extend(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
         out.append("</dl>")
-        out.append(footprint_svg([it.obj.get("geometry") for it in items]))
-        classes = coll.obj.get("ecocube:classes")
-        if classes:
-            out.append('<div class="legend">' + "".join(
-                f'<div><span class="sw" style="background:#{_esc(c.get("color_hint", "888888"))}"></span>'
-                f'{_esc(c["value"])} {_esc(c.get("name", c.get("description", "")))}</div>' for c in classes) + "</div>")
-        out.append('</div><div class="items">')
-        for item in items:
-            props = item.obj.get("properties", {})
-            period = props.get("ecocube:period") or (props.get("start_datetime") or props.get("datetime") or "")[:10]
-            rel_item = item.path.relative_to(root_dir).as_posix() if root_dir in item.path.parents else item.path.name
-            out.append(f'<div class="item" data-item="{_esc(item.obj.get("id"))}">')
-            out.append(f'<h3>{_esc(period)} <code>{_esc(item.obj.get("id"))}</code></h3>')
-            assets = item.obj.get("assets", {})
-            thumb = assets.get("thumbnail")
-            if thumb:
-                src = _page_href(thumb["href"], item.path, root_dir, root_base)
-                out.append(f'<img class="thumb" loading="lazy" src="{_esc(src)}" '
-                           f'alt="thumbnail of {_esc(item.obj.get("id"))}">')
-            out.append('<table class="assets"><tr><th>asset</th><th>size</th><th>sha2-256</th></tr>')
-            for key, asset in assets.items():
-                if "thumbnail" in (asset.get("roles") or []):
-                    continue
-                href = _page_href(asset["href"], item.path, root_dir, root_base)
-                checksum = str(asset.get("file:checksum", ""))
-                out.append(
-                    f'<tr><td><a href="{_esc(href)}" download>{_esc(key)}</a><br><code>{_esc(asset.get("title", ""))}</code></td>'
-                    f'<td class="num">{_esc(human_size(asset.get("file:size")))}</td>'
-                    f'<td><code title="{_esc(checksum)}">{_esc(checksum[4:16])}…</code></td></tr>')
-            out.append(f'</table><p><a href="{_esc(rel_item)}">item JSON</a></p></div>')
-        out.append("</div></section>")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    out.append(f"</main><footer>Generated by ecocube on {stamp}. Stream the COGs with GDAL/QGIS "
-               "(<code>/vsicurl/</code>), or load <code>catalog.json</code> in any STAC client.</footer>")
-    out.append("</body></html>\n")
+        out.append(footprint_svg(_unique_geometries(items) if coll.children else
+                                 [it.obj.get("geometry") for it in items]))
+        out.append(_legend(coll))
+        out.append("</div>")
+        if coll.children:
+            out.append('<div class="years">' + "".join(
+                f'<a class="year" href="{_esc(_rel(_child_page_path(child), root_dir))}" '
+                f'data-child="{_esc(child.obj.get("id"))}">{_esc(_child_label(child))} '
+                f'<span>{len(child_items)} items</span></a>'
+                for child, child_items in coll.children) + "</div>")
+            in_children = {c.path for _, cits in coll.children for c in cits}
+            direct = [it for it in items if it.path not in in_children]
+            if direct:
+                out.extend(_item_cards(direct, root_dir, root_base))
+        else:
+            out.extend(_item_cards(items, root_dir, root_base))
+        out.append("</section>")
+    out.extend(_page_foot())
+    return "\n".join(out)
+
+
+def _child_label(child: _Node) -> str:
+    year = child.obj.get("ecocube:year")
+    return str(year) if year is not None else str(child.obj.get("title") or child.obj.get("id"))
+
+
+def render_child_page(catalog_dir: str | Path, coll: _Node, child: _Node, items: list[_Node],
+                      siblings: list[_Node] = ()) -> str:
+    """The page of one child catalog of a collection (one year): its items, with links to
+    the catalog's index and the other years."""
+    root_dir = Path(catalog_dir).resolve()
+    root_json = _read_json(root_dir / "catalog.json")
+    self_href = next(iter(_links(root_json, "self")), None)
+    root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
+    page = _child_page_path(child)
+    up = "../" * (len(page.relative_to(root_dir).parts) - 1)
+    cid = coll.obj["id"]
+    title = f"{coll.obj.get('title') or cid} · {_child_label(child)}"
+    here = page.parent
+    out = _page_head(title) + [
+        f"<header><h1>{_esc(title)}</h1><p>{_esc(child.obj.get('description', ''))}</p>",
+        f'<p><a href="{_esc(up)}index.html#{_esc(cid)}">catalog</a> · {len(items)} items · '
+        f'<a href="{_esc(os.path.relpath(child.path, here))}">catalog JSON</a></p></header>',
+        "<nav>" + "".join(
+            f'<a href="{_esc(os.path.relpath(_child_page_path(s), here))}"'
+            + (' aria-current="page"' if s.path == child.path else "") + f">{_esc(_child_label(s))}</a>"
+            for s in siblings) + "</nav><main>",
+        f'<section class="collection" id="{_esc(cid)}" data-collection="{_esc(cid)}" '
+        f'data-child="{_esc(child.obj.get("id"))}">',
+        '<div class="meta">' + footprint_svg(_unique_geometries(items)) + _legend(coll) + "</div>",
+    ]
+    out.extend(_item_cards(items, root_dir, root_base, up))
+    out.append("</section>")
+    out.extend(_page_foot())
     return "\n".join(out)
 
 
@@ -290,6 +415,12 @@ def write_browser(catalog_dir: str | Path) -> Path:
     if not (root_dir / "catalog.json").is_file():
         raise EcocubeError(f"no catalog.json in {root_dir}")
     page = render_index(root_dir)
+    _, collections = read_catalog_tree(root_dir.resolve())
+    for coll, _items in collections:  # one page per child catalog (year) of a large collection
+        siblings = [child for child, _ in coll.children]
+        for child, child_items in coll.children:
+            write_text_atomic(_child_page_path(child),
+                              render_child_page(root_dir, coll, child, child_items, siblings))
     index = write_text_atomic(root_dir / "index.html", page)
     write_map(root_dir)
     return index

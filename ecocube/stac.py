@@ -243,10 +243,43 @@ def _collection_product(items: dict[str, list[MosaicLayer]]) -> products.Product
     return products.get(min(items[first], key=_asset_order).product)
 
 
+#: a collection with more items than this gets one child catalog per year (``{collection}/{year}/
+#: catalog.json``) holding that year's items, so that no collection lists thousands of item links
+#: and a browser (STAC Browser, ``index.html``) shows one year at a time. Items keep their place
+#: (``{collection}/{item}/{item}.json``, next to their COGs) either way.
+YEAR_CATALOGS_ABOVE = 40
+
+
+def _year_of_period(cfg) -> dict[str, int]:
+    """Period id -> the year it belongs to (``periods.year_start`` may start a year in the
+    calendar year before), for every input period and every year's output period."""
+    from .sources import periods_from_config
+
+    out: dict[str, int] = {}
+    for p in periods_from_config(cfg.inputs.periods):
+        out.setdefault(p.id, int(p.year))
+    return out
+
+
+def _item_href_strategy():
+    """pystac layout: items of a year catalog stay in their collection's folder (next to their
+    COGs, which their assets name relatively); everything else as pystac's best practice."""
+    import pystac
+    from pystac.layout import BestPracticesLayoutStrategy, CustomLayoutStrategy
+
+    def item_func(item, parent_dir: str) -> str | None:
+        if isinstance(item.get_parent(), pystac.Collection) or item.get_parent() is None:
+            return None  # the fallback: {collection}/{item}/{item}.json
+        return f"{parent_dir.rstrip('/').rsplit('/', 1)[0]}/{item.id}/{item.id}.json"
+
+    return CustomLayoutStrategy(item_func=item_func, fallback_strategy=BestPracticesLayoutStrategy())
+
+
 def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None,
-                 vectors: list[VectorLayer] = ()):
+                 vectors: list[VectorLayer] = (), year_catalogs_above: int = YEAR_CATALOGS_ABOVE):
     """The pystac :class:`~pystac.Catalog` of the run's mosaic layers and the polygons of
-    ``ecocube vectorize`` (in memory, no I/O)."""
+    ``ecocube vectorize`` (in memory, no I/O). A collection with more than
+    ``year_catalogs_above`` items holds them in one child catalog per year."""
     import pystac
 
     stac_cfg = cfg.finalize.stac
@@ -261,6 +294,7 @@ def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None
         id=stac_cfg.catalog_id, title=stac_cfg.title,
         description=_fill(templates["catalog"].get("description", stac_cfg.title), base_values))
 
+    year_of = _year_of_period(cfg)
     by_collection: dict[str, dict[str, list[MosaicLayer]]] = defaultdict(lambda: defaultdict(list))
     for layer in layers:
         by_collection[layer.collection][layer.item_id].append(layer)
@@ -298,11 +332,35 @@ def make_catalog(cfg, layers: list[MosaicLayer], *, href_base: str | None = None
             collection.extra_fields["ecocube:classes"] = _classes(cfg)
         collection.summaries = pystac.Summaries({"ecocube:periods": sorted({it.properties["ecocube:period"]
                                                                            for it in built_items})})
-        for item in built_items:
-            collection.add_item(item)
+        if len(built_items) > year_catalogs_above:
+            _add_by_year(collection, built_items, year_of)
+        else:
+            for item in built_items:
+                collection.add_item(item)
         catalog.add_child(collection)
     _add_vector_collections(catalog, cfg, list(vectors), templates, base_values, software, href_base)
     return catalog
+
+
+def _add_by_year(collection, items, year_of: dict[str, int]) -> None:
+    """The items under one child catalog per year (id ``{collection}-{year}``), each item still
+    of ``collection`` (its ``collection`` field and link)."""
+    import pystac
+
+    by_year: dict[int, list] = defaultdict(list)
+    for item in items:
+        period = item.properties["ecocube:period"]
+        by_year[year_of.get(period, int(period[:4]))].append(item)
+    for year in sorted(by_year):
+        group = by_year[year]
+        child = pystac.Catalog(
+            id=f"{collection.id}-{year}", title=f"{collection.title or collection.id} {year}",
+            description=f"The {len(group)} items of collection {collection.id} in {year}.",
+            extra_fields={"ecocube:year": year, "ecocube:items": len(group)})
+        collection.add_child(child)
+        for item in group:
+            child.add_item(item)
+            item.set_collection(collection)
 
 
 def _add_vector_collections(catalog, cfg, vectors: list[VectorLayer], templates, base_values, software,
@@ -476,10 +534,10 @@ def publish_catalog(cfg, *, store=None, layers: list[MosaicLayer] | None = None,
     staging.mkdir()
     try:
         if href_base:
-            catalog.normalize_hrefs(href_base.rstrip("/"))
+            catalog.normalize_hrefs(href_base.rstrip("/"), strategy=_item_href_strategy())
             catalog.save(pystac.CatalogType.RELATIVE_PUBLISHED, dest_href=str(staging))
         else:
-            catalog.normalize_hrefs(str(staging))
+            catalog.normalize_hrefs(str(staging), strategy=_item_href_strategy())
             catalog.save(pystac.CatalogType.SELF_CONTAINED)
         if validate:
             issues = validate_catalog(staging / "catalog.json", check_assets=False)
@@ -646,12 +704,34 @@ def _validate_object(obj: dict[str, Any], href: str, registry,
     return issues
 
 
+#: stands in for a geometry already validated (same JSON) in another item: the GeoJSON part of
+#: the item schema (every position tried against every geometry type) is about half of an
+#: item's validation time, and the items of one collection mostly share one footprint
+_SEEN_GEOMETRY = {"Polygon": {"type": "Polygon", "coordinates": [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]]},
+                  "MultiPolygon": {"type": "MultiPolygon",
+                                   "coordinates": [[[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]]]}}
+
+
+def _geometry_seen_before(obj: dict[str, Any], seen: set[str]) -> dict[str, Any]:
+    """``obj``, or a copy whose geometry is a minimal one of the same type when the same
+    geometry was validated before (its problems, if any, were reported with that object)."""
+    geometry = obj.get("geometry")
+    if obj.get("type") != "Feature" or not isinstance(geometry, dict) or geometry.get("type") not in _SEEN_GEOMETRY:
+        return obj
+    key = json.dumps(geometry, sort_keys=True)
+    if key not in seen:
+        seen.add(key)
+        return obj
+    return {**obj, "geometry": _SEEN_GEOMETRY[geometry["type"]]}
+
+
 def validate_catalog(path: str | Path, *, schema_dir: str | Path = PACKAGED_SCHEMAS,
                      check_assets: bool = True) -> list[ValidationIssue]:
     """Validate a local catalog and everything it links to (children, items), offline.
 
     Each object is checked against the core schema of its type and STAC version and the
-    schema of each extension it declares. Broken child/item links and, with
+    schema of each extension it declares (a polygon geometry equal to one validated before is
+    checked once). Broken child/item links and, with
     ``check_assets``, relative asset hrefs that point at no file are problems too. Returns
     the problems (empty: valid).
     """
@@ -662,6 +742,7 @@ def validate_catalog(path: str | Path, *, schema_dir: str | Path = PACKAGED_SCHE
     validators: dict[str, Any] = {}  # one compiled validator per schema URL for the whole walk
     issues: list[ValidationIssue] = []
     seen: set[Path] = set()
+    geometries: set[str] = set()
     queue = [path.resolve()]
     root_self: str | None = None
     while queue:
@@ -680,7 +761,7 @@ def validate_catalog(path: str | Path, *, schema_dir: str | Path = PACKAGED_SCHE
         if not isinstance(obj, dict):
             issues.append(ValidationIssue(str(current), "$", "not a JSON object"))
             continue
-        issues.extend(_validate_object(obj, str(current), registry, validators))
+        issues.extend(_validate_object(_geometry_seen_before(obj, geometries), str(current), registry, validators))
         links = obj.get("links", []) if isinstance(obj.get("links"), list) else []
         if root_self is None:
             root_self = next((ln.get("href") for ln in links if isinstance(ln, dict) and ln.get("rel") == "self"), "")

@@ -315,3 +315,98 @@ def test_rerun_removes_catalog_files_no_longer_referenced(tmp_path):
     assert validate_catalog(root / "catalog.json") == []
     published = json.loads((root / "published.json").read_text())["keys"]
     assert all((root.parent / k).is_file() for k in published)
+
+
+def _fabricated_layers(cfg, tile_ids) -> list:
+    """Manifest entries of every layer of a 40-year monthly run (no raster behind them: the
+    catalog is built from the manifest alone), 4 tiles."""
+    from ecocube.grid import TileGrid
+    from ecocube.manifest import MosaicLayer
+    from ecocube.mosaic import collection_for, item_id_for, output_key
+    from ecocube.sources import periods_from_config
+
+    grid = TileGrid.from_config(cfg.grid)
+    bounds = [list(grid.tile(t).bounds) for t in tile_ids]
+    left, top = min(b[0] for b in bounds), max(b[3] for b in bounds)
+    union = [left, min(b[1] for b in bounds), max(b[2] for b in bounds), top]
+
+    def layer(product, name, period, dtype, count, nodata, scale):
+        coll, asset = collection_for(product, name)
+        return MosaicLayer(
+            product=product, layer=name, period=period, collection=coll, item_id=item_id_for(coll, period),
+            asset=asset, key=output_key(product, name, period), vrt_key=output_key(product, name, period, "vrt"),
+            thumbnail_key=None, tiles=list(tile_ids), tile_bounds=bounds, crs="EPSG:3035",
+            transform=[10.0, 0.0, left, 0.0, -10.0, top], shape=[128, 128], bounds=union, dtype=dtype, count=count,
+            nodata=nodata, scales=[scale] * count, offsets=[0.0] * count, descriptions=[name] * count,
+            statistics=[{"minimum": 0.0, "maximum": 1.0, "mean": 0.5, "stddev": 0.1, "valid_percent": 99.0}] * count,
+            overviews=[2], size=1000, checksum="1220" + "ab" * 32, sources_digest="0" * 64, compress="deflate",
+            extra={"grid_crs": "EPSG:3035"})
+
+    periods = periods_from_config(cfg.inputs.periods)
+    out = []
+    for year in sorted({p.year for p in periods}):
+        out += [layer("class", "class", f"{year}-01-01", "uint16", 1, 65535, 1.0),
+                layer("proba", "proba", f"{year}-01-01", "uint8", 3, 255, 1.0)]
+    for p in periods:
+        for band in cfg.bands:
+            out += [layer("composite", band, p.id, "int16", 1, -32768, 0.0001),
+                    layer("count", band, p.id, "uint16", 1, None, 1.0),
+                    layer("flags", band, p.id, "uint8", 1, None, 1.0)]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_catalog_of_a_thousand_items_by_year_valid_and_paged(tmp_path):
+    """41 years x 12 months x 1 band (1,066 items; offline validation costs ~25 ms of CPU an
+    item): each collection over 40 items holds them in one child catalog per year, items stay
+    next to their COGs, everything validates against the packaged schemas, pystac reads every
+    item with its collection, and the HTML index links one page per year instead of listing
+    the items."""
+    from ecocube.stac import YEAR_CATALOGS_ABOVE, publish_catalog
+
+    data = _cfg_dict(tmp_path)
+    data["inputs"] = {"periods": {"start_year": 1983, "end_year": 2023, "season_size": 12},
+                      "sources": [{"name": "s2", "href": "in/{band}.tif", "bands": ["red"]}]}
+    data["output"] = {"store": str(tmp_path / "store")}
+    cfg = config_from_dict(data, base_dir=tmp_path, source="test")
+    store = open_store(cfg.output)
+    layers = _fabricated_layers(cfg, DONE_TILES[:4])
+    built = publish_catalog(cfg, store=store, layers=layers, validate=False, browser=True)  # validated below
+    root = Path(built.catalog).parent
+    n_items = 41 + 41 + 492 + 492  # class, proba, composite-red, flags
+    assert YEAR_CATALOGS_ABOVE == 40
+    assert validate_catalog(root / "catalog.json", check_assets=False) == []
+
+    coll = json.loads((root / "composite-red" / "collection.json").read_text())
+    assert [ln for ln in coll["links"] if ln["rel"] == "item"] == []
+    children = [ln["href"] for ln in coll["links"] if ln["rel"] == "child"]
+    assert children == [f"./{y}/catalog.json" for y in range(1983, 2024)]
+    year = json.loads((root / "composite-red" / "1999" / "catalog.json").read_text())
+    assert year["id"] == "composite-red-1999" and year["ecocube:items"] == 12
+    items = [ln["href"] for ln in year["links"] if ln["rel"] == "item"]
+    assert items == [f"../composite-red-1999-{m:02d}-01/composite-red-1999-{m:02d}-01.json" for m in range(1, 13)]
+    item = json.loads((root / "composite-red" / "composite-red-1999-07-01" / "composite-red-1999-07-01.json").read_text())
+    assert item["collection"] == "composite-red"
+    rels = {ln["rel"]: ln["href"] for ln in item["links"]}
+    assert rels["collection"] == "../collection.json" and rels["parent"] == "../1999/catalog.json"
+    assert item["assets"]["red"]["href"] == "./red.tif"  # still next to its COG
+    # 41 items (one a year) are above the limit too: 41 year catalogs of one item
+    cls = json.loads((root / "class" / "collection.json").read_text())
+    assert not [ln for ln in cls["links"] if ln["rel"] == "item"]
+    assert len([ln for ln in cls["links"] if ln["rel"] == "child"]) == 41
+
+    cat = pystac.Catalog.from_file(str(root / "catalog.json"))
+    read = list(cat.get_items(recursive=True))
+    assert len(read) == n_items and len({i.id for i in read}) == n_items
+    assert all(i.collection_id == i.id.rsplit("-", 3)[0] for i in read)
+
+    index = (root / "index.html").read_text()
+    assert index.count('class="item"') == 0  # one page per year instead
+    assert index.count('class="year"') == 41 * 4  # class, proba, composite-red and flags
+    assert f"{n_items} items" in index
+    page = (root / "flags" / "2023" / "index.html").read_text()
+    assert page.count('class="item"') == 12 and 'data-item="flags-2023-12-01"' in page
+    assert 'href="../../flags/flags-2023-12-01/red.tif" download' in page
+    assert 'href="../../index.html#flags"' in page and 'href="../1983/index.html"' in page
+    assert len(index) < 200_000 and len(page) < 60_000
