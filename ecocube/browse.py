@@ -5,7 +5,7 @@
 period with thumbnails and legends, footprints, and the assets with sizes, checksums and
 download links. A collection split into child catalogs per year (large collections, see
 :data:`ecocube.stac.YEAR_CATALOGS_ABOVE`) links one page per year instead
-(``{collection}/{year}/index.html``, next to that year's ``catalog.json``), so no page grows
+(``{collection}/{collection}-{year}/index.html``, next to that year's ``catalog.json``), so no page grows
 with the number of items. It reads only the catalog's JSON files.
 
 :func:`write_map` writes ``map.html`` and the bundled ``map.js`` (OpenLayers + geotiff.js, built

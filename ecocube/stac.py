@@ -243,10 +243,11 @@ def _collection_product(items: dict[str, list[MosaicLayer]]) -> products.Product
     return products.get(min(items[first], key=_asset_order).product)
 
 
-#: a collection with more items than this gets one child catalog per year (``{collection}/{year}/
-#: catalog.json``) holding that year's items, so that no collection lists thousands of item links
-#: and a browser (STAC Browser, ``index.html``) shows one year at a time. Items keep their place
-#: (``{collection}/{item}/{item}.json``, next to their COGs) either way.
+#: a collection with more items than this gets one child catalog per year
+#: (``{collection}/{collection}-{year}/catalog.json``) holding that year's items, so that no
+#: collection lists thousands of item links and a browser (STAC Browser, ``index.html``) shows
+#: one year at a time. Items keep their place (``{collection}/{item}/{item}.json``, next to their
+#: COGs) either way.
 YEAR_CATALOGS_ABOVE = 40
 
 

@@ -225,7 +225,6 @@ def test_vrt_from_the_grid_refuses_a_tile_file_off_the_grid(tmp_path):
     cfg = run_config(tmp_path, str(tmp_path / "store"))
     store = open_store(cfg.output)
     grid = TileGrid.from_config(cfg.grid)
-    outputs = {}
     for tile_id, shift in (("X0000_Y0000", 5.0), ("X0001_Y0000", 0.0)):  # the first one half a pixel off
         tile = grid.tile(tile_id)
         local = tmp_path / f"{tile_id}.tif"

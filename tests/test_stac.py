@@ -381,15 +381,15 @@ def test_catalog_of_a_thousand_items_by_year_valid_and_paged(tmp_path):
     coll = json.loads((root / "composite-red" / "collection.json").read_text())
     assert [ln for ln in coll["links"] if ln["rel"] == "item"] == []
     children = [ln["href"] for ln in coll["links"] if ln["rel"] == "child"]
-    assert children == [f"./{y}/catalog.json" for y in range(1983, 2024)]
-    year = json.loads((root / "composite-red" / "1999" / "catalog.json").read_text())
+    assert children == [f"./composite-red-{y}/catalog.json" for y in range(1983, 2024)]
+    year = json.loads((root / "composite-red" / "composite-red-1999" / "catalog.json").read_text())
     assert year["id"] == "composite-red-1999" and year["ecocube:items"] == 12
     items = [ln["href"] for ln in year["links"] if ln["rel"] == "item"]
     assert items == [f"../composite-red-1999-{m:02d}-01/composite-red-1999-{m:02d}-01.json" for m in range(1, 13)]
     item = json.loads((root / "composite-red" / "composite-red-1999-07-01" / "composite-red-1999-07-01.json").read_text())
     assert item["collection"] == "composite-red"
     rels = {ln["rel"]: ln["href"] for ln in item["links"]}
-    assert rels["collection"] == "../collection.json" and rels["parent"] == "../1999/catalog.json"
+    assert rels["collection"] == "../collection.json" and rels["parent"] == "../composite-red-1999/catalog.json"
     assert item["assets"]["red"]["href"] == "./red.tif"  # still next to its COG
     # 41 items (one a year) are above the limit too: 41 year catalogs of one item
     cls = json.loads((root / "class" / "collection.json").read_text())
@@ -405,8 +405,9 @@ def test_catalog_of_a_thousand_items_by_year_valid_and_paged(tmp_path):
     assert index.count('class="item"') == 0  # one page per year instead
     assert index.count('class="year"') == 41 * 4  # class, proba, composite-red and flags
     assert f"{n_items} items" in index
-    page = (root / "flags" / "2023" / "index.html").read_text()
+    page = (root / "flags" / "flags-2023" / "index.html").read_text()
     assert page.count('class="item"') == 12 and 'data-item="flags-2023-12-01"' in page
     assert 'href="../../flags/flags-2023-12-01/red.tif" download' in page
-    assert 'href="../../index.html#flags"' in page and 'href="../1983/index.html"' in page
+    assert 'href="../../index.html#flags"' in page and 'href="../flags-1983/index.html"' in page
+    assert 'href="flags/flags-1983/index.html"' in index
     assert len(index) < 200_000 and len(page) < 60_000
