@@ -291,7 +291,7 @@ def train_chip_model(cfg, samples_path: Path, class_field: str, *, threads: int 
 
 
 def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: bool = False,
-             progress: bool = True, echo=print, chip: bool = False) -> dict:
+             progress: bool | None = None, echo=print, chip: bool = False) -> dict:
     """Make the demo inputs under ``out`` and run the whole flow on them; returns a summary.
 
     ``chip``: predict with an ONNX chip model (``model.kind: chip``) instead of the ensemble."""

@@ -913,8 +913,12 @@ def mosaic_run(cfg, *, store=None, overwrite: bool = False, threads: int | None 
         # GDAL's block cache is one per process: pin its limit here, in the calling thread, so
         # that a layer thread leaving its scoped environment restores this limit and not
         # GDAL's default (5 % of RAM) while other layers still run
-        with rasterio.Env(GDAL_CACHEMAX=cachemax), ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(_job, todo))
+        from .progress import progress_bar
+
+        with rasterio.Env(GDAL_CACHEMAX=cachemax), ThreadPoolExecutor(max_workers=workers) as pool, \
+                progress_bar(len(todo), desc="mosaics", unit="layer") as bar:
+            for _ in pool.map(_job, todo):
+                bar.update(1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # keep manifest entries of layers not redone this time (e.g. a products subset)

@@ -1433,18 +1433,20 @@ def _run_one(cfg, tile, overwrite: bool, threads: int, stop) -> dict[str, Any]:
         return _failed_record(exc, tile.id)
 
 
-def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress: bool = True,
-              threads: int | None = None, stop: StopFlag | None = None) -> list[dict[str, Any]]:
+def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress: bool | None = None,
+              threads: int | None = None, stop: StopFlag | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Process ``tiles`` with ``workers`` local processes; returns their records in order.
 
+    ``progress``: a bar with ETA on stderr (``None``: only when stderr is a terminal);
+    ``on_record`` is called with each tile's record as it finishes (e.g. a JSON log line).
     Failed tiles do not stop the others: their records (``state: failed``) are returned.
     The threads of the allocation are split between workers. On SIGTERM/SIGINT no new
     tile starts, running tiles stop after their current block, and :class:`Interrupted`
     is raised once they have recorded it.
     """
-    from tqdm import tqdm
-
     from .env import available_threads
+    from .progress import progress_bar
 
     from .store import store_for
 
@@ -1456,10 +1458,12 @@ def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress
     total_threads = available_threads(cfg.processing.threads)
     per_tile = threads or max(1, total_threads // workers)
     records: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(tiles), unit="tile", desc="tiles", enabled=progress)
 
     def _done(rec: dict[str, Any]) -> None:
         records[rec["tile"]] = rec
+        if on_record is not None:
+            on_record(rec)
         states = [("skipped" if r.get("skipped") else r.get("state")) for r in records.values()]
         bar.set_postfix({s: states.count(s) for s in ("done", "skipped", "failed") if states.count(s)})
         bar.update(1)

@@ -470,7 +470,9 @@ def _run_overlay_job(cfg, grid: TileGrid, job: _OverlayJob, pixels: PixelTable, 
 
 def extract_features(cfg, pixels: PixelTable, *, threads: int | None = None) -> tuple[np.ndarray, list[str], dict]:
     """Overlay the pixels on the gap-filled cube: ``(n_pixels, n_features)`` float32, names, stats."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from .progress import parallel_with_progress
 
     grid = TileGrid.from_config(cfg.grid)
     jobs = _overlay_jobs(pixels, grid, cfg.processing.block_size)
@@ -478,9 +480,8 @@ def extract_features(cfg, pixels: PixelTable, *, threads: int | None = None) -> 
     n_outer = max(1, min(len(jobs), n_threads))
     inner = max(1, n_threads // n_outer)
     t0 = time.perf_counter()
-    results = Parallel(n_jobs=n_outer, prefer="threads")(
-        delayed(_run_overlay_job)(cfg, grid, job, pixels, inner) for job in jobs
-    )
+    results = parallel_with_progress((delayed(_run_overlay_job)(cfg, grid, job, pixels, inner) for job in jobs),
+                                     n_jobs=n_outer, total=len(jobs), desc="overlay", unit="window")
     bands = results[0][2]
     names = run_feature_names(cfg, bands, make_feature_names)
     X = np.full((len(pixels), len(names)), np.nan, np.float32)
@@ -676,8 +677,10 @@ def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
     ``"majority class"`` (the majority of each fold's training rows) to their held-out
     probabilities on the same folds.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from sklearn.model_selection import StratifiedGroupKFold
+
+    from .progress import parallel_with_progress
 
     classes = np.unique(y)
     n_groups = np.unique(groups).size
@@ -691,10 +694,9 @@ def cross_validate(make_model, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
         splits = list(splitter.split(X, y, groups))
     n_outer = max(1, min(int(threads), len(splits)))
     inner = max(1, int(threads) // n_outer)
-    results = Parallel(n_jobs=n_outer, prefer="threads")(
-        delayed(_cv_fold)(make_model, X, y, groups, classes, k, train, test, inner)
-        for k, (train, test) in enumerate(splits)
-    )
+    results = parallel_with_progress(
+        (delayed(_cv_fold)(make_model, X, y, groups, classes, k, train, test, inner)
+         for k, (train, test) in enumerate(splits)), n_jobs=n_outer, total=len(splits), desc="CV", unit="fold")
     proba = np.full((y.size, classes.size), np.nan)
     fold_of = np.full(y.size, -1, np.int64)
     per_fold = []
@@ -1280,8 +1282,10 @@ def regression_cross_validate(cfg, X: np.ndarray, y: np.ndarray, groups: np.ndar
                               coverage: float = 0.9) -> tuple[dict[str, tuple], list[dict]]:
     """Held-out predictions of a grouped K-fold: the ensemble's ``(mean, lower, upper)``, each base
     learner alone, a plain random forest and the training mean (with an interval), on the same folds."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from sklearn.model_selection import GroupKFold
+
+    from .progress import parallel_with_progress
 
     n_groups = np.unique(groups).size
     n_splits = min(cfg.model.cv_folds, n_groups)
@@ -1291,9 +1295,9 @@ def regression_cross_validate(cfg, X: np.ndarray, y: np.ndarray, groups: np.ndar
     splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.model.random_state)
                   .split(X, y, groups))
     n_outer = max(1, min(int(threads), len(splits)))
-    results = Parallel(n_jobs=n_outer, prefer="threads")(
-        delayed(_regression_fold)(cfg, X, y, groups, k, tr, te, max(1, threads // n_outer), coverage)
-        for k, (tr, te) in enumerate(splits))
+    results = parallel_with_progress(
+        (delayed(_regression_fold)(cfg, X, y, groups, k, tr, te, max(1, threads // n_outer), coverage)
+         for k, (tr, te) in enumerate(splits)), n_jobs=n_outer, total=len(splits), desc="CV", unit="fold")
     held: dict[str, list[np.ndarray]] = {}
     per_fold = []
     for test, preds, info in results:

@@ -12,7 +12,7 @@ import click
               show_default=True, help="Folder for the demo's inputs, model, outputs and catalog.")
 @click.option("--workers", type=int, default=None, help="Parallel tile workers (default: the allocation's CPUs).")
 @click.option("--overwrite", is_flag=True, help="Make the demo anew in a folder that already holds one.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (there is one only when stderr is a terminal).")
 @click.option("--chip", is_flag=True, help="Predict with an ONNX chip model (model.kind: chip) instead of the "
                                             "ensemble: chips stitched seam-free across tiles.")
 def demo(out: Path, workers: int | None, overwrite: bool, no_progress: bool, chip: bool) -> None:
@@ -29,5 +29,5 @@ def demo(out: Path, workers: int | None, overwrite: bool, no_progress: bool, chi
     from ..demo import run_demo
     from ..env import available_threads
 
-    run_demo(out, workers=available_threads(workers), overwrite=overwrite, progress=not no_progress,
+    run_demo(out, workers=available_threads(workers), overwrite=overwrite, progress=False if no_progress else None,
              echo=click.echo, chip=chip)

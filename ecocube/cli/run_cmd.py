@@ -11,6 +11,24 @@ from .options import config_override_option, load_run_config, overwrite_option, 
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="Threads per tile (default: processing.threads, then the allocation).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+log_format_option = click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one JSON line per tile on stdout (tile, state, seconds, peak RSS, completeness, error) "
+         "and one summary line, for log collectors; errors still end with one line on stderr.")
+
+#: the fields of a tile's JSON log line, from its record
+LOG_FIELDS = ("tile", "state", "attempt", "seconds", "peak_rss_bytes", "completeness", "error", "host", "pid",
+              "finished")
+
+
+def tile_log_line(rec: dict) -> str:
+    """The one JSON line of a tile (``--log-format json``)."""
+    line = {"event": "tile", **{k: rec.get(k) for k in LOG_FIELDS}}
+    if rec.get("skipped"):
+        line["skipped"] = True
+    if rec.get("held"):
+        line["held"] = True
+    return json.dumps(line, sort_keys=False, default=str)
 
 
 def _tiles(cfg, ids: tuple[str, ...] = ()):
@@ -47,7 +65,7 @@ def _describe(rec: dict) -> str:
     return f"{rec['tile']}: {state}: {rec.get('error')}"
 
 
-def _finish_many(records: list[dict], n_tiles: int) -> None:
+def _finish_many(records: list[dict], n_tiles: int, log_format: str = "text") -> None:
     from ..errors import TileError
 
     failed_records = [r for r in records if r.get("state") == "failed"]
@@ -55,8 +73,12 @@ def _finish_many(records: list[dict], n_tiles: int) -> None:
     done = sum(1 for r in records if r.get("state") in ("done", "empty"))
     skipped = sum(1 for r in records if r.get("skipped"))
     held = [r["tile"] for r in records if r.get("held")]
-    click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed"
-               + (f", {len(held)} held by another process and skipped: {' '.join(held)}" if held else ""))
+    if log_format == "json":
+        click.echo(json.dumps({"event": "summary", "tiles": n_tiles, "done": done, "skipped": skipped,
+                               "failed": failed, "held": held}))
+    else:
+        click.echo(f"{n_tiles} tiles: {done} done ({skipped} skipped as already done), {len(failed)} failed"
+                   + (f", {len(held)} held by another process and skipped: {' '.join(held)}" if held else ""))
     if failed:
         first = failed_records[0].get("error") or "unknown error"
         raise TileError(f"{len(failed)} of {n_tiles} tiles failed: {' '.join(failed)}; "
@@ -70,7 +92,8 @@ def _finish_many(records: list[dict], n_tiles: int) -> None:
 @overwrite_option
 @threads_option
 @json_option
-def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
+@log_format_option
+def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json, log_format) -> None:
     """Process one tile of RUN_YAML: read, gap-fill, predict, publish, record status.
 
     Exits non-zero when the tile fails (its status record holds the error) or is
@@ -78,15 +101,23 @@ def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
 
     \b
     Example:
-      ecocube run-tile run.yaml --tile X0000_Y0000
+      ecocube run-tile run.yaml --tile X0000_Y0000 --log-format json
     """
     from ..tile import process_tile, stop_on_signals
 
     cfg = load_run_config(run_yaml, overrides)
     (tile,) = _tiles(cfg, (tile_id,))
     with stop_on_signals() as flag:
-        rec = process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=flag, campaign="claim")
-    click.echo(json.dumps(rec, indent=2, sort_keys=True) if as_json else _describe(rec))
+        try:
+            rec = process_tile(tile, cfg, overwrite=overwrite, threads=threads, stop=flag, campaign="claim")
+        except Exception as exc:
+            if log_format == "json" and isinstance(getattr(exc, "record", None), dict):
+                click.echo(tile_log_line(exc.record))  # type: ignore[attr-defined]
+            raise
+    if as_json:
+        click.echo(json.dumps(rec, indent=2, sort_keys=True))
+    else:
+        click.echo(tile_log_line(rec) if log_format == "json" else _describe(rec))
 
 
 @click.command("run")
@@ -97,14 +128,16 @@ def run_tile(run_yaml, tile_id, overrides, overwrite, threads, as_json) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tiles processed at once (local processes); threads are split between them.")
 @click.option("--tile", "tile_ids", multiple=True, help="Only these tiles (repeatable).")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar with ETA on stderr (default: only when stderr is a terminal).")
 @click.option("--below", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
               help="Only the tiles whose completeness is below FRACTION (see 'ecocube status --completeness'), "
                    "redone (their outputs replaced), e.g. with other scenes through --config.")
 @click.option("--unit", type=click.Choice(["pixels", "chips"]), default="pixels", show_default=True,
               help="With --below: completeness in pixels or chips.")
 @click.option("--dry-run", is_flag=True, help="List the tiles that would be processed and skipped; process nothing.")
-def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, below, unit, dry_run) -> None:
+@log_format_option
+def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, below, unit, dry_run, log_format) -> None:
     """Process every tile of RUN_YAML on this machine (a laptop or one node).
 
     Done tiles are skipped unless --overwrite. Prints a summary; exits non-zero if any
@@ -140,11 +173,14 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, be
             click.echo("to process: " + " ".join(plan["process"]))
         click.echo("(dry run: nothing processed)")
         return
-    records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress, threads=threads)
-    for rec in records:
-        if rec.get("state") == "failed" or rec.get("held"):
-            click.echo(_describe(rec), err=True)
-    _finish_many(records, len(tiles))
+    on_record = (lambda rec: click.echo(tile_log_line(rec))) if log_format == "json" else None
+    records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress, threads=threads,
+                        on_record=on_record)
+    if log_format != "json":
+        for rec in records:
+            if rec.get("state") == "failed" or rec.get("held"):
+                click.echo(_describe(rec), err=True)
+    _finish_many(records, len(tiles), log_format)
 
 
 @click.command("run-task")
@@ -157,7 +193,8 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, be
 @click.option("--tiles-file", default=None,
               help="Tile list of a submission (store key or local file, one line of tile ids per task), "
                    "as written by 'ecocube slurm submit'.")
-def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file) -> None:
+@log_format_option
+def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file, log_format) -> None:
     """Process the tiles of one Slurm array task.
 
     Without --tiles-file, task i takes a fixed, contiguous slice of slurm.tiles_per_task
@@ -185,10 +222,9 @@ def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file) -> No
     else:
         tiles = tiles_for_task(_tiles(cfg), task_id, cfg.slurm.tiles_per_task)
     click.echo(f"task {task_id}: tiles {' '.join(t.id for t in tiles)}", err=True)
-    records = run_tiles(cfg, tiles, workers=1, overwrite=overwrite, progress=False, threads=threads)
-    for rec in records:
-        click.echo(_describe(rec))
-    _finish_many(records, len(tiles))
+    records = run_tiles(cfg, tiles, workers=1, overwrite=overwrite, progress=False, threads=threads,
+                        on_record=lambda rec: click.echo(tile_log_line(rec) if log_format == "json" else _describe(rec)))
+    _finish_many(records, len(tiles), log_format)
 
 
 @click.command("status")

@@ -1,0 +1,44 @@
+"""Progress bars with ETA for long local operations, shown only on a terminal.
+
+A bar goes to stderr when stderr is a TTY (a person watching); in logs, CI and Slurm jobs
+(stderr a file or a pipe) there is none, so a log holds no carriage-return noise. Callers
+pass ``enabled=True/False`` to force it (``--progress/--no-progress``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+
+def stderr_is_terminal(stream: IO | None = None) -> bool:
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+def progress_bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled: bool | None = None,
+                 stream: IO | None = None):
+    """A ``tqdm`` bar (count, rate, elapsed and ETA) on stderr; disabled (no output at all)
+    unless ``enabled`` or, with ``enabled=None``, stderr is a terminal."""
+    from tqdm import tqdm
+
+    stream = sys.stderr if stream is None else stream
+    show = stderr_is_terminal(stream) if enabled is None else bool(enabled)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, file=stream, dynamic_ncols=True, leave=False)
+
+
+def parallel_with_progress(calls, *, n_jobs: int, total: int, desc: str, unit: str = "job",
+                           enabled: bool | None = None) -> list:
+    """``joblib.Parallel(n_jobs, prefer="threads")(calls)`` as a list in the order of ``calls``,
+    advancing a :func:`progress_bar` as results come."""
+    from joblib import Parallel
+
+    out = []
+    with progress_bar(total, desc=desc, unit=unit, enabled=enabled) as bar:
+        for result in Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(calls):
+            out.append(result)
+            bar.update(1)
+    return out
