@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stac": ("ecocube.cli.finalize_cmd:stac", "Build or validate the STAC catalog."),
     "finalize": ("ecocube.cli.finalize_cmd:finalize", "Mosaic + STAC catalog + browser: the job Slurm runs last."),
     "vectorize": ("ecocube.cli.vectorize_cmd:vectorize", "Turn class maps into polygons (GeoPackage, GeoParquet, GeoJSON)."),
+    "report": ("ecocube.cli.report_cmd:report", "Write one HTML page on a run: tiles by state, failures, time, memory, gaps, accuracy."),
     "doctor": ("ecocube.cli.doctor_cmd:doctor", "Check this machine and a run: GDAL/PROJ, threads, Slurm, S3, inputs, scratch."),
     "browse": ("ecocube.cli.finalize_cmd:browse", "Serve a catalog folder on 127.0.0.1 for browsing and range reads."),
 }
