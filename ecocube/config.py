@@ -588,6 +588,8 @@ class SlurmConfig(_Model):
                                        "(with tile_minutes: tiles per task = task_minutes // tile_minutes)")
     poll_seconds: float = Field(10.0, ge=0, description="Slurm job states are reused for this long by status "
                                 "(one batched squeue + sacct/scontrol call per interval)")
+    log_format: Literal["text", "json"] = Field("text", description="what array tasks print per tile into their "
+                                                 "logs: a text line, or one JSON line (run-task --log-format)")
 
 
 class StacConfig(_Model):

@@ -27,7 +27,22 @@ def progress_bar(total: int | None, *, desc: str | None = None, unit: str = "it"
 
     stream = sys.stderr if stream is None else stream
     show = stderr_is_terminal(stream) if enabled is None else bool(enabled)
-    return tqdm(total=total, desc=desc, unit=unit, disable=not show, file=stream, dynamic_ncols=True, leave=False)
+    # a terminal that reports no size (0 x 0, e.g. a fresh pseudo-terminal) gets 80 x 24: tqdm
+    # would otherwise draw a bar 0 columns wide and hide it below a screen 0 rows high
+    columns, rows = _size(stream)
+    dynamic = show and columns > 0
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, file=stream, dynamic_ncols=dynamic,
+                ncols=None if dynamic else 80, nrows=None if rows > 0 else 24, leave=False)
+
+
+def _size(stream: IO) -> tuple[int, int]:
+    import os
+
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 0, 0
+    return size.columns, size.lines
 
 
 def parallel_with_progress(calls, *, n_jobs: int, total: int, desc: str, unit: str = "job",

@@ -874,6 +874,23 @@ class _BlockCube:
             self.count[k, xs] = n_valid
 
 
+
+#: (tile, href) of the missing inputs this process has warned about: a tile reads an input
+#: once per block, and one warning per tile and file says it (the record lists them all)
+_MISSING_WARNED: set[tuple[str, str]] = set()
+_MISSING_LOCK = threading.Lock()
+
+
+def _warn_missing_once(tile_id: str, href: str) -> None:
+    with _MISSING_LOCK:
+        first = (tile_id, href) not in _MISSING_WARNED
+        _MISSING_WARNED.add((tile_id, href))
+    if first:
+        log.warning("tile %s: input missing, recorded: %s", tile_id, href)
+    else:
+        log.debug("tile %s: input missing, recorded: %s", tile_id, href)
+
+
 class _Scheduler:
     """Reads the file jobs of a block's periods on the worker pool, in time order with at
     most ``max_in_flight`` files in flight, and composites each period as soon as its last
@@ -933,7 +950,7 @@ class _Scheduler:
                 res = _Missing(exc)
                 if job.href not in self.missing:
                     self.missing.append(job.href)
-                log.warning("tile %s: input missing, recorded: %s", self.tile_id, job.href)
+                _warn_missing_once(self.tile_id, job.href)
             elif isinstance(exc, _Cancelled):
                 return
             else:

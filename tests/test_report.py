@@ -103,6 +103,9 @@ def campaign(tmp_path_factory):
     assert proc.returncode == 143, err[-3000:]
     interrupted = ecocube("report", run_yaml, "--out", root / "report-interrupted", check=0)
 
+    # the pending tile as array task 5 (one tile per task) with slurm.log_format json
+    task = ecocube("run-task", run_yaml, "--task-id", 5, "--config", "slurm.log_format=json", check=0)
+
     # the rest, with stderr on a pseudo-terminal (a progress bar), then finalize: the report after the run
     master, slave = pty.openpty()
     rest = subprocess.Popen([sys.executable, "-m", "ecocube", "run", str(run_yaml)], stdout=subprocess.PIPE,
@@ -125,7 +128,8 @@ def campaign(tmp_path_factory):
     return {"root": root, "cfg": cfg, "tiles": tiles, "done": done, "failed": failed, "running": running,
             "pending": pending, "run": run, "fail": fail, "during": during, "interrupted": interrupted,
             "after": after, "train": train_report,
-            "train_stderr": train.stderr, "tty": b"".join(chunks).decode("utf-8", "replace"), "rest_out": rest_out}
+            "train_stderr": train.stderr, "tty": b"".join(chunks).decode("utf-8", "replace"), "rest_out": rest_out,
+            "task": task}
 
 
 def _flag_shares(root: Path, tiles) -> dict[str, float]:
@@ -172,12 +176,22 @@ def test_json_log_lines_one_per_tile(campaign):
     (summary,) = [x for x in lines if x.get("event") == "summary"]
     assert summary["tiles"] == 3 and summary["done"] == 3 and summary["failed"] == []
     assert campaign["run"].stderr.count("\r") == 0  # no progress bar when stderr is not a terminal
+    # the missing input: one warning per tile (each tile reads it once per block: 4 blocks)
+    warned = [x for x in campaign["run"].stderr.splitlines() if "input missing, recorded" in x]
+    assert len(warned) == 3 and all(MISSING in x for x in warned), warned
+    # an array task with slurm.log_format: json
+    task_lines = [json.loads(x) for x in campaign["task"].stdout.splitlines()]
+    rec = _record(campaign["root"], campaign["pending"])
+    assert [x["event"] for x in task_lines] == ["tile", "summary"]
+    assert task_lines[0]["tile"] == campaign["pending"] and task_lines[0]["state"] == "done" == rec["state"]
+    assert task_lines[0]["attempt"] == rec["attempt"] == 1 and task_lines[0]["seconds"] == rec["seconds"]
+    assert task_lines[1] == {"event": "summary", "tiles": 1, "done": 1, "skipped": 0, "failed": [], "held": []}
 
 
 def test_progress_bars_only_on_a_terminal(campaign):
     # a terminal: the tile bar with its count and ETA, drawn in place (carriage returns)
     tty = campaign["tty"]
-    assert "tiles:" in tty and "3/3" in tty and "<" in tty and "\r" in tty, tty[-2000:]
+    assert "tiles:" in tty and "6/6" in tty and "<" in tty and "\r" in tty, tty[-2000:]
     # pipes (logs, CI): no bar from training (overlay, CV) nor from the run
     for text in (campaign["train_stderr"], campaign["run"].stderr, campaign["rest_out"]):
         assert "\r" not in text and "it/s" not in text and "tile/s" not in text and "%|" not in text, text[-2000:]

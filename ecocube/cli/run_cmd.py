@@ -193,7 +193,8 @@ def run(run_yaml, overrides, overwrite, threads, workers, tile_ids, progress, be
 @click.option("--tiles-file", default=None,
               help="Tile list of a submission (store key or local file, one line of tile ids per task), "
                    "as written by 'ecocube slurm submit'.")
-@log_format_option
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="json: one JSON line per tile and a summary line on stdout (default: slurm.log_format, text).")
 def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file, log_format) -> None:
     """Process the tiles of one Slurm array task.
 
@@ -211,6 +212,7 @@ def run_task(run_yaml, overrides, overwrite, threads, task_id, tiles_file, log_f
     from ..tile import run_tiles
 
     cfg = load_run_config(run_yaml, overrides)
+    log_format = log_format or cfg.slurm.log_format
     if task_id is None:
         task_id = slurm_context().array_task_id
         if task_id is None:
