@@ -600,7 +600,7 @@ def _store_text(store) -> str:
 
     if isinstance(store, LocalStore):
         return str(store.root)
-    return store.url("status/").removesuffix("status/")
+    return store.url("catalog.json").removesuffix("catalog.json")
 
 
 def write_report(cfg, out_dir: str | Path, *, store=None, regions_path: str | None = None,

@@ -299,7 +299,7 @@ def test_report_after_the_run_links_the_catalog(campaign):
                 assert Path(href.removeprefix("file://")).is_file(), href
             page.locator("a.catalog-link", has_text="catalog page").click()
             page.wait_for_load_state("load")
-            assert page.title() == "ecocube catalog"
+            assert page.title() == campaign["cfg"].finalize.stac.title == "ecocube demo: land cover 2019–2021"
         finally:
             browser.close()
 
