@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -21,11 +22,11 @@ import rasterio
 
 from ecocube.report import error_group, gapfill_shares
 
-pytestmark = pytest.mark.slow  # training, real tiles, Chromium
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # training, real tiles, Chromium: minutes
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-MISSING = "inputs/2020/Q3/nir.tif"  # removed before the run: recorded missing (inputs.on_missing: record)
+MISSING = "inputs/2019/Q3/nir.tif"  # removed before the run: recorded missing (inputs.on_missing: record)
 BROKEN = "inputs/2019/Q2/red.tif"  # replaced by junk while the failing tile runs
 
 
@@ -54,12 +55,12 @@ def campaign(tmp_path_factory):
     from ecocube.grid import TileGrid
 
     root = tmp_path_factory.mktemp("report-run")
-    spec = make_demo_inputs(root, tiles_x=3, tiles_y=2, tile_size=48, start_year=2019, end_year=2020, n_samples=200)
+    spec = make_demo_inputs(root, tiles_x=3, tiles_y=2, tile_size=32, start_year=2019, end_year=2019, n_samples=200)
     data = demo_config_dict(spec)
     data["name"] = "report-test"
     data["inputs"]["on_missing"] = "record"
     data["model"].update({"n_estimators": 20, "cv_folds": 3, "engine": "stock"})
-    data["processing"] = {"block_size": 24, "threads": 1}
+    data["processing"] = {"block_size": 16, "threads": 1}
     data["output"]["fsync"] = False
     run_yaml = root / "run.yaml"
     run_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -191,7 +192,7 @@ def test_json_log_lines_one_per_tile(campaign):
 def test_progress_bars_only_on_a_terminal(campaign):
     # a terminal: the tile bar with its count and ETA, drawn in place (carriage returns)
     tty = campaign["tty"]
-    assert "tiles:" in tty and "6/6" in tty and "<" in tty and "\r" in tty, tty[-2000:]
+    assert "\r" in tty and re.search(r"tiles: +\d+%\|.*\| \d/6 \[\d\d:\d\d<\d\d:\d\d", tty), tty[-2000:]
     # pipes (logs, CI): no bar from training (overlay, CV) nor from the run
     for text in (campaign["train_stderr"], campaign["run"].stderr, campaign["rest_out"]):
         assert "\r" not in text and "it/s" not in text and "tile/s" not in text and "%|" not in text, text[-2000:]
@@ -217,7 +218,7 @@ def test_report_during_the_run(campaign, tmp_path):
     shares = _flag_shares(root, c["done"])
     for name, share in shares.items():
         assert rep["gapfill"]["phases"][name]["share"] == pytest.approx(share, abs=1e-12), name
-    assert rep["gapfill"]["tiles"] == 3 and shares["observed"] < 0.95 and shares["TMWM phase 1 (same season)"] > 0
+    assert rep["gapfill"]["tiles"] == 3 and shares["observed"] < 0.95 and shares["unfilled"] < 1 - shares["observed"]
     assert rep["model"]["metrics"]["overall_accuracy"] == c["train"]["metrics"]["overall_accuracy"]
     assert rep["catalog"] is None
     done_secs = sorted(_record(root, t)["seconds"] for t in c["done"])
