@@ -1447,7 +1447,6 @@ def run_tiles(cfg, tiles, *, workers: int = 1, overwrite: bool = False, progress
     """
     from .env import available_threads
     from .progress import progress_bar
-
     from .store import store_for
 
     tiles = list(tiles)
