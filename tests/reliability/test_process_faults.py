@@ -1,5 +1,6 @@
-"""Faults of the process running a tile: SIGTERM as Slurm sends it at the time limit, and a
-task that runs out of memory (an address-space limit, as ``ulimit -v`` sets, in the child).
+"""Faults of the process running a tile: SIGTERM as Slurm sends it at the time limit, SIGKILL
+while the outputs are uploaded, and a task that runs out of memory (an address-space limit, as
+``ulimit -v`` sets, in the child).
 
 What must hold: SIGTERM stops the tile after the current block, exit 143, record
 ``interrupted``, nothing published; running out of memory fails the tile with one line naming
@@ -22,7 +23,7 @@ from rangeserver import RangeServer
 from test_tile import cfg_dict, scene, write_yaml  # noqa: F401 - fixtures
 
 from ecocube.status import read_status
-from ecocube.store import LocalStore
+from ecocube.store import LocalStore, S3Store
 
 pytestmark = pytest.mark.slow  # real processes and tiles
 
@@ -113,4 +114,49 @@ def test_out_of_memory_in_one_task_fails_the_tile_cleanly_and_the_rerun_matches_
     assert list(scratch.iterdir()) == []
     rerun = run_tile(run_yaml)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS) == _reference(scene, tmp_path)
+
+
+def test_sigkill_mid_publish_to_s3_publishes_nothing_partial_and_the_rerun_matches_a_clean_run(  # noqa: F811
+        scene, tmp_path, seaweed, s3_bucket):
+    """SIGKILL (no handler, no cleanup: the OOM killer, a node lost) while the tile's files are
+    uploaded one at a time: the record never says done, and the rerun takes over the dead
+    attempt, leaving exactly the tile's objects, byte-identical to a clean run."""
+    data = cfg_dict(scene["root"], f"s3://{s3_bucket}/run", tiles=(TILE,),
+                    output={**LAYERS, "s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}},
+                    processing={"publish_threads": 1})
+    run_yaml = write_yaml(tmp_path / "run.yaml", data)
+    client = seaweed.client()
+
+    def keys() -> list[str]:
+        resp = client.list_objects_v2(Bucket=s3_bucket, Prefix="run/")
+        return sorted(o["Key"][len("run/"):] for o in resp.get("Contents", ()))
+
+    proc = subprocess.Popen([sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(not k.startswith("status/") for k in keys()):
+                proc.kill()  # the first outputs are up, the others not yet
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    n_outputs = 2 * 4 * 3 * len(PRODUCTS)  # periods x bands x cube layers
+    assert 0 < len([k for k in keys() if not k.startswith("status/")]) < n_outputs  # killed mid-publish
+    store = S3Store(s3_bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
+    assert read_status(store, TILE)["state"] == "running"  # never claimed done
+
+    rerun = run_tile(run_yaml)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rec = read_status(store, TILE)
+    assert rec["state"] == "done" and rec["attempt"] == 2 and len(rec["outputs"]) == n_outputs
+    # exactly the tile's objects, its record and the store's campaign marker: no duplicates, no strays
+    assert keys() == sorted([*rec["outputs"], f"status/{TILE}.json", "status/campaign.json"])
+    assert store.incomplete_uploads("") == []
     assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS) == _reference(scene, tmp_path)
