@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from faults import clean_run, file_checksums, output_checksums, published
+from faults import assert_rerun_matches, clean_run, published
 from rangeserver import RangeServer
 from test_tile import cfg_dict, scene, write_yaml  # noqa: F401 - fixtures
 
@@ -30,6 +30,10 @@ pytestmark = pytest.mark.slow  # real processes and tiles
 TILE = "X0001_Y0000"
 LAYERS = {"layers": ["composite", "flags", "count"]}
 PRODUCTS = ("composite", "flags", "count")
+
+
+def _cmd(run_yaml) -> list[str]:
+    return [sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE]
 
 
 def run_tile(run_yaml, *, prefix=(), timeout=300) -> subprocess.CompletedProcess:
@@ -71,11 +75,8 @@ def test_sigterm_at_the_time_limit_records_interrupted_and_the_rerun_matches_a_c
         rec = read_status(store, TILE)
         assert rec["state"] == "interrupted" and "SIGTERM" in rec["error"] and rec["outputs"] == {}
         assert published(store) == []
-        rerun = subprocess.run([sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE],
-                               capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert_rerun_matches(_cmd(run_yaml), store, TILE, PRODUCTS, _reference(scene, tmp_path))
     assert read_status(store, TILE)["attempt"] == 2
-    assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS) == _reference(scene, tmp_path)
 
 
 # The child imports everything first, then limits its address space to what it has mapped
@@ -112,9 +113,7 @@ def test_out_of_memory_in_one_task_fails_the_tile_cleanly_and_the_rerun_matches_
     assert rec["state"] == "failed" and rec["error_type"] in ("MemoryError", "RuntimeError") and rec["outputs"] == {}
     assert published(store) == []
     assert list(scratch.iterdir()) == []
-    rerun = run_tile(run_yaml)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS) == _reference(scene, tmp_path)
+    assert_rerun_matches(_cmd(run_yaml), store, TILE, PRODUCTS, _reference(scene, tmp_path))
 
 
 def test_sigkill_mid_publish_to_s3_publishes_nothing_partial_and_the_rerun_matches_a_clean_run(  # noqa: F811
@@ -152,11 +151,9 @@ def test_sigkill_mid_publish_to_s3_publishes_nothing_partial_and_the_rerun_match
     store = S3Store(s3_bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
     assert read_status(store, TILE)["state"] == "running"  # never claimed done
 
-    rerun = run_tile(run_yaml)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_rerun_matches(_cmd(run_yaml), store, TILE, PRODUCTS, _reference(scene, tmp_path))
     rec = read_status(store, TILE)
     assert rec["state"] == "done" and rec["attempt"] == 2 and len(rec["outputs"]) == n_outputs
     # exactly the tile's objects, its record and the store's campaign marker: no duplicates, no strays
     assert keys() == sorted([*rec["outputs"], f"status/{TILE}.json", "status/campaign.json"])
     assert store.incomplete_uploads("") == []
-    assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS) == _reference(scene, tmp_path)
