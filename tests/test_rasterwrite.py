@@ -66,3 +66,26 @@ def test_staged_windows_join_into_strips_per_block_row():
     # windows that do not follow each other along x stay on their own
     writer._staged = {"k": [(Window(16, 0, 16, 16), 0, (1, 16, 16)), (Window(0, 0, 16, 16), 1, (1, 16, 16))]}
     assert len(writer._strips("k")) == 2
+
+
+def test_a_truncated_staging_file_fails_the_finish_naming_the_tile_and_layer(tmp_path):
+    from types import SimpleNamespace
+
+    from ecocube.errors import TileError
+    from ecocube.tile import TileWriter, plan_outputs
+
+    tile = SimpleNamespace(id="X0003_Y0004", width=64, height=32, crs="EPSG:32632",
+                           transform=Affine(10.0, 0, 500000.0, 0, -10.0, 6000000.0))
+    specs = plan_outputs(("composite",), periods=[SimpleNamespace(id="2020-01-01")], bands=("red", "nir"), years=[])
+    writer = TileWriter(tmp_path, tile, specs, block_size=32, threads=2)
+    for c in (0, 32):
+        writer.write([(s.key(tile.id), np.full((32, 32), 7, np.int16)) for s in specs], Window(c, 0, 32, 32))
+    staging = tmp_path / ".composite.staging"
+    writer._scratch["composite"].flush()
+    assert staging.stat().st_size == 4 * 32 * 32 * 2  # 2 layers x 2 blocks of int16
+    with open(staging, "r+b") as fh:
+        fh.truncate(3 * 32 * 32 * 2)  # the last block of the second layer is gone
+    with pytest.raises(TileError, match=r"1 of 2 outputs of tile X0003_Y0004 failed; first: tile X0003_Y0004: "
+                                        r"staging file of composite is truncated \(0 of 2048 bytes at 6144\)"):
+        writer.close()
+    assert not staging.exists()
