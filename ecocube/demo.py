@@ -11,12 +11,18 @@
 - a land-cover map with five classes whose seasonal spectral profiles differ
   (cropland, forest, grassland, water, built-up), stable over the years;
 - labelled sample points (GeoJSON in WGS84, field ``lc``) drawn inside homogeneous
-  patches, with a little label noise.
+  patches, with a little label noise;
+- a continuous variable, tree canopy cover in percent (``truth_canopy.tif``; field
+  ``canopy`` of the same points): a level per class (forest dense, built-up sparse, water
+  none) that varies with the surface's brightness (denser canopy, darker red), plus noise
+  the spectra do not tell.
 
 :func:`run_demo` then writes ``run.yaml`` and calls exactly what a campaign calls:
 ``train_model`` → ``run_tiles`` (read → gap-fill → features → predict → write) →
-``finalize`` (mosaic COGs → STAC → browser). Nothing in the library depends on this
-module.
+``finalize`` (mosaic COGs → STAC → browser), for the land-cover classes and then, as a
+second run (``run-canopy.yaml``, ``model.task: regression``, its own store and catalog
+in ``output-canopy/``), for the canopy cover with its 90 % interval (``mean``, ``lower``,
+``upper``). Nothing in the library depends on this module.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ CLASSES = (
     (4, "water", "#2166ac", (0.03, 0.03, 0.035, 0.03), (-0.30, -0.25, -0.20, -0.30)),
     (5, "built-up", "#b2182b", (0.15, 0.16, 0.17, 0.15), (0.08, 0.14, 0.15, 0.10)),
 )
+#: tree canopy cover (%) per class code: the level, and its change per standard deviation of
+#: the surface texture (brighter red: sparser canopy)
+CANOPY = {1: (4.0, -2.0), 2: (78.0, -12.0), 3: (12.0, -5.0), 4: (0.0, 0.0), 5: (8.0, -4.0)}
 #: share of cloud cover per quarter (winter is cloudier)
 CLOUD_SHARE = (0.45, 0.25, 0.15, 0.35)
 
@@ -62,6 +71,7 @@ class DemoSpec:
     end_year: int
     samples: Path
     truth: Path  # land-cover map in the source grid (GeoTIFF)
+    canopy: Path | None = None  # tree canopy cover (%) in the source grid (GeoTIFF, float32)
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -167,6 +177,18 @@ def make_demo_inputs(
     truth = root / "truth_landcover.tif"
     with rasterio.open(truth, "w", count=1, dtype="uint8", nodata=0, **profile) as dst:
         dst.write(lc, 1)
+    # canopy cover from the class and the texture (red = class red x texture), plus a smooth
+    # field the spectra do not show; its own generator, so the land-cover inputs stay as they were
+    crng = np.random.default_rng(seed + 1)
+    level = np.vectorize(lambda c: CANOPY[int(c)][0])(lc)
+    slope = np.vectorize(lambda c: CANOPY[int(c)][1])(lc)
+    hidden = 3.0 * _smooth_field(crng, shape, 4.0)
+    cover = np.clip(level + slope * (texture - 1.0) / 0.08 + np.where(lc == 4, 0.0, hidden), 0.0, 100.0)
+    canopy = root / "truth_canopy.tif"
+    with rasterio.open(canopy, "w", count=1, dtype="float32", nodata=-9999.0,
+                       **{k: v for k, v in profile.items() if k not in ("dtype", "nodata", "count", "predictor")}
+                       ) as dst:
+        dst.write(cover.astype(np.float32), 1)
 
     # sample points: pixel centres inside homogeneous 5×5 patches, inside the AOI
     from scipy.ndimage import maximum_filter, minimum_filter
@@ -189,17 +211,18 @@ def make_demo_inputs(
     noisy = rng.random(labels.size) < 0.03
     labels[noisy] = rng.choice([c[0] for c in CLASSES], size=int(noisy.sum()))
     lon, lat = transform(src_crs, "EPSG:4326", [xs[i] for i in chosen], [ys[i] for i in chosen])
+    cover_at = cover[rows[chosen], cols[chosen]]
     features = [
-        {"type": "Feature", "properties": {"id": int(i), "lc": int(code)},
+        {"type": "Feature", "properties": {"id": int(i), "lc": int(code), "canopy": round(float(c), 2)},
          "geometry": {"type": "Point", "coordinates": [round(x, 7), round(y, 7)]}}
-        for i, (x, y, code) in enumerate(zip(lon, lat, labels))
+        for i, (x, y, code, c) in enumerate(zip(lon, lat, labels, cover_at))
     ]
     samples = root / "samples.geojson"
     write_text_atomic(samples, json.dumps({"type": "FeatureCollection", "features": features}))
 
     return DemoSpec(root=root, grid_origin=origin, pixel_size=pixel_size, tile_size=tile_size,
                     tiles_x=tiles_x, tiles_y=tiles_y, start_year=start_year, end_year=end_year,
-                    samples=samples, truth=truth)
+                    samples=samples, truth=truth, canopy=canopy)
 
 
 def demo_config_dict(spec: DemoSpec) -> dict:
@@ -240,6 +263,21 @@ def demo_config_dict(spec: DemoSpec) -> dict:
         "output": {"store": "output"},
         "finalize": {"stac": {"catalog_id": "ecocube-demo", "title": "ecocube demo: land cover 2019–2021"}},
     }
+
+
+def canopy_config_dict(spec: DemoSpec) -> dict:
+    """The demo's second run: tree canopy cover (%) as a regression with 90 % intervals, on the
+    same inputs, into its own store (``output-canopy``) and catalog."""
+    data = demo_config_dict(spec)
+    data["name"] = "ecocube-demo-canopy"
+    model = data["model"]
+    data["model"] = {"task": "regression", "path": "model-canopy", "base_learners": model["base_learners"],
+                     "n_estimators": model["n_estimators"], "cv_folds": model["cv_folds"],
+                     "cv_block_size": model["cv_block_size"], "interval_coverage": 0.9, "target_unit": "%"}
+    data["output"] = {"store": "output-canopy"}
+    data["finalize"]["stac"] = {"catalog_id": "ecocube-demo-canopy",
+                                "title": "ecocube demo: tree canopy cover 2019–2021 (%, 90 % intervals)"}
+    return data
 
 
 def chip_config_dict(spec: DemoSpec) -> dict:
@@ -314,7 +352,7 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    echo(f"[1/4] making the demo cube in {out}/inputs ...")
+    echo(f"[1/{4 if chip else 5}] making the demo cube in {out}/inputs ...")
     spec = make_demo_inputs(out)
     write_text_atomic(run_yaml, yaml.safe_dump((chip_config_dict if chip else demo_config_dict)(spec),
                                                sort_keys=False))
@@ -325,11 +363,11 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
 
     t0 = time.perf_counter()
     if chip:
-        echo("[2/4] fitting the chip model (logistic regression as 1x1 + 3x3 convolutions, ONNX) ...")
+        echo(f"[2/{4 if chip else 5}] fitting the chip model (logistic regression as 1x1 + 3x3 convolutions, ONNX) ...")
         report = train_chip_model(cfg, spec.samples, "lc", threads=workers)
         model_dir = Path(cfg.model.path)
     else:
-        echo("[2/4] training the stacked ensemble (random forest + LightGBM + logistic) with spatial CV ...")
+        echo("[2/5] training the stacked ensemble (random forest + LightGBM + logistic) with spatial CV ...")
         result = train_model(cfg, spec.samples, "lc", threads=workers)
         report, model_dir = result.report, result.out_dir
     timings["train"] = time.perf_counter() - t0
@@ -339,16 +377,25 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
     t0 = time.perf_counter()
     grid = TileGrid.from_config(cfg.grid)
     tiles = grid.tiles_for_aoi(cfg.aoi)
-    echo(f"[3/4] processing {len(tiles)} tiles with {workers} workers ...")
+    echo(f"[3/{4 if chip else 5}] processing {len(tiles)} tiles with {workers} workers ...")
     records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress)
     timings["tiles"] = time.perf_counter() - t0
 
     from .finalize import finalize
 
+    steps = 4 if chip else 5
     t0 = time.perf_counter()
-    echo("[4/4] finalizing: COG mosaics, STAC catalog, browser ...")
+    echo(f"[4/{steps}] finalizing: COG mosaics, STAC catalog, browser ...")
     fin = finalize(cfg, overwrite=overwrite)
     timings["finalize"] = time.perf_counter() - t0
+
+    canopy = None
+    if not chip:
+        t0 = time.perf_counter()
+        echo(f"[5/{steps}] the continuous product: tree canopy cover (%) with 90 % intervals "
+             "(regression, its own run: run-canopy.yaml) ...")
+        canopy = _run_canopy(out, spec, tiles, workers=workers, overwrite=overwrite, progress=progress)
+        timings["canopy"] = time.perf_counter() - t0
 
     summary = {
         "tiles": len(tiles),
@@ -361,6 +408,8 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     summary["truth_accuracy"] = _truth_accuracy(cfg, spec)
+    if canopy is not None:
+        summary["canopy"] = canopy
     echo("")
     echo(f"tiles:     {summary['tiles_done']}/{summary['tiles']} done")
     oa, f1 = summary["overall_accuracy"], summary["f1_weighted"]
@@ -374,13 +423,72 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
         echo(f"chips:     {summary['chips']['predicted']}/{summary['chips']['targeted']} targeted chips predicted")
     if summary["truth_accuracy"] is not None:
         echo(f"map check: {summary['truth_accuracy']:.3f} of pixels agree with the demo's true land cover")
+    if canopy is not None:
+        echo(f"canopy:    {canopy['tiles_done']}/{canopy['tiles']} tiles; RMSE {canopy['rmse']:.2f} %, R² "
+             f"{canopy['r2']:.2f}, 90 % intervals cover {canopy['interval_coverage']:.1%} (spatial-block CV); "
+             f"map check: {canopy['truth_interval_coverage']:.1%} of pixels' true cover inside the interval")
     echo(f"model:     {summary['model']}")
     echo(f"catalog:   {summary['catalog']}")
+    if canopy is not None:
+        echo(f"canopy:    {canopy['catalog']}")
     echo(f"browse:    ecocube browse {Path(summary['catalog']).parent}")
     echo(f"time:      {sum(timings.values()):.0f} s ("
          + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _run_canopy(out: Path, spec: DemoSpec, tiles, *, workers: int, overwrite: bool, progress: bool) -> dict:
+    """The regression run of the demo (canopy cover): train, tiles, finalize; its figures."""
+    import yaml
+
+    from .config import load_config
+    from .finalize import finalize
+    from .tile import run_tiles
+    from .train import train_model
+
+    run_yaml = out / "run-canopy.yaml"
+    write_text_atomic(run_yaml, yaml.safe_dump(canopy_config_dict(spec), sort_keys=False))
+    cfg = load_config(run_yaml)
+    result = train_model(cfg, spec.samples, "canopy", threads=workers, overwrite=overwrite)
+    records = run_tiles(cfg, tiles, workers=workers, overwrite=overwrite, progress=progress)
+    fin = finalize(cfg, overwrite=overwrite)
+    scores = result.report
+    return {"tiles": len(tiles), "tiles_done": sum(1 for r in records if r.get("state") == "done"),
+            "rmse": scores["rmse"], "r2": scores["r2"], "interval_coverage": scores["interval_coverage"],
+            "truth_interval_coverage": _truth_canopy_coverage(cfg, spec), "model": str(result.out_dir),
+            "catalog": str(_catalog_path(fin, cfg))}
+
+
+def _truth_canopy_coverage(cfg, spec: DemoSpec) -> float | None:
+    """Share of mapped pixels of the first year whose true canopy cover lies in ``lower..upper``."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from .grid import TileGrid
+    from .tile import output_key, year_period
+
+    grid = TileGrid.from_config(cfg.grid)
+    inside = total = 0
+    store = Path(cfg.output.store)
+    with rasterio.open(spec.canopy) as src:
+        for tile in grid.tiles_for_aoi(cfg.aoi):
+            bounds = []
+            for name in ("lower", "upper"):
+                path = store.joinpath(*output_key(name, tile.id, year_period(spec.start_year), name).split("/"))
+                if not path.exists():
+                    return None
+                with rasterio.open(path) as ds:
+                    bounds.append((ds.read(1), ds.nodata))
+            with WarpedVRT(src, crs=cfg.grid.crs, transform=tile.transform, width=tile.width,
+                           height=tile.height, resampling=Resampling.nearest) as vrt:
+                truth = vrt.read(1)
+            (lo, nd), (up, _) = bounds
+            ok = (truth != -9999.0) & (lo != nd) & (up != nd)
+            inside += int(((truth[ok] >= lo[ok]) & (truth[ok] <= up[ok])).sum())
+            total += int(ok.sum())
+    return inside / total if total else None
 
 
 def _catalog_path(fin, cfg) -> Path:

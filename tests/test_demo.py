@@ -17,7 +17,7 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "ecocube-demo"
     proc = subprocess.run(
         [sys.executable, "-m", "ecocube", "demo", "--out", str(out), "--workers", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=1800,  # two runs: land cover, then canopy cover
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc
@@ -95,6 +95,49 @@ def test_demo_cogs_valid_and_catalog_validates(demo_run):
     for cog in cogs:
         assert cog_validate(str(cog))[0], cog
     assert validate_catalog(catalog) == []
+
+
+def test_demo_maps_canopy_cover_with_intervals(demo_run):
+    """The demo's continuous product: a regression run (tree canopy cover, %) with its own
+    store and catalog; mean/lower/upper mosaics that follow the true cover and hold it."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from ecocube.stac import validate_catalog
+
+    out, proc = demo_run
+    assert "canopy:    6/6 tiles" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())["canopy"]
+    report = json.loads((out / "model-canopy" / "report.json").read_text())
+    assert report["task"] == "regression" and report["samples"]["target_field"] == "canopy"
+    assert summary["rmse"] == report["rmse"] and summary["interval_coverage"] == report["interval_coverage"]
+    # spatial-block CV: far better than predicting the mean, intervals near their 90 %
+    assert report["r2"] > 0.8
+    assert abs(report["interval_coverage"] - 0.9) <= 0.05
+    records = sorted((out / "output-canopy" / "status").glob("*.json"))
+    assert len(records) == 6 and all(json.loads(p.read_text())["state"] == "done" for p in records)
+    catalog = out / "output-canopy" / "catalog" / "catalog.json"
+    assert validate_catalog(catalog) == []
+    layers = {}
+    for name in ("mean", "lower", "upper"):
+        cogs = sorted(catalog.parent.glob(f"*/*-2019-01-01/{name}.tif"))
+        assert len(cogs) == 1, (name, cogs)
+        with rasterio.open(cogs[0]) as ds:
+            assert ds.dtypes[0] == "float32" and ds.nodata == -9999.0
+            layers[name] = ds.read(1)
+            crs, transform, shape = ds.crs, ds.transform, (ds.height, ds.width)
+    with rasterio.open(out / "truth_canopy.tif") as src, \
+            WarpedVRT(src, crs=crs, transform=transform, width=shape[1], height=shape[0],
+                      resampling=Resampling.nearest) as vrt:
+        truth = vrt.read(1)
+    ok = (layers["mean"] != -9999.0) & (truth != -9999.0)
+    assert ok.mean() > 0.95
+    lo, mean, up, t = layers["lower"][ok], layers["mean"][ok], layers["upper"][ok], truth[ok]
+    assert (lo <= mean).all() and (mean <= up).all()
+    assert np.corrcoef(mean, t)[0, 1] > 0.9
+    inside = ((t >= lo) & (t <= up)).mean()
+    assert inside == pytest.approx(summary["truth_interval_coverage"], abs=0.02)  # recounted on the mosaic
+    assert 0.8 <= inside <= 0.98
 
 
 def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
