@@ -89,20 +89,18 @@ def read_catalog_tree(catalog_dir: str | Path) -> tuple[_Node, list[tuple[_Node,
     root = _Node(_read_json(root_path), root_path)
     self_href = next(iter(_links(root.obj, "self")), None)
     root_base = self_href.rsplit("/", 1)[0] + "/" if self_href and "://" in self_href else None
-    collections = []
-    for href in _links(root.obj, "child"):
-        path = _resolve(href, root_path, root_dir, root_base)
-        if path is None:
-            log.warning("cannot follow %s from %s", href, root_path)
-            continue
-        coll = _Node(_read_json(path), path)
-        items = _items_of(coll, root_dir, root_base)
-        for chref in _links(coll.obj, "child"):  # e.g. one catalog per year of a large collection
-            cpath = _resolve(chref, path, root_dir, root_base)
-            if cpath is None:
-                log.warning("cannot follow %s from %s", chref, path)
+    def child_nodes(node: _Node):
+        for href in _links(node.obj, "child"):
+            path = _resolve(href, node.path, root_dir, root_base)
+            if path is None:
+                log.warning("cannot follow %s from %s", href, node.path)
                 continue
-            child = _Node(_read_json(cpath), cpath)
+            yield _Node(_read_json(path), path)
+
+    collections = []
+    for coll in child_nodes(root):
+        items = _items_of(coll, root_dir, root_base)
+        for child in child_nodes(coll):  # e.g. one catalog per year of a large collection
             child_items = _items_of(child, root_dir, root_base)
             coll.children.append((child, child_items))
             items += child_items

@@ -271,7 +271,10 @@ def canopy_config_dict(spec: DemoSpec) -> dict:
     data = demo_config_dict(spec)
     data["name"] = "ecocube-demo-canopy"
     model = data["model"]
-    data["model"] = {"task": "regression", "path": "model-canopy", "base_learners": model["base_learners"],
+    # LightGBM alone: on this synthetic surface the stacked rf + lgbm regressor scored RMSE 5.43 %
+    # against LightGBM's 5.12 % on the same spatial folds (its final weights were 0 / 1), and
+    # `ecocube train` rightly warns when the ensemble is not the best model
+    data["model"] = {"task": "regression", "path": "model-canopy", "base_learners": ["lgbm"],
                      "n_estimators": model["n_estimators"], "cv_folds": model["cv_folds"],
                      "cv_block_size": model["cv_block_size"], "interval_coverage": 0.9, "target_unit": "%"}
     data["output"] = {"store": "output-canopy"}
@@ -460,8 +463,10 @@ def _run_canopy(out: Path, spec: DemoSpec, tiles, *, workers: int, overwrite: bo
             "catalog": str(_catalog_path(fin, cfg))}
 
 
-def _truth_canopy_coverage(cfg, spec: DemoSpec) -> float | None:
-    """Share of mapped pixels of the first year whose true canopy cover lies in ``lower..upper``."""
+def _first_year_against_truth(cfg, spec: DemoSpec, truth_path, names: tuple[str, ...]):
+    """Per tile of the run: ``({name: (array, nodata)}, truth)`` of the first year's outputs
+    ``names`` and the truth raster reprojected (nearest) to the tile; ``None`` (instead of
+    the list) when an output is missing."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
@@ -470,24 +475,34 @@ def _truth_canopy_coverage(cfg, spec: DemoSpec) -> float | None:
     from .tile import output_key, year_period
 
     grid = TileGrid.from_config(cfg.grid)
-    inside = total = 0
     store = Path(cfg.output.store)
-    with rasterio.open(spec.canopy) as src:
+    out = []
+    with rasterio.open(truth_path) as src:
         for tile in grid.tiles_for_aoi(cfg.aoi):
-            bounds = []
-            for name in ("lower", "upper"):
+            arrays = {}
+            for name in names:
                 path = store.joinpath(*output_key(name, tile.id, year_period(spec.start_year), name).split("/"))
                 if not path.exists():
                     return None
                 with rasterio.open(path) as ds:
-                    bounds.append((ds.read(1), ds.nodata))
+                    arrays[name] = (ds.read(1), ds.nodata)
             with WarpedVRT(src, crs=cfg.grid.crs, transform=tile.transform, width=tile.width,
                            height=tile.height, resampling=Resampling.nearest) as vrt:
-                truth = vrt.read(1)
-            (lo, nd), (up, _) = bounds
-            ok = (truth != -9999.0) & (lo != nd) & (up != nd)
-            inside += int(((truth[ok] >= lo[ok]) & (truth[ok] <= up[ok])).sum())
-            total += int(ok.sum())
+                out.append((arrays, vrt.read(1)))
+    return out
+
+
+def _truth_canopy_coverage(cfg, spec: DemoSpec) -> float | None:
+    """Share of mapped pixels of the first year whose true canopy cover lies in ``lower..upper``."""
+    tiles = _first_year_against_truth(cfg, spec, spec.canopy, ("lower", "upper"))
+    if tiles is None:
+        return None
+    inside = total = 0
+    for arrays, truth in tiles:
+        (lo, nd), (up, _) = arrays["lower"], arrays["upper"]
+        ok = (truth != -9999.0) & (lo != nd) & (up != nd)
+        inside += int(((truth[ok] >= lo[ok]) & (truth[ok] <= up[ok])).sum())
+        total += int(ok.sum())
     return inside / total if total else None
 
 
@@ -501,28 +516,13 @@ def _catalog_path(fin, cfg) -> Path:
 
 def _truth_accuracy(cfg, spec: DemoSpec) -> float | None:
     """Share of mapped pixels of the first year whose class equals the (reprojected) truth."""
-    import rasterio
-    from rasterio.vrt import WarpedVRT
-    from rasterio.enums import Resampling
-
-    from .grid import TileGrid
-    from .tile import output_key, year_period
-
-    grid = TileGrid.from_config(cfg.grid)
+    tiles = _first_year_against_truth(cfg, spec, spec.truth, ("class",))
+    if tiles is None:
+        return None
     agree = total = 0
-    store = Path(cfg.output.store)
-    with rasterio.open(spec.truth) as src:
-        for tile in grid.tiles_for_aoi(cfg.aoi):
-            path = store.joinpath(*output_key("class", tile.id, year_period(spec.start_year), "class").split("/"))
-            if not path.exists():
-                return None
-            with rasterio.open(path) as pred_ds:
-                pred = pred_ds.read(1)
-                nodata = pred_ds.nodata
-            with WarpedVRT(src, crs=cfg.grid.crs, transform=tile.transform, width=tile.width,
-                           height=tile.height, resampling=Resampling.nearest) as vrt:
-                truth = vrt.read(1)
-            ok = (truth > 0) & (pred != nodata)
-            agree += int((pred[ok] == truth[ok]).sum())
-            total += int(ok.sum())
+    for arrays, truth in tiles:
+        pred, nodata = arrays["class"]
+        ok = (truth > 0) & (pred != nodata)
+        agree += int((pred[ok] == truth[ok]).sum())
+        total += int(ok.sum())
     return agree / total if total else None

@@ -253,6 +253,15 @@ def close_checked(dst, path: str | Path) -> None:
         raise write_error(path, err[2])
 
 
+def _check_not_empty(path, name) -> None:
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise write_error(name, f"cannot stat the written file: {exc}") from exc
+    if size == 0:
+        raise write_error(name, "the written file is empty")
+
+
 def verify_written(path: str | Path, digest: WriteDigest, *, width: int, height: int, count: int,
                    what: str | Path | None = None) -> None:
     """Re-open ``path`` and check it holds exactly what ``digest`` saw written.
@@ -264,12 +273,7 @@ def verify_written(path: str | Path, digest: WriteDigest, *, width: int, height:
     import rasterio
 
     name = what if what is not None else path
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise write_error(name, f"cannot stat the written file: {exc}") from exc
-    if size == 0:
-        raise write_error(name, "the written file is empty")
+    _check_not_empty(path, name)
     h = hashlib.sha256()
     try:
         with rasterio.open(path) as src:
@@ -300,12 +304,7 @@ def verify_strips(path: str | Path, strips, *, width: int, height: int, count: i
 
     name = what if what is not None else path
     dtype = np.dtype(dtype)
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise write_error(name, f"cannot stat the written file: {exc}") from exc
-    if size == 0:
-        raise write_error(name, "the written file is empty")
+    _check_not_empty(path, name)
     try:
         with rasterio.open(path) as src:
             if (src.width, src.height, src.count) != (width, height, count) or np.dtype(src.dtypes[0]) != dtype:

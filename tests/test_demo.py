@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import rasterio
+from quietrun import assert_quiet_demo
+
+# the module fixture runs the whole demo twice (land cover, canopy cover): pytest's 600 s
+# default is a hang guard, too short for it on a busy machine; the subprocess has its own
+pytestmark = pytest.mark.timeout(2000)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def test_demo_accuracy_above_floor(demo_run):
 def test_demo_tiles_have_status_and_outputs(demo_run):
     out, _ = demo_run
     store = out / "output"
-    records = sorted((store / "status").glob("*.json"))
+    records = sorted((store / "status").glob("X*_Y*.json"))  # tile records, not campaign.json
     assert len(records) == 6
     for path in records:
         rec = json.loads(path.read_text())
@@ -114,7 +118,7 @@ def test_demo_maps_canopy_cover_with_intervals(demo_run):
     # spatial-block CV: far better than predicting the mean, intervals near their 90 %
     assert report["r2"] > 0.8
     assert abs(report["interval_coverage"] - 0.9) <= 0.05
-    records = sorted((out / "output-canopy" / "status").glob("*.json"))
+    records = sorted((out / "output-canopy" / "status").glob("X*_Y*.json"))  # tile records, not campaign.json
     assert len(records) == 6 and all(json.loads(p.read_text())["state"] == "done" for p in records)
     catalog = out / "output-canopy" / "catalog" / "catalog.json"
     assert validate_catalog(catalog) == []
@@ -159,10 +163,5 @@ def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
 
 
 def test_demo_prints_no_warning(demo_run):
-    # a clean run prints nothing on stderr: no GDAL message, no Python warning
-    # (NotGeoreferencedWarning, BLOCKSIZE, ...), no log line of any level
     _, proc = demo_run
-    assert proc.stderr == "", proc.stderr[-3000:]  # the steps and the summary go to stdout
-    assert [ln[:5] for ln in proc.stdout.splitlines() if re.match(r"^\[\d/4\] ", ln)] == [
-        "[1/4]", "[2/4]", "[3/4]", "[4/4]"]
-    assert "warning" not in proc.stderr.lower() and "warning" not in proc.stdout.lower()
+    assert_quiet_demo(proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -45,3 +46,11 @@ def machine(load_before: list[float]) -> dict:
     """The machine a run measured on, with the load average before and after it."""
     return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "load_avg_before": load_before, "load_avg_after": load_average()}
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print ``result`` as one JSON line, and write it to ``out`` when given."""
+    line = json.dumps(result)
+    print(line)
+    if out:
+        Path(out).write_text(line + "\n")

@@ -85,7 +85,7 @@ def main() -> None:
     import numpy as np
 
     sys.path.insert(0, str(HERE))
-    from benchtools import load_average, machine
+    from benchtools import emit, load_average, machine
 
     load_before = load_average()
     srcs = {"current": ROOT} | ({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})
@@ -106,10 +106,7 @@ def main() -> None:
             a, b = np.load(Path(tmp) / "current.npz"), np.load(Path(tmp) / "baseline.npz")
             result["max_abs_diff_current_vs_baseline"] = {k: float(np.max(np.abs(a[k] - b[k]))) for k in a.files}
     result["machine"] = machine(load_before)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Usage: ``python scripts/bench/onnx_trees.py [--rows 8192] [--repeat 3]``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchtools import best_thread_cpu, load_average  # noqa: E402
+from benchtools import best_thread_cpu, emit, load_average  # noqa: E402
 from realistic_model import describe, realistic_bundle, realistic_features  # noqa: E402
 
 
@@ -138,10 +137,7 @@ def main() -> None:
                         "onnx_vs_stock_lgbm": round(cpu["stock_lgbm"] / cpu["onnx_lgbm"], 2),
                         "numba_vs_onnx_lgbm": round(cpu["onnx_lgbm"] / cpu["numba_gbdt_bins"], 2)},
               "load_avg_before": load_before, "load_avg_after": load_average()}
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

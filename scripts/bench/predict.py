@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchtools import load_average, machine, timed  # noqa: E402
+from benchtools import emit, load_average, machine, timed  # noqa: E402
 from realistic_model import RESULTS, describe, realistic_bundle, realistic_features  # noqa: E402
 
 
@@ -132,10 +132,7 @@ def main() -> None:
                                                                   / best[f"ecocube_{t}t"][0], 2)
     result["engine_records"] = fast.engines  # the choice by measurement, as model.json records it
     result["machine"] = machine(load_before)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
