@@ -164,4 +164,4 @@ def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
 
 def test_demo_prints_no_warning(demo_run):
     _, proc = demo_run
-    assert_quiet_demo(proc)
+    assert_quiet_demo(proc, steps=5)  # land cover, then the canopy run

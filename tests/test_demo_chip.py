@@ -86,4 +86,4 @@ def test_chip_demo_map_has_no_seams_at_tile_borders(chip_demo, tmp_path):
 
 def test_chip_demo_prints_no_warning(chip_demo):
     _, proc = chip_demo
-    assert_quiet_demo(proc)
+    assert_quiet_demo(proc, steps=4)  # no canopy run with --chip
