@@ -9,7 +9,7 @@ download links. A collection split into child catalogs per year (large collectio
 with the number of items. It reads only the catalog's JSON files.
 
 :func:`write_map` writes ``map.html`` and the bundled ``map.js`` (OpenLayers + geotiff.js, built
-from ``web/map`` by ``scripts/build-map.sh`` and shipped in the package) next to it: the COGs on
+from ``scripts/web-map`` by ``scripts/build-map.sh`` and shipped in the package) next to it: the COGs on
 an interactive map read client-side by HTTP range requests, with the legend's class colours, a
 layer and year selector, a swipe between two years and a pixel inspector (every layer's values at
 the clicked pixel through the years). It needs no server of its own: any static host with Range
@@ -426,7 +426,7 @@ def write_browser(catalog_dir: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- map view
 
-#: the bundle built from web/map by scripts/build-map.sh (committed; nothing is fetched at run time)
+#: the bundle built from scripts/web-map by scripts/build-map.sh (committed; nothing is fetched at run time)
 MAP_BUNDLE = Path(__file__).parent / "data" / "browse"
 MAP_FILES = ("map.js", "map.css")
 #: colours for classes whose legend gives none (gap-fill flags): distinct, colour-blind friendly

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Rebuild the catalog map bundle (ecocube/data/browse/map.js) from web/map with the pinned
-# npm packages of web/map/package-lock.json (OpenLayers, geotiff.js, esbuild). Needs node + npm
+# Rebuild the catalog map bundle (ecocube/data/browse/map.js) from scripts/web-map with the pinned
+# npm packages of scripts/web-map/package-lock.json (OpenLayers, geotiff.js, esbuild). Needs node + npm
 # and the npm registry; the bundle is committed, so installing or testing ecocube needs neither.
 #   scripts/build-map.sh          # npm ci + esbuild
 #   scripts/build-map.sh --check  # rebuild into a temp folder and fail if it differs from the committed one
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$here/web/map"
+cd "$here/scripts/web-map"
 npm ci --no-audit --no-fund --ignore-scripts >/dev/null
 esbuild="node node_modules/esbuild/bin/esbuild"
 out="$here/ecocube/data/browse"

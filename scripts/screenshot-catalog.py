@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Screenshot a finished catalog page with headless Chromium (the README's docs/catalog.png).
+"""Screenshot a finished catalog page with headless Chromium (the README's scripts/docs/catalog.png).
 
     python scripts/screenshot-catalog.py CATALOG_DIR OUT.png [--page index.html] [--width 1280 --height 900]
 
