@@ -90,8 +90,12 @@ a second) run over chunks of image rows on a thread pool with the allocation's t
 Each row is copied into a small buffer padded in time, and every loop runs over x, the
 contiguous axis. Because the windows of one phase are nested and every window tried
 before was empty, only the offsets that a window adds to all earlier windows are looked
-at (precomputed once per call). Extra memory: the output (the input's size, or nothing
-with ``inplace=True``) plus the uint8 flags (a quarter of it), plus a few rows per thread.
+at (precomputed once per call). A row's windows are searched once per validity pattern:
+a band whose gaps lie where the previous band's do (clouds and nodata usually hit every
+band) reuses the previous band's windows, and only the values are taken per band; in
+place, observed values are not rewritten. Extra memory: the output (the input's size, or
+nothing with ``inplace=True``) plus the uint8 flags (a quarter of it), plus a few rows
+and one row's windows (``time × x × widest window`` int32) per thread.
 """
 
 from __future__ import annotations
@@ -481,13 +485,16 @@ def _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt):  # pragma: no
 
 
 @njit(nogil=True, cache=True)
-def _store_row(row, frow, out, flags, y, P):  # pragma: no cover - compiled
-    """Write the row's values (observed, NaN at gaps) and initial flags to the outputs."""
+def _store_row(row, frow, out, flags, y, P, store_values):  # pragma: no cover - compiled
+    """Write the row's initial flags, and its values (observed, NaN at gaps) unless the
+    output already holds them (in place without outlier removal: ``store_values`` False)."""
     T, B, X = frow.shape
     for t in range(T):
         for b in range(B):
+            if store_values:
+                for x in range(X):
+                    out[t, b, y, x] = row[P + t, b, x]
             for x in range(X):
-                out[t, b, y, x] = row[P + t, b, x]
                 flags[t, b, y, x] = frow[t, b, x]
 
 
@@ -504,22 +511,29 @@ def _validity(row, ok, b_lo, b_hi, P, T):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover - compiled
-               w_codes, w_start, w_offs, win, nval, idx, vals):
-    """Fill the gaps of bands b_lo..b_hi-1 of one row from the windows of ``ok``.
+def _same_validity(a, b, P, T):  # pragma: no cover - compiled
+    """True when two validity rows are equal (the padding is False in both)."""
+    X = a.shape[1]
+    for t in range(P, P + T):
+        for x in range(X):
+            if a[t, x] != b[t, x]:
+                return False
+    return True
 
-    Per period: first the window of every gap pixel (from ``ok``: one band's validity or
-    the joint one), then the values band by band, through 1-D views of the outputs.
-    """
-    T = frow.shape[0]
-    X = frow.shape[2]
-    nwin = w_codes.shape[0]
+
+@njit(nogil=True, cache=True)
+def _tmwm_search(ok, P, w_start, w_offs, win, nval, idx, ngap):  # pragma: no cover - compiled
+    """The window of every gap of one row, from its validity ``ok`` (one band's or the joint
+    one): ``win[t, x]`` (-1: observed or no window has data), the ``nval[t, x]`` valid
+    time indices ``idx[t, x, :]`` of that window, ``ngap[t]`` the gaps with a window."""
+    T, X = win.shape
+    nwin = w_start.shape[0] - 1
     for t in range(T):
         tp = P + t
         ok_t = ok[tp]
         gaps = 0
         for x in range(X):
-            win[x] = -1
+            win[t, x] = -1
             if ok_t[x]:
                 continue
             n = 0
@@ -534,53 +548,64 @@ def _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P,  # pragma: no cover 
                     ok1 = ok[k1, x]
                     ok2 = ok[k2, x] and m == 2
                     if ok1 or ok2:
-                        idx[x, 0] = k1 if ok1 else k2
-                        idx[x, 1] = k2
+                        idx[t, x, 0] = k1 if ok1 else k2
+                        idx[t, x, 1] = k2
                         n = 2 if (ok1 and ok2) else 1
                         break
                 else:
                     for i in range(s0, s0 + m):
                         k = tp + w_offs[i]
                         if ok[k, x]:
-                            idx[x, n] = k
+                            idx[t, x, n] = k
                             n += 1
                     if n > 0:
                         break
                 w += 1
             if n > 0:
-                win[x] = w
-                nval[x] = n
+                win[t, x] = w
+                nval[t, x] = n
                 gaps += 1
-        if gaps == 0:
+        ngap[t] = gaps
+
+
+@njit(nogil=True, cache=True)
+def _tmwm_values(row, frow, out, flags, y, b, P, w_codes, win, nval, idx, ngap, vals):  # pragma: no cover
+    """Fill band ``b``'s gaps of one row from the windows found by :func:`_tmwm_search`
+    (with shared flags a band observed where the joint validity has a gap keeps its value)."""
+    T = frow.shape[0]
+    X = frow.shape[2]
+    row_b = row[:, b, :]
+    for t in range(T):
+        if ngap[t] == 0:
             continue
-        for b in range(b_lo, b_hi):
-            out_v = out[t, b, y]
-            flags_v = flags[t, b, y]
-            frow_v = frow[t, b]
-            row_b = row[:, b, :]
-            for x in range(X):
-                w = win[x]
-                if w < 0 or not np.isnan(row_b[tp, x]):
-                    continue  # observed, unfillable, or (shared flags) this band observed
-                n = nval[x]
-                if n == 1:
-                    out_v[x] = row_b[idx[x, 0], x]
-                elif n == 2:
-                    out_v[x] = (np.float64(row_b[idx[x, 0], x]) + np.float64(row_b[idx[x, 1], x])) * 0.5
-                else:  # median of n > 2 values: insertion sort (n is small)
-                    for i in range(n):
-                        v = np.float64(row_b[idx[x, i], x])
-                        j = i - 1
-                        while j >= 0 and vals[j] > v:
-                            vals[j + 1] = vals[j]
-                            j -= 1
-                        vals[j + 1] = v
-                    if n % 2 == 1:
-                        out_v[x] = vals[n // 2]
-                    else:
-                        out_v[x] = (vals[n // 2 - 1] + vals[n // 2]) * 0.5
-                code = w_codes[w]
-                flags_v[x] = code if frow_v[x] == 255 else code | 128
+        tp = P + t
+        out_v = out[t, b, y]
+        flags_v = flags[t, b, y]
+        frow_v = frow[t, b]
+        win_t = win[t]
+        for x in range(X):
+            w = win_t[x]
+            if w < 0 or not np.isnan(row_b[tp, x]):
+                continue  # observed, unfillable, or (shared flags) this band observed
+            n = nval[t, x]
+            if n == 1:
+                out_v[x] = row_b[idx[t, x, 0], x]
+            elif n == 2:
+                out_v[x] = (np.float64(row_b[idx[t, x, 0], x]) + np.float64(row_b[idx[t, x, 1], x])) * 0.5
+            else:  # median of n > 2 values: insertion sort (n is small)
+                for i in range(n):
+                    v = np.float64(row_b[idx[t, x, i], x])
+                    j = i - 1
+                    while j >= 0 and vals[j] > v:
+                        vals[j + 1] = vals[j]
+                        j -= 1
+                    vals[j + 1] = v
+                if n % 2 == 1:
+                    out_v[x] = vals[n // 2]
+                else:
+                    out_v[x] = (vals[n // 2 - 1] + vals[n // 2]) * 0.5
+            code = w_codes[w]
+            flags_v[x] = code if frow_v[x] == 255 else code | 128
 
 
 @njit(nogil=True, cache=True)
@@ -626,36 +651,47 @@ def _linear_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, direction, prev, n
 
 @njit(nogil=True, cache=True)
 def _tmwm_rows(cube, out, flags, y0, y1, shared, w_codes, w_start, w_offs, pad, widest,  # pragma: no cover
-               do_outlier, q_lo, q_hi):
+               do_outlier, q_lo, q_hi, store_values):
     """TMWM of rows y0..y1 of cube (time, band, y, x) into out/flags (out may be cube).
 
     Row by row in the native layout (x innermost: every access is a contiguous run over
     x) on a private copy of the row, padded in time with ``pad`` gap periods on both
-    sides so that window offsets need no bounds checks.
+    sides so that window offsets need no bounds checks. The windows are searched once per
+    validity pattern: a band whose gaps are where the previous band's are (clouds and
+    nodata usually hit every band) reuses its windows, only the values are per band.
     """
     T, B, _, X = cube.shape
     P = pad
     row = np.full((T + 2 * P, B, X), np.nan, np.float32)
     frow = np.empty((T, B, X), np.uint8)
     ok = np.zeros((T + 2 * P, X), np.bool_)
+    ok_next = np.zeros((T + 2 * P, X), np.bool_)
     srt = np.empty(T, np.float64)
     vals = np.empty(widest, np.float64)
-    idx = np.empty((X, max(widest, 2)), np.int64)
-    win = np.empty(X, np.int64)
-    nval = np.empty(X, np.int64)
+    idx = np.empty((T, X, max(widest, 2)), np.int32)
+    win = np.empty((T, X), np.int32)
+    nval = np.empty((T, X), np.int32)
+    ngap = np.empty(T, np.int64)
     for y in range(y0, y1):
         _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt)
-        _store_row(row, frow, out, flags, y, P)
-        for g in range(1 if shared else B):  # one call site each: one compiled specialisation
-            b_lo = 0 if shared else g
-            b_hi = B if shared else g + 1
-            _validity(row, ok, b_lo, b_hi, P, T)
-            _tmwm_pass(row, frow, ok, out, flags, y, b_lo, b_hi, P, w_codes, w_start, w_offs, win, nval, idx,
-                       vals)
+        _store_row(row, frow, out, flags, y, P, store_values)
+        if shared:
+            _validity(row, ok, 0, B, P, T)
+            _tmwm_search(ok, P, w_start, w_offs, win, nval, idx, ngap)
+            for b in range(B):
+                _tmwm_values(row, frow, out, flags, y, b, P, w_codes, win, nval, idx, ngap, vals)
+            continue
+        for b in range(B):
+            _validity(row, ok_next, b, b + 1, P, T)
+            if b == 0 or not _same_validity(ok, ok_next, P, T):
+                ok, ok_next = ok_next, ok
+                _tmwm_search(ok, P, w_start, w_offs, win, nval, idx, ngap)
+            _tmwm_values(row, frow, out, flags, y, b, P, w_codes, win, nval, idx, ngap, vals)
 
 
 @njit(nogil=True, cache=True)
-def _linear_rows(cube, out, flags, y0, y1, shared, direction, pad, do_outlier, q_lo, q_hi):  # pragma: no cover
+def _linear_rows(cube, out, flags, y0, y1, shared, direction, pad, do_outlier, q_lo, q_hi,  # pragma: no cover
+                 store_values):
     """Linear interpolation of rows y0..y1 (see :func:`_tmwm_rows`); ``pad`` is 0."""
     T, B, _, X = cube.shape
     P = pad
@@ -668,7 +704,7 @@ def _linear_rows(cube, out, flags, y0, y1, shared, direction, pad, do_outlier, q
     last = np.empty(X, np.int32)
     for y in range(y0, y1):
         _load_row(cube, y, row, frow, P, do_outlier, q_lo, q_hi, srt)
-        _store_row(row, frow, out, flags, y, P)
+        _store_row(row, frow, out, flags, y, P, store_values)
         for g in range(1 if shared else B):
             b_lo = 0 if shared else g
             b_hi = B if shared else g + 1
@@ -721,14 +757,15 @@ def fill_gaps(
     q_lo, q_hi = (float(q) for q in outlier_percentiles) if outlier_percentiles is not None else (0.0, 100.0)
     shared = bool(shared_flags) and B > 1
     do_outlier = outlier_percentiles is not None
+    store_values = not inplace or do_outlier  # in place, only removed outliers change observed values
     if method == "tmwm":
         windows = candidate_windows(season_size, h_same, h_neib, h_annual, direction)
         w_codes, w_start, w_offs, pad, widest = _window_plan(windows)
         kernel = _tmwm_rows
-        args = (shared, w_codes, w_start, w_offs, pad, widest, do_outlier, q_lo, q_hi)
+        args = (shared, w_codes, w_start, w_offs, pad, widest, do_outlier, q_lo, q_hi, store_values)
     else:
         kernel = _linear_rows
-        args = (shared, _DIRECTIONS.index(direction), 0, do_outlier, q_lo, q_hi)
+        args = (shared, _DIRECTIONS.index(direction), 0, do_outlier, q_lo, q_hi, store_values)
 
     n_threads = min(available_threads(threads), Y)
     if n_threads <= 1:
