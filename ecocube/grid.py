@@ -275,6 +275,18 @@ def split_balanced(items: Sequence, n_parts: int, part: int) -> list:
 # ---------------------------------------------------------------------- export
 
 
+GRID_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
+
+
+def grid_driver(path: str | Path) -> str:
+    """The OGR driver :func:`write_grid` writes ``path`` with, from its suffix; :class:`GridError`
+    (exit 2) for another suffix."""
+    driver = GRID_DRIVERS.get(Path(path).suffix.lower())
+    if driver is None:
+        raise GridError(f"unsupported grid file type {Path(path).suffix!r}: use .gpkg, .geojson or .fgb")
+    return driver
+
+
 def write_grid(tiles: Iterable[Tile], path: str | Path, crs: str) -> Path:
     """Write tiles as polygons (fields tile_id, ix, iy) to a GeoPackage or GeoJSON file."""
     import pyogrio
@@ -282,9 +294,7 @@ def write_grid(tiles: Iterable[Tile], path: str | Path, crs: str) -> Path:
 
     path = Path(path)
     tiles = list(tiles)
-    driver = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}.get(path.suffix.lower())
-    if driver is None:
-        raise GridError(f"unsupported grid file type {path.suffix!r}: use .gpkg, .geojson or .fgb")
+    driver = grid_driver(path)
     b = np.array([t.bounds for t in tiles], dtype=np.float64).reshape(-1, 4)
     geoms = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
     field_data = [

@@ -33,6 +33,7 @@ import logging
 import math
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -238,18 +239,33 @@ def _class_names(cfg, tags: dict) -> dict[int, str]:
     return names
 
 
-def vectorize_run(cfg, *, store=None, product: str = "class", years: Sequence[int] | None = None,
-                  simplify: float = 0.0, formats: Sequence[str] = FORMATS, overwrite: bool = False,
-                  catalog: bool = True, threads: int | None = None) -> list[VectorLayer]:
-    """Vectorise the finished tiles of ``product`` per year; returns the vector layers.
+@dataclass
+class VectorPlan:
+    """What :func:`vectorize_run` would do: per year, polygons to make (``todo``: the class and
+    probability tile layers with their digest), outputs kept as up to date (``kept``), and
+    outputs whose tiles or settings changed, refused without ``overwrite`` (``stale``: URLs)."""
+
+    product: str
+    formats: tuple[str, ...]
+    todo: list = field(default_factory=list)
+    kept: list[VectorLayer] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    previous: dict = field(default_factory=dict)
+
+    def keys(self, period: str) -> list[str]:
+        """The store keys the polygons of ``period`` are published under."""
+        return [output_key(self.product, period, f) for f in self.formats]
+
+
+def plan_vectorize(cfg, store, *, product: str = "class", years: Sequence[int] | None = None,
+                   simplify: float = 0.0, formats: Sequence[str] = FORMATS, overwrite: bool = False) -> VectorPlan:
+    """The plan of :func:`vectorize_run`, from the tiles' status records and the store's
+    ``catalog/vectors.json``; reads no pixel and writes nothing.
 
     Raises :class:`ConfigError` (exit 2) for a product that is not a class map, one the run
-    has no finished tile of, or a year without tiles; :class:`FileOverwriteError` when an
-    output exists, its tiles or settings changed and ``overwrite`` is not set.
+    has no finished tile of, or a year without tiles.
     """
-    from .grid import TileGrid, index_from_tile_id
-    from .mosaic import find_layers, verify_sources
-    from .store import store_for
+    from .mosaic import find_layers
 
     if product not in registry.PRODUCTS:
         raise ConfigError(f"unknown product {product!r}; known: {', '.join(registry.NAMES)}")
@@ -261,7 +277,6 @@ def vectorize_run(cfg, *, store=None, product: str = "class", years: Sequence[in
         raise ConfigError(f"unknown vector format(s) {bad}; use {', '.join(FORMATS)}")
     if simplify < 0 or not math.isfinite(simplify):
         raise ConfigError(f"--simplify must be a tolerance >= 0 in grid CRS units, got {simplify}")
-    store = store_for(cfg, store)
     sources = find_layers(cfg, store, products=[product])
     if not sources:
         raise ConfigError(f"no finished '{product}' tiles in {cfg.output.store} (tiles need a 'done' status record "
@@ -274,34 +289,51 @@ def vectorize_run(cfg, *, store=None, product: str = "class", years: Sequence[in
                               f"{cfg.output.store}; years with tiles: {', '.join(map(str, available))}")
         sources = [s for s in sources if int(s.period[:4]) in set(years)]
     probas = {s.period: s for s in find_layers(cfg, store, products=["proba"])} if "proba" in registry.PRODUCTS else {}
-    grid = TileGrid.from_config(cfg.grid)
-    previous = read_vectors(store)
+    plan = VectorPlan(product=product, formats=tuple(formats), previous=read_vectors(store))
     settings = json.dumps({"simplify": simplify, "formats": sorted(formats), "version": 1}, sort_keys=True)
-    results: list[VectorLayer] = []
-    stale = []
-    plan = []
     for src in sources:
         proba = probas.get(src.period)
         digest = _sources_digest(store, [s for s in (src, proba) if s is not None], settings)
         key = output_key(product, src.period, "gpkg" if "gpkg" in formats else formats[0])
-        prev = previous.get(f"{product}/{src.period}")
+        prev = plan.previous.get(f"{product}/{src.period}")
         if prev is not None and prev.sources_digest == digest and all(store.exists(a["key"]) for a in prev.assets.values()):
             prev.state = "up-to-date"
-            results.append(prev)
+            plan.kept.append(prev)
         elif prev is not None and not overwrite and any(store.exists(a["key"]) for a in prev.assets.values()):
-            stale.append(store.url(key))
+            plan.stale.append(store.url(key))
         elif prev is None and not overwrite and any(store.exists(output_key(product, src.period, f)) for f in formats):
-            stale.append(store.url(key))
+            plan.stale.append(store.url(key))
         else:
-            plan.append((src, proba, digest))
-    if stale:
-        raise FileOverwriteError(f"{len(stale)} polygon outputs exist but their tiles or settings changed; "
-                                 f"use --overwrite to remake them: {', '.join(stale[:5])}")
-    for src, proba, digest in plan:
+            plan.todo.append((src, proba, digest))
+    return plan
+
+
+def vectorize_run(cfg, *, store=None, product: str = "class", years: Sequence[int] | None = None,
+                  simplify: float = 0.0, formats: Sequence[str] = FORMATS, overwrite: bool = False,
+                  catalog: bool = True, threads: int | None = None) -> list[VectorLayer]:
+    """Vectorise the finished tiles of ``product`` per year; returns the vector layers.
+
+    Raises :class:`ConfigError` (exit 2) for a product that is not a class map, one the run
+    has no finished tile of, or a year without tiles; :class:`FileOverwriteError` when an
+    output exists, its tiles or settings changed and ``overwrite`` is not set.
+    """
+    from .grid import TileGrid, index_from_tile_id
+    from .mosaic import verify_sources
+    from .store import store_for
+
+    store = store_for(cfg, store)
+    plan = plan_vectorize(cfg, store, product=product, years=years, simplify=simplify, formats=formats,
+                          overwrite=overwrite)
+    if plan.stale:
+        raise FileOverwriteError(f"{len(plan.stale)} polygon outputs exist but their tiles or settings changed; "
+                                 f"use --overwrite to remake them: {', '.join(plan.stale[:5])}")
+    grid = TileGrid.from_config(cfg.grid)
+    results: list[VectorLayer] = list(plan.kept)
+    for src, proba, digest in plan.todo:
         verify_sources(store, [s for s in (src, proba) if s is not None])
         results.append(_vectorize_period(cfg, store, grid, product, src, proba, digest, simplify, formats,
                                          index_from_tile_id))
-    merged = {f"{v.product}/{v.period}": v for v in previous.values()}
+    merged = {f"{v.product}/{v.period}": v for v in plan.previous.values()}
     merged.update({f"{v.product}/{v.period}": v for v in results})
     write_vectors(store, merged.values(), cfg)
     if catalog:

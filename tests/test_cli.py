@@ -83,7 +83,8 @@ def test_every_help_has_an_example(path):
     assert example.startswith(f"ecocube {path[0]}"), example  # an example of this very command
 
 
-@pytest.mark.parametrize("path", [("run",), ("finalize",), ("slurm", "submit"), ("slurm", "resubmit")], ids=" ".join)
+@pytest.mark.parametrize("path", [("run",), ("finalize",), ("slurm", "submit"), ("slurm", "resubmit"), ("grid",),
+                                  ("vectorize",)], ids=" ".join)
 def test_bulk_writers_and_submitters_have_dry_run(path):
     res = CliRunner().invoke(cli, [*path, "--help"])
     assert res.exit_code == 0 and "--dry-run" in res.output, res.output
@@ -133,7 +134,10 @@ EXIT_CODES = [
     (["finalize", "{good}", "--dry-run"], 1, "no finished tile outputs to mosaic"),
     (["slurm", "resubmit", "{good}", "--failed", "--dry-run"], 1, "nothing to resubmit: no submission recorded"),
     (["stac", "validate", "{tmp}/not-a-catalog.json"], 1, "not-a-catalog.json"),
+    (["vectorize", "{good}", "--dry-run"], 2, "no finished 'class' tiles in"),
+    (["grid", "{good}", "--out", "{tmp}/grid.txt", "--dry-run"], 2, "unsupported grid file type '.txt'"),
     (["run", "{good}", "--dry-run"], 0, None),
+    (["grid", "{good}", "--out", "{tmp}/grid.gpkg", "--dry-run"], 0, None),
     (["config", "example"], 0, None),
 ]
 

@@ -172,3 +172,38 @@ def test_grid_cli(tmp_path):
     assert "wrote 9 tiles" in res.output
     res = runner.invoke(cli, ["grid", str(run), "--out", str(out)])
     assert res.exit_code != 0 and "use --overwrite" in str(res.exception or res.output)
+
+
+def test_grid_cli_dry_run_says_what_it_would_write_and_writes_nothing(tmp_path, capsys):
+    from ecocube.cli import main
+    from ecocube.config import EXAMPLE_YAML
+
+    def _main(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return exc.value.code, out.out.splitlines(), out.err
+
+    run = tmp_path / "run.yaml"
+    run.write_text(EXAMPLE_YAML)
+    out = tmp_path / "grid.gpkg"
+    # the example's bbox (4,000-4,060 km E, 3,000-3,060 km N) in 30 km tiles from (900 km, 5,500 km):
+    # columns 103-105, rows 81-83
+    plan = ("9 tiles to write to {out} (GPKG, EPSG:3035): X0103_Y0081 X0104_Y0081 X0105_Y0081 ... "
+            "X0103_Y0083 X0104_Y0083 X0105_Y0083; bounds (3990000, 2980000, 4080000, 3070000)")
+    code, lines, err = _main("grid", run, "--out", out, "--dry-run")
+    assert code == 0, err
+    assert lines == [plan.format(out=out), "(dry run: nothing written)"]
+    assert list(tmp_path.iterdir()) == [run]
+    assert _main("grid", run, "--out", out)[0] == 0
+    before = out.read_bytes()
+    code, lines, _ = _main("grid", run, "--out", out, "--dry-run")
+    assert code == 0 and lines[1:] == [f"{out} exists: refused without --overwrite", "(dry run: nothing written)"]
+    code, lines, _ = _main("grid", run, "--out", out, "--dry-run", "--overwrite")
+    assert code == 0 and lines[1] == f"{out} exists: it would be replaced (--overwrite)"
+    assert out.read_bytes() == before
+    code, lines, _ = _main("grid", run, "--out", out)  # the real run refuses as the dry run said
+    assert code == 1
+    code, _, err = _main("grid", run, "--out", tmp_path / "grid.shp", "--dry-run")
+    assert code == 2 and err.strip() == "ecocube: error: unsupported grid file type '.shp': use .gpkg, .geojson or .fgb"
+    assert sorted(tmp_path.iterdir()) == [out, run]

@@ -308,6 +308,65 @@ def test_cli_missing_year_and_product_are_one_line_exit_2(local_run, tmp_path):
     assert "class-polygons-2019-01-01: 4 polygons from 6 tiles" in res.stdout
 
 
+def _main(argv, capsys):
+    from ecocube.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cli_dry_run_says_what_would_be_written_kept_or_refused_and_writes_nothing(local_run, tmp_path, capsys):
+    data, cfg, store = local_run
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(data))
+    root = tmp_path / "store"
+    item = root / "catalog/class-polygons/class-polygons-2019-01-01"
+    before = _tree(root)
+    code, out, err = _main(["vectorize", run_yaml, "--dry-run"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [
+        "years: 1 to write, 0 up to date, 0 changed since they were made",
+        f"  write 2019 from 6 tiles: {item}/class-polygons.gpkg, {item}/class-polygons.parquet, "
+        f"{item}/class-polygons.geojson",
+        f"then {root}/catalog/vectors.json and the STAC catalog",
+        "(dry run: nothing written)"]
+    assert _tree(root) == before
+    code, out, _ = _main(["vectorize", run_yaml, "--dry-run", "--format", "gpkg", "--no-catalog"], capsys)
+    assert out.splitlines()[1:3] == [f"  write 2019 from 6 tiles: {item}/class-polygons.gpkg",
+                                     f"then {root}/catalog/vectors.json"]
+
+    vectorize_run(cfg, store=store, catalog=False)
+    made = _tree(root)
+    code, out, _ = _main(["vectorize", run_yaml, "--dry-run"], capsys)
+    assert code == 0 and out.splitlines() == ["years: 0 to write, 1 up to date, 0 changed since they were made",
+                                              "  up to date 2019: 4 polygons", "(dry run: nothing written)"]
+    klass = class_map()
+    klass[0:2, 0:2] = 5  # one tile redone with other content
+    write_tiles(store, cfg, klass=klass, tiles=["X0000_Y0000"])
+    changed = _tree(root)
+    assert changed != made
+    code, out, _ = _main(["vectorize", run_yaml, "--dry-run"], capsys)
+    assert code == 0 and out.splitlines() == [
+        "years: 0 to write, 0 up to date, 1 changed since they were made (refused without --overwrite)",
+        f"  changed {item}/class-polygons.gpkg", "(dry run: nothing written)"]
+    code, out, _ = _main(["vectorize", run_yaml, "--dry-run", "--overwrite"], capsys)
+    assert code == 0 and out.splitlines()[0] == "years: 1 to write, 0 up to date, 0 changed since they were made"
+    assert _tree(root) == changed
+    # what the dry run cannot plan fails as the real run does: one line, exit 2
+    code, _, err = _main(["vectorize", run_yaml, "--dry-run", "--year", "2021"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "year 2021" in err
+    # and the real run refuses exactly what the dry run said it would
+    code, _, err = _main(["vectorize", run_yaml], capsys)
+    assert code == 1 and "1 polygon outputs exist but their tiles or settings changed" in err
+    assert f"{item}/class-polygons.gpkg" in err
+
+
 def test_vectorize_on_s3(s3_bucket, seaweed, tmp_path):
     data, _ = run_config(tmp_path, f"s3://{s3_bucket}/run",
                          s3={"endpoint_url": seaweed.endpoint_url, "region": seaweed.region})
