@@ -315,7 +315,15 @@ def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, d
         if spec.startswith("ens"):
             for name, p in base.items():
                 per.setdefault(f"{spec} > {name}", []).append(_scores(y, p, codes))
-    seconds = round(time.perf_counter() - t0, 2)
+    return _summarise(per, codes, round(time.perf_counter() - t0, 2))
+
+
+def _summarise(per: dict[str, list[dict]], codes, seconds: float,
+               chosen: dict[str, dict[str, int]] | None = None) -> dict[str, dict]:
+    """Per model, the mean of its :func:`_scores` over the repeats (``per``: name -> one score
+    dict per fold draw), its weighted F1 per draw and their standard deviation (ddof 1; 0 for
+    one draw), the run's ``seconds``, and for a combiner variant (``"spec | label"``) how often
+    each combiner was chosen (``chosen``: label -> {combiner: folds})."""
     out = {}
     for name, runs in per.items():
         r = {k: float(np.mean([x[k] for x in runs])) for k in ("f1_weighted", "overall_accuracy", "f1_macro",
@@ -324,6 +332,9 @@ def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, d
         r["f1_weighted_per_repeat"] = [float(x["f1_weighted"]) for x in runs]
         r["f1_weighted_sd"] = float(np.std(r["f1_weighted_per_repeat"], ddof=1)) if len(runs) > 1 else 0.0
         r["seconds"] = seconds
+        label = name.split(" | ", 1)[1] if " | " in name else None
+        if chosen and label in chosen:
+            r["chosen_per_fold"] = chosen[label]
         out[name] = r
     return out
 
@@ -389,20 +400,7 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
                 held.setdefault(name, np.full((y.size, codes.size), np.nan))[test] = full
         for name, q in held.items():
             per.setdefault(name, []).append(_scores(y, q, codes))
-    seconds = round(time.perf_counter() - t0, 2)
-    out = {}
-    for name, runs in per.items():
-        r = {k: float(np.mean([x[k] for x in runs])) for k in ("f1_weighted", "overall_accuracy", "f1_macro",
-                                                                "log_loss")}
-        r["per_class_f1"] = {int(c): float(v) for c, v in zip(codes, np.mean([x["per_class_f1"] for x in runs], 0))}
-        r["f1_weighted_per_repeat"] = [float(x["f1_weighted"]) for x in runs]
-        r["f1_weighted_sd"] = float(np.std(r["f1_weighted_per_repeat"], ddof=1)) if len(runs) > 1 else 0.0
-        r["seconds"] = seconds
-        label = name.split(" | ", 1)[1] if " | " in name else None
-        if label in chosen:
-            r["chosen_per_fold"] = chosen[label]
-        out[name] = r
-    return out
+    return _summarise(per, codes, round(time.perf_counter() - t0, 2), chosen)
 
 
 DEFAULT_RUNS = [

@@ -73,11 +73,33 @@ def run_cli(*args: str, timeout: float = 600, env=None) -> subprocess.CompletedP
                           timeout=timeout, env=env)
 
 
+def assert_outputs_match(store, tile_id: str, products, reference: dict[str, str]) -> None:
+    """The tile is done and its files (hashed from the store), their record and a clean run
+    (``reference``, from :func:`clean_run`) agree."""
+    assert output_checksums(store, tile_id) == file_checksums(store, tile_id, products) == reference
+
+
 def assert_rerun_matches(cmd, store, tile_id: str, products, reference: dict[str, str], *,
                          timeout: float = 600, env=None) -> subprocess.CompletedProcess:
     """The fault cleared: rerun ``cmd`` (argv) and check that it exits 0 and that the tile's
     files, their record and a clean run (``reference``, from :func:`clean_run`) agree."""
     proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert output_checksums(store, tile_id) == file_checksums(store, tile_id, products) == reference
+    assert_outputs_match(store, tile_id, products, reference)
     return proc
+
+
+def run_at_once(*cmds, timeout: float = 900, env=None) -> list[subprocess.CompletedProcess]:
+    """Start every command (argv) at once, then wait for all of them; their output captured.
+    A command still running after ``timeout`` raises ``subprocess.TimeoutExpired``, and none of
+    the children outlives the call."""
+    procs = [subprocess.Popen(list(map(str, c)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for c in cmds]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=10)
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outs)]

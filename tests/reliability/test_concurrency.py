@@ -18,7 +18,7 @@ import sys
 import threading
 
 import pytest
-from faults import clean_run, output_checksums
+from faults import clean_run, output_checksums, run_at_once
 from rangeserver import RangeServer
 from test_tile import bundle, cfg_dict, model_dir, scene, write_yaml  # noqa: F401 - fixtures
 
@@ -44,14 +44,8 @@ def test_two_runs_on_one_empty_store_process_each_tile_once(scene, model_dir, tm
         data["inputs"]["sources"][0]["href"] = srv.url + "/inputs/{year}/Q{quarter}/{band}.tif"
         run_yaml = write_yaml(tmp_path / "run.yaml", data)
         args = [sys.executable, "-m", "ecocube", "run", str(run_yaml), "--no-progress"]
-        procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        try:
-            outs = [p.communicate(timeout=900) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=10)
+        procs = run_at_once(args, args)
+    outs = [(p.stdout, p.stderr) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     text = "\n".join(o[0] + o[1] for o in outs)
     store = LocalStore(tmp_path / "out")
@@ -184,15 +178,8 @@ def test_two_campaigns_started_at_once_on_one_store_never_mix(kind, scene, model
         srv.add_fault("/inputs/", "stall", seconds=0.1)  # slow reads: the two runs overlap
         a, b = _campaign_configs(scene["root"], store_url, srv.url, model_dir, **s3)
         yamls = [write_yaml(tmp_path / "a.yaml", a), write_yaml(tmp_path / "b.yaml", b)]
-        procs = [subprocess.Popen([sys.executable, "-m", "ecocube", "run", str(y), "--no-progress"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for y in yamls]
-        try:
-            outs = [p.communicate(timeout=900) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=10)
+        procs = run_at_once(*([sys.executable, "-m", "ecocube", "run", y, "--no-progress"] for y in yamls))
+    outs = [(p.stdout, p.stderr) for p in procs]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 2], [o[1][-2000:] for o in outs]
     winner, loser = (0, 1) if codes[0] == 0 else (1, 0)

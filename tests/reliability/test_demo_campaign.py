@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
 import yaml
-from faults import assert_rerun_matches, output_checksums, published, remount, run_cli
+from faults import assert_rerun_matches, output_checksums, published, remount, run_at_once, run_cli
 
 from ecocube.demo import demo_config_dict, make_demo_inputs
 from ecocube.status import read_status
@@ -93,16 +92,9 @@ def test_demo_full_scratch_disk_fails_the_tile_and_the_rerun_matches_the_clean_r
 def test_demo_two_runs_at_once_make_each_tile_once_and_like_the_clean_run(demo, tmp_path):
     root = demo["root"]
     run_yaml = _write(root, "two.yaml", _config(root, tmp_path / "out"))
-    procs = [subprocess.Popen([sys.executable, "-m", "ecocube", "run", str(run_yaml), "--no-progress"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    try:
-        outs = [p.communicate(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    args = [sys.executable, "-m", "ecocube", "run", run_yaml, "--no-progress"]
+    procs = run_at_once(args, args)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-2000:] for p in procs]
     store = LocalStore(tmp_path / "out")
     for t in TILES:
         rec = read_status(store, t)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from faults import clean_run, file_checksums, output_checksums, published, remount
+from faults import assert_outputs_match, assert_rerun_matches, clean_run, published, remount
 from test_tile import bundle, cfg_dict, model_dir, scene, tile_of, write_yaml  # noqa: F401 - fixtures
 
 from ecocube.config import config_from_dict, load_config
@@ -60,11 +60,8 @@ def test_full_tmp_dir_fails_the_tile_and_the_rerun_matches_a_clean_run(scene, mo
     assert list(disk.iterdir()) == []  # the scratch folder was removed
 
     remount(disk, "20m")  # room again: the rerun redoes the tile
-    rerun = subprocess.run([sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE],
-                           capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS)
-    assert output_checksums(store, TILE) == clean_run(data, tmp_path, TILE)
+    assert_rerun_matches([sys.executable, "-m", "ecocube", "run-tile", run_yaml, "--tile", TILE], store, TILE,
+                         PRODUCTS, clean_run(data, tmp_path, TILE))
 
 
 def test_full_local_store_fails_the_tile_and_the_rerun_matches_a_clean_run(scene, bundle, tmp_path,  # noqa: F811
@@ -83,8 +80,7 @@ def test_full_local_store_fails_the_tile_and_the_rerun_matches_a_clean_run(scene
     remount(disk, "20m")
     rec = process_tile(tile_of(cfg, TILE), cfg, bundle=bundle)
     assert rec["state"] == "done" and not rec.get("skipped")
-    assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS)
-    assert output_checksums(store, TILE) == clean_run(data, tmp_path, TILE, bundle=bundle)
+    assert_outputs_match(store, TILE, PRODUCTS, clean_run(data, tmp_path, TILE, bundle=bundle))
 
 
 def test_store_too_full_to_take_the_published_files(scene, model_dir, tmp_path, small_disk):  # noqa: F811

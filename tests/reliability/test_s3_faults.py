@@ -14,12 +14,11 @@ import sys
 import time
 
 import pytest
-from faults import clean_run
+from faults import assert_rerun_matches, clean_run, output_checksums
 from rangeserver import RangeServer
 from servers import SeaweedS3
 from test_tile import cfg_dict, scene, write_yaml  # noqa: F401 - fixtures
 
-from ecocube.status import read_status
 from ecocube.store import S3Store
 
 pytestmark = pytest.mark.slow  # real processes, tiles and S3 servers
@@ -41,12 +40,6 @@ def run_tile(run_yaml, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 def _reference(scene, tmp_path) -> dict[str, str]:
     return clean_run(cfg_dict(scene["root"], str(tmp_path / "unused"), tiles=(TILE,), output=LAYERS), tmp_path, TILE)
-
-
-def _s3_checksums(store) -> dict[str, str]:
-    rec = read_status(store, TILE)
-    assert rec["state"] == "done", rec
-    return {k: v["sha256"] for k, v in rec["outputs"].items()}
 
 
 def test_wrong_credentials_fail_in_one_line_without_echoing_them(scene, seaweed, s3_bucket, tmp_path):  # noqa: F811
@@ -117,12 +110,11 @@ def test_s3_stopped_mid_run_and_restarted_then_the_rerun_completes(scene, tmp_pa
         store = S3Store("campaign", "run", endpoint_url=server.endpoint_url, region="us-east-1")
         keys = [k for k in store.list("") if not k.startswith("status/")]
         assert keys == []  # nothing of the failed attempt under a final key
-        rerun = run_tile(run_yaml, env=env)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        checks = _s3_checksums(store)
-        assert sorted(k for k in store.list("") if not k.startswith("status/")) == sorted(checks)
+        assert_rerun_matches([sys.executable, "-m", "ecocube", "run-tile", run_yaml, "--tile", TILE], store, TILE,
+                             LAYERS["layers"], _reference(scene, tmp_path), timeout=300, env=env)
+        # exactly the tile's files and records: no stray object, no multipart upload left open
+        assert sorted(k for k in store.list("") if not k.startswith("status/")) == sorted(output_checksums(store, TILE))
         assert store.incomplete_uploads("") == []
-        assert {k: store.info(k).sha256 for k in checks} == checks == _reference(scene, tmp_path)
     finally:
         srv.stop()
         server.__exit__(None, None, None)
