@@ -619,25 +619,43 @@ def _campaign_marker(fingerprint: Mapping[str, Any], run: str) -> bytes:
     return json.dumps(record, indent=2, sort_keys=True).encode()
 
 
-def _campaign_in_use(store, marker: Mapping[str, Any], *, overwrite: bool, threads: int = 16) -> str | None:
+#: tile records read at once (in parallel) while looking for a tile that keeps a campaign in use
+CAMPAIGN_CHECK_BATCH = 16
+
+
+def _campaign_in_use(store, marker: Mapping[str, Any], *, overwrite: bool,
+                     threads: int = CAMPAIGN_CHECK_BATCH) -> str | None:
     """Why the store's campaign ``marker`` may not be replaced (None: it may): its process
     still runs on this host, tiles of it are being made now, or (without ``overwrite``) tiles
-    of it are done. Reads every tile record of the store (only when another campaign asks)."""
+    of it are done.
+
+    Only when another campaign asks: the tile records are read ``threads`` at a time, in the
+    listing's order, and the check stops after the first batch holding such a tile (a refused
+    run on a finished store of thousands of tiles reads one batch). A store it may take over
+    (only failed attempts, or done tiles with ``overwrite``) has every record read."""
     sha = (marker.get("fingerprint") or {}).get("sha256")
     if marker.get("host") == socket.gethostname() and stale_reason({**marker, "state": "running"}) is None:
         return f"its run {marker.get('host')}:{marker.get('pid')} is still running"
     ids = [k[len(STATUS_PREFIX):-len(".json")] for k in store.list(STATUS_PREFIX)
            if k.endswith(".json") and k != CAMPAIGN_KEY]
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(ids) or 1))) as pool:
-        records = [r for r in pool.map(lambda t: _read(store, t, True), ids) if r is not None]
-    ours = [r for r in records if (r.get("fingerprint") or {}).get("sha256") == sha]
-    running = sorted(r["tile"] for r in ours if r.get("state") == "running" and stale_reason(r) is None)
-    if running:
-        return f"{len(running)} of its tiles are being made now ({', '.join(running[:5])})"
-    done = sorted(r["tile"] for r in ours if r.get("state") in FINISHED_STATES)
-    if done and not overwrite:
-        return f"{len(done)} of its tiles are done ({', '.join(done[:5])}{' ...' if len(done) > 5 else ''})"
+    batch = max(1, threads)
+    with ThreadPoolExecutor(max_workers=max(1, min(batch, len(ids) or 1))) as pool:
+        for start in range(0, len(ids), batch):
+            records = [r for r in pool.map(lambda t: _read(store, t, True), ids[start:start + batch])
+                       if r is not None and (r.get("fingerprint") or {}).get("sha256") == sha]
+            more = start + batch < len(ids)  # records not read: the tiles named may not be all
+            running = sorted(r["tile"] for r in records if r.get("state") == "running" and stale_reason(r) is None)
+            if running:
+                return f"its tiles are being made now ({_some(running, more)})"
+            done = sorted(r["tile"] for r in records if r.get("state") in FINISHED_STATES)
+            if done and not overwrite:
+                return f"its tiles are done ({_some(done, more)})"
     return None
+
+
+def _some(tiles: list[str], more: bool) -> str:
+    """The first five of ``tiles``, with ' ...' when there are (or may be) others."""
+    return ", ".join(tiles[:5]) + (" ..." if more or len(tiles) > 5 else "")
 
 
 def claim_campaign(store, fingerprint: Mapping[str, Any], *, run: str, overwrite: bool = False,

@@ -310,3 +310,111 @@ def test_sigkilled_tile_is_reported_stale_and_listed_for_redo(tmp_path):
         process_tile(TileGrid.from_config(cfg.grid).tile("X0000_Y0000"), cfg, stages=Stages(read_block=broken))
     rec = read_status(store, "X0000_Y0000")
     assert rec["state"] == "failed" and rec["attempt"] == 2 and rec["pid"] == os.getpid()
+
+
+# --------------------------------------------------------------------------- the campaign marker
+
+FP_A = {"sha256": "a" * 64, "keys": {"gapfill.method": "tmwm"}}
+FP_B = {"sha256": "b" * 64, "keys": {"gapfill.method": "linear"}}
+
+
+class _CountingStore(LocalStore):
+    """A local store that counts the tile records read from it."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.record_reads = 0
+
+    def get_bytes_or_none(self, key):
+        if key.startswith("status/X"):
+            self.record_reads += 1
+        return super().get_bytes_or_none(key)
+
+
+def _campaign_a(store, n: int, *, state: str = "done") -> list[str]:
+    """Campaign A's marker (claimed by a process on another host) and ``n`` tile records of it."""
+    from ecocube.status import CAMPAIGN_KEY
+
+    store.put_bytes(json.dumps({"run": "a", "fingerprint": FP_A, "host": "another-host", "pid": 1,
+                                "started": "2026-01-01T00:00:00Z"}).encode(), CAMPAIGN_KEY)
+    tiles = [f"X{i:04d}_Y0000" for i in range(n)]
+    for t in tiles:
+        write_status(store, {"tile": t, "state": state, "attempt": 1, "fingerprint": FP_A})
+    return tiles
+
+
+def _alive(tile: str) -> dict:
+    from ecocube.status import now_iso
+
+    return {"tile": tile, "state": "running", "attempt": 1, "fingerprint": FP_A, "host": socket.gethostname(),
+            "pid": os.getpid(), "started": now_iso(), "heartbeat": now_iso()}
+
+
+def test_a_refused_campaign_reads_one_batch_of_records_not_every_record(tmp_path):
+    from ecocube.fingerprint import FingerprintMismatch
+    from ecocube.status import CAMPAIGN_KEY, claim_campaign
+
+    store = _CountingStore(tmp_path / "out")
+    _campaign_a(store, 200)
+    marker = store.get_bytes(CAMPAIGN_KEY)
+    with pytest.raises(FingerprintMismatch) as info:
+        claim_campaign(store, FP_B, run="b")
+    assert str(info.value).endswith(
+        ": its tiles are done (X0000_Y0000, X0001_Y0000, X0002_Y0000, X0003_Y0000, X0004_Y0000 ...); refusing to "
+        "mix two campaigns in one store: use another output.store, or --overwrite to redo its tiles with these "
+        "settings"), str(info.value)
+    assert "(differing: gapfill.method; claimed by another-host:1 at 2026-01-01T00:00:00Z)" in str(info.value)
+    assert store.record_reads == 16  # one batch of 16 parallel reads, not 200
+    assert store.get_bytes(CAMPAIGN_KEY) == marker
+
+
+def test_a_running_tile_refuses_even_with_overwrite_and_names_the_tiles_exactly_when_all_were_read(tmp_path):
+    from ecocube.fingerprint import FingerprintMismatch
+    from ecocube.status import claim_campaign
+
+    store = _CountingStore(tmp_path / "out")
+    tiles = _campaign_a(store, 40)
+    write_status(store, _alive(tiles[-1]))  # the last record the listing gives
+    with pytest.raises(FingerprintMismatch, match=r": its tiles are being made now \(X0039_Y0000\); refusing to mix "
+                                                  r"two campaigns in one store: use another output.store$"):
+        claim_campaign(store, FP_B, run="b", overwrite=True)
+    assert store.record_reads == 40  # with --overwrite done tiles do not refuse: every record is read
+    # a running tile and done ones in the first batch: the running one is named
+    write_status(store, _alive(tiles[3]))
+    store.record_reads = 0
+    with pytest.raises(FingerprintMismatch, match=r"its tiles are being made now \(X0003_Y0000 \.\.\.\); "):
+        claim_campaign(store, FP_B, run="b")
+    assert store.record_reads == 16
+
+
+def test_a_finished_campaign_is_taken_over_with_overwrite_after_every_record_was_read(tmp_path, caplog):
+    from ecocube.status import CAMPAIGN_KEY, claim_campaign, read_campaign
+
+    store = _CountingStore(tmp_path / "out")
+    _campaign_a(store, 40)
+    write_status(store, {"tile": "X0100_Y0000", "state": "running", "attempt": 1, "fingerprint": FP_B,
+                         "host": socket.gethostname(), "pid": os.getpid()})  # another campaign's: not A's
+    with caplog.at_level("WARNING", logger="ecocube.status"):
+        claimed = claim_campaign(store, FP_B, run="b", overwrite=True)
+    assert claimed["fingerprint"] == FP_B and read_campaign(store)[0]["run"] == "b"
+    assert store.record_reads == 41
+    assert "nothing of it is in use; the store is this run's campaign now" in caplog.text
+    assert store.exists(CAMPAIGN_KEY)
+
+
+@pytest.mark.slow
+def test_a_refused_campaign_on_s3_makes_a_bounded_number_of_requests(s3_bucket, seaweed):
+    from collections import Counter
+
+    from ecocube.fingerprint import FingerprintMismatch
+    from ecocube.status import claim_campaign
+    from ecocube.store import S3Store
+
+    store = S3Store(s3_bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
+    _campaign_a(store, 120)
+    calls: Counter = Counter()
+    store.client.meta.events.register("before-call.s3", lambda model, **_: calls.update([model.name]))
+    with pytest.raises(FingerprintMismatch, match=r"its tiles are done \(X0000_Y0000, .* \.\.\.\); refusing"):
+        claim_campaign(store, FP_B, run="b")
+    # the marker, one listing page, one batch of 16 records (was all 120)
+    assert calls == Counter({"GetObject": 1 + 16, "ListObjectsV2": 1}), calls
