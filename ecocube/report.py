@@ -20,7 +20,10 @@ the run left in its store (local or S3, through :mod:`ecocube.store`) and beside
 - links into the STAC catalog once ``ecocube finalize`` has published it.
 
 The page inlines its CSS, its SVG tile grid and its PNGs (as ``data:`` URIs): it can be
-mailed or copied alone. ``report.json`` holds every number the page shows.
+mailed or copied alone, and uses no script. Its per-tile table lists the tiles that need
+attention first (failed, interrupted, stale, running), then the others by state, a page of
+rows each, the further pages folded (:func:`tile_listing`), so thousands of tiles stay
+readable. ``report.json`` holds every number the page shows, ``tiles.csv`` every tile.
 :func:`build_report` is pure (records and metadata in, a plain dict out);
 :func:`render_html` turns that dict into the page; :func:`write_report` is the I/O edge.
 """
@@ -46,7 +49,7 @@ from .errors import EcocubeError
 log = logging.getLogger(__name__)
 
 __all__ = ["REPORT_STATES", "STATE_COLORS", "build_report", "error_group", "gapfill_shares", "render_html",
-           "write_report"]
+           "tile_listing", "tiles_csv", "write_report"]
 
 #: the states a report shows, in this order
 REPORT_STATES = ("done", "failed", "interrupted", "running", "stale", "empty", "pending")
@@ -367,6 +370,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.sw{display:inline-blo
 border:1px solid #555;vertical-align:middle;margin-right:4px}img{max-width:100%}.muted{color:#777}
 code{font-size:12px;background:#f3f3f3;padding:0 3px;word-break:break-all}.warn{color:#a15c00}
 .figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+h3{font-size:14px;margin:10px 0 4px}details.page>summary{cursor:pointer;font-size:13px;color:#264653;margin:2px 0}
 """
 
 SECTIONS = (("states", "Tiles by state"), ("completeness", "Completeness"), ("resources", "Time and memory"),
@@ -392,6 +396,79 @@ def _img(pngs: Mapping[str, bytes], name: str, alt: str) -> str:
         return ""
     return (f'<img class="fig" data-name="{_e(name)}" alt="{_e(alt)}" '
             f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+
+#: the per-tile listing: states in this order (what needs attention first), rows per page, and
+#: the most rows of one state the page holds (the rest: ``tiles.csv``, ``report.json``)
+LISTING_ORDER = ("failed", "interrupted", "stale", "running", "done", "empty", "pending")
+PAGE_ROWS = 100
+STATE_ROWS_MAX = 5000
+#: the most log paths shown per failure group
+GROUP_LOGS_MAX = 20
+_TILE_HEADER = ('<tr><th>tile</th><th>state</th><th>attempt</th><th>completeness</th><th>seconds</th>'
+                '<th>peak RSS</th><th>host</th></tr>')
+
+
+def _tile_row(r: Mapping[str, Any]) -> str:
+    secs = r["seconds"] if r["seconds"] is not None else r["running_seconds"]
+    secs_text = "" if secs is None else (f"{secs:.1f}" + (" (running)" if r["seconds"] is None else ""))
+    rss = f'{r["peak_rss_bytes"] / 2**20:.0f} MiB' if r["peak_rss_bytes"] else ""
+    return (f'<tr data-tile="{_e(r["tile"])}"><td>{_e(r["tile"])}</td><td>{_e(r["state"])}</td>'
+            f'<td class="num">{_e(r["attempt"] or "")}</td><td class="num">{_pct(r["completeness"])}</td>'
+            f'<td class="num">{secs_text}</td><td class="num">{rss}</td><td>{_e(r["host"] or "")}</td></tr>')
+
+
+def tile_listing(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-tile table as HTML parts, usable for thousands of tiles without a script: one
+    block per state in :data:`LISTING_ORDER` (failed, interrupted, stale and running first),
+    each showing its first :data:`PAGE_ROWS` rows, the next pages folded (``<details>``, found
+    by the browser's find-in-page), at most :data:`STATE_ROWS_MAX` rows of a state; every
+    tile is in ``tiles.csv`` and ``report.json``."""
+    by_state: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_state[r["state"]].append(r)
+    out = [f'<details class="tiles" open><summary>per tile: {len(rows)} tiles, those that need attention first '
+           f'(every tile with every field: <code>tiles.csv</code>, <code>report.json</code>)</summary>']
+    for state in LISTING_ORDER:
+        tiles = by_state.get(state, [])
+        if not tiles:
+            continue
+        shown = tiles[:STATE_ROWS_MAX]
+        out.append(f'<div class="state-tiles" data-state="{state}"><h3><span class="sw" '
+                   f'style="background:{STATE_COLORS[state]}"></span>{state}: {len(tiles)} '
+                   f'tile{"s" if len(tiles) != 1 else ""}</h3>')
+        for start in range(0, len(shown), PAGE_ROWS):
+            page = shown[start:start + PAGE_ROWS]
+            table = (f'<table class="tiles" data-state="{state}" data-page="{start // PAGE_ROWS + 1}">{_TILE_HEADER}'
+                     + "".join(_tile_row(r) for r in page) + "</table>")
+            if start == 0:
+                out.append(table)
+            else:
+                out.append(f'<details class="page" data-state="{state}" data-page="{start // PAGE_ROWS + 1}"><summary>'
+                           f'{state}: rows {start + 1}–{start + len(page)} ({_e(page[0]["tile"])} … '
+                           f'{_e(page[-1]["tile"])})</summary>{table}</details>')
+        if len(tiles) > len(shown):
+            out.append(f'<p class="muted more">… and {len(tiles) - len(shown)} more {state} tiles: see '
+                       "<code>tiles.csv</code></p>")
+        out.append("</div>")
+    out.append("</details>")
+    return out
+
+
+def tiles_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every tile of the report, one CSV row each, in grid order (for a spreadsheet or a filter)."""
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["tile", "state", "attempt", "completeness", "seconds", "running_seconds", "peak_rss_bytes", "host",
+                "started", "finished", "heartbeat", "stale_reason", "error"])
+    for r in rows:
+        w.writerow([r["tile"], r["state"], r["attempt"] if r["attempt"] is not None else "", r["completeness"],
+                    *("" if r[k] is None else r[k] for k in ("seconds", "running_seconds", "peak_rss_bytes", "host",
+                                                             "started", "finished", "heartbeat", "stale_reason",
+                                                             "error"))])
+    return buf.getvalue()
 
 
 def render_html(report: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
@@ -427,16 +504,9 @@ def render_html(report: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
             out.append(f'<tr><td>{_e(r["name"])}</td><td class="num">{r["tiles"]}</td>'
                        f'<td class="num">{_pct(r["completeness"])}</td></tr>')
         out.append("</table>")
-    out.append('</div><details><summary>per tile</summary><table class="tiles"><tr><th>tile</th><th>state</th>'
-               '<th>attempt</th><th>completeness</th><th>seconds</th><th>peak RSS</th><th>host</th></tr>')
-    for r in report["tiles"]:
-        secs = r["seconds"] if r["seconds"] is not None else r["running_seconds"]
-        secs_text = "" if secs is None else (f"{secs:.1f}" + (" (running)" if r["seconds"] is None else ""))
-        rss = f'{r["peak_rss_bytes"] / 2**20:.0f} MiB' if r["peak_rss_bytes"] else ""
-        out.append(f'<tr data-tile="{_e(r["tile"])}"><td>{_e(r["tile"])}</td><td>{_e(r["state"])}</td>'
-                   f'<td class="num">{_e(r["attempt"] or "")}</td><td class="num">{_pct(r["completeness"])}</td>'
-                   f'<td class="num">{secs_text}</td><td class="num">{rss}</td><td>{_e(r["host"] or "")}</td></tr>')
-    out.append("</table></details></section>")
+    out.append("</div>")
+    out.extend(tile_listing(report["tiles"]))
+    out.append("</section>")
 
     # resources
     res = report["resources"]
@@ -471,7 +541,10 @@ def render_html(report: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
             logs = "<br>".join(
                 (f'{_e(lg["tile"])}: <code>{_e(lg["log"])}</code>' if lg["log"]
                  else f'{_e(lg["tile"])}: local run on {_e(lg["host"] or "?")} (pid {_e(lg["pid"] or "?")}), '
-                      f"no job log") for lg in g["logs"])
+                      f"no job log") for lg in g["logs"][:GROUP_LOGS_MAX])
+            if len(g["logs"]) > GROUP_LOGS_MAX:
+                logs += (f'<br><span class="muted more">… {len(g["logs"]) - GROUP_LOGS_MAX} more: '
+                         "<code>report.json</code></span>")
             out.append(f'<tr class="failure" data-state="{_e(g["state"])}" data-tiles="{len(g["tiles"])}">'
                        f'<td>{_e(g["state"])}</td><td class="num">{len(g["tiles"])}<br>'
                        f'<span class="muted">{_e(" ".join(g["tiles"][:20]))}{" …" if len(g["tiles"]) > 20 else ""}'
@@ -606,7 +679,7 @@ def _store_text(store) -> str:
 def write_report(cfg, out_dir: str | Path, *, store=None, regions_path: str | None = None,
                  region_field: str = "name", unit: str = "pixels", stale_after: float | None = None,
                  tiles=None) -> dict[str, Any]:
-    """Write ``report.html``, ``report.json`` and the PNGs into ``out_dir``; returns the
+    """Write ``report.html``, ``report.json``, ``tiles.csv`` and the PNGs into ``out_dir``; returns the
     report dict with ``files``. Reads the run's records (one listing + a GET per record),
     its model's training report and whether a catalog is published."""
     from .atomic import write_bytes_atomic, write_text_atomic
@@ -636,6 +709,7 @@ def write_report(cfg, out_dir: str | Path, *, store=None, regions_path: str | No
     files = {}
     for name, data in pngs.items():
         files[name] = str(write_bytes_atomic(out / name, data))
+    files["tiles.csv"] = str(write_text_atomic(out / "tiles.csv", tiles_csv(report["tiles"])))
     report["files"] = files
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, sort_keys=True, default=str))
     page = write_text_atomic(out / "report.html", render_html(report, pngs))

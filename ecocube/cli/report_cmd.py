@@ -13,7 +13,7 @@ from .options import config_override_option, load_run_config, run_config_argumen
 @run_config_argument
 @config_override_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
-              show_default=True, help="Folder for report.html, report.json and the PNGs.")
+              show_default=True, help="Folder for report.html, report.json, tiles.csv and the PNGs.")
 @click.option("--regions", "regions_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Polygons with a name (GeoPackage, GeoJSON, ...): completeness per region.")
 @click.option("--region-field", default="name", show_default=True, help="The regions' name field.")
