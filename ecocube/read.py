@@ -56,7 +56,7 @@ from .store import gdal_env, probe_s3_object
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReadResult", "read_block", "gdal_path", "nan_percentile", "band_names", "norm_window", "footprint_note"]
+__all__ = ["FetchedBlock", "ReadResult", "fetch_block", "read_block", "gdal_path", "nan_percentile", "band_names", "norm_window", "footprint_note"]
 
 
 @dataclass
@@ -900,9 +900,10 @@ class _Scheduler:
     input missing under ``on_missing: record`` is recorded instead.
     """
 
-    def __init__(self, plan: _BlockPlan, cube: _BlockCube, reader: _Reader, pool: _Pool | None,
+    def __init__(self, plan: _BlockPlan, sink: Callable[[int, dict], None], reader: _Reader, pool: _Pool | None,
                  cancel: threading.Event, *, max_in_flight: int, record_missing: bool, tile_id: str):
-        self.plan, self.cube, self.reader, self.pool, self.cancel = plan, cube, reader, pool, cancel
+        # sink(k, results): period k's files are in (a _BlockCube's add_period composites them)
+        self.plan, self.sink, self.reader, self.pool, self.cancel = plan, sink, reader, pool, cancel
         self.max_in_flight = max_in_flight
         self.record_missing = record_missing
         self.tile_id = tile_id
@@ -937,7 +938,7 @@ class _Scheduler:
             self._results[k] = {}
             self._remaining[k] = len(self.plan.jobs[k])
             if self._remaining[k] == 0:
-                self.cube.add_period(k, self._results.pop(k))
+                self.sink(k, self._results.pop(k))
                 continue
             for job in self.plan.jobs[k]:
                 self.pool.submit(job)
@@ -971,7 +972,7 @@ class _Scheduler:
         self._results[job.period][_job_key(job)] = res
         self._remaining[job.period] -= 1
         if self._remaining[job.period] == 0:
-            self.cube.add_period(job.period, self._results.pop(job.period))
+            self.sink(job.period, self._results.pop(job.period))
 
     def _fail(self, exc: BaseException, href: str) -> None:
         if self._failure is None:
@@ -988,25 +989,38 @@ class _Scheduler:
                         url=href, tile=self.tile_id) from failure
 
 
-def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadResult:
-    """Read one block (``window`` in tile pixels; None = the whole tile) of every input.
-
-    Returns a :class:`ReadResult` with ``(time, band, y, x)`` arrays over the configured
-    periods and :func:`band_names` bands. Raises :class:`InputMissingError` for a missing
-    input under ``on_missing: fail`` and :class:`ReadError` for any other failure, both
-    naming the URL and the tile.
+@dataclass
+class FetchedBlock:
+    """The files of one block read, decoded in their own data types (and warped onto the
+    block) but not yet composited: what a read-ahead of the next block holds while the
+    current one is computed (:func:`fetch_block`). For uint16 inputs that is 2 bytes a
+    value, against 7 for the composited cube (float32 data, uint8 reason, uint16 count).
     """
-    t0 = time.perf_counter()
-    window = norm_window(tile, window)
-    inputs = cfg.inputs
-    plan = _BlockPlan.for_tile(cfg, tile, threads=threads)
-    cube = _BlockCube(plan, (int(window.height), int(window.width)), inputs.composite)
-    n_threads = max(1, min(ecoenv.available_threads(threads or inputs.threads), max(plan.n_jobs, 1)))
 
+    window: object
+    plan: _BlockPlan
+    #: per period (time order): job key -> what was read (consumed by read_block)
+    periods: list
+    scheduler: _Scheduler
+    stats: dict
+    seconds: float
+
+
+def _window_key(window) -> tuple[int, int, int, int]:
+    return int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+
+
+def _read_files(cfg, tile, window, plan: _BlockPlan, threads: int | None,
+                sink: Callable[[int, dict], None]) -> tuple[_Scheduler, dict]:
+    """Read every file of ``plan`` for ``window`` on a worker pool, handing each period's
+    files to ``sink`` as soon as they are in; returns the scheduler (missing, outside and
+    resampled files) and the read statistics."""
+    inputs = cfg.inputs
+    n_threads = max(1, min(ecoenv.available_threads(threads or inputs.threads), max(plan.n_jobs, 1)))
     cancel = threading.Event()
     reader = _Reader(cfg, tile, window, cancel)
     pool = _Pool(n_threads, reader.gdal_env, reader.read, cancel) if plan.n_jobs else None
-    scheduler = _Scheduler(plan, cube, reader, pool, cancel, max_in_flight=max(4 * n_threads, 8),
+    scheduler = _Scheduler(plan, sink, reader, pool, cancel, max_in_flight=max(4 * n_threads, 8),
                            record_missing=inputs.on_missing == "record", tile_id=tile.id)
     try:
         missing = scheduler.run()
@@ -1014,12 +1028,59 @@ def read_block(cfg, tile, window=None, *, threads: int | None = None) -> ReadRes
         cancel.set()  # nothing is pending after a normal end; after an error, workers stop early
         if pool is not None:
             pool.close()
-
     stats = dict(reader.stats)
-    stats.update(threads=n_threads, jobs=plan.n_jobs, seconds=round(time.perf_counter() - t0, 4),
-                 missing=len(missing))
+    stats.update(threads=n_threads, jobs=plan.n_jobs, missing=len(missing))
+    return scheduler, stats
+
+
+def fetch_block(cfg, tile, window=None, *, threads: int | None = None) -> FetchedBlock:
+    """Read and decode every file of one block without compositing it (the first half of
+    :func:`read_block`, e.g. on a background thread for the next block); pass the result
+    to ``read_block(..., fetched=)``. Raises what :func:`read_block` raises."""
+    t0 = time.perf_counter()
+    window = norm_window(tile, window)
+    plan = _BlockPlan.for_tile(cfg, tile, threads=threads)
+    periods: list = [None] * len(plan.periods)
+
+    def keep(k: int, results: dict) -> None:
+        periods[k] = results
+
+    scheduler, stats = _read_files(cfg, tile, window, plan, threads, keep)
+    return FetchedBlock(window, plan, periods, scheduler, stats, time.perf_counter() - t0)
+
+
+def read_block(cfg, tile, window=None, *, threads: int | None = None,
+               fetched: FetchedBlock | None = None) -> ReadResult:
+    """Read one block (``window`` in tile pixels; None = the whole tile) of every input.
+
+    Returns a :class:`ReadResult` with ``(time, band, y, x)`` arrays over the configured
+    periods and :func:`band_names` bands. Raises :class:`InputMissingError` for a missing
+    input under ``on_missing: fail`` and :class:`ReadError` for any other failure, both
+    naming the URL and the tile. ``fetched``: the block's files already read by
+    :func:`fetch_block` (same ``window``): only the compositing is left.
+    """
+    t0 = time.perf_counter()
+    window = norm_window(tile, window)
+    inputs = cfg.inputs
+    shape = (int(window.height), int(window.width))
+    if fetched is not None:
+        if _window_key(fetched.window) != _window_key(window):
+            raise ReadError(f"tile {tile.id}: the files fetched for window {fetched.window} were given for "
+                            f"window {window}", tile=tile.id)
+        plan, scheduler, stats = fetched.plan, fetched.scheduler, dict(fetched.stats)
+        cube = _BlockCube(plan, shape, inputs.composite)
+        for k, results in enumerate(fetched.periods):
+            fetched.periods[k] = None  # each period's decoded files freed once composited
+            cube.add_period(k, results)
+        seconds = fetched.seconds + time.perf_counter() - t0
+    else:
+        plan = _BlockPlan.for_tile(cfg, tile, threads=threads)
+        cube = _BlockCube(plan, shape, inputs.composite)
+        scheduler, stats = _read_files(cfg, tile, window, plan, threads, cube.add_period)
+        seconds = time.perf_counter() - t0
+    stats.update(seconds=round(seconds, 4))
     return ReadResult(data=cube.data, reason=cube.reason, count=cube.count, bands=plan.bands,
-                      periods=list(plan.periods), missing=missing, stats=stats,
+                      periods=list(plan.periods), missing=list(scheduler.missing), stats=stats,
                       files=frozenset(j.href for jobs in plan.jobs for j in jobs),
                       outside=dict(scheduler.outside), resampled=frozenset(scheduler.resampled))
 

@@ -5,7 +5,8 @@ For each processing block (``tile.blocks(cfg.processing.block_size)``), in
 
     read_block -> fill_gaps_config (in place) -> features_for_year (per year) -> predict_block
                -> write the year's prediction windows into local temporary GeoTIFFs
-    (beside features/predict, a second thread stages the block's per-period cube layers)
+    (beside features/predict, a second thread stages the block's per-period cube layers;
+    with :data:`READ_AHEAD` a third reads the next block's files)
 
 The few per-year prediction GeoTIFFs are opened once per tile and written window by
 window. The per-period cube layers (composite, flags, count: 3 × periods × bands files)
@@ -14,7 +15,8 @@ block is done, ``threads`` at a time (see :class:`TileWriter`); an open deflate 
 costs ~0.7 MB, so keeping 1,512 open (84 periods × 6 bands) cost ~1.1 GB. Memory is
 bounded by the block size, not by the tile size: one block's cube (read data filled in
 place, reasons, counts, flags: about ``8 × periods × bands × block_size²`` bytes, 265 MB
-for 84 × 6 at 256²) plus the model and the libraries (``scripts/bench/tile.py``).
+for 84 × 6 at 256²; the reasons are freed once counted) plus the model and the libraries
+(``scripts/bench/tile.py``).
 Scratch disk: about ``5 × periods × bands × pixels`` bytes of staged layers. When every
 output is written the files are published to the store (atomic per object), stale objects
 of earlier attempts are removed, and the status record ``status/<tile>.json`` is written
@@ -81,10 +83,16 @@ FLAG_UNFILLED = products.FLAG_UNFILLED
 # --------------------------------------------------------------------------- stages
 
 
-def _read_block(cfg, tile, window, *, threads=None):
+def _read_block(cfg, tile, window, *, threads=None, fetched=None):
     from .read import read_block
 
-    return read_block(cfg, tile, window, threads=threads)
+    return read_block(cfg, tile, window, threads=threads, fetched=fetched)
+
+
+def _fetch_block(cfg, tile, window, *, threads=None):
+    from .read import fetch_block
+
+    return fetch_block(cfg, tile, window, threads=threads)
 
 
 def _fill_gaps(cube, cfg, *, threads=None):
@@ -941,6 +949,52 @@ class _Stager:
         self._pool.shutdown(wait=True)
 
 
+#: read the next block's files while the current one is computed (:class:`_ReadAhead`).
+#: Off: at 1000² × 84 periods × 6 bands, block 256 (scripts/bench/tile.py) it raised the
+#: tile's peak RSS from 638 to 921 MiB, not by the 66 MB of one block's decoded files that
+#: reading ahead alone adds (measured with read_block/fetch_block by themselves); until that
+#: is understood the memory bound wins over the overlap.
+READ_AHEAD = False
+
+
+class _ReadAhead:
+    """Reads the next block's files on one background thread while the current block is
+    gap-filled, predicted and staged: the files decoded in their own data types
+    (:func:`ecocube.read.fetch_block`), not a second cube; compositing them stays with the
+    block's own read. At most one block in flight, so the memory it holds is one block's
+    decoded inputs (2 bytes a value for uint16 inputs: 66 MB at 256² × 84 × 6)."""
+
+    def __init__(self, cfg, tile, threads: int):
+        self.cfg, self.tile, self.threads = cfg, tile, threads
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecocube-readahead")
+        self._pending: tuple[Any, Any] | None = None
+
+    def start(self, window) -> None:
+        self._pending = (window, self._pool.submit(_fetch_block, self.cfg, self.tile, window, threads=self.threads))
+
+    def take(self, window):
+        """The fetched files of ``window`` (waiting for them; re-raises the read's error), or
+        None when that window was not read ahead."""
+        if self._pending is None:
+            return None
+        ahead, future = self._pending
+        self._pending = None
+        if (ahead.col_off, ahead.row_off, ahead.width, ahead.height) != \
+                (window.col_off, window.row_off, window.width, window.height):
+            with contextlib.suppress(BaseException):
+                future.result()
+            return None
+        return future.result()
+
+    def close(self) -> None:
+        """Let a read still in flight (after a stop or an error) finish, then stop the thread."""
+        if self._pending is not None:
+            with contextlib.suppress(BaseException):
+                self._pending[1].result()
+            self._pending = None
+        self._pool.shutdown(wait=True)
+
+
 class _TileRun:
     """One attempt at a tile's blocks: read → gap-fill → features → predict → stage/write,
     then publish. :meth:`run` is the sequence; each other method does one step.
@@ -965,6 +1019,7 @@ class _TileRun:
         self.block_size = cfg.processing.block_size
         self.tally = _Tally()
         self.stager: _Stager | None = None
+        self.ahead: _ReadAhead | None = None
         self.writer: TileWriter | None = None
         self.bands: tuple[str, ...] = ()
         self.years: list[int] = []
@@ -980,7 +1035,9 @@ class _TileRun:
 
         One thread budget, ``threads`` (the allocation's share): the read workers, the
         gap-fill and finish pools and prediction each use at most that many, one stage at a
-        time (staging the cube layers is the one thread beside prediction), and the native
+        time; beside them run the staging of the cube layers (one thread) and, with
+        :data:`READ_AHEAD`, the read of the next block (half the threads, at least one: the
+        cores a stage leaves idle), and the native
         pools (BLAS, OpenMP) are limited to it for the whole tile, so no library sizes its
         pool by the machine's cores."""
         from threadpoolctl import threadpool_limits
@@ -993,6 +1050,11 @@ class _TileRun:
         windows = list(self.tile.blocks(self.block_size))
         self.check_model()
         self.stager = _Stager()
+        # the next block's files are read while this one is computed: with the real read
+        # stage only (a swapped read_block is called block by block) and not for chip models'
+        # haloed reads; half the threads (at least one) beside the stages' own
+        if READ_AHEAD and self.stages.read_block is _read_block and not self.halo and len(windows) > 1:
+            self.ahead = _ReadAhead(self.cfg, self.tile, max(1, self.threads // 2))
         try:
             for i, window in enumerate(windows):
                 _check_stop(self.stop, self.tile, i, len(windows))
@@ -1006,6 +1068,8 @@ class _TileRun:
                 else:
                     res = self.read(window)
                     filled, flags = self.gapfill(res)
+                    if self.ahead is not None and i + 1 < len(windows):
+                        self.ahead.start(windows[i + 1])  # beside features/predict/staging
                     self.open_outputs(res, i)
                     self.stage(window, res, filled, flags)  # on the second thread, beside features/predict
                     if self.chip is not None:
@@ -1063,7 +1127,12 @@ class _TileRun:
 
     def read(self, window):
         with self.timer("read"):
-            res = self.stages.read_block(self.cfg, self.tile, window, threads=self.threads)
+            fetched = self.ahead.take(window) if self.ahead is not None else None
+            if fetched is not None:
+                res = self.stages.read_block(self.cfg, self.tile, window, threads=self.threads, fetched=fetched)
+            else:
+                res = self.stages.read_block(self.cfg, self.tile, window, threads=self.threads)
+            del fetched
         self.tally.add_read(res)
         return res
 
@@ -1076,6 +1145,8 @@ class _TileRun:
         if tally:
             self.tally.gaps.add(flags, getattr(res, "reason", None))
             self.tally.add_years(flags, res.periods)
+            with contextlib.suppress(AttributeError):  # counted: freed (a quarter of the cube) before the read-ahead
+                res.reason = None
         return filled, flags
 
     def read_haloed(self, window):
@@ -1260,6 +1331,8 @@ class _TileRun:
 
     def close(self) -> None:
         """After the blocks (or an error): stop the staging thread, drop unfinished outputs."""
+        if self.ahead is not None:
+            self.ahead.close()
         if self.stager is not None:
             self.stager.close()
         if self.writer is not None:

@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from ecocube.config import config_from_dict
 from ecocube.errors import InputMissingError, ReadError
 from ecocube.grid import TileGrid
-from ecocube.read import gdal_path, nan_percentile, read_block
+from ecocube.read import fetch_block, gdal_path, nan_percentile, read_block
 from ecocube.sources import REASON_MASKED, REASON_MISSING, REASON_NODATA, REASON_VALID
 from rangeserver import RangeServer
 
@@ -173,6 +173,26 @@ def test_window_equals_slice_of_whole_tile(series, tile):
     np.testing.assert_array_equal(part.data, whole.data[:, :, 8:40, 16:40])
     np.testing.assert_array_equal(part.reason, whole.reason[:, :, 8:40, 16:40])
     np.testing.assert_array_equal(part.count, whole.count[:, :, 8:40, 16:40])
+
+
+def test_fetched_files_composite_to_the_same_block(series, tile):
+    """A read-ahead (fetch_block, then read_block(fetched=)) gives the block a plain read gives:
+    warped acquisitions with a cloud mask, composited to the median."""
+    cfg = _cfg(*_templates(str(series)))
+    window = Window(16, 8, 24, 32)
+    plain = read_block(cfg, tile, window, threads=2)
+    fetched = fetch_block(cfg, tile, window, threads=1)
+    assert fetched.stats["files"] == 2 * len(DATES) and fetched.periods[1]  # decoded, not composited
+    ahead = read_block(cfg, tile, window, threads=2, fetched=fetched)
+    np.testing.assert_array_equal(ahead.data, plain.data)
+    np.testing.assert_array_equal(ahead.reason, plain.reason)
+    np.testing.assert_array_equal(ahead.count, plain.count)
+    assert (ahead.reason == REASON_MASKED).any() and (ahead.count > 1).any()  # masks and composites were exercised
+    assert ahead.files == plain.files and ahead.resampled == plain.resampled and ahead.missing == []
+    assert ahead.stats["files"] == plain.stats["files"] == 2 * len(DATES)
+    assert all(p is None for p in fetched.periods)  # each period freed once composited
+    with pytest.raises(ReadError, match=f"tile {TILE}: the files fetched for window .* were given for window"):
+        read_block(cfg, tile, Window(0, 0, 24, 32), fetched=fetch_block(cfg, tile, window, threads=1))
 
 
 def test_same_over_file_http_and_s3(series, tile, nginx_factory, seaweed, s3_bucket, tmp_path):

@@ -18,7 +18,7 @@ import rasterio
 from affine import Affine
 
 from ecocube.config import config_from_dict
-from ecocube.errors import Interrupted, TileError
+from ecocube.errors import Interrupted, ReadError, TileError
 from ecocube.grid import TileGrid
 from ecocube.status import read_status, verify_outputs
 from ecocube.store import LocalStore, S3Store, sha256_file
@@ -221,6 +221,51 @@ def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
     assert ra["gaps"] == rb["gaps"] and ra["predicted_pixels"] == rb["predicted_pixels"]
     assert list((tmp_path / "scratch").iterdir()) == []  # scratch cleaned
     assert not (tmp_path / "a" / ".ecocube-tmp").exists() or not any((tmp_path / "a" / ".ecocube-tmp").iterdir())
+
+
+@pytest.mark.slow
+def test_read_ahead_gives_the_outputs_of_block_by_block_reads_and_its_errors_fail_the_tile(
+        scene, bundle, tmp_path, monkeypatch):
+    """With READ_AHEAD the next block's files are read while the current one is computed: every output is
+    byte-identical to block-by-block reads (a swapped read stage is never read ahead), and a
+    read-ahead failure fails the tile naming it, nothing published."""
+    import ecocube.read
+    import ecocube.tile
+
+    real_fetch, fetched = ecocube.read.fetch_block, []
+
+    def counting_fetch(cfg_, tile, window, **kw):
+        fetched.append((int(window.col_off), int(window.row_off)))
+        return real_fetch(cfg_, tile, window, **kw)
+
+    monkeypatch.setattr(ecocube.read, "fetch_block", counting_fetch)
+    monkeypatch.setattr(ecocube.tile, "READ_AHEAD", True)  # off by default (see its comment)
+    ahead_cfg = make_cfg(scene["root"], str(tmp_path / "a"), processing={"block_size": 16})
+    plain_cfg = make_cfg(scene["root"], str(tmp_path / "b"), processing={"block_size": 16})
+    ahead = process_tile(tile_of(ahead_cfg), ahead_cfg, bundle=bundle)
+    assert fetched == [(16, 0), (0, 16), (16, 16)]  # blocks 2..4 read ahead, block 1 read in turn
+    reads = []
+    plain = process_tile(tile_of(plain_cfg), plain_cfg, bundle=bundle, stages=_fake_stages(
+        read_block=lambda *a, **k: reads.append(1) or Stages().read_block(*a, **k)))
+    assert len(reads) == 4 and len(fetched) == 3  # a swapped read stage: block by block, no read-ahead
+    assert ahead["blocks"] == plain["blocks"] == 4 and len(ahead["outputs"]) == len(plain["outputs"]) > 40
+    assert {k: o["sha256"] for k, o in ahead["outputs"].items()} == {k: o["sha256"] for k, o in plain["outputs"].items()}
+    assert ahead["gaps"] == plain["gaps"] and ahead["bytes_read"] == plain["bytes_read"] > 0
+
+    def failing_fetch(cfg_, tile, window, **kw):
+        if int(window.row_off) == 16:
+            raise ReadError(f"cannot read {scene['inputs']}/2020/Q3/red.tif for tile {tile.id}: simulated",
+                            url="red.tif", tile=tile.id)
+        return real_fetch(cfg_, tile, window, **kw)
+
+    monkeypatch.setattr(ecocube.read, "fetch_block", failing_fetch)
+    bad_cfg = make_cfg(scene["root"], str(tmp_path / "c"), processing={"block_size": 16})
+    with pytest.raises(TileError, match=r"tile X0000_Y0000 failed: ReadError: cannot read .*2020/Q3/red.tif "
+                                        r"for tile X0000_Y0000: simulated"):
+        process_tile(tile_of(bad_cfg), bad_cfg, bundle=bundle)
+    store = LocalStore(tmp_path / "c")
+    assert read_status(store, "X0000_Y0000")["state"] == "failed"
+    assert store.list("") == ["status/X0000_Y0000.json"]
 
 
 @pytest.mark.slow
