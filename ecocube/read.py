@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 
 import logging
+import mmap
 import os
 import queue
 import random
@@ -218,6 +219,27 @@ def _warp_dtype(dtype, nodata) -> np.dtype:
     with np.errstate(all="ignore"):
         fits = not np.isnan(nodata) and np.asarray(nodata).astype(dtype) == nodata
     return dtype if fits else np.dtype(np.float64)
+
+
+#: decoded files at least this large get their own memory map (see _decoded_array)
+_MAPPED_BYTES = 256 * 1024
+
+
+def _decoded_array(shape: tuple[int, ...], dtype, fill) -> np.ndarray:
+    """``np.full(shape, fill, dtype)``, in its own anonymous memory map when large: given
+    back to the system as soon as it is freed. A block's decoded files are allocated on
+    the reader threads and freed by the compositing thread; taken from malloc, glibc kept
+    them in its per-thread arenas (its mmap threshold rises after the first large free),
+    and a read-ahead holding a whole block of them raised the tile's peak RSS by several
+    blocks' worth instead of one."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if n * dtype.itemsize < _MAPPED_BYTES:
+        return np.full(shape, fill, dtype)
+    arr = np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype=dtype, count=n).reshape(shape)
+    if fill != 0:  # the map starts zeroed
+        arr.fill(fill)
+    return arr
 
 
 def _block_bytes(src, indexes, window) -> int | None:
@@ -511,13 +533,15 @@ class _Reader:
         # the file's dtype when its nodata fits (a uint16 file with nodata 0.0 stays uint16, not
         # float64: 4x less to allocate, copy and scan; the values are the same)
         dtype = _warp_dtype(src.dtypes[0], nodata)
-        arr = np.full((len(job.indexes), h, w), fill, dtype=dtype)
+        arr = _decoded_array((len(job.indexes), h, w), dtype, fill)
         outside = np.ones((h, w), bool)
         win = None
         if c1 > c0 and r1 > r0:
             win = Window(c0, r0, c1 - c0, r1 - r0)
-            part = src.read(list(job.indexes), window=win)
-            arr[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
+            if (c0, r0, c1, r1) == (col, row, col + w, row + h):  # the whole block: decoded in place
+                src.read(list(job.indexes), window=win, out=arr)
+            else:
+                arr[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(list(job.indexes), window=win)
             outside[r0 - row:r1 - row, c0 - col:c1 - col] = False
         return arr, (outside if outside.any() else None), win
 
