@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from browser import chromium_page
 
 from ecocube.report import error_group, gapfill_shares
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # training, real tiles, Chromium: minutes
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 MISSING = "inputs/2019/Q3/nir.tif"  # removed before the run: recorded missing (inputs.on_missing: record)
 BROKEN = "inputs/2019/Q2/red.tif"  # replaced by junk while the failing tile runs
 
@@ -199,8 +198,6 @@ def test_progress_bars_only_on_a_terminal(campaign):
 
 
 def test_report_during_the_run(campaign, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     root, c = campaign["root"], campaign
     out = root / "report-during"
     assert "6 tiles: 3 done, 1 failed, 1 running, 1 pending" in c["during"].stdout
@@ -231,44 +228,36 @@ def test_report_during_the_run(campaign, tmp_path):
 
     page_text = (out / "report.html").read_text()
     assert "<script" not in page_text and "http://" not in page_text.replace("http://www.w3.org", "")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            _open(page, out / "report.html")
-            assert page.title() == "ecocube report: report-test"
-            ids = page.eval_on_selector_all("main section", "els => els.map(e => e.id)")
-            assert ids == ["states", "completeness", "resources", "failures", "inputs", "gapfill", "model", "catalog"]
-            cells = dict(page.eval_on_selector_all(
-                "table.counts tr[data-state]", "rs => rs.map(r => [r.dataset.state, r.cells[1].innerText])"))
-            assert cells == {"done": "3", "failed": "1", "interrupted": "0", "running": "1", "stale": "0",
-                             "empty": "0", "pending": "1"}
-            states = dict(page.eval_on_selector_all("svg.grid rect",
-                                                    "rs => rs.map(r => [r.dataset.tile, r.dataset.state])"))
-            assert states == {**{t: "done" for t in c["done"]}, c["failed"]: "failed", c["running"]: "running",
-                              c["pending"]: "pending"}
-            assert page.locator("svg.grid").bounding_box()["width"] > 300
-            assert page.locator("tr.failure").count() == 1
-            assert "red.tif" in page.locator("tr.failure td.error").inner_text()
-            assert c["failed"] in page.locator("tr.failure").inner_text()
-            assert MISSING in page.locator("table.missing").inner_text()
-            assert page.locator("table.running tr[data-tile]").count() == 1
-            assert page.locator("#catalog .none").count() == 1
-            acc = c["train"]["metrics"]["overall_accuracy"]
-            assert page.locator('table.metrics tr[data-metric="overall_accuracy"] td').nth(1).inner_text() == \
-                f"{acc:.3f}"
-            widths = page.eval_on_selector_all("img.fig", "els => els.map(e => [e.dataset.name, e.naturalWidth])")
-            names = [n for n, _ in widths]
-            assert {"completeness.png", "seconds.png", "memory.png", "gapfill.png"} <= set(names)
-            assert "model-confusion_matrix.png" in names and all(w > 100 for _, w in widths), widths
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+    with chromium_page(viewport={"width": 1280, "height": 900}) as watched:
+        page, errors, requests = watched.page, watched.errors, watched.requests
+        _open(page, out / "report.html")
+        assert page.title() == "ecocube report: report-test"
+        ids = page.eval_on_selector_all("main section", "els => els.map(e => e.id)")
+        assert ids == ["states", "completeness", "resources", "failures", "inputs", "gapfill", "model", "catalog"]
+        cells = dict(page.eval_on_selector_all(
+            "table.counts tr[data-state]", "rs => rs.map(r => [r.dataset.state, r.cells[1].innerText])"))
+        assert cells == {"done": "3", "failed": "1", "interrupted": "0", "running": "1", "stale": "0",
+                         "empty": "0", "pending": "1"}
+        states = dict(page.eval_on_selector_all("svg.grid rect",
+                                                "rs => rs.map(r => [r.dataset.tile, r.dataset.state])"))
+        assert states == {**{t: "done" for t in c["done"]}, c["failed"]: "failed", c["running"]: "running",
+                          c["pending"]: "pending"}
+        assert page.locator("svg.grid").bounding_box()["width"] > 300
+        assert page.locator("tr.failure").count() == 1
+        assert "red.tif" in page.locator("tr.failure td.error").inner_text()
+        assert c["failed"] in page.locator("tr.failure").inner_text()
+        assert MISSING in page.locator("table.missing").inner_text()
+        assert page.locator("table.running tr[data-tile]").count() == 1
+        assert page.locator("#catalog .none").count() == 1
+        acc = c["train"]["metrics"]["overall_accuracy"]
+        assert page.locator('table.metrics tr[data-metric="overall_accuracy"] td').nth(1).inner_text() == \
+            f"{acc:.3f}"
+        widths = page.eval_on_selector_all("img.fig", "els => els.map(e => [e.dataset.name, e.naturalWidth])")
+        names = [n for n, _ in widths]
+        assert {"completeness.png", "seconds.png", "memory.png", "gapfill.png"} <= set(names)
+        assert "model-confusion_matrix.png" in names and all(w > 100 for _, w in widths), widths
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        assert errors == []
     assert all(r.startswith(("file://", "data:")) for r in requests), requests
 
 
@@ -281,28 +270,22 @@ def test_report_of_an_interrupted_tile(campaign):
 
 
 def test_report_after_the_run_links_the_catalog(campaign):
-    from playwright.sync_api import sync_playwright
-
     out = campaign["root"] / "report-after"
     rep = json.loads((out / "report.json").read_text())
     assert rep["counts"]["done"] == 6 and rep["finished"] and rep["failures"] == []
     assert rep["completeness"]["overall"] == pytest.approx(
         np.mean([_record(campaign["root"], t)["completeness"] for t in campaign["tiles"]]))
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            _open(page, out / "report.html")
-            assert page.locator("#failures .none").count() == 1
-            hrefs = page.eval_on_selector_all("a.catalog-link", "els => els.map(e => e.href)")
-            assert len(hrefs) == 3
-            for href in hrefs:
-                assert Path(href.removeprefix("file://")).is_file(), href
-            page.locator("a.catalog-link", has_text="catalog page").click()
-            page.wait_for_load_state("load")
-            assert page.title() == campaign["cfg"].finalize.stac.title == "ecocube demo: land cover 2019–2021"
-        finally:
-            browser.close()
+    with chromium_page() as watched:
+        page = watched.page
+        _open(page, out / "report.html")
+        assert page.locator("#failures .none").count() == 1
+        hrefs = page.eval_on_selector_all("a.catalog-link", "els => els.map(e => e.href)")
+        assert len(hrefs) == 3
+        for href in hrefs:
+            assert Path(href.removeprefix("file://")).is_file(), href
+        page.locator("a.catalog-link", has_text="catalog page").click()
+        page.wait_for_load_state("load")
+        assert page.title() == campaign["cfg"].finalize.stac.title == "ecocube demo: land cover 2019–2021"
 
 
 def test_report_from_s3(campaign, seaweed, s3_bucket, tmp_path):

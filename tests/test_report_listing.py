@@ -8,6 +8,7 @@ import csv
 import io
 
 import pytest
+from browser import chromium_page
 
 from ecocube.config import config_from_dict
 from ecocube.report import write_report
@@ -16,8 +17,6 @@ from ecocube.store import LocalStore
 
 pytestmark = pytest.mark.slow  # headless Chromium
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 # 60 x 50 tiles of 100 m: the bbox spans columns 0-59 and rows 0-49 of the grid
 IDS = [f"X{ix:04d}_Y{iy:04d}" for iy in range(50) for ix in range(60)]
 FAILED = IDS[-30:]  # the last 30 in grid order: listing them first is a real reordering
@@ -63,40 +62,30 @@ def test_tiles_csv_holds_every_tile_once(big_report):
 
 
 def test_the_page_lists_attention_first_then_pages_of_the_rest(big_report):
-    from playwright.sync_api import sync_playwright
-
     out, _ = big_report
     page_text = (out / "report.html").read_text()
     assert "<script" not in page_text  # still a page without a script
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
-            blocks = page.eval_on_selector_all("div.state-tiles", "els => els.map(e => e.dataset.state)")
-            assert blocks == ["failed", "running", "done", "pending"]
-            visible = "rs => rs.filter(r => r.checkVisibility()).map(r => r.dataset.tile)"
-            shown = page.eval_on_selector_all("table.tiles tr[data-tile]", visible)
-            # every failed and running tile, the first 100 done ones, the 17 pending
-            assert shown == FAILED + RUNNING + DONE[:100] + PENDING
-            every = page.eval_on_selector_all("table.tiles tr[data-tile]", "rs => rs.map(r => r.dataset.tile)")
-            assert sorted(every) == sorted(IDS)  # each tile once, the folded pages included
-            summaries = page.eval_on_selector_all('details.page[data-state="done"] > summary',
-                                                  "els => els.map(e => e.innerText)")
-            assert len(summaries) == 29  # 2,950 done tiles: 30 pages of 100, the first one open
-            assert summaries[0] == f"done: rows 101–200 ({DONE[100]} … {DONE[199]})"
-            assert summaries[-1] == f"done: rows 2901–2950 ({DONE[2900]} … {DONE[2949]})"
-            page.locator('details.page[data-state="done"][data-page="2"] > summary').click()
-            shown = page.eval_on_selector_all("table.tiles tr[data-tile]", visible)
-            assert shown == FAILED + RUNNING + DONE[:200] + PENDING
-            # the failure group: its 30 tiles in one row, 20 of their logs and a count of the rest
-            (group,) = page.eval_on_selector_all("tr.failure", "rs => rs.map(r => r.cells[3].innerText)")
-            assert group.count("local run on node2") == 20 and group.endswith("… 10 more: report.json")
-            assert errors == []
-        finally:
-            browser.close()
+    with chromium_page(viewport={"width": 1280, "height": 900}) as watched:
+        page, errors, requests = watched.page, watched.errors, watched.requests
+        page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
+        blocks = page.eval_on_selector_all("div.state-tiles", "els => els.map(e => e.dataset.state)")
+        assert blocks == ["failed", "running", "done", "pending"]
+        visible = "rs => rs.filter(r => r.checkVisibility()).map(r => r.dataset.tile)"
+        shown = page.eval_on_selector_all("table.tiles tr[data-tile]", visible)
+        # every failed and running tile, the first 100 done ones, the 17 pending
+        assert shown == FAILED + RUNNING + DONE[:100] + PENDING
+        every = page.eval_on_selector_all("table.tiles tr[data-tile]", "rs => rs.map(r => r.dataset.tile)")
+        assert sorted(every) == sorted(IDS)  # each tile once, the folded pages included
+        summaries = page.eval_on_selector_all('details.page[data-state="done"] > summary',
+                                              "els => els.map(e => e.innerText)")
+        assert len(summaries) == 29  # 2,950 done tiles: 30 pages of 100, the first one open
+        assert summaries[0] == f"done: rows 101–200 ({DONE[100]} … {DONE[199]})"
+        assert summaries[-1] == f"done: rows 2901–2950 ({DONE[2900]} … {DONE[2949]})"
+        page.locator('details.page[data-state="done"][data-page="2"] > summary').click()
+        shown = page.eval_on_selector_all("table.tiles tr[data-tile]", visible)
+        assert shown == FAILED + RUNNING + DONE[:200] + PENDING
+        # the failure group: its 30 tiles in one row, 20 of their logs and a count of the rest
+        (group,) = page.eval_on_selector_all("tr.failure", "rs => rs.map(r => r.cells[3].innerText)")
+        assert group.count("local run on node2") == 20 and group.endswith("… 10 more: report.json")
+        assert errors == []
     assert all(r.startswith(("file://", "data:")) for r in requests), requests
