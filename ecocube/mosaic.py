@@ -1,14 +1,16 @@
 """Mosaics of the per-tile outputs: a VRT over the tiles, then a Cloud-Optimized GeoTIFF.
 
 For every product, layer and period found in the store (``{product}/{tile}/{period}/{layer}.tif``,
-tiles with a ``done`` status record only), :func:`mosaic_run`
+or raster band ``i`` of a stacked ``{product}/{tile}/{layer}.tif`` for the ``i``-th period its
+tile's record lists; tiles with a ``done`` status record only), :func:`mosaic_run`
 
 1. takes the layer's metadata from one tile file's header and each tile's place from the
    run's grid (:class:`ecocube.grid.TileGrid`) when every tile's record lists its outputs
    (checked against those records first), so no other tile file is opened; tiles whose
    records list no outputs have every header read and checked for a common dtype, band
    count, CRS and pixel grid;
-2. writes a VRT over the tile files (local paths or ``/vsis3/``), without copying pixels;
+2. writes a VRT over the tile files (local paths or ``/vsis3/``; ``SourceBand`` picks the
+   period of a stacked file), without copying pixels;
 3. copies the VRT (or a ``WarpedVRT`` of it when ``finalize.reproject`` is set) window by
    window into a tiled temporary GeoTIFF, collecting per-band statistics on the way, so no
    layer is ever whole in memory;
@@ -75,7 +77,7 @@ log = logging.getLogger(__name__)
 MOSAIC_CACHEMAX = 32 * 2**20
 MOSAIC_CACHEMAX_MIN = 64 * 2**20
 
-TILE_KEY_RE = registry.tile_key_pattern()
+TILE_KEY_RE = registry.tile_key_pattern()  # parse with registry.parse_tile_key
 
 
 # --------------------------------------------------------------------------- naming
@@ -117,6 +119,8 @@ class LayerSources:
     settings: str = ""
     #: mean over the tiles of the observed fraction of the period's year (status records)
     observed_fraction: float | None = None
+    #: per key, the raster band holding the period (stacked files); empty: band 1 of each
+    bands: tuple[int, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -124,7 +128,8 @@ class LayerSources:
         finalize settings: changes when a tile is added, removed or redone with other
         content, or when the COG settings change."""
         expected = self.expected or (None,) * len(self.keys)
-        lines = [f"{k} {(e or {}).get('sha256', '')}" for k, e in zip(self.keys, expected)]
+        names = [f"{k}#{b}" for k, b in zip(self.keys, self.bands)] if self.bands else self.keys
+        lines = [f"{k} {(e or {}).get('sha256', '')}" for k, e in zip(names, expected)]
         return hashlib.sha256("\n".join([*lines, self.settings]).encode()).hexdigest()
 
 
@@ -172,7 +177,9 @@ def verify_sources(store, layers: Sequence[LayerSources], *, threads: int = 8) -
     """
     from .status import STATUS_PREFIX, status_key
 
-    items = [(t, k, e) for src in layers for t, k, e in zip(src.tiles, src.keys, src.expected or ()) if e]
+    # a stacked file serves every period of its tile: checked once
+    items = list({(t, k): (t, k, e) for src in layers for t, k, e in zip(src.tiles, src.keys, src.expected or ())
+                  if e}.values())
     counts = {"files": len(items), "from_listing": 0, "checked_each": 0}
     if not items:
         return counts
@@ -221,29 +228,52 @@ def verify_sources(store, layers: Sequence[LayerSources], *, threads: int = 8) -
     return counts
 
 
+def _stacked_periods(store, key: str) -> list[str]:
+    """The periods of a stacked tile file whose record lists no outputs: its band descriptions."""
+    import rasterio
+
+    try:
+        with store.rasterio_env(threads=1), rasterio.open(store.gdal_path(key)) as src:
+            return [d for d in src.descriptions if d]
+    except rasterio.errors.RasterioIOError as exc:
+        raise StoreError(f"cannot open tile output {store.url(key)}: {exc}") from None
+
+
 def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[LayerSources]:
     """Every product/layer/period with at least one finished tile, sorted.
 
     Only tiles whose status record says ``done`` are used (a tile's outputs may be partial
-    until its record is written). Keys that do not follow the output layout are ignored.
+    until its record is written). Keys that do not follow the output layout are ignored. A
+    stacked file (a per-period product) gives one layer per period its record lists, read
+    from the raster band of that period.
     """
     wanted = [p for p in (products or cfg.output.layers) if p in registry.PRODUCTS]
-    groups: dict[tuple[str, str, str], list[tuple[str, str, dict | None]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[str, str, dict | None, int]]] = {}
     strays: list[str] = []
-    matches = [(key, m) for product in wanted for key in store.list(f"{product}/")
-               if (m := TILE_KEY_RE.match(key))]
+    matches = [(key, parsed) for product in wanted for key in store.list(f"{product}/")
+               if (parsed := registry.parse_tile_key(key))]
     # one listing per product, then each tile's record once, read in parallel
-    done_cache = _done_records(store, [m["tile"] for _, m in matches])
-    for key, m in matches:
-        record = done_cache[m["tile"]]
+    done_cache = _done_records(store, [parsed[1] for _, parsed in matches])
+    for key, (product, tile_id, period, layer) in matches:
+        record = done_cache[tile_id]
         if record is None:
             continue
         outputs = record.get("outputs")
         if outputs and key not in outputs:  # not an output of the attempt the record describes
             strays.append(key)
             continue
-        groups.setdefault((m["product"], m["layer"], m["period"]), []).append(
-            (m["tile"], key, dict(outputs[key]) if outputs else None))
+        entry = dict(outputs[key]) if outputs else None
+        if period is not None:
+            groups.setdefault((product, layer, period), []).append((tile_id, key, entry, 1))
+            continue
+        periods = entry.pop("periods", None) if entry is not None else None
+        if periods is None:
+            if entry is not None:
+                raise StoreError(f"tile {tile_id}: the record lists {store.url(key)} without its periods "
+                                 "(one per raster band); redo the tile with 'ecocube run-tile --overwrite'")
+            periods = _stacked_periods(store, key)
+        for band, per in enumerate(periods, start=1):
+            groups.setdefault((product, layer, per), []).append((tile_id, key, entry, band))
     settings = _finalize_settings(cfg)
     out = []
     for (product, layer, period), entries in sorted(groups.items()):
@@ -251,8 +281,9 @@ def find_layers(cfg, store, *, products: Sequence[str] | None = None) -> list[La
         fractions = [(done_cache[e[0]] or {}).get("observed_fraction_by_year", {}).get(period[:4]) for e in entries]
         fraction = (round(sum(fractions) / len(fractions), 6)
                     if fractions and all(isinstance(f, (int, float)) for f in fractions) else None)
+        bands = tuple(e[3] for e in entries) if registry.get(product).stacked else ()
         out.append(LayerSources(product, layer, period, tuple(e[0] for e in entries), tuple(e[1] for e in entries),
-                                tuple(e[2] for e in entries), settings, fraction))
+                                tuple(e[2] for e in entries), settings, fraction, bands))
     if strays:
         log.warning("%d files under done tiles are not listed in their status records and are left out: %s",
                     len(strays), ", ".join(strays[:5]) + (" ..." if len(strays) > 5 else ""))
@@ -273,6 +304,7 @@ class _TileMeta:
     height: int
     bounds: tuple[float, float, float, float]
     res: tuple[float, float]
+    band: int = 1  # the first source band (a stacked file: the period's)
 
 
 @dataclass(frozen=True)
@@ -390,6 +422,22 @@ def _layer_meta_from_grid(cfg, sources: LayerSources, paths: Sequence[str], env)
                       first.descriptions, first.colorinterp, first.block, tuple(tiles))
 
 
+def _period_band(meta: _LayerMeta, sources: LayerSources) -> _LayerMeta:
+    """A stacked layer's metadata reduced to the one raster band of its period: the band's
+    scale and offset from the header, the product's band description (the tile files name
+    their bands by period), each tile's source band from its record."""
+    import dataclasses
+
+    band = sources.bands[0]
+    if not 1 <= band <= meta.count:
+        raise StoreError(f"tile output {sources.keys[0]} has {meta.count} bands; its record puts period "
+                         f"{sources.period} in band {band}")
+    prod = registry.get(sources.product)
+    tiles = tuple(dataclasses.replace(t, band=b) for t, b in zip(meta.tiles, sources.bands))
+    return _LayerMeta(meta.crs, meta.dtype, 1, meta.nodata, (meta.scales[band - 1],), (meta.offsets[band - 1],),
+                      prod.band_descriptions(sources.layer), ("gray",), meta.block, tiles)
+
+
 def _mosaic_grid(meta: _LayerMeta):
     """(transform, width, height, per-tile pixel offsets) of the union of the tiles."""
     from affine import Affine
@@ -438,7 +486,7 @@ def vrt_xml(meta: _LayerMeta, *, source_path=lambda p: (p, False)) -> str:
             tag = "ComplexSource" if meta.nodata is not None else "SimpleSource"
             lines.append(f"    <{tag}>")
             lines.append(f'      <SourceFilename relativeToVRT="{1 if rel else 0}">{escape(path)}</SourceFilename>')
-            lines.append(f"      <SourceBand>{b + 1}</SourceBand>")
+            lines.append(f"      <SourceBand>{t.band + b}</SourceBand>")
             lines.append(f'      <SourceProperties RasterXSize="{t.width}" RasterYSize="{t.height}" '
                          f'DataType="{gdal_type}" BlockXSize="{bx}" BlockYSize="{by}" />')
             lines.append(f'      <SrcRect xOff="0" yOff="0" xSize="{t.width}" ySize="{t.height}" />')
@@ -747,6 +795,8 @@ def mosaic_layer(cfg, store, sources: LayerSources, *, threads: int = 1, work_di
             meta = _layer_meta_from_grid(cfg, sources, paths, env)
         else:  # records that list no outputs (written by hand): each file's header is read and compared
             meta = _read_tile_meta(paths, sources.keys, threads, env)
+        if sources.bands:  # stacked tile files: the period's raster band of each
+            meta = _period_band(meta, sources)
         # the working VRT points at what GDAL can open from here; the published one is
         # relative for a local store (it sits inside it) and /vsis3/ for S3
         work_vrt = vrt_xml(meta)

@@ -84,7 +84,8 @@ def estimate_output_bytes(cfg, n_tiles: int) -> int:
 
 
 def staged_bytes_per_tile(cfg) -> int:
-    """Scratch bytes one tile stages for its cube layers (``TileWriter.scratch_bytes``)."""
+    """Scratch bytes one tile's cube layers may take there, uncompressed (an upper bound: they are
+    written zstd-compressed into one stacked file per product and band, see ``TileWriter``)."""
     p = cfg.inputs.periods
     n_time = (p.end_year - p.start_year + 1) * p.season_size
     n_band = len(_band_names(cfg))

@@ -5,8 +5,8 @@ product, and every module reads it from here instead of spelling it out:
 
 - ``config`` validates ``output.layers`` against :data:`NAMES`;
 - ``tile`` plans a tile's GeoTIFFs (:func:`ecocube.tile.plan_outputs`: data type, nodata,
-  scale, band count and descriptions, tags), stages the per-period products and removes
-  stale objects under every product's prefix;
+  scale, band count and descriptions, tags), writes the per-period products stacked (one
+  file per band) and removes stale objects under every product's prefix;
 - ``predict`` takes its nodata codes from here;
 - ``mosaic`` matches tile keys, names collections and assets, picks the overview and
   reprojection resampling, the colour table and the thumbnail style;
@@ -17,14 +17,19 @@ product, and every module reads it from here instead of spelling it out:
 Fields (all plain data, no I/O):
 
 ``name``
-    config and store name: tile outputs are ``{name}/{tile}/{period}/{layer}.tif``.
+    config and store name: a tile's outputs are ``{name}/{tile}/{period}/{layer}.tif`` for
+    per-year products and ``{name}/{tile}/{layer}.tif`` for per-period ones (*stacked*: one
+    file per tile and layer, one raster band per period; see :func:`tile_key`).
 ``source``
     ``"model"`` (needs a model bundle; computed from the features of one year) or
-    ``"cube"`` (computed from the gap-filled cube, per input period; staged to scratch
-    while the tile runs, see :class:`ecocube.tile.TileWriter`).
+    ``"cube"`` (computed from the gap-filled cube, per input period; written block by
+    block while the tile runs, see :class:`ecocube.tile.TileWriter`).
 ``cadence``
     ``"year"`` (one output per year, period id ``YYYY-01-01``) or ``"period"`` (one per
-    input period).
+    input period, all of a tile's periods *stacked* in one multi-band file: raster band
+    ``i`` is the ``i``-th period, its description the period id; the record lists the
+    periods, see :func:`tile_key`). The published mosaics, VRTs and STAC items stay one
+    per period either way.
 ``per_band``
     one output per input band (layer = band name), else one output whose layer is ``name``.
 ``per_class``
@@ -84,6 +89,7 @@ would add a ``format`` field here, with its own writer; none exists yet.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +104,8 @@ __all__ = [
     "default_layers",
     "get",
     "names",
+    "parse_tile_key",
+    "tile_key",
     "tile_key_pattern",
 ]
 
@@ -174,8 +182,13 @@ class Product:
 
     @property
     def staged(self) -> bool:
-        """Written to scratch block by block and turned into GeoTIFFs at the end of the tile."""
+        """A cube product: written block by block from the gap-filled cube (beside prediction)."""
         return self.source == "cube"
+
+    @property
+    def stacked(self) -> bool:
+        """One tile file per layer holding every period, one raster band each (per-period products)."""
+        return self.cadence == "period"
 
     @property
     def itemsize(self) -> int:
@@ -309,10 +322,40 @@ def names(*, source: str | None = None, cadence: str | None = None,
                  and (task is None or p.task == task) and (wanted is None or p.name in wanted))
 
 
+def tile_key(product: str, tile_id: str, layer: str, period: str | None = None) -> str:
+    """The store key of one tile output: ``{product}/{tile}/{period}/{layer}.tif``, or
+    ``{product}/{tile}/{layer}.tif`` for a stacked product (every period in one file, so
+    ``period`` is not part of the key). A 1000² tile of 84 periods × 6 bands is 18 cube
+    files instead of 1,512 (S3 objects and requests of a campaign scale with it)."""
+    if get(product).stacked:
+        return f"{product}/{tile_id}/{layer}.tif"
+    if not period:
+        raise ValueError(f"product {product!r} has one file per period: a period is needed for its key")
+    return f"{product}/{tile_id}/{period}/{layer}.tif"
+
+
 def tile_key_pattern() -> re.Pattern[str]:
-    """``{product}/{tile}/{period}/{layer}.tif`` for the registered products (named groups)."""
-    alternatives = "|".join(re.escape(n) for n in PRODUCTS)
+    """The tile output keys of the registered products (named groups ``product``, ``tile``,
+    ``period``, ``layer``): ``{product}/{tile}/{period}/{layer}.tif``, or
+    ``{product}/{tile}/{layer}.tif`` (``period`` None). :func:`parse_tile_key` also checks
+    that the key's form is its product's."""
+    return _key_pattern(tuple(PRODUCTS))
+
+
+@functools.lru_cache(maxsize=4)
+def _key_pattern(product_names: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(n) for n in product_names)
     return re.compile(
         rf"^(?P<product>{alternatives})/"
-        r"(?P<tile>X-?\d{1,7}_Y-?\d{1,7})/(?P<period>\d{4}-\d{2}-\d{2})/(?P<layer>[A-Za-z0-9_\-]+)\.tif$"
+        r"(?P<tile>X-?\d{1,7}_Y-?\d{1,7})/(?:(?P<period>\d{4}-\d{2}-\d{2})/)?(?P<layer>[A-Za-z0-9_\-]+)\.tif$"
     )
+
+
+def parse_tile_key(key: str) -> tuple[str, str, str | None, str] | None:
+    """``(product, tile, period or None, layer)`` of a tile output key, or None when ``key`` is
+    not one (another layout, or a period where its product stacks them, or none where it
+    does not)."""
+    m = tile_key_pattern().match(key)
+    if m is None or (m["period"] is None) != PRODUCTS[m["product"]].stacked:
+        return None
+    return m["product"], m["tile"], m["period"], m["layer"]

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import products as products_registry
 from .errors import EcocubeError, StoreError, redact
 
 log = logging.getLogger(__name__)
@@ -363,9 +364,9 @@ def check_done_outputs(store, states: Mapping[str, Mapping[str, Any] | None],
     per_tile: Counter[str] = Counter()
     for product in products:
         for key in store.list(f"{product}/"):
-            parts = key.split("/")
-            if len(parts) == 4:
-                per_tile[parts[1]] += 1
+            parsed = products_registry.parse_tile_key(key)
+            if parsed is not None:
+                per_tile[parsed[1]] += 1
     out: dict[str, dict | None] = {}
     for tile_id, rec in states.items():
         if rec is not None and rec.get("state") == "done":

@@ -4,24 +4,23 @@ For each processing block (``tile.blocks(cfg.processing.block_size)``), in
 :meth:`_TileRun.run`, one method per step::
 
     read_block -> fill_gaps_config (in place) -> features_for_year (per year) -> predict_block
-               -> write the year's prediction windows into local temporary GeoTIFFs
-    (beside features/predict, a second thread stages the block's per-period cube layers;
+               -> write the year's prediction windows into the tile's local GeoTIFFs
+    (beside features/predict, a second thread writes the block's cube layers;
     with :data:`READ_AHEAD` a third reads the next block's files)
 
-The few per-year prediction GeoTIFFs are opened once per tile and written window by
-window. The per-period cube layers (composite, flags, count: 3 × periods × bands files)
-are staged as raw arrays in one scratch file per layer and written as GeoTIFFs once every
-block is done, ``threads`` at a time (see :class:`TileWriter`); an open deflate GeoTIFF
-costs ~0.7 MB, so keeping 1,512 open (84 periods × 6 bands) cost ~1.1 GB. Memory is
-bounded by the block size, not by the tile size: one block's cube (read data filled in
-place, reasons, counts, flags: about ``8 × periods × bands × block_size²`` bytes, 265 MB
-for 84 × 6 at 256²; the reasons are freed once counted) plus the model and the libraries
-(``scripts/bench/tile.py``).
-Scratch disk: about ``5 × periods × bands × pixels`` bytes of staged layers. When every
-output is written the files are published to the store (atomic per object), stale objects
-of earlier attempts are removed, and the status record ``status/<tile>.json`` is written
-**last** (:class:`ecocube.status.TileStatus` is its lifecycle and its one writer). A rerun
-skips a tile whose record says ``done`` and whose outputs still match the record's checksums.
+Every output GeoTIFF is opened once per tile and written window by window (see
+:class:`TileWriter`): the few per-year prediction files, and one stacked file per cube
+product and band holding every period (one raster band each: 18 files for 84 periods ×
+6 bands, not 1,512), so compression runs inside the block loop and only closing and
+verifying the files is left after it. Memory is bounded by the block size, not by the
+tile size: one block's cube (read data filled in place, reasons, counts, flags: about
+``8 × periods × bands × block_size²`` bytes, 265 MB for 84 × 6 at 256²; the reasons are
+freed once counted) plus the model, the open files and the libraries
+(``scripts/bench/tile.py``). When every output is written and verified the files are
+published to the store (atomic per object), stale objects of earlier attempts are removed, and the status record ``status/<tile>.json`` is
+written **last** (:class:`ecocube.status.TileStatus` is its lifecycle and its one writer;
+a stacked output's entry lists its periods in band order). A rerun skips a tile whose
+record says ``done`` and whose outputs still match the record's checksums.
 
 SIGTERM/SIGINT (see :func:`stop_on_signals`) stop the tile after the current block:
 nothing is published, the record says ``interrupted`` and :class:`Interrupted` is raised.
@@ -64,8 +63,7 @@ from .predict import (
     predict_regression_block,
 )
 from .fingerprint import FingerprintMismatch
-from .rasterwrite import (WriteDigest, close_checked, gdal_errors_to_log, verify_strips, verify_written,
-                          write_window)
+from .rasterwrite import WindowChecksums, close_checked, gdal_errors_to_log, verify_checksums, write_window
 from .status import (HEARTBEAT_SECONDS, LeaseError, TileStatus, claim_campaign, holder_text, read_status_versioned,
                      stale_reason, verify_outputs)
 
@@ -75,7 +73,7 @@ MISPLACED_SHOWN = 3
 log = logging.getLogger(__name__)
 
 PREDICTION_LAYERS = products.names(source="model")
-CUBE_LAYERS = products.names(source="cube")  # staged: see TileWriter
+CUBE_LAYERS = products.names(source="cube")  # stacked per band, written beside prediction: see TileWriter
 COMPOSITE_NODATA = int(products.PRODUCTS["composite"].nodata)
 FLAG_UNFILLED = products.FLAG_UNFILLED
 
@@ -199,7 +197,8 @@ def stop_on_signals(flag: StopFlag | None = None, signals=(signal.SIGTERM, signa
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One output GeoTIFF of a tile."""
+    """One output GeoTIFF of a tile. A stacked one (a per-period product) holds every period
+    of the tile, raster band ``i`` the ``i``-th of ``periods`` (its band description)."""
 
     product: str
     period: str
@@ -210,14 +209,19 @@ class OutputSpec:
     scale: float | None = None
     descriptions: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    periods: tuple[str, ...] = ()  # stacked: the period of each raster band, in band order
 
     def key(self, tile_id: str) -> str:
-        return f"{self.product}/{tile_id}/{self.period}/{self.layer}.tif"
+        return products.tile_key(self.product, tile_id, self.layer, self.period)
+
+    def record_entry(self) -> dict[str, Any]:
+        """What the tile's record says about this output besides its checksum and size."""
+        return {"periods": list(self.periods)} if self.periods else {}
 
 
-def output_key(product: str, tile_id: str, period: str, layer: str) -> str:
-    """The store key of one output (``{product}/{tile}/{period}/{layer}.tif``)."""
-    return f"{product}/{tile_id}/{period}/{layer}.tif"
+def output_key(product: str, tile_id: str, period: str | None, layer: str) -> str:
+    """The store key of one output (:func:`ecocube.products.tile_key`)."""
+    return products.tile_key(product, tile_id, layer, period)
 
 
 def year_period(year: int, periods=None) -> str:
@@ -232,10 +236,12 @@ def plan_outputs(layers: Sequence[str], *, periods, bands: Sequence[str], years:
                  classes: Sequence[int] = (), class_names: Sequence[str] = (),
                  composite_scale: float = 0.0001) -> list[OutputSpec]:
     """Every output of one tile, in a stable order: per year the model products, then per
-    period and band the cube products (each in registry order, see :mod:`ecocube.products`)."""
+    band the stacked per-period products (each in registry order, see :mod:`ecocube.products`):
+    one file per product and band, one raster band per period."""
     legend = json.dumps({str(int(c)): str(n) for c, n in zip(classes, class_names)})
     options = {"composite_scale": composite_scale}  # output config fields a product may scale by
     chosen = [products.get(n) for n in products.names(among=layers)]
+    period_ids = tuple(p.id for p in periods)
 
     def spec(p: products.Product, period: str, layer: str) -> OutputSpec:
         tags = {"classes": legend} if p.class_tag else {}
@@ -243,6 +249,9 @@ def plan_outputs(layers: Sequence[str], *, periods, bands: Sequence[str], years:
             tags["band"] = layer
         tags.update(p.tags)
         scale = options[p.scale_option] if p.scale_option else p.scale
+        if p.stacked:
+            return OutputSpec(p.name, "", layer, p.dtype, len(period_ids), p.nodata, scale, period_ids,
+                              {**tags, "periods": ",".join(period_ids)}, period_ids)
         return OutputSpec(p.name, period, layer, p.dtype, p.band_count(len(classes)), p.nodata, scale,
                           p.band_descriptions(layer, class_names), tags)
 
@@ -256,8 +265,8 @@ def plan_outputs(layers: Sequence[str], *, periods, bands: Sequence[str], years:
     specs: list[OutputSpec] = []
     for year in years:
         specs += per("year", year_period(year, periods))
-    for p in periods:
-        specs += per("period", p.id)
+    if period_ids:
+        specs += per("period", "")
     return specs
 
 
@@ -280,23 +289,21 @@ def _tile_predictor(product: str) -> int:
 class TileWriter:
     """The output GeoTIFFs of one tile, written window by window into a local folder.
 
-    Outputs are either *direct* (opened once, written block by block: the few per-year
-    prediction layers) or *staged* (the per-period cube layers — ``composite``, ``flags``,
-    ``count`` —, 3 × periods × bands of them). An open compressed GeoTIFF costs ~0.7 MB
-    (the deflate state and one internal block), so 1,512 of them open for the whole tile
-    (84 periods × 6 bands) would cost ~1.1 GB. Staged outputs are instead appended, block
-    by block, as raw arrays to one scratch file per layer (page cache, not process memory),
-    and :meth:`close` writes each GeoTIFF from there, ``threads`` at a time, one strip (a row
-    of blocks) per write, so the pixels are the same as if written directly. Each staged file
-    is then verified: re-opened, its header checked and every strip read back and compared
-    with the staged data (:func:`ecocube.rasterwrite.verify_strips`; direct outputs are
-    hashed while written and on the read-back instead). Peak memory: the direct outputs plus
-    ``threads`` open GeoTIFFs and two strips each. Scratch disk: about
-    ``5 × periods × bands × pixels`` bytes until :meth:`close`.
+    Every output is opened once and written block by block as the blocks come: the per-year
+    prediction layers (from the main thread) and the stacked per-period cube layers —
+    ``composite``, ``flags``, ``count``: one file per product and band, one raster band per
+    period — from the staging thread beside prediction, so compressing them happens inside
+    the block loop and nothing is left to write after it (no scratch copy, no second pass).
+    A 1000² tile of 84 periods × 6 bands has 18 cube files (was 1,512 single-band files).
+    Each window's CRC-32 is taken as it is written; :meth:`close` closes the files and
+    re-reads every window of each (``threads`` files at a time), comparing the CRCs
+    (:func:`ecocube.rasterwrite.verify_checksums`: an empty, truncated or undecodable file,
+    a wrong header or a changed pixel fails). Peak memory: the open files' compression
+    state and GDAL's block cache, not the tile size.
     """
 
     def __init__(self, folder: Path, tile, specs: Sequence[OutputSpec], *, block_size: int,
-                 compress: str | None = None, threads: int = 1, staged: Sequence[str] = CUBE_LAYERS):
+                 compress: str | None = None, threads: int = 1):
         self.folder = folder
         self.tile = tile
         self.specs = list(specs)
@@ -305,43 +312,15 @@ class TileWriter:
         self._paths: dict[str, Path] = {}
         self._blocksize = _internal_blocksize(block_size)
         self._compress = compress
-        self._staged_specs = {s.key(tile.id): s for s in self.specs if s.product in staged}
-        # per staged key: [(window, offset, shape)] in write order, offsets in the product's scratch file
-        self._staged: dict[str, list[tuple[Any, int, tuple[int, ...]]]] = {k: [] for k in self._staged_specs}
-        self._scratch: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._digests: dict[str, WriteDigest] = {}
+        self._sums: dict[str, WindowChecksums] = {}
         self._specs_by_key = {s.key(tile.id): s for s in self.specs}
-        self._check_scratch_space()
-        direct = [s for s in self.specs if s.key(tile.id) not in self._staged_specs]
-        self._ensure_file_limit(len(direct) + self.threads + len(staged) + 64)
+        self._ensure_file_limit(len(self.specs) + self.threads + 64)
         try:
-            for spec in direct:
+            for spec in self.specs:
                 self._open(spec)
         except BaseException:
             self.abort()
             raise
-
-    @property
-    def scratch_bytes(self) -> int:
-        """Bytes the staged layers take on the scratch disk once every block is written."""
-        px = int(self.tile.width) * int(self.tile.height)
-        return sum(np.dtype(s.dtype).itemsize * s.count * px for s in self._staged_specs.values())
-
-    def _check_scratch_space(self) -> None:
-        """Fail before the first block, not after an hour, when the scratch disk is too small."""
-        needed = self.scratch_bytes
-        if not needed:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        st = os.statvfs(self.folder)
-        free = st.f_bavail * st.f_frsize
-        if free < needed:
-            from .preflight import format_bytes
-
-            raise TileError(f"tile {self.tile.id}: staging its {len(self._staged_specs)} cube layers needs "
-                            f"{format_bytes(needed)} of scratch in {self.folder}, only {format_bytes(free)} "
-                            "are free (set processing.tmp_dir to a larger local disk)", tile=self.tile.id)
 
     @staticmethod
     def _ensure_file_limit(needed: int) -> None:
@@ -374,8 +353,8 @@ class TileWriter:
             if spec.scale is not None:
                 dst.scales = (spec.scale,) * spec.count
                 dst.offsets = (0.0,) * spec.count
-            dst.update_tags(tile=self.tile.id, product=spec.product, period=spec.period,
-                            ecocube_version=__version__, **spec.tags)
+            dst.update_tags(tile=self.tile.id, product=spec.product, ecocube_version=__version__,
+                            **({"period": spec.period} if spec.period else {}), **spec.tags)
         except BaseException:
             dst.close()
             raise
@@ -385,132 +364,53 @@ class TileWriter:
         key = spec.key(self.tile.id)
         path = self._path(spec)
         self._datasets[key] = self._create(spec, path)
-        self._digests[key] = WriteDigest(spec.dtype)
+        self._sums[key] = WindowChecksums(spec.dtype)
         self._paths[key] = path
 
-    def _verify(self, spec: OutputSpec, path: Path, digest: WriteDigest) -> None:
-        """Re-read a closed output: it must hold exactly the windows written (StoreError)."""
-        verify_written(path, digest, width=int(self.tile.width), height=int(self.tile.height), count=spec.count)
-
-    def _stage(self, key: str, arr: np.ndarray, window) -> None:
-        spec = self._staged_specs[key]
-        arr = np.ascontiguousarray(arr, dtype=spec.dtype)
-        f = self._scratch.get(spec.product)
-        if f is None:
-            f = self._scratch[spec.product] = open(self.folder / f".{spec.product}.staging", "w+b")  # noqa: SIM115
-        offset = f.tell()
-        f.write(memoryview(arr).cast("B"))
-        self._staged[key].append((window, offset, arr.shape))
-
     def write(self, items: Sequence[tuple[str, np.ndarray]], window) -> None:
-        """Write ``(key, array (count, h, w) or (h, w))`` pairs into ``window``.
-
-        Staged outputs are appended to their scratch file; direct ones are written in
-        parallel (``threads``).
-        """
-        direct = []
-        for key, arr in items:
-            arr = arr if arr.ndim == 3 else arr[None]
-            if key in self._staged_specs:
-                self._stage(key, arr, window)
-            else:
-                direct.append((key, arr))
+        """Write ``(key, array (count, h, w) or (h, w))`` pairs into ``window``, ``threads``
+        files at a time. Two threads may write at once (prediction and cube layers), each
+        to its own files."""
 
         def _one(item):
             key, arr = item
-            write_window(self._datasets[key], arr, window, self._paths[key], self._digests[key])
+            write_window(self._datasets[key], arr if arr.ndim == 3 else arr[None], window, self._paths[key],
+                         self._sums[key])
 
-        if self.threads == 1 or len(direct) < 4:
-            for it in direct:
+        if self.threads == 1 or len(items) < 4:
+            for it in items:
                 _one(it)
         else:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
-                list(pool.map(_one, direct))
-
-    def _strips(self, key: str) -> list[tuple[Any, list[tuple[Any, int, tuple[int, ...]]]]]:
-        """The staged windows of ``key`` joined into strips: windows of one block row that
-        follow each other along x become one window (written and verified in one call each
-        instead of one per block); others stay on their own. In write order."""
-        from rasterio.windows import Window
-
-        strips: list[tuple[Any, list]] = []
-        for part in self._staged[key]:
-            window = part[0]
-            if strips:
-                last, parts = strips[-1]
-                if (int(window.row_off) == int(last.row_off) and int(window.height) == int(last.height)
-                        and int(window.col_off) == int(last.col_off) + int(last.width)):
-                    strips[-1] = (Window(int(last.col_off), int(last.row_off), int(last.width) + int(window.width),
-                                         int(last.height)), parts + [part])
-                    continue
-            strips.append((window, [part]))
-        return strips
-
-    def _read_strip(self, key: str, window, parts) -> np.ndarray:
-        """One strip of a staged layer, assembled from its windows in the scratch file."""
-        spec = self._staged_specs[key]
-        fd = self._scratch[spec.product].fileno()
-        itemsize = np.dtype(spec.dtype).itemsize
-        out = np.empty((parts[0][2][0], int(window.height), int(window.width)), spec.dtype)
-        c0 = int(window.col_off)
-        for win, offset, shape in parts:
-            nbytes = int(np.prod(shape)) * itemsize
-            buf = os.pread(fd, nbytes, offset)
-            if len(buf) != nbytes:
-                raise TileError(f"tile {self.tile.id}: staging file of {spec.product} is truncated "
-                                f"({len(buf)} of {nbytes} bytes at {offset})", tile=self.tile.id)
-            c = int(win.col_off) - c0
-            out[:, :, c:c + int(win.width)] = np.frombuffer(buf, dtype=spec.dtype).reshape(shape)
-        return out
-
-    def _finish_staged(self, key: str) -> None:
-        """Write one staged layer's GeoTIFF strip by strip, then verify it: re-opened, its
-        header checked and every strip read back and compared with the staged data (read
-        again from the scratch file: nothing is hashed and no layer is held whole)."""
-        spec = self._staged_specs[key]
-        path = self._path(spec)
-        strips = self._strips(key)
-        dst = self._create(spec, path)
-        try:
-            for window, parts in strips:
-                write_window(dst, self._read_strip(key, window, parts), window, path)
-        except BaseException:
-            with contextlib.suppress(Exception), gdal_errors_to_log():
-                dst.close()  # the write already failed: its GDAL messages are not news
-            raise
-        close_checked(dst, path)
-        verify_strips(path, ((w, self._read_strip(key, w, parts)) for w, parts in strips),
-                      width=int(self.tile.width), height=int(self.tile.height), count=spec.count, dtype=spec.dtype)
-        with self._lock:
-            self._paths[key] = path
+                list(pool.map(_one, items))
 
     @property
     def paths(self) -> dict[str, Path]:
         return dict(self._paths)
 
+    def record_entries(self) -> dict[str, dict[str, Any]]:
+        """Per output key, what its record entry says besides checksum and size (stacked: periods)."""
+        return {k: s.record_entry() for k, s in self._specs_by_key.items() if s.record_entry()}
+
+    def _finish(self, key: str) -> None:
+        """Close one output (GDAL errors while flushing fail it), then check every window it
+        was written with reads back with the same CRC-32."""
+        dst = self._datasets[key]
+        close_checked(dst, self._paths[key])
+        verify_checksums(self._paths[key], self._sums[key], width=int(self.tile.width),
+                         height=int(self.tile.height), count=self._specs_by_key[key].count)
+
     def close(self) -> None:
-        """Finish every output: close the direct ones, write the staged ones (in parallel)."""
+        """Close and verify every output, ``threads`` at a time (largest files first)."""
         errors = []
-        for key, dst in list(self._datasets.items()):
-            try:
-                close_checked(dst, self._paths[key])
-                self._verify(self._specs_by_key[key], self._paths[key], self._digests[key])
-            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
-                errors.append(exc)
+        keys = sorted(self._datasets, key=lambda k: -self._specs_by_key[k].count)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(keys) or 1))) as pool:
+            futures = [pool.submit(self._finish, k) for k in keys]
+            for fut in futures:
+                exc = fut.exception()
+                if exc is not None:
+                    errors.append(exc)
         self._datasets.clear()
-        try:
-            if not errors:
-                staged = [k for k, parts in self._staged.items() if parts]
-                for f in self._scratch.values():
-                    f.flush()
-                with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(staged) or 1))) as pool:
-                    futures = {pool.submit(self._finish_staged, k): k for k in staged}
-                    for fut, key in futures.items():
-                        exc = fut.exception()
-                        if exc is not None:
-                            errors.append(exc)
-        finally:
-            self._drop_scratch()
         if errors:
             first = errors[0]
             msg = f"{len(errors)} of {len(self.specs)} outputs of tile {self.tile.id} failed; first: {first}"
@@ -521,20 +421,15 @@ class TileWriter:
             raise TileError(msg, tile=self.tile.id) from first
 
     def abort(self) -> None:
-        """Close everything without finishing the staged outputs (the tile is abandoned)."""
+        """Close everything without verifying and delete the files (the tile is abandoned)."""
         for dst in list(self._datasets.values()):
             with contextlib.suppress(Exception), gdal_errors_to_log():
                 dst.close()
         self._datasets.clear()
-        self._drop_scratch()
-
-    def _drop_scratch(self) -> None:
-        for product, f in list(self._scratch.items()):
-            with contextlib.suppress(Exception):
-                f.close()
+        for path in self._paths.values():
             with contextlib.suppress(FileNotFoundError):
-                (self.folder / f".{product}.staging").unlink()
-        self._scratch.clear()
+                path.unlink()
+        self._paths.clear()
 
 
 # --------------------------------------------------------------------------- process_tile
@@ -635,24 +530,28 @@ def _to_composite(filled: np.ndarray, scale: float, stats: _GapStats) -> np.ndar
 
 def _stage_cube(writer: TileWriter, tile_id: str, window, periods, bands, layers, filled: np.ndarray,
                 flags: np.ndarray, count: np.ndarray | None, scale: float, stats: _GapStats) -> None:
-    """Stage one block's cube layers (``composite``, ``flags``, ``count``), period by period.
+    """Write one block's cube layers (``composite``, ``flags``, ``count``): per band, one
+    ``(periods, h, w)`` window of each product's stacked file.
 
-    The int16 composite is made one ``(h, w)`` slice at a time: converting the whole block
-    at once held about four float32 copies of the block's cube.
+    The int16 composite is made one ``(h, w)`` slice at a time into the band's output:
+    converting a whole band at once held about four float32 copies of it.
     """
-    # the values of each cube product for period t and band b: the one place a new cube
+    def composite(b: int) -> np.ndarray:
+        out = np.empty((filled.shape[0],) + filled.shape[2:], np.int16)
+        for t in range(filled.shape[0]):
+            out[t] = _to_composite(filled[t, b], scale, stats)
+        return out
+
+    # the values of each cube product for band b, all periods: the one place a new cube
     # product (see ecocube.products) plugs in what it computes
     values = {
-        "composite": lambda t, b: _to_composite(filled[t, b], scale, stats),
-        "flags": lambda t, b: flags[t, b],
-        "count": lambda t, b: np.asarray(count[t, b]).astype(np.uint16, copy=False),
+        "composite": composite,
+        "flags": lambda b: np.ascontiguousarray(flags[:, b]),
+        "count": lambda b: np.ascontiguousarray(count[:, b], dtype=np.uint16),
     }
     wanted = products.names(source="cube", among=layers)
-    for t, period in enumerate(periods):
-        items = []
-        for b, band in enumerate(bands):
-            items += [(output_key(name, tile_id, period.id, band), values[name](t, b)) for name in wanted]
-        writer.write(items, window)
+    for b, band in enumerate(bands):
+        writer.write([(output_key(name, tile_id, None, band), values[name](b)) for name in wanted], window)
 
 
 def process_tile(tile, cfg, *, store=None, bundle=None, overwrite: bool = False, threads: int | None = None,
@@ -1083,10 +982,10 @@ class _TileRun:
             self.check_misplaced()
             if self.tally.gaps.flags[0] == 0:  # not one valid observation in the whole tile
                 return self.no_data(len(windows))
-            paths = self.finish()
+            paths, entries = self.finish()
         finally:
             self.close()
-        outputs = self.publish(paths)
+        outputs = self.publish(paths, entries)
         return self.results(len(windows), outputs)
 
     def check_misplaced(self) -> None:
@@ -1321,13 +1220,13 @@ class _TileRun:
             self.writer.write(items, window)
             self.stager.wait()
 
-    def finish(self) -> dict[str, Path]:
-        """Write the staged cube layers' GeoTIFFs; returns every output's local path."""
+    def finish(self) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+        """Close and verify every output; returns their local paths and record entries."""
         with self.timer("finish"):
             self.writer.close()
-        paths = self.writer.paths
+        paths, entries = self.writer.paths, self.writer.record_entries()
         self.writer = None
-        return paths
+        return paths, entries
 
     def close(self) -> None:
         """After the blocks (or an error): stop the staging thread, drop unfinished outputs."""
@@ -1338,10 +1237,14 @@ class _TileRun:
         if self.writer is not None:
             self.writer.abort()
 
-    def publish(self, paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
-        """Every output under its final key, then the objects of earlier attempts removed."""
+    def publish(self, paths: dict[str, Path], entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Every output under its final key, then the objects of earlier attempts removed.
+        ``entries``: per key, what its record entry adds (a stacked file's periods)."""
         with self.timer("publish"):
             outputs = _publish(self.store, paths, threads=self.cfg.processing.publish_threads)
+            for key, extra in entries.items():
+                if key in outputs:
+                    outputs[key].update(extra)
             _remove_stale(self.store, self.tile.id, outputs)
         return outputs
 

@@ -78,7 +78,9 @@ def train_and_predict(folder: Path, cfg: dict, run_dir: Path) -> dict:
             r0 = (BBOX[3] - src.bounds.top) / 10
             classes[int(r0):int(r0) + 32, int(c0):int(c0) + 32] = src.read(1)
         composites = sorted(p.name for p in (store / "composite" / t).iterdir())
-        assert composites == ["2018-10-01", "2019-01-01", "2019-04-01", "2019-07-01"]
+        assert composites == [f"{b}.tif" for b in sorted(BANDS)]  # one stacked file per band
+        with rasterio.open(store / "composite" / t / composites[0]) as src:
+            assert src.descriptions == ("2018-10-01", "2019-01-01", "2019-04-01", "2019-07-01")
     with rasterio.open(folder / "labels_LC_CT_10m.tif") as src:
         labels = src.read(1)
     labelled = labels > 0

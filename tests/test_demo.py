@@ -77,12 +77,13 @@ def test_demo_tiles_have_status_and_outputs(demo_run):
         classes = ds.read(1)
         assert set(np.unique(classes)) <= {1, 2, 3, 4, 5}
     # the almost fully clouded winter of 2020 was gap-filled: no NaN-like nodata left, flags say how
-    with rasterio.open(store / "flags" / tile / "2020-01-01" / "nir.tif") as ds:
-        flags = ds.read(1)
+    # (per-period layers: one stacked file per band, raster band i = the i-th period, named by it)
+    with rasterio.open(store / "flags" / tile / "nir.tif") as ds:
+        flags = ds.read(ds.descriptions.index("2020-01-01") + 1)
     assert (flags == 0).mean() < 0.3  # most values of that quarter were not observed
     assert (flags == 255).mean() < 0.01  # and nearly all were filled
-    with rasterio.open(store / "composite" / tile / "2020-01-01" / "nir.tif") as ds:
-        nir = ds.read(1)
+    with rasterio.open(store / "composite" / tile / "nir.tif") as ds:
+        nir = ds.read(ds.descriptions.index("2020-01-01") + 1)
         assert (nir == ds.nodata).mean() < 0.01
 
 

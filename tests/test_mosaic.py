@@ -98,15 +98,24 @@ def write_tile_outputs(store, cfg, tile_ids=DONE_TILES, running=(RUNNING_TILE,),
     for tile_id in (*tile_ids, *running):
         tile = grid.tile(tile_id)
         outputs = {}
+        files: dict[tuple[str, str | None, str], list[tuple[str, np.ndarray]]] = {}
         for (product, period, layer), arr in tile_arrays(tile_id, seed).items():
-            local = work / f"{tile_id}-{product}-{period}-{layer}.tif"
-            _write_tif(local, arr, tile, nodata=NODATA[product],
-                       scale=0.0001 if product == "composite" else 1.0,
-                       descriptions=[c["name"] for c in CLASSES] if product == "proba" else [layer])
-            key = f"{product}/{tile_id}/{period}/{layer}.tif"
-            outputs[key] = {"sha256": hashlib.sha256(local.read_bytes()).hexdigest(), "size": local.stat().st_size}
-            store.put_file(local, key)
             arrays[(product, tile_id, period, layer)] = arr
+            # per-period products: one stacked file per layer, raster band i = period i
+            stacked = product in ("composite", "flags", "count")
+            files.setdefault((product, None if stacked else period, layer), []).append((period, arr))
+        for (product, period, layer), parts in files.items():
+            local = work / f"{tile_id}-{product}-{period}-{layer}.tif"
+            if period is None:
+                descriptions = [per for per, _ in parts]
+            else:
+                descriptions = [c["name"] for c in CLASSES] if product == "proba" else [layer]
+            _write_tif(local, np.concatenate([a for _, a in parts]), tile, nodata=NODATA[product],
+                       scale=0.0001 if product == "composite" else 1.0, descriptions=descriptions)
+            key = f"{product}/{tile_id}/{layer}.tif" if period is None else f"{product}/{tile_id}/{period}/{layer}.tif"
+            outputs[key] = {"sha256": hashlib.sha256(local.read_bytes()).hexdigest(), "size": local.stat().st_size,
+                            **({"periods": descriptions} if period is None else {})}
+            store.put_file(local, key)
         state = "done" if tile_id in tile_ids else "running"
         record = {"schema": 1, "tile": tile_id, "state": state, **({"outputs": outputs} if with_outputs else {})}
         store.put_bytes(json.dumps(record).encode(), f"status/{tile_id}.json")

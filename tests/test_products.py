@@ -77,6 +77,17 @@ def test_tile_key_pattern():
     assert pat.match("mean/X0001_Y0002/2020-01-01/mean.tif")["product"] == "mean"
     assert not pat.match("biomass/X0001_Y0002/2020-01-01/biomass.tif")  # not a registered product
     assert not pat.match("class/X0001_Y0002/2020-01-01/class.tiff")
+    # per-period products: one stacked file per tile and layer, no period in the key
+    assert products.tile_key("composite", "X0001_Y0002", "nir") == "composite/X0001_Y0002/nir.tif"
+    assert products.tile_key("class", "X0001_Y0002", "class", "2020-01-01") == "class/X0001_Y0002/2020-01-01/class.tif"
+    with pytest.raises(ValueError, match="product 'class' has one file per period"):
+        products.tile_key("class", "X0001_Y0002", "class")
+    assert products.parse_tile_key("flags/X0001_Y-0002/red.tif") == ("flags", "X0001_Y-0002", None, "red")
+    assert products.parse_tile_key("class/X0001_Y0002/2020-01-01/class.tif") == (
+        "class", "X0001_Y0002", "2020-01-01", "class")
+    assert products.parse_tile_key("composite/X0001_Y0002/2020-04-01/nir.tif") is None  # the old layout
+    assert products.parse_tile_key("class/X0001_Y0002/class.tif") is None
+    assert [n for n in products.NAMES if PRODUCTS[n].stacked] == ["composite", "flags", "count"]
 
 
 def test_config_accepts_exactly_the_registered_products():
@@ -132,7 +143,7 @@ def test_adding_a_product_is_one_entry(monkeypatch):
     assert [(s.key("X0000_Y0000"), s.dtype, s.nodata, s.scale, s.descriptions) for s in specs] == [
         ("class/X0000_Y0000/2020-01-01/class.tif", "uint16", 65535, None, ("class",)),
         ("biomass/X0000_Y0000/2020-01-01/biomass.tif", "int16", -32768, 0.01, ("biomass",)),
-        ("count/X0000_Y0000/2020-01-01/red.tif", "uint16", None, None, ("red valid observations",)),
+        ("count/X0000_Y0000/red.tif", "uint16", None, None, ("2020-01-01",)),
     ]
     assert collection_for("biomass", "biomass") == ("biomass", "biomass")
     assert _months("biomass", SimpleNamespace(inputs=SimpleNamespace(periods=SimpleNamespace(season_size=4)))) == 12

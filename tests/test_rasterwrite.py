@@ -1,4 +1,4 @@
-"""Verified writes (ecocube.rasterwrite): the read-back check of a tile's staged layers."""
+"""Verified writes (ecocube.rasterwrite): the read-back checks of written rasters and of a tile's outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from ecocube.errors import StoreError
-from ecocube.rasterwrite import verify_strips
+from ecocube.rasterwrite import WindowChecksums, verify_checksums, verify_strips
 
 
 def _write(path, arr):
@@ -52,40 +52,63 @@ def test_verify_strips_checks_the_header_and_an_empty_or_truncated_file(tmp_path
         verify_strips(path, _strips(arr), width=32, height=32, count=1, dtype="uint8")
 
 
-def test_staged_windows_join_into_strips_per_block_row():
-    from ecocube.tile import TileWriter
-
-    writer = TileWriter.__new__(TileWriter)
-    h, w, block = 40, 56, 16
-    wins = [Window(c, r, min(block, w - c), min(block, h - r)) for r in range(0, h, block) for c in range(0, w, block)]
-    writer._staged = {"k": [(win, i * 10, (1, int(win.height), int(win.width))) for i, win in enumerate(wins)]}
-    strips = writer._strips("k")
-    assert [tuple(int(v) for v in (s.col_off, s.row_off, s.width, s.height)) for s, _ in strips] == \
-        [(0, 0, 56, 16), (0, 16, 56, 16), (0, 32, 56, 8)]
-    assert [len(parts) for _, parts in strips] == [4, 4, 4]
-    # windows that do not follow each other along x stay on their own
-    writer._staged = {"k": [(Window(16, 0, 16, 16), 0, (1, 16, 16)), (Window(0, 0, 16, 16), 1, (1, 16, 16))]}
-    assert len(writer._strips("k")) == 2
+def _sums(arr, block=16):
+    sums = WindowChecksums(arr.dtype)
+    for r in range(0, arr.shape[-2], block):
+        for c in range(0, arr.shape[-1], block):
+            win = Window(c, r, min(block, arr.shape[-1] - c), min(block, arr.shape[-2] - r))
+            sums.add(arr[..., r:r + block, c:c + block], win)
+    return sums
 
 
-def test_a_truncated_staging_file_fails_the_finish_naming_the_tile_and_layer(tmp_path):
+def test_verify_checksums_accepts_the_written_data_and_names_the_window_of_one_changed_pixel(tmp_path):
+    arr = np.arange(40 * 56, dtype=np.uint16).reshape(40, 56)
+    path = tmp_path / "a.tif"
+    _write(path, arr)
+    verify_checksums(path, _sums(arr), width=56, height=40, count=1)
+    other = arr.copy()
+    other[33, 50] += 1  # in the last (partial) window
+    with pytest.raises(StoreError, match=r"cannot write .*x\.tif: the written file reads back different pixels "
+                                         r"than were written \(window at row 32, column 48, 8x8 px\)"):
+        verify_checksums(path, _sums(other), width=56, height=40, count=1, what=tmp_path / "x.tif")
+
+
+def test_verify_checksums_checks_the_header_and_an_empty_or_truncated_file(tmp_path):
+    arr = np.ones((32, 32), np.uint8)
+    path = tmp_path / "a.tif"
+    _write(path, arr)
+    with pytest.raises(StoreError, match="the written file is 32x32x1 uint8, expected 32x32x1 int16"):
+        verify_checksums(path, _sums(arr.astype(np.int16)), width=32, height=32, count=1)
+    with pytest.raises(StoreError, match="expected 32x32x2 uint8"):
+        verify_checksums(path, _sums(arr), width=32, height=32, count=2)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=r"a\.tif: the written file (does not read back|reads back different)"):
+        verify_checksums(path, _sums(arr), width=32, height=32, count=1)
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match="the written file is empty"):
+        verify_checksums(path, _sums(arr), width=32, height=32, count=1)
+
+
+def test_a_tile_output_truncated_before_its_check_fails_the_close_naming_the_tile_and_file(tmp_path):
     from types import SimpleNamespace
 
-    from ecocube.errors import TileError
     from ecocube.tile import TileWriter, plan_outputs
 
     tile = SimpleNamespace(id="X0003_Y0004", width=64, height=32, crs="EPSG:32632",
                            transform=Affine(10.0, 0, 500000.0, 0, -10.0, 6000000.0))
-    specs = plan_outputs(("composite",), periods=[SimpleNamespace(id="2020-01-01")], bands=("red", "nir"), years=[])
+    periods = [SimpleNamespace(id="2020-01-01"), SimpleNamespace(id="2020-07-01")]
+    specs = plan_outputs(("composite",), periods=periods, bands=("red", "nir"), years=[])
     writer = TileWriter(tmp_path, tile, specs, block_size=32, threads=2)
+    rng = np.random.default_rng(0)
     for c in (0, 32):
-        writer.write([(s.key(tile.id), np.full((32, 32), 7, np.int16)) for s in specs], Window(c, 0, 32, 32))
-    staging = tmp_path / ".composite.staging"
-    writer._scratch["composite"].flush()
-    assert staging.stat().st_size == 4 * 32 * 32 * 2  # 2 layers x 2 blocks of int16
-    with open(staging, "r+b") as fh:
-        fh.truncate(3 * 32 * 32 * 2)  # the last block of the second layer is gone
-    with pytest.raises(TileError, match=r"1 of 2 outputs of tile X0003_Y0004 failed; first: tile X0003_Y0004: "
-                                        r"staging file of composite is truncated \(0 of 2048 bytes at 6144\)"):
+        writer.write([(s.key(tile.id), rng.integers(0, 9000, (2, 32, 32)).astype(np.int16)) for s in specs],
+                     Window(c, 0, 32, 32))
+    victim = writer.paths["composite/X0003_Y0004/nir.tif"]
+    writer._datasets["composite/X0003_Y0004/nir.tif"].close()  # flushed as the writer would, then damaged
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(StoreError, match=r"1 of 2 outputs of tile X0003_Y0004 failed; first: cannot write "
+                                         r".*composite/X0003_Y0004/nir\.tif: the written file "
+                                         r"(does not read back|reads back different)"):
         writer.close()
-    assert not staging.exists()

@@ -139,7 +139,7 @@ def _flag_shares(root: Path, tiles) -> dict[str, float]:
     for tile in tiles:
         for tif in sorted((root / "output" / "flags" / tile).rglob("*.tif")):
             with rasterio.open(tif) as src:
-                counts += np.bincount(src.read(1).ravel(), minlength=256)
+                counts += np.bincount(src.read().ravel(), minlength=256)  # every period (stacked bands)
     base = np.arange(256) & 127
     total = counts.sum()
     filled = (np.arange(256) > 0) & (np.arange(256) < 254)

@@ -35,7 +35,10 @@ SPECTRA = {
     20: {"blue": [0.03, 0.03, 0.03, 0.03], "red": [0.04, 0.03, 0.03, 0.04], "nir": [0.30, 0.38, 0.38, 0.31]},
     30: {"blue": [0.08, 0.08, 0.08, 0.08], "red": [0.05, 0.05, 0.05, 0.05], "nir": [0.02, 0.02, 0.02, 0.02]},
 }
-N_OUTPUTS_PER_TILE = len(YEARS) * 3 + len(YEARS) * 4 * len(BANDS) * 3
+# per year proba/class/uncertainty; per band one stacked file of composite/flags/count (8 periods each)
+N_OUTPUTS_PER_TILE = len(YEARS) * 3 + len(BANDS) * 3
+PERIODS = ["2019-01-01", "2019-04-01", "2019-07-01", "2019-10-01", "2020-01-01", "2020-04-01", "2020-07-01",
+           "2020-10-01"]
 
 
 def truth(height: int, width: int) -> np.ndarray:
@@ -189,20 +192,23 @@ def test_process_tile_real_path_writes_every_output(scene, bundle, tmp_path):
     unc, prof, desc, _, _ = read_tif(store.url("uncertainty/X0001_Y0000/2020-01-01/uncertainty.tif"))
     assert prof["dtype"] == "uint8" and unc[0][ok].max() <= 100
 
-    # composites: observed values are the input DN exactly; flags and counts agree
-    for t, period in enumerate(["2019-01-01", "2019-04-01", "2019-07-01", "2019-10-01", "2020-01-01",
-                                "2020-04-01", "2020-07-01", "2020-10-01"]):
-        for b, band in enumerate(BANDS):
-            comp, prof, desc, scales, _ = read_tif(store.url(f"composite/X0001_Y0000/{period}/{band}.tif"))
-            flags = read_tif(store.url(f"flags/X0001_Y0000/{period}/{band}.tif"))[0][0]
-            count, cprof, *_ = read_tif(store.url(f"count/X0001_Y0000/{period}/{band}.tif"))
-            assert prof["dtype"] == "int16" and prof["nodata"] == -32768 and scales == (0.0001,)
-            assert desc == (band,) and cprof["dtype"] == "uint16"
+    # composites: one file per product and band, raster band t = period t (its description);
+    # observed values are the input DN exactly; flags and counts agree
+    for b, band in enumerate(BANDS):
+        key = f"composite/X0001_Y0000/{band}.tif"
+        comp, prof, desc, scales, ctags = read_tif(store.url(key))
+        flags, fprof, fdesc, *_ = read_tif(store.url(f"flags/X0001_Y0000/{band}.tif"))
+        count, cprof, *_ = read_tif(store.url(f"count/X0001_Y0000/{band}.tif"))
+        assert prof["dtype"] == "int16" and prof["nodata"] == -32768 and scales == (0.0001,) * len(PERIODS)
+        assert prof["count"] == fprof["count"] == cprof["count"] == len(PERIODS)
+        assert desc == fdesc == tuple(PERIODS) and cprof["dtype"] == "uint16" and ctags["band"] == band
+        assert rec["outputs"][key]["periods"] == PERIODS
+        for t in range(len(PERIODS)):
             obs = dn[t, b] != 0
-            np.testing.assert_array_equal(comp[0][obs], dn[t, b][obs].astype(np.int16))
-            np.testing.assert_array_equal(flags == 0, obs)
-            np.testing.assert_array_equal(count[0], obs.astype(np.uint16))
-            assert ((comp[0] == -32768) == (flags == 255)).all()
+            np.testing.assert_array_equal(comp[t][obs], dn[t, b][obs].astype(np.int16))
+            np.testing.assert_array_equal(flags[t] == 0, obs)
+            np.testing.assert_array_equal(count[t], obs.astype(np.uint16))
+            assert ((comp[t] == -32768) == (flags[t] == 255)).all()
 
 
 @pytest.mark.slow
@@ -216,7 +222,7 @@ def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
     assert ra["blocks"] == 4 and rb["blocks"] == 1
     assert set(ra["outputs"]) == set(rb["outputs"])
     for key in ["class/X0000_Y0000/2019-01-01/class.tif", "proba/X0000_Y0000/2020-01-01/proba.tif",
-                "composite/X0000_Y0000/2019-04-01/nir.tif", "flags/X0000_Y0000/2020-10-01/red.tif"]:
+                "composite/X0000_Y0000/nir.tif", "flags/X0000_Y0000/red.tif", "count/X0000_Y0000/blue.tif"]:
         np.testing.assert_array_equal(read_tif(tmp_path / "a" / key)[0], read_tif(tmp_path / "b" / key)[0])
     assert ra["gaps"] == rb["gaps"] and ra["predicted_pixels"] == rb["predicted_pixels"]
     assert list((tmp_path / "scratch").iterdir()) == []  # scratch cleaned
@@ -273,7 +279,7 @@ def test_rerun_skips_verified_tiles_and_redoes_changed_ones(scene, bundle, tmp_p
     cfg = make_cfg(scene["root"], str(tmp_path / "out"), output={"layers": ["class", "composite"]})
     tile = tile_of(cfg)
     first = process_tile(tile, cfg, bundle=bundle)
-    assert len(first["outputs"]) == 2 + 8 * 3
+    assert len(first["outputs"]) == 2 + 3  # class per year; composite: one stacked file per band
     key = "class/X0000_Y0000/2019-01-01/class.tif"
     mtime = os.stat(tmp_path / "out" / key).st_mtime_ns
 
@@ -450,14 +456,15 @@ def test_plan_outputs_keys_follow_the_convention():
         "proba/X0001_Y0002/2019-01-01/proba.tif",
         "class/X0001_Y0002/2019-01-01/class.tif",
         "uncertainty/X0001_Y0002/2019-01-01/uncertainty.tif",
-        "composite/X0001_Y0002/2019-01-01/red.tif",
-        "flags/X0001_Y0002/2019-01-01/red.tif",
-        "count/X0001_Y0002/2019-01-01/red.tif",
-        "composite/X0001_Y0002/2019-07-01/red.tif",
-        "flags/X0001_Y0002/2019-07-01/red.tif",
-        "count/X0001_Y0002/2019-07-01/red.tif",
+        "composite/X0001_Y0002/red.tif",
+        "flags/X0001_Y0002/red.tif",
+        "count/X0001_Y0002/red.tif",
     ]
     assert specs[0].count == 2 and specs[0].descriptions == ("a", "b") and specs[0].nodata == 255
+    assert specs[0].record_entry() == {}
+    for s in specs[3:]:  # stacked: one raster band per period, named by it; the record lists them
+        assert s.count == 2 and s.descriptions == ("2019-01-01", "2019-07-01")
+        assert s.record_entry() == {"periods": ["2019-01-01", "2019-07-01"]}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -625,9 +632,10 @@ def test_model_missing_or_mismatched_fails_clearly(scene, model_dir, tmp_path):
     assert LocalStore(tmp_path / "out2").list("") == ["status/X0000_Y0000.json"]
 
 
-def test_tile_writer_stages_cube_layers_and_writes_the_same_geotiffs(tmp_path):
-    """Staged outputs (scratch file, GeoTIFF written at close) equal directly written ones,
-    bit for bit in pixels and in every declared property; only direct outputs stay open."""
+def test_tile_writer_writes_every_output_block_by_block_and_stacks_the_periods(tmp_path):
+    """Every output is open from the start and written window by window (edge blocks
+    partial); after close each file holds exactly the data written, a stacked cube file one
+    raster band per period, named by it, with the product's nodata, scale and tags."""
     from types import SimpleNamespace
 
     from rasterio.windows import Window
@@ -646,31 +654,30 @@ def test_tile_writer_stages_cube_layers_and_writes_the_same_geotiffs(tmp_path):
         info = np.iinfo(s.dtype)
         data[s.key(tile.id)] = rng.integers(info.min, info.max, (s.count, h, w), endpoint=True).astype(s.dtype)
     windows = [Window(c, r, min(block, w - c), min(block, h - r)) for r in range(0, h, block) for c in range(0, w, block)]
+    folder = tmp_path / "out"
+    writer = TileWriter(folder, tile, specs, block_size=block, threads=2)
+    assert len(writer._datasets) == len(specs) == 2 + 3 * len(BANDS)  # proba + class; 3 stacked files a band
+    for win in windows:
+        sl = (slice(None), slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
+        writer.write([(k, a[sl] if a.shape[0] > 1 else a[sl][0]) for k, a in data.items()], win)
+    writer.close()
+    paths = writer.paths
+    assert sorted(paths) == sorted(data)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(data)
+    for key, path in paths.items():
+        with rasterio.open(path) as src:
+            assert src.profile["compress"] == "zstd" and src.block_shapes == [(16, 16)] * src.count
+            np.testing.assert_array_equal(src.read(), data[key])
+            if key.startswith(("composite/", "flags/", "count/")):
+                assert src.count == 2 and src.descriptions == ("2020-01-01", "2020-04-01")
+                assert src.tags()["periods"] == "2020-01-01,2020-04-01" and src.tags()["band"] == key.rsplit("/", 1)[1][:-4]
+            if key.startswith("composite/"):
+                assert src.nodata == -32768 and src.scales == (0.0001, 0.0001)
+    with rasterio.open(paths["proba/X0001_Y0002/2020-01-01/proba.tif"]) as src:
+        assert src.descriptions == ("crop", "forest", "water") and src.tags()["period"] == "2020-01-01"
 
-    def run(folder, staged):
-        writer = TileWriter(folder, tile, specs, block_size=block, threads=2, staged=staged)
-        n_open = len(writer._datasets)
-        for win in windows:
-            sl = (slice(None), slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
-            writer.write([(k, a[sl] if a.shape[0] > 1 else a[sl][0]) for k, a in data.items()], win)
-        writer.close()
-        assert sorted(p.name for p in folder.iterdir() if p.is_file()) == []  # no scratch files left
-        return writer.paths, n_open
 
-    direct, n_direct = run(tmp_path / "direct", staged=())
-    staged, n_staged = run(tmp_path / "staged", staged=("composite", "flags", "count"))
-    assert n_direct == len(specs) and n_staged == 2  # proba + class of the one year
-    assert sorted(direct) == sorted(staged) == sorted(data)
-    for key in data:
-        with rasterio.open(direct[key]) as a, rasterio.open(staged[key]) as b:
-            assert b.profile == a.profile and b.tags() == a.tags() and b.descriptions == a.descriptions
-            assert b.scales == a.scales and b.offsets == a.offsets and b.nodata == a.nodata
-            assert b.profile["compress"] == "zstd" and b.block_shapes == [(16, 16)] * b.count
-            np.testing.assert_array_equal(b.read(), data[key])
-            np.testing.assert_array_equal(a.read(), data[key])
-
-
-def test_tile_writer_abort_leaves_no_outputs_or_scratch(tmp_path):
+def test_tile_writer_abort_leaves_no_outputs(tmp_path):
     from types import SimpleNamespace
 
     from rasterio.windows import Window
@@ -682,7 +689,7 @@ def test_tile_writer_abort_leaves_no_outputs_or_scratch(tmp_path):
     specs = plan_outputs(("composite", "flags"), periods=[SimpleNamespace(id="2020-01-01")], bands=BANDS, years=[])
     writer = TileWriter(tmp_path, tile, specs, block_size=16, threads=2)
     writer.write([(s.key(tile.id), np.ones((16, 16), s.dtype)) for s in specs], Window(0, 0, 16, 16))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".composite.staging", ".flags.staging"]
+    assert len([p for p in tmp_path.rglob("*.tif")]) == 2 * len(BANDS)
     writer.abort()
     assert writer.paths == {} and [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
@@ -704,7 +711,7 @@ def test_tile_writer_compression_is_zstd_unless_configured(tmp_path, compress, e
     data = {s.key(tile.id): np.arange(32 * 32, dtype=s.dtype).reshape(32, 32) for s in specs}
     writer.write(list(data.items()), Window(0, 0, 32, 32))
     writer.close()
-    assert sorted(writer.paths) == sorted(data)  # one direct (class), one staged (composite)
+    assert sorted(writer.paths) == sorted(data)  # one per-year (class), one stacked (composite)
     for key, path in writer.paths.items():
         with rasterio.open(path) as src:
             assert src.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == expect
@@ -715,8 +722,8 @@ def test_tile_writer_compression_is_zstd_unless_configured(tmp_path, compress, e
 
 
 @pytest.mark.slow
-def test_cube_layers_are_staged_beside_prediction_and_a_staging_error_fails_the_tile(scene, bundle, tmp_path,
-                                                                                     monkeypatch):
+def test_cube_layers_are_written_beside_prediction_and_a_write_error_fails_the_tile(scene, bundle, tmp_path,
+                                                                                    monkeypatch):
     import errno
     import threading
 
@@ -724,62 +731,40 @@ def test_cube_layers_are_staged_beside_prediction_and_a_staging_error_fails_the_
 
     cfg = make_cfg(scene["root"], str(tmp_path / "out"), processing={"block_size": 16,
                                                                       "tmp_dir": str(tmp_path / "scratch")})
-    staged_in, predicted_in = set(), set()
-    real_stage, real_predict = TileWriter._stage, Stages().predict_block
+    cube_in, predicted_in = set(), set()
+    real_write, real_predict = TileWriter.write, Stages().predict_block
+    cube = ("composite/", "flags/", "count/")
 
-    def stage(self, key, arr, window):
-        staged_in.add(threading.current_thread().name.split("_")[0])
-        return real_stage(self, key, arr, window)
+    def write(self, items, window):
+        if any(k.startswith(cube) for k, _ in items):
+            cube_in.add(threading.current_thread().name.split("_")[0])
+        return real_write(self, items, window)
 
     def predict(bundle_, X, *, threads=None):
         predicted_in.add(threading.current_thread().name)
         return real_predict(bundle_, X, threads=threads)
 
-    monkeypatch.setattr(TileWriter, "_stage", stage)
+    monkeypatch.setattr(TileWriter, "write", write)
     rec = process_tile(tile_of(cfg), cfg, bundle=bundle, stages=_fake_stages(predict_block=predict))
     assert rec["state"] == "done" and len(rec["outputs"]) == N_OUTPUTS_PER_TILE
-    assert staged_in == {"ecocube-stage"} and predicted_in == {"MainThread"}
+    assert cube_in == {"ecocube-stage"} and predicted_in == {"MainThread"}
 
     calls = []
 
-    def full_disk(self, key, arr, window):
-        calls.append(key)
-        if len(calls) == 100:  # in the second block (72 staged slices a block)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_stage(self, key, arr, window)
+    def full_disk(self, items, window):
+        if any(k.startswith(cube) for k, _ in items):
+            calls.append(window)
+            if len(calls) == 5:  # in the second block (one call per band a block)
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, items, window)
 
-    monkeypatch.setattr(TileWriter, "_stage", full_disk)
+    monkeypatch.setattr(TileWriter, "write", full_disk)
     with pytest.raises(TileError, match="tile X0000_Y0000 failed: OSError: .*No space left on device"):
         process_tile(tile_of(cfg), cfg, bundle=bundle, overwrite=True)
     store = LocalStore(tmp_path / "out")
     assert read_status(store, "X0000_Y0000")["state"] == "failed"
     assert sorted(k for k in store.list("") if not k.startswith("status/")) == sorted(rec["outputs"])  # attempt 1's
-    assert [p for p in (tmp_path / "scratch").rglob("*") if p.is_file()] == []  # no staging file left
-
-
-def test_tile_writer_refuses_to_start_without_scratch_space_for_the_staged_layers(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from ecocube.tile import TileWriter
-
-    tile = SimpleNamespace(id="X0003_Y0004", width=1000, height=1000, crs="EPSG:32632",
-                           transform=Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]))
-    periods = [SimpleNamespace(id=f"2020-{m:02d}-01") for m in (1, 4, 7, 10)]
-    specs = plan_outputs(("class", "composite", "flags", "count"), periods=periods, bands=BANDS, years=[2020],
-                         classes=[10, 20], class_names=["a", "b"])
-    real = os.statvfs(tmp_path)
-    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=50 * 2**20 // real.f_frsize,
-                                                                    f_frsize=real.f_frsize))
-    # 4 periods x 3 bands x (2 + 1 + 2 bytes) x 10^6 px = 60 MB > 50 MiB free
-    with pytest.raises(TileError, match=r"tile X0003_Y0004: staging its 36 cube layers needs 57\.2 MiB .* "
-                                        r"only 50\.0 MiB are free \(set processing.tmp_dir"):
-        TileWriter(tmp_path, tile, specs, block_size=256, threads=2)
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(os, "statvfs", lambda path: real)
-    writer = TileWriter(tmp_path, tile, specs, block_size=256, threads=2)
-    assert writer.scratch_bytes == 4 * 3 * 5 * 10**6
-    writer.abort()
-
+    assert [p for p in (tmp_path / "scratch").rglob("*") if p.is_file()] == []  # no partial file left
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_thread_pools_are_limited_to_the_tile_threads_in_every_stage(scene, bundle, tmp_path, threads):

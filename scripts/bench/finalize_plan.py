@@ -12,7 +12,7 @@ tile's publish), then measures, in the same process and on the same objects:
 - ``new``: ``find_layers`` (records in parallel) and ``verify_sources`` from the listings.
 
 Prints wall time and S3 requests (botocore calls) of each and the growth per 10x tiles;
-writes JSON. A real campaign has ~1,575 files per tile: the old check's HEADs grow with
+writes JSON. A real campaign has ~81 files per tile (1,575 before the per-period layers were stacked): the old check's HEADs grow with
 tiles x files, the new one's listing pages with tiles x files / 1,000.
 
     python scripts/bench/finalize_plan.py --sizes 700,7000 --files 2 --json out.json
@@ -46,10 +46,10 @@ def populate(store, n: int, files: int, threads: int = 16) -> None:
     def _tile(tile: str) -> None:
         outputs = {}
         for j in range(files):
-            key = f"composite/{tile}/{PERIODS[j % len(PERIODS)]}/b{j // len(PERIODS)}.tif"
+            key = f"composite/{tile}/b{j}.tif"  # stacked: every period in the file, one band each
             data = f"{key} pixels".encode() * 8
             store.put_bytes(data, key)
-            outputs[key] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            outputs[key] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "periods": list(PERIODS)}
         return outputs
 
     ids = tile_ids(n)

@@ -69,7 +69,7 @@ def make_store(store: Path, n: int, size: int, seed: int = 0) -> int:
     layers = (  # (key pattern, dtype, nodata, scale, description)
         ("class/{t}/2020-01-01/class.tif", "uint16", 65535, 1.0, "class"),
         ("uncertainty/{t}/2020-01-01/uncertainty.tif", "uint8", 255, 1.0, "uncertainty"),
-        ("composite/{t}/2020-01-01/red.tif", "int16", -32768, 0.0001, "red"),
+        ("composite/{t}/red.tif", "int16", -32768, 0.0001, "2020-01-01"),  # stacked: one period here
     )
     codes = np.array([c for c, _, _ in CLASSES], np.uint16)
     for tile in grid.tiles_for_aoi(cfg.aoi):
@@ -98,7 +98,8 @@ def make_store(store: Path, n: int, size: int, seed: int = 0) -> int:
                 dst.scales = (scale,)
                 dst.set_band_description(1, desc)
             info = lstore.info(key)
-            outputs[key] = {"sha256": info.sha256, "size": info.size}
+            outputs[key] = {"sha256": info.sha256, "size": info.size,
+                            **({"periods": [desc]} if key.startswith("composite/") else {})}
             written += info.size
         write_status(lstore, {"tile": tile.id, "state": "done", "attempt": 1, "completeness": 1.0,
                               "outputs": outputs})

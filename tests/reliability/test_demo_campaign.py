@@ -69,9 +69,10 @@ def demo(demo_inputs):
 
 
 def test_demo_full_scratch_disk_fails_the_tile_and_the_rerun_matches_the_clean_run(demo, small_disk, tmp_path):
-    # a demo tile stages 12 periods x 4 bands x 5 bytes x 96² px = 2,160 KiB: a disk of 2,600 KiB passes
-    # the scratch check, then fills up while the 144 GeoTIFFs are written beside the staged layers
-    disk = small_disk("2600k")
+    # a demo tile writes 12 stacked cube files (12 periods x 4 bands x 5 bytes x 96² px = 2,160 KiB
+    # before compression, several hundred KiB after) and its per-year files: a disk of 256 KiB
+    # fills up while they are written
+    disk = small_disk("256k")
     root = demo["root"]
     run_yaml = _write(root, "disk.yaml", _config(root, tmp_path / "out", processing={"tmp_dir": str(disk)}))
     proc = run_cli("run-tile", run_yaml, "--tile", TILE)

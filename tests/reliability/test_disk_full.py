@@ -24,9 +24,9 @@ pytestmark = pytest.mark.slow  # real processes, tiles, models
 
 PRODUCTS = ("proba", "class", "uncertainty", "composite", "flags", "count")
 TILE = "X0001_Y0000"
-# the scene's tile stages 8 periods x 3 bands x 5 bytes x 32² px = 120 KiB: a disk of 160 KiB
-# passes the scratch check, then fills up while the 78 GeoTIFFs (~190 KiB) are written
-SMALL = "160k"
+# the scene's tile writes 15 GeoTIFFs (6 per year, 9 stacked cube files: ~90 KiB): a disk of
+# 64 KiB fills up while they are written
+SMALL = "64k"
 
 # whole tiles processed and re-run: every test here is slow
 pytestmark = pytest.mark.slow

@@ -101,7 +101,7 @@ def test_status_does_not_call_done_a_tile_whose_output_was_deleted(scene, model_
     data = cfg_dict(scene["root"], str(tmp_path / "out"), model=model_dir, tiles=("X0000_Y0000",))
     run_yaml = write_yaml(tmp_path / "run.yaml", data)
     assert ecocube("run", str(run_yaml), "--no-progress").returncode == 0
-    gone = tmp_path / "out" / "flags/X0000_Y0000/2019-04-01/red.tif"
+    gone = tmp_path / "out" / "flags/X0000_Y0000/red.tif"  # every period of the band
     gone.unlink()
     status = ecocube("status", str(run_yaml))
     assert "1 tiles: 0 done, 1 failed" in status.stdout

@@ -87,7 +87,7 @@ def write_outputs(cfg, store, tile, work: Path) -> dict:
             dst.update_tags(tile=tile.id, product=spec.product, period=spec.period, **spec.tags)
         digest = sha256_file(local)
         info = store.put_file(local, key, sha256=digest, move=True)
-        outputs[key] = {"sha256": digest, "size": info.size}
+        outputs[key] = {"sha256": digest, "size": info.size, **spec.record_entry()}
     return outputs
 
 
