@@ -333,9 +333,10 @@ def vectorize_run(cfg, *, store=None, product: str = "class", years: Sequence[in
         verify_sources(store, [s for s in (src, proba) if s is not None])
         results.append(_vectorize_period(cfg, store, grid, product, src, proba, digest, simplify, formats,
                                          index_from_tile_id))
-    merged = {f"{v.product}/{v.period}": v for v in plan.previous.values()}
-    merged.update({f"{v.product}/{v.period}": v for v in results})
-    write_vectors(store, merged.values(), cfg)
+    if plan.todo:  # every year up to date: the manifest already lists these layers, leave it as it is
+        merged = {f"{v.product}/{v.period}": v for v in plan.previous.values()}
+        merged.update({f"{v.product}/{v.period}": v for v in results})
+        write_vectors(store, merged.values(), cfg)
     if catalog:
         from .stac import publish_catalog
 

@@ -228,6 +228,13 @@ def test_rerun_keeps_and_overwrite_is_needed(local_run):
     first = vectorize_run(cfg, store=store, catalog=False)
     again = vectorize_run(cfg, store=store, catalog=False)
     assert [v.state for v in first] == ["written"] and [v.state for v in again] == ["up-to-date"]
+    # an up-to-date rerun leaves catalog/vectors.json alone: the same layers written compactly stay compact
+    manifest = store.get_bytes("catalog/vectors.json")
+    compact = json.dumps(json.loads(manifest), separators=(",", ":")).encode()
+    assert compact != manifest
+    store.put_bytes(compact, "catalog/vectors.json")
+    (kept,) = vectorize_run(cfg, store=store, catalog=False)
+    assert kept.state == "up-to-date" and store.get_bytes("catalog/vectors.json") == compact
     klass = class_map()
     klass[0:2, 0:2] = 5
     write_tiles(store, cfg, klass=klass, tiles=["X0000_Y0000"])
