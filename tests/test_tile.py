@@ -254,7 +254,8 @@ def test_read_ahead_gives_the_outputs_of_block_by_block_reads_and_its_errors_fai
     plain = process_tile(tile_of(plain_cfg), plain_cfg, bundle=bundle, stages=_fake_stages(
         read_block=lambda *a, **k: reads.append(1) or Stages().read_block(*a, **k)))
     assert len(reads) == 4 and len(fetched) == 3  # a swapped read stage: block by block, no read-ahead
-    assert ahead["blocks"] == plain["blocks"] == 4 and len(ahead["outputs"]) == len(plain["outputs"]) > 40
+    assert ahead["blocks"] == plain["blocks"] == 4 and set(ahead["outputs"]) == set(plain["outputs"])
+    assert {k.split("/")[0] for k in ahead["outputs"]} >= {"class", "proba", "composite", "flags", "count"}
     assert {k: o["sha256"] for k, o in ahead["outputs"].items()} == {k: o["sha256"] for k, o in plain["outputs"].items()}
     assert ahead["gaps"] == plain["gaps"] and ahead["bytes_read"] == plain["bytes_read"] > 0
 
