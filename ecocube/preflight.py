@@ -12,7 +12,8 @@ campaign is fixed in one round:
   configuration produces (only when a prediction product is written);
 - a sample of the input files opens (``inputs=False`` skips it: no network);
 - the store is reachable and writable (a probe object is written, read back, deleted);
-- the scratch folder has room for one tile's staged cube layers.
+- the scratch folder has room for one tile's output files (written there, compressed, before
+  publishing; the stacked cube layers at least, uncompressed, else a problem).
 
 The result is a :class:`PreflightReport`; :meth:`PreflightReport.raise_for_problems`
 raises one :class:`ConfigError` (exit code 2) listing the problems one per line.
@@ -352,14 +353,15 @@ def _check_scratch(cfg, store, report: PreflightReport) -> None:
     on = "" if where == folder.absolute() else f" on {where}"
     if needed and free < needed:
         report.problems.append(
-            f"processing.tmp_dir {folder}: a tile stages {format_bytes(needed)} of cube layers there, only "
+            f"processing.tmp_dir {folder}: a tile writes up to {format_bytes(needed)} of cube layers there "
+            f"(uncompressed, before publishing), only "
             f"{format_bytes(free)} are free{on} (set processing.tmp_dir to a larger local disk)")
-    elif free < needed + outputs:
+    elif free < outputs:  # the cube layers are among the outputs (one stacked file per product and band)
         report.warnings.append(
-            f"processing.tmp_dir {folder}: a tile needs up to {format_bytes(needed + outputs)} of scratch "
-            f"(staged layers + uncompressed outputs), {format_bytes(free)} are free{on}")
-    report.facts.append(f"scratch {folder}: {format_bytes(needed)} staged per tile, {format_bytes(free)} free "
-                        "(on this machine)")
+            f"processing.tmp_dir {folder}: a tile writes up to {format_bytes(outputs)} of outputs there "
+            f"(uncompressed; cube layers {format_bytes(needed)}), {format_bytes(free)} are free{on}")
+    report.facts.append(f"scratch {folder}: a tile's outputs up to {format_bytes(outputs)} uncompressed "
+                        f"(cube layers {format_bytes(needed)}), {format_bytes(free)} free (on this machine)")
 
 
 def preflight(cfg, *, inputs: bool = True, store: bool = True, sample: int = 6) -> PreflightReport:

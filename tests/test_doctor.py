@@ -96,14 +96,14 @@ def test_run_misconfigurations_are_found(scene, tmp_path):  # noqa: F811
 
 
 def test_too_little_scratch_space_is_found(tmp_path):
-    # a 100 000 px tile stages hundreds of GiB of cube layers: more than this disk has free
+    # a 100 000 px tile writes hundreds of GiB of cube layers: more than this disk has free
     data = cfg_dict(tmp_path, str(tmp_path / "out"), output={"layers": ["composite", "count"]},
                     grid={"tile_size": 100_000}, processing={"tmp_dir": str(tmp_path / "scratch")})
     proc = doctor("--no-inputs", str(write_yaml(tmp_path / "run.yaml", data)))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     fails = lines(proc, "FAIL")
     assert len(fails) == 1, fails
-    assert fails[0].startswith(f"FAIL scratch   processing.tmp_dir {tmp_path / 'scratch'}: a tile stages ")
+    assert fails[0].startswith(f"FAIL scratch   processing.tmp_dir {tmp_path / 'scratch'}: a tile writes up to ")
     assert "GiB are free" in fails[0] and "fix: set processing.tmp_dir" in fails[0]
 
 

@@ -116,8 +116,8 @@ def test_store_that_cannot_be_written_and_scratch_too_small(scene, model_dir, tm
     report = preflight(cfg, inputs=False)
     # 8 periods x 3 bands x 5 bytes x 4096² px
     assert report.problems == [
-        f"processing.tmp_dir {tmp_path / 'out' / '.ecocube-tmp'}: a tile stages {format_bytes(8 * 3 * 5 * 4096**2)} "
-        f"of cube layers there, only {format_bytes(1000 * real.f_frsize)} are free "
+        f"processing.tmp_dir {tmp_path / 'out' / '.ecocube-tmp'}: a tile writes up to "
+        f"{format_bytes(8 * 3 * 5 * 4096**2)} of cube layers there (uncompressed, before publishing), only {format_bytes(1000 * real.f_frsize)} are free "
         "(set processing.tmp_dir to a larger local disk)"]
     assert format_bytes(8 * 3 * 5 * 4096**2) == "1.9 GiB" and format_bytes(512) == "512 B"
 

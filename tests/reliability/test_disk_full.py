@@ -108,6 +108,6 @@ def test_preflight_names_a_scratch_disk_too_small_for_one_tile(scene, model_dir,
     proc = subprocess.run([sys.executable, "-m", "ecocube", "config", "check", "--no-inputs",
                            str(write_yaml(tmp_path / "run.yaml", data))], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert (f"  processing.tmp_dir {disk}: a tile stages 120.0 KiB of cube layers there, only 64.0 KiB are free "
-            "(set processing.tmp_dir to a larger local disk)") in proc.stderr.splitlines()
+    assert (f"  processing.tmp_dir {disk}: a tile writes up to 120.0 KiB of cube layers there "
+            "(uncompressed, before publishing), only 64.0 KiB are free (set processing.tmp_dir to a larger local disk)") in proc.stderr.splitlines()
     assert load_config(tmp_path / "run.yaml").processing.tmp_dir == disk
