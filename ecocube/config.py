@@ -473,6 +473,56 @@ class ChipConfig(_Model):
         return self.overlap // 2 if self.stitch == "crop" else self.overlap
 
 
+GridValue = int | float | str | None
+
+
+class TuningConfig(_Model):
+    """Per-learner hyperparameter tuning on the stacking folds (ecocube.tuning)."""
+
+    method: Literal["none", "grid"] = Field(
+        "none", description="grid: every base learner with a grid is tuned on the inner (stacking) folds of "
+                            "each fit, never on a CV test fold; none: the fixed settings")
+    grids: dict[str, dict[str, tuple[GridValue, ...]]] | None = Field(
+        None, description="learner -> {parameter: [values]}; default: ecocube.tuning.DEFAULT_GRIDS for the base "
+                          "learners (lgbm num_leaves x min_child_samples, rf/et max_features x min_samples_leaf, "
+                          "mlp alpha)")
+    metric: Literal["log_loss", "f1_weighted"] = Field(
+        "log_loss", description="how tuning and feature selection score candidates on the out-of-fold rows")
+
+    @model_validator(mode="after")
+    def _grids(self) -> TuningConfig:
+        from .tuning import check_grids
+
+        if self.grids is not None:
+            if self.method == "none":
+                raise ValueError("grids are set but method is 'none' (use method: grid)")
+            try:
+                check_grids(self.grids)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
+class FeatureSelectionConfig(_Model):
+    """Optional feature selection inside every fit (ecocube.selection)."""
+
+    method: Literal["none", "importance", "rfe"] = Field(
+        "none", description="importance: a random forest's importance ranking; rfe: recursive feature elimination; "
+                            "the share kept is chosen on the inner (stacking) folds, scored by model.tuning.metric")
+    keep: tuple[float, ...] = Field((1.0, 0.5, 0.25), min_length=1,
+                                    description="shares of the features to choose among (each in (0, 1])")
+
+    @model_validator(mode="after")
+    def _keep(self) -> FeatureSelectionConfig:
+        from .selection import check_keep
+
+        try:
+            check_keep(self.keep)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class ModelConfig(_Model):
     """The model bundle used for prediction, and how ``ecocube train`` makes one."""
 
@@ -506,6 +556,9 @@ class ModelConfig(_Model):
     date_field: str | None = Field(None, description="sample date/year column; default: 'year' or 'date' if present")
     predict_where: tuple[PredictWhere, ...] = Field(
         (), description="predict only where these covariates are in range; the rest is class nodata")
+    tuning: TuningConfig = Field(TuningConfig(), description="per-learner hyperparameter tuning inside the CV")
+    feature_selection: FeatureSelectionConfig = Field(
+        FeatureSelectionConfig(), description="optional feature selection inside the CV (importance or RFE)")
     engine: Literal["stock", "auto"] = Field(
         "auto", description="inference engines: auto = train builds per-learner fast engines (kept when faster and "
                             "equal to stock within 1e-5) and prediction uses them after a check at load; "
@@ -526,6 +579,14 @@ class ModelConfig(_Model):
             raise ValueError("model.chip is set but model.kind is not 'chip'")
         if self.kind == "chip" and self.task == "regression":
             raise ValueError("model.task: regression needs model.kind: ensemble (a chip model classifies)")
+        if self.tuning.grids:
+            unused = [n for n in self.tuning.grids if n not in self.base_learners]
+            if unused:
+                raise ValueError(f"model.tuning.grids: {', '.join(unused)} not among model.base_learners "
+                                 f"({', '.join(self.base_learners)})")
+        if self.task == "regression" and (self.tuning.method != "none" or self.feature_selection.method != "none"):
+            raise ValueError("model.tuning / model.feature_selection apply to classification only (model.task: "
+                             "regression)")
         return self
 
 
@@ -901,6 +962,8 @@ model:
     - {code: 1, name: cropland, color: "#f2d16b"}
     - {code: 2, name: forest, color: "#1a7f37"}
     - {code: 3, name: grassland, color: "#9ad36a"}
+  # tuning: {method: grid}  # per-learner grids chosen on the inner folds of every fit (x5-10 training time)
+  # feature_selection: {method: rfe, keep: [1.0, 0.5, 0.25]}   # or importance; share chosen on inner folds
 processing:
   block_size: 256
 output:

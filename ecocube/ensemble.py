@@ -311,6 +311,20 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         training groups of each stacking fold; rows without groups) stops improving for
         ``EARLY_STOPPING_ROUNDS`` rounds; the final LightGBM gets the median stopping round.
         ``n_estimators`` is then the maximum.
+    tuning : None, ``"grid"`` or a mapping learner name -> {parameter: [values]}
+        Per-learner hyperparameters chosen on the stacking folds (:mod:`ecocube.tuning`):
+        every candidate of a learner's grid gets its out-of-fold probabilities, the best by
+        ``tuning_metric`` is kept (its out-of-fold probabilities feed the meta-learner, its
+        parameters the final learner; ``tuning_``). ``"grid"``: :data:`ecocube.tuning.DEFAULT_GRIDS`.
+    tuning_metric : ``"log_loss"`` or ``"f1_weighted"``
+        How tuning and feature selection score their candidates on the out-of-fold rows.
+    feature_selection : None, ``"importance"`` or ``"rfe"``
+        Columns kept before everything else (:mod:`ecocube.selection`), the share of
+        ``feature_keep`` chosen on the stacking folds; ``selected_features_`` holds their
+        indices, ``feature_selection_`` the choice. Prediction takes all ``n_features_in_``
+        columns and uses the selected ones.
+    feature_keep : sequence of shares in (0, 1]
+        The shares of the features feature selection chooses among.
     nan_policy : ``"raise"`` or ``"impute"``
         What to do with NaN in ``X`` (see module docstring).
     n_jobs : int or None
@@ -322,7 +336,8 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
     -----------------
     classes_, n_features_in_, estimators_ (final base learners), learner_names_,
     meta_learner_, oof_proba_ (n_samples, n_learners * n_classes), cv_test_folds_ (row
-    indices held out in each stacking fold), fill_values_ (impute only), feature_importances_.
+    indices held out in each stacking fold), fill_values_ (impute only), feature_importances_,
+    tuning_ (tuned learners only), selected_features_ and feature_selection_ (None without selection).
     """
 
     def __init__(
@@ -339,6 +354,10 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         meta_class_weight: str | None = "auto",
         meta_metric: str = "f1_weighted",
         early_stopping: bool = True,
+        tuning=None,
+        tuning_metric: str = "log_loss",
+        feature_selection: str | None = None,
+        feature_keep: Sequence[float] = (1.0, 0.5, 0.25),
         nan_policy: str = "raise",
         n_jobs: int | None = None,
         random_state=None,
@@ -348,6 +367,10 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         self.max_depth = max_depth
         self.learning_rate = learning_rate
         self.cv_folds = cv_folds
+        self.tuning = tuning
+        self.tuning_metric = tuning_metric
+        self.feature_selection = feature_selection
+        self.feature_keep = feature_keep
         self.class_weight = class_weight
         self.meta = meta
         self.meta_C = meta_C
@@ -400,6 +423,15 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"early_stopping must be True or False, got {self.early_stopping!r}")
         if not (isinstance(self.learning_rate, numbers.Real) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        from .selection import METHODS, check_keep
+        from .tuning import METRICS, resolve_grids
+
+        resolve_grids(self.tuning, [b for b in learners if isinstance(b, str)])
+        if self.tuning_metric not in METRICS:
+            raise ValueError(f"tuning_metric must be one of {METRICS}, got {self.tuning_metric!r}")
+        if self.feature_selection is not None and self.feature_selection not in METHODS:
+            raise ValueError(f"feature_selection must be None or one of {METHODS}, got {self.feature_selection!r}")
+        check_keep(self.feature_keep)
         if self.nan_policy not in _NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {self.nan_policy!r}")
         if self.n_jobs is not None and (not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs < 1):
@@ -574,20 +606,39 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         n_learners = len(learners)
 
         splitter = self._splitter(y_enc, groups, cv_seed)
-        oof = np.full((X.shape[0], n_learners * n_classes), np.nan)
-        test_folds = []
         split_args = (X, y_enc, groups) if groups is not None else (X, y_enc)
+        splits = list(splitter.split(*split_args))
+        test_folds = [test_idx for _, test_idx in splits]
         stop_seed = int(rng.randint(np.iinfo(np.int32).max))
-        best_iterations: list[list[int]] = [[] for _ in learners]
-        for train_idx, test_idx in splitter.split(*split_args):
-            test_folds.append(test_idx)
-            inner_groups = groups[train_idx] if groups is not None else None
-            for k, (_, proto) in enumerate(learners):
-                est = _fit_one(clone(proto), X[train_idx], y_enc[train_idx], inner_groups,
+        X = self._select_features(X, y_enc, splits, n_threads, int(rng.randint(np.iinfo(np.int32).max)))
+
+        def oof_of(proto, X_, folds):
+            """Out-of-fold probabilities of ``proto`` over ``folds`` and LightGBM's stopping rounds."""
+            block, rounds = np.full((X_.shape[0], n_classes), np.nan), []
+            for train_idx, test_idx in folds:
+                inner_groups = groups[train_idx] if groups is not None else None
+                est = _fit_one(clone(proto), X_[train_idx], y_enc[train_idx], inner_groups,
                                early_stopping=self.early_stopping, seed=stop_seed)
                 if getattr(est, "best_iteration_", None):
-                    best_iterations[k].append(int(est.best_iteration_))
-                oof[test_idx, k * n_classes:(k + 1) * n_classes] = _proba_full(est, X[test_idx], n_classes)
+                    rounds.append(int(est.best_iteration_))
+                block[test_idx] = _proba_full(est, X_[test_idx], n_classes)
+            return block, rounds
+
+        from .tuning import resolve_grids, tune_learner
+
+        grids = resolve_grids(self.tuning, [b for b in self.base_learners if isinstance(b, str)])
+        oof = np.full((X.shape[0], n_learners * n_classes), np.nan)
+        best_iterations: list[list[int]] = [[] for _ in learners]
+        self.tuning_ = {}
+        for k, (name, proto) in enumerate(learners):
+            if isinstance(self.base_learners[k], str) and name in grids:
+                result = tune_learner(proto, grids[name], X, y_enc, splits, oof_of, metric=self.tuning_metric)
+                learners[k] = (name, clone(proto).set_params(**result.params))
+                block, best_iterations[k] = result.oof, result.extra
+                self.tuning_[f"{k}:{name}"] = result.record()
+            else:
+                block, best_iterations[k] = oof_of(proto, X, splits)
+            oof[:, k * n_classes:(k + 1) * n_classes] = block
         if np.isnan(oof).any():  # every row must be held out exactly once
             raise RuntimeError("internal error: the stacking CV left rows without out-of-fold probabilities")
         self.oof_proba_ = oof
@@ -611,15 +662,43 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
                 self.n_estimators_used_[f"{k}:{name}"] = int(est.get_params()["n_estimators"])
             finals.append(_fit_one(est, X, y_enc))
         self.estimators_ = finals
-        self.feature_importances_ = np.mean([_importance(e, X.shape[1]) for e in self.estimators_], axis=0)
+        importance = np.mean([_importance(e, X.shape[1]) for e in self.estimators_], axis=0)
+        self.feature_importances_ = np.zeros(self.n_features_in_)
+        self.feature_importances_[self._columns()] = importance
         self.n_threads_ = n_threads
         return self
+
+    def _select_features(self, X: np.ndarray, y_enc: np.ndarray, splits, n_threads: int, seed: int) -> np.ndarray:
+        """``X`` reduced to the columns feature selection keeps (all of them without it)."""
+        self.selected_features_ = None
+        self.feature_selection_ = None
+        if self.feature_selection is None:
+            return X
+        from sklearn.ensemble import RandomForestClassifier
+
+        from .selection import RANKING_TREES, select_features
+
+        def ranker():
+            return RandomForestClassifier(n_estimators=RANKING_TREES, class_weight=self._encoded_class_weight(),
+                                          n_jobs=n_threads, random_state=seed)
+
+        result = select_features(X, y_enc, splits, method=self.feature_selection, make_ranker=ranker,
+                                 keep=self.feature_keep, metric=self.tuning_metric)
+        self.selected_features_ = result.columns
+        self.feature_selection_ = result.record()
+        return np.ascontiguousarray(X[:, result.columns])
+
+    def _columns(self) -> np.ndarray | slice:
+        """The input columns the base learners see."""
+        cols = getattr(self, "selected_features_", None)  # bundles from before feature selection lack it
+        return slice(None) if cols is None else cols
 
     # ------------------------------------------------------------------ prediction
     def _prepared(self, X) -> np.ndarray:
         check_is_fitted(self, "meta_learner_")
-        X = self._validate_X(X, reset=False)
-        return self._impute(X)
+        X = self._impute(self._validate_X(X, reset=False))
+        cols = self._columns()
+        return X if isinstance(cols, slice) else np.ascontiguousarray(X[:, cols])
 
     def predict_base_proba(self, X) -> np.ndarray:
         """Probabilities of every final base learner: ``(n_learners, n_samples, n_classes)``."""
