@@ -648,7 +648,7 @@ def _cv_fold(make_model, X, y, groups, classes, k, train, test, threads):
     acc = float(np.mean(classes[np.argmax(block, axis=1)] == y[test]))
     info = {"fold": k, "n_train": int(train.size), "n_test": int(test.size),
             "groups_test": int(np.unique(groups[test]).size), "overall_accuracy": acc,
-            "classes_in_train": [int(c) for c in model.classes_]}
+            "classes_in_train": [int(c) for c in model.classes_], **_search_record(model)}
     from .evaluation import majority_proba
 
     base["__majority__"] = majority_proba(y[train], test.size, classes)
@@ -888,6 +888,15 @@ def report_markdown(report: dict) -> str:
               f"multinomial logistic meta-learner on {mdl['cv_folds']}-fold out-of-fold probabilities, "
               f"class weights {mdl['class_weight']}. {report['n_features']} features; "
               f"versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", ""]
+    if mdl.get("tuning", {}).get("method", "none") != "none":
+        lines += [f"Hyperparameters tuned on the inner folds of every fit (score: {mdl['tuning']['metric']}); "
+                  "the final model's choice: " + "; ".join(f"{k} " + ", ".join(f"{p}={v}" for p, v in c.items())
+                                                           for k, c in mdl["tuning"].get("chosen", {}).items()) + ".", ""]
+    fs = mdl.get("feature_selection", {})
+    if fs.get("method", "none") != "none" and "selected" in fs:
+        lines += [f"Feature selection ({fs['method']}, share chosen on the inner folds: {fs['share']}): "
+                  f"{len(fs['selected'])} of {report['n_features']} features kept: "
+                  + ", ".join(fs["selected"]) + ".", ""]
     return "\n".join(lines)
 
 
@@ -916,12 +925,49 @@ def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str
 
 def _make_model(cfg, threads: int, *, cv_folds: int | None = None) -> EnsembleClassifier:
     m = cfg.model
+    tuning = None
+    if m.tuning.method == "grid":
+        tuning = "grid" if m.tuning.grids is None else {k: dict(v) for k, v in m.tuning.grids.items()}
     return EnsembleClassifier(
         base_learners=tuple(m.base_learners), n_estimators=m.n_estimators, max_depth=m.max_depth,
         learning_rate=m.learning_rate, cv_folds=cv_folds or m.cv_folds,
         class_weight=None if m.class_weight == "none" else "balanced",
+        tuning=tuning, tuning_metric=m.tuning.metric,
+        feature_selection=None if m.feature_selection.method == "none" else m.feature_selection.method,
+        feature_keep=tuple(m.feature_selection.keep),
         nan_policy="impute" if m.nan_policy == "impute" else "raise", n_jobs=threads, random_state=m.random_state,
     )
+
+
+def _tuning_record(cfg, model) -> dict:
+    """The report's and bundle's record of tuning: settings, the final model's choice, every candidate."""
+    out: dict = {"method": cfg.model.tuning.method, "metric": cfg.model.tuning.metric}
+    if getattr(model, "tuning_", None):
+        out["chosen"] = {k: v["chosen"] for k, v in model.tuning_.items()}
+        out["candidates"] = model.tuning_
+    return out
+
+
+def _selection_record(cfg, model, names) -> dict:
+    """The report's and bundle's record of feature selection: settings and the kept features by name."""
+    out: dict = {"method": cfg.model.feature_selection.method, "keep": list(cfg.model.feature_selection.keep)}
+    if getattr(model, "feature_selection_", None):
+        out.update(model.feature_selection_)
+        out["selected"] = [str(names[c]) for c in model.selected_features_]
+    return out
+
+
+def _search_record(model, names: list[str] | None = None) -> dict:
+    """What tuning chose per learner and which features selection kept (empty without them)."""
+    out: dict = {}
+    if getattr(model, "tuning_", None):
+        out["tuning"] = {k: v["chosen"] for k, v in model.tuning_.items()}
+    sel = getattr(model, "feature_selection_", None)
+    if sel:
+        cols = [int(c) for c in model.selected_features_]
+        out["feature_selection"] = {"method": sel["method"], "share": sel["share"], "n_selected": len(cols),
+                                    **({"selected": [names[c] for c in cols]} if names is not None else {})}
+    return out
 
 
 def train_model(cfg, samples_path: str | Path, class_field: str, *, out_dir: str | Path | None = None,
@@ -1186,7 +1232,8 @@ def _training_report(cfg, samples: Samples, class_field: str, table: _FeatureTab
         "model": {"base_learners": list(cfg.model.base_learners), "n_estimators": cfg.model.n_estimators,
                   "cv_folds": cfg.model.cv_folds, "class_weight": cfg.model.class_weight, "max_depth": cfg.model.max_depth,
                   "learning_rate": cfg.model.learning_rate, "nan_policy": cfg.model.nan_policy,
-                  "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_)},
+                  "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_),
+                  "tuning": _tuning_record(cfg, model), "feature_selection": _selection_record(cfg, model, names)},
         "features": {"bands": [n[:-3] for n in names if n.endswith("_s1") and n[:-3] not in cfg.features.indices],
                      "season_size": periods.season_size, "indices": list(cfg.features.indices),
                      "statistics": list(cfg.features.statistics)},
@@ -1214,6 +1261,9 @@ def _make_bundle(cfg, samples: Samples, class_field: str, model: EnsembleClassif
             "years": report["samples"]["years"], "cv": {k: v for k, v in report["cv"].items() if k != "per_fold"},
             "metrics": {k: metrics[k] for k in ("overall_accuracy", "f1_weighted", "f1_macro", "kappa", "log_loss")},
             "baseline": metrics.get("baseline"), "model": report["model"],
+            # what the model predicts from (None: every feature) and the tuned hyperparameters
+            "selected_features": report["model"]["feature_selection"].get("selected"),
+            "tuned_parameters": report["model"]["tuning"].get("chosen"),
         },
     )
 

@@ -229,3 +229,39 @@ def test_stac_query_strings_become_numeric_filters():
         StacApiConfig(url="http://h", collections=["c"], query=["cloudy"])
     with pytest.raises(ValueError, match="expected a mapping of operators"):
         StacApiConfig(url="http://h", collections=["c"], query={"eo:cloud_cover": {"below": 3}})
+
+
+def test_tuning_and_feature_selection_keys(example):
+    cfg = load_config(example)
+    assert cfg.model.tuning.method == "none" and cfg.model.tuning.grids is None
+    assert cfg.model.feature_selection.method == "none" and cfg.model.feature_selection.keep == (1.0, 0.5, 0.25)
+    _edit(example, lambda d: d["model"].update(
+        tuning={"method": "grid", "grids": {"lgbm": {"num_leaves": [7, 31], "learning_rate": [0.05]}},
+                "metric": "f1_weighted"},
+        feature_selection={"method": "rfe", "keep": [0.3, 1]}))
+    cfg = load_config(example)
+    assert cfg.model.tuning.grids == {"lgbm": {"num_leaves": (7, 31), "learning_rate": (0.05,)}}
+    assert cfg.model.tuning.metric == "f1_weighted"
+    assert cfg.model.feature_selection.method == "rfe" and cfg.model.feature_selection.keep == (0.3, 1.0)
+
+
+@pytest.mark.parametrize("model, where, text", [
+    ({"tuning": {"method": "grid", "grids": {"lgbm": {"num_leaf": [7]}}}}, "model.tuning",
+     "tuning grid for 'lgbm': 'num_leaf' cannot be tuned; choose among num_leaves"),
+    ({"tuning": {"method": "grid", "grids": {"rf": {"min_samples_leaf": []}}}}, "model.tuning",
+     "min_samples_leaf needs a non-empty list of values"),
+    ({"tuning": {"method": "grid", "grids": {"mlp": {"mlpclassifier__alpha": [0.01]}}}}, "model",
+     "model.tuning.grids: mlp not among model.base_learners (rf, lgbm, et)"),
+    ({"tuning": {"grids": {"rf": {"min_samples_leaf": [1]}}}}, "model.tuning",
+     "grids are set but method is 'none' (use method: grid)"),
+    ({"tuning": {"method": "random"}}, "model.tuning.method", "'grid'"),
+    ({"feature_selection": {"method": "rfe", "keep": [0.5, 1.5]}}, "model.feature_selection",
+     "feature selection keep: 1.5 is not a share in (0, 1]"),
+    ({"feature_selection": {"method": "lasso"}}, "model.feature_selection.method", "'importance'"),
+])
+def test_bad_tuning_and_feature_selection_are_named(example, model, where, text):
+    _edit(example, lambda d: d["model"].update(model))
+    with pytest.raises(ConfigError) as err:
+        load_config(example)
+    msg = str(err.value)
+    assert f"{where}:" in msg and text in msg, msg

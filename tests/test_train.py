@@ -479,3 +479,38 @@ def test_years_without_observations_are_refused_and_thin_years_warned(caplog):
     with pytest.raises(ModelError, match=r"samples s.gpkg: year\(s\) \[2018\] have no valid observation"):
         check_year_observations({"observed_share_by_year": {"2018": 0.0, "2019": 1.0}}, Path("s.gpkg"))
 
+
+
+def test_train_records_tuning_and_the_selected_features_the_bundle_predicts_with(scene, tmp_path):
+    """model.tuning / model.feature_selection: the report and bundle name the choice per fold
+    and for the final model, and the bundle predicts from the recorded features only."""
+    rng = np.random.default_rng(1)
+    picks = {(int(a), int(b)) for a, b in zip(rng.integers(0, 2 * TS, 80), rng.integers(0, TS, 80))}
+    csv = _points_csv(tmp_path / "pts.csv", sorted(picks), year=2020)
+    cfg = config_from_dict(_scene_cfg(scene, base_learners=["lgbm", "rf"],
+                                      tuning={"method": "grid", "grids": {"lgbm": {"num_leaves": [3, 7]}}},
+                                      feature_selection={"method": "importance", "keep": [0.5]}))
+    result = train_model(cfg, csv, "cls", out_dir=tmp_path / "model", samples_crs="EPSG:32631")
+    report = result.report
+    mdl = report["model"]
+    assert mdl["tuning"]["method"] == "grid" and set(mdl["tuning"]["chosen"]) == {"0:lgbm"}
+    assert mdl["tuning"]["chosen"]["0:lgbm"]["num_leaves"] in (3, 7)
+    assert len(mdl["tuning"]["candidates"]["0:lgbm"]["candidates"]) == 2
+    for fold in report["cv"]["per_fold"]:  # every outer fold tuned and selected on its own rows
+        assert set(fold["tuning"]) == {"0:lgbm"} and fold["feature_selection"]["n_selected"] == 2
+    names = result.bundle.feature_names
+    assert len(names) == 4  # red/nir x 2 seasons
+    model = result.bundle.model
+    assert mdl["feature_selection"]["selected"] == [names[c] for c in model.selected_features_]
+    assert len(mdl["feature_selection"]["selected"]) == 2
+    saved = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert saved["selected_features"] == saved["model"]["feature_selection"]["selected"] == \
+        mdl["feature_selection"]["selected"]
+    assert saved["tuned_parameters"] == mdl["tuning"]["chosen"]
+    assert "2 of 4 features kept" in (tmp_path / "model" / "report.md").read_text()
+    bundle = load_bundle(tmp_path / "model", expected_features=feature_names(BANDS, 2, ()))
+    _, X, _, _ = read_feature_table(tmp_path / "model" / "features.parquet")
+    dropped = [i for i, n in enumerate(names) if n not in mdl["feature_selection"]["selected"]]
+    scrambled = X.copy()
+    scrambled[:, dropped] = rng.permutation(scrambled[:, dropped])  # the features selection dropped
+    assert np.array_equal(bundle.predict_proba(scrambled), bundle.predict_proba(X))

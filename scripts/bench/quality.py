@@ -282,6 +282,10 @@ def make_model(spec: str, threads: int, seed: int):
                 kw[k] = float(v)
             elif k in ("early_stopping",):
                 kw[k] = v == "1"
+            elif k in ("tuning", "feature_selection"):
+                kw[k] = None if v == "none" else v
+            elif k == "feature_keep":
+                kw[k] = tuple(float(x) for x in v.split("+"))
             else:
                 kw[k] = int(v)
         return EnsembleClassifier(n_jobs=threads, random_state=seed, **kw)
@@ -307,7 +311,7 @@ def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, d
 
     codes = np.unique(y)
     per: dict[str, list[dict]] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for r in range(repeats):
         proba, _, _, base = cross_validate(lambda t, _r=r: make_model(spec, t, 1000 + _r), X, y, groups, folds=5,
                                            random_state=r, threads=1, return_baselines=True)
@@ -315,15 +319,19 @@ def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, d
         if spec.startswith("ens"):
             for name, p in base.items():
                 per.setdefault(f"{spec} > {name}", []).append(_scores(y, p, codes))
-    return _summarise(per, codes, round(time.perf_counter() - t0, 2))
+        # one line per fold draw as it finishes (a long run on a loaded machine leaves the draws it finished)
+        print(f"  draw {r}: " + ", ".join(f"{n.split(' > ')[-1] if ' > ' in n else 'ensemble'} "
+                                         f"{runs[-1]['f1_weighted']:.3f}" for n, runs in per.items())
+              + f" ({time.process_time() - c0:.0f} cpu s)", flush=True)
+    return _summarise(per, codes, round(time.perf_counter() - t0, 2), cpu_seconds=round(time.process_time() - c0, 2))
 
 
 def _summarise(per: dict[str, list[dict]], codes, seconds: float,
-               chosen: dict[str, dict[str, int]] | None = None) -> dict[str, dict]:
+               chosen: dict[str, dict[str, int]] | None = None, *, cpu_seconds: float | None = None) -> dict[str, dict]:
     """Per model, the mean of its :func:`_scores` over the repeats (``per``: name -> one score
     dict per fold draw), its weighted F1 per draw and their standard deviation (ddof 1; 0 for
-    one draw), the run's ``seconds``, and for a combiner variant (``"spec | label"``) how often
-    each combiner was chosen (``chosen``: label -> {combiner: folds})."""
+    one draw), the run's ``seconds`` (and ``cpu_seconds`` when given), and for a combiner variant
+    (``"spec | label"``) how often each combiner was chosen (``chosen``: label -> {combiner: folds})."""
     out = {}
     for name, runs in per.items():
         r = {k: float(np.mean([x[k] for x in runs])) for k in ("f1_weighted", "overall_accuracy", "f1_macro",
@@ -332,6 +340,8 @@ def _summarise(per: dict[str, list[dict]], codes, seconds: float,
         r["f1_weighted_per_repeat"] = [float(x["f1_weighted"]) for x in runs]
         r["f1_weighted_sd"] = float(np.std(r["f1_weighted_per_repeat"], ddof=1)) if len(runs) > 1 else 0.0
         r["seconds"] = seconds
+        if cpu_seconds is not None:
+            r["cpu_seconds"] = cpu_seconds
         label = name.split(" | ", 1)[1] if " | " in name else None
         if chosen and label in chosen:
             r["chosen_per_fold"] = chosen[label]
@@ -402,6 +412,16 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
             per.setdefault(name, []).append(_scores(y, q, codes))
     return _summarise(per, codes, round(time.perf_counter() - t0, 2), chosen)
 
+
+#: ``--tuning-variants``: the default ensemble, with inner-CV tuning, with each feature
+#: selection, both, and the default ensemble on the statistics alone (same folds per repeat)
+TUNING_RUNS = [
+    ("ens:base_learners=rf+lgbm+et", "monthly+indices+stats"),
+    ("ens:base_learners=rf+lgbm+et:tuning=grid", "monthly+indices+stats"),
+    ("ens:base_learners=rf+lgbm+et:feature_selection=importance", "monthly+indices+stats"),
+    ("ens:base_learners=rf+lgbm+et:feature_selection=rfe", "monthly+indices+stats"),
+    ("ens:base_learners=rf+lgbm+et", "stats"),
+]
 
 DEFAULT_RUNS = [
     # the plain baseline of the issue: a 200-tree RF on monthly medians + NDVI
@@ -478,14 +498,22 @@ def main() -> None:
     ap.add_argument("--out", default="bench-quality.json")
     ap.add_argument("--regression", action="store_true", help="also the EnsembleRegressor check on the DEM")
     ap.add_argument("--regression-only", action="store_true")
+    ap.add_argument("--tuning-variants", action="store_true",
+                    help="the runs of TUNING_RUNS: default ensemble, + tuning, + importance / RFE selection, stats only")
+    ap.add_argument("--only", default=None, help="with --tuning-variants: the indices of TUNING_RUNS to run (0,2)")
     ap.add_argument("--meta-variants", action="store_true",
                     help="for ensembles: also every combiner of META_VARIANTS on the same fitted learners")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     runs = DEFAULT_RUNS if not args.runs else [tuple(r.split("@")) for r in args.runs.split(",")]
+    if args.tuning_variants:
+        runs = TUNING_RUNS if args.only is None else [TUNING_RUNS[int(i)] for i in args.only.split(",")]
+
+    import os
 
     out: dict = {"machine": platform.platform(), "python": sys.version.split()[0], "repeats": args.repeats,
+                 "load_average_start": list(os.getloadavg()),
                  "cv": "polygon-grouped stratified 5-fold", "datasets": {}}
     if args.regression or args.regression_only:
         out["regression"] = regression_check(load_dataset("si", Path(args.cache)), repeats=args.repeats)
@@ -500,7 +528,8 @@ def main() -> None:
         info = {"pixels": int(keep.sum()), "polygons": int(np.unique(groups[keep]).size),
                 "classes": {int(c): int((y[keep] == c).sum()) for c in np.unique(y[keep])}, "results": {}}
         print(f"\n{ds}: {info['pixels']} pixels, {info['polygons']} polygons, classes {info['classes']}")
-        print(f"{'model':58s} {'features':28s} {'wF1':>6s} {'OA':>6s} {'mF1':>6s} {'logloss':>7s} {'s':>6s}")
+        print(f"{'model':58s} {'features':28s} {'wF1':>6s} {'OA':>6s} {'mF1':>6s} {'logloss':>7s} {'s':>6s} "
+              f"{'cpu s':>6s}")
         for spec, fs in runs:
             if fs not in sets:  # e.g. +dem where the dataset has no DEM
                 continue
@@ -512,9 +541,10 @@ def main() -> None:
                 info["results"][f"{name}@{fs}"] = r
                 pc = " ".join(f"{c}:{v:.2f}" for c, v in r["per_class_f1"].items())
                 print(f"{name:58s} {fs:28s} {r['f1_weighted']:6.3f}±{r['f1_weighted_sd']:.3f} {r['overall_accuracy']:6.3f} "
-                      f"{r['f1_macro']:6.3f} {r['log_loss']:7.3f} {r['seconds']:6.1f}  {pc}"
+                      f"{r['f1_macro']:6.3f} {r['log_loss']:7.3f} {r['seconds']:6.1f} {r.get('cpu_seconds', 0):6.1f}  {pc}"
                       + (f"  chosen {r['chosen_per_fold']}" if "chosen_per_fold" in r else ""), flush=True)
         out["datasets"][ds] = info
+    out["load_average_end"] = list(os.getloadavg())
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.out}")
 
