@@ -481,6 +481,7 @@ def test_years_without_observations_are_refused_and_thin_years_warned(caplog):
 
 
 
+@pytest.mark.timeout(1800)  # tuning multiplies the stacking fits (2 candidates); the shared machine ran at load 28
 def test_train_records_tuning_and_the_selected_features_the_bundle_predicts_with(scene, tmp_path):
     """model.tuning / model.feature_selection: the report and bundle name the choice per fold
     and for the final model, and the bundle predicts from the recorded features only."""
