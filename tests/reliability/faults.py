@@ -103,3 +103,69 @@ def run_at_once(*cmds, timeout: float = 900, env=None) -> list[subprocess.Comple
                 p.kill()
                 p.communicate(timeout=10)
     return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+class HoldingProxy:
+    """A real TCP proxy in front of an S3 server that lets the first ``allow`` uploads of
+    objects outside ``status/`` through and then holds every further one unanswered, so a
+    test can kill the uploading process while exactly ``allow`` outputs are up — no race
+    with the upload speed. Requests start at the beginning of a read (the client waits for
+    the response before it sends the next request on a connection), so a held request is
+    recognised by its first line: ``PUT /{bucket}/{prefix}/... HTTP/1.1``."""
+
+    def __init__(self, target_port: int, bucket: str, prefix: str, *, allow: int = 1):
+        import socket
+        import threading
+
+        self._marker = f"PUT /{bucket}/{prefix}/".encode()
+        self._status = f"PUT /{bucket}/{prefix}/status/".encode()
+        self._target = target_port
+        self._allow = allow
+        self.passed = 0
+        self._kept: list = []
+        self.held = threading.Event()  # set once an upload is being held
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, upstream: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if upstream and data.startswith(self._marker) and not data.startswith(self._status):
+                    with self._lock:
+                        hold = self.passed >= self._allow
+                        self.passed += not hold
+                    if hold:
+                        self._kept.append((src, dst))  # kept open: the client waits for an answer
+                        self.held.set()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            if (src, dst) not in self._kept:
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.close()
+
+    def close(self) -> None:
+        self._sock.close()

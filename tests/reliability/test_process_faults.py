@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from faults import assert_rerun_matches, clean_run, published
+from faults import HoldingProxy, assert_rerun_matches, clean_run, published
 from rangeserver import RangeServer
 from test_tile import cfg_dict, scene, write_yaml  # noqa: F401 - fixtures
 
@@ -125,29 +125,34 @@ def test_sigkill_mid_publish_to_s3_publishes_nothing_partial_and_the_rerun_match
                     output={**LAYERS, "s3": {"endpoint_url": seaweed.endpoint_url, "region": "us-east-1"}},
                     processing={"publish_threads": 1})
     run_yaml = write_yaml(tmp_path / "run.yaml", data)
+    # the killed attempt uploads through a proxy that lets its first output through and holds
+    # the second unanswered: it is killed mid-publish every time, whatever the upload speed
+    proxy = HoldingProxy(seaweed.port, s3_bucket, "run", allow=1)
+    held_yaml = write_yaml(tmp_path / "held.yaml", {**data, "output": {
+        **data["output"], "s3": {**data["output"]["s3"], "endpoint_url": proxy.endpoint_url}}})
     client = seaweed.client()
 
     def keys() -> list[str]:
         resp = client.list_objects_v2(Bucket=s3_bucket, Prefix="run/")
         return sorted(o["Key"][len("run/"):] for o in resp.get("Contents", ()))
 
-    proc = subprocess.Popen([sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE],
+    proc = subprocess.Popen([sys.executable, "-m", "ecocube", "run-tile", str(held_yaml), "--tile", TILE],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if any(not k.startswith("status/") for k in keys()):
-                proc.kill()  # the first outputs are up, the others not yet
-                break
-            time.sleep(0.01)
+        while time.monotonic() < deadline and proc.poll() is None and not proxy.held.wait(0.05):
+            pass
+        proc.kill()  # the first output is up, the second upload hangs in the proxy
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+        proxy.close()
+    assert proxy.held.is_set(), proc.stderr.read().decode()[-2000:]
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     n_outputs = 3 * len(PRODUCTS)  # bands x cube layers (one stacked file each, every period in it)
-    assert 0 < len([k for k in keys() if not k.startswith("status/")]) < n_outputs  # killed mid-publish
+    assert len([k for k in keys() if not k.startswith("status/")]) == 1  # killed mid-publish
     store = S3Store(s3_bucket, "run", endpoint_url=seaweed.endpoint_url, region="us-east-1")
     assert read_status(store, TILE)["state"] == "running"  # never claimed done
 
