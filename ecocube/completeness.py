@@ -180,16 +180,20 @@ def write_map(report: CompletenessReport, path: str | Path, *, regions: Sequence
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import shapely
+    from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
     from .atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
     cmap = plt.get_cmap("RdYlGn")
+    # one collection, not a patch per tile: add_patch updates the axes' limits tile by tile (seconds for thousands)
+    ax.add_collection(PatchCollection(
+        [Rectangle((t.bounds[0], t.bounds[1]), t.bounds[2] - t.bounds[0], t.bounds[3] - t.bounds[1])
+         for t in report.tiles], facecolors=[cmap(t.completeness) for t in report.tiles], edgecolors="#333333",
+        linewidths=0.4), autolim=False)
     for t in report.tiles:
         left, bottom, right, top = t.bounds
-        ax.add_patch(Rectangle((left, bottom), right - left, top - bottom, facecolor=cmap(t.completeness),
-                               edgecolor="#333333", linewidth=0.4))
         if len(report.tiles) <= 64:
             ax.text((left + right) / 2, (bottom + top) / 2, f"{100 * t.completeness:.0f}", ha="center",
                     va="center", fontsize=7)
