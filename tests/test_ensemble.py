@@ -414,11 +414,75 @@ def test_meta_auto_picks_the_combiner_with_the_better_out_of_fold_f1():
 
 @pytest.mark.slow
 def test_lightgbm_early_stopping_sets_the_final_tree_count():
-    X, y = _blobs(400, n_classes=3, sep=2.0)
+    X, y = _blobs(400, n_classes=3, sep=0.8)
     groups = np.arange(X.shape[0]) // 10
     model = _fast(base_learners=("lgbm",), n_estimators=500, cv_folds=3).fit(X, y, groups=groups)
     used = model.n_estimators_used_["0:lgbm"]
-    assert 1 <= used < 500  # well-separated blobs: the validation loss stops improving early
+    assert 1 <= used < 500  # overlapping blobs: the held-out loss has its minimum well before 500 rounds
     assert model.estimators_[0].booster_.num_trees() == used * 3  # one tree per class and round
     off = _fast(base_learners=("lgbm",), n_estimators=60, cv_folds=3, early_stopping=False).fit(X, y, groups=groups)
     assert off.n_estimators_used_["0:lgbm"] == 60
+
+
+class LGBMClassifier(__import__("lightgbm").LGBMClassifier):
+    """LightGBM that logs each fit (the rows, by content, and the fitted model); named like
+    LightGBM's class, as the ensemble recognises LightGBM by its class name."""
+
+    log: list = []
+
+    def fit(self, X, y, **kwargs):
+        super().fit(X, y, **kwargs)
+        LGBMClassifier.log.append((np.asarray(X).copy(), self))
+        return self
+
+
+def test_lightgbm_out_of_fold_models_are_fitted_like_the_final_one():
+    """The combiner must see, for every learner, held-out probabilities of models fitted on
+    all the other folds' rows, as it will combine learners fitted on all rows. LightGBM's
+    were fitted on 80 % of those (early stopping held out 20 % of the training groups) while
+    the other learners saw all of them, and stopped at the median of those stopping rounds."""
+    from sklearn.metrics import log_loss
+
+    X, y = _blobs(240, n_classes=3, sep=0.8, seed=5)  # overlapping classes: the loss turns up
+    groups = np.arange(X.shape[0]) // 8
+    row_of = {r.tobytes(): i for i, r in enumerate(X)}
+    LGBMClassifier.log = []
+    proto = LGBMClassifier(n_estimators=80, learning_rate=0.3, num_leaves=7, min_child_samples=5, verbose=-1,
+                           n_jobs=1)
+    model = EnsembleClassifier(base_learners=(proto, "rf"), n_estimators=10, cv_folds=3, meta="mean", n_jobs=1,
+                               random_state=2).fit(X, y, groups=groups)
+    folds = model.cv_test_folds_
+    fits = LGBMClassifier.log
+    assert len(fits) == len(folds) + 1  # one per stacking fold, then the final fit
+    for (rows, _), test_idx in zip(fits, folds):
+        seen = sorted(row_of[r.tobytes()] for r in rows)
+        assert seen == sorted(set(range(X.shape[0])) - set(test_idx.tolist()))  # all the other folds' rows
+    assert sorted(row_of[r.tobytes()] for r in fits[-1][0]) == list(range(X.shape[0]))
+    # the round counts, recomputed from the fold models: summed held-out log loss per round
+    loss = np.array([[log_loss(y[t], est.predict_proba(X[t], num_iteration=r), labels=[0, 1, 2], normalize=False)
+                      for r in range(1, 81)] for (_, est), t in zip(fits, folds)])
+    final_rounds = int(np.argmin(loss.sum(axis=0))) + 1
+    assert 1 <= final_rounds < 80  # the loss has its minimum inside the range
+    assert model.n_estimators_used_["0:LGBMClassifier"] == final_rounds
+    assert fits[-1][1].booster_.num_trees() == final_rounds * 3
+    for j, ((_, est), t) in enumerate(zip(fits, folds)):
+        rounds = int(np.argmin(loss.sum(axis=0) - loss[j])) + 1  # chosen without fold j's rows
+        np.testing.assert_allclose(model.oof_proba_[t, :3], est.predict_proba(X[t], num_iteration=rounds),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_meta_best_is_the_learner_with_the_best_out_of_fold_score():
+    from sklearn.metrics import f1_score
+
+    X, y = _blobs(240, seed=4, sep=1.0)
+    groups = np.arange(X.shape[0]) // 8
+    model = _fast(base_learners=("rf", "lgbm", "et"), n_estimators=20, meta="best").fit(X, y, groups=groups)
+    oof = model.oof_proba_.reshape(y.size, 3, 3)
+    scores = [f1_score(y, oof[:, k].argmax(axis=1), average="weighted") for k in range(3)]
+    assert model.meta_ == "best"
+    expected = np.zeros(3)
+    expected[int(np.argmax(scores))] = 1.0
+    np.testing.assert_array_equal(model.meta_learner_.weights, expected)
+    # the ensemble predicts exactly as that learner does
+    k = int(np.argmax(scores))
+    np.testing.assert_allclose(model.predict_proba(X), model.predict_base_proba(X)[k], rtol=1e-12)

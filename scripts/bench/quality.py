@@ -350,15 +350,19 @@ def _summarise(per: dict[str, list[dict]], codes, seconds: float,
 
 
 #: combiners scored on the same fitted base learners of every outer fold (``--meta-variants``):
-#: label -> (combiners ``meta="auto"`` chooses among, selection metric)
+#: label -> (combiners ``meta="auto"`` chooses among, selection metric, other meta parameters)
 META_VARIANTS = {
-    "auto: mean|logistic by wF1 (before)": (("logistic", "mean"), "f1_weighted"),
-    "auto: mean|logistic|greedy by wF1": (("logistic", "mean", "greedy"), "f1_weighted"),
-    "auto: mean|logistic|greedy by log loss": (("logistic", "mean", "greedy"), "log_loss"),
-    "auto: logistic|greedy by log loss": (("logistic", "greedy"), "log_loss"),
-    "greedy selection": (("greedy",), "f1_weighted"),
-    "logistic (class weights by CV)": (("logistic",), "f1_weighted"),
-    "mean": (("mean",), "f1_weighted"),
+    "auto: mean|logistic by wF1 (default)": (("logistic", "mean"), "f1_weighted", {}),
+    "auto: mean|logistic|best by wF1": (("logistic", "mean", "best"), "f1_weighted", {}),
+    "auto: mean|logistic|greedy|best by log loss": (("logistic", "mean", "greedy", "best"), "log_loss", {}),
+    "auto: mean|logistic|greedy by log loss": (("logistic", "mean", "greedy"), "log_loss", {}),
+    "best learner by inner-CV wF1": (("best",), "f1_weighted", {}),
+    "best learner by inner-CV log loss": (("best",), "log_loss", {}),
+    "greedy selection": (("greedy",), "f1_weighted", {}),
+    "logistic (class weights by CV)": (("logistic",), "f1_weighted", {}),
+    "logistic, no class weights": (("logistic",), "f1_weighted", {"meta_class_weight": None}),
+    "logistic, balanced": (("logistic",), "f1_weighted", {"meta_class_weight": "same"}),
+    "mean": (("mean",), "f1_weighted", {}),
 }
 
 
@@ -389,8 +393,9 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
             L, C = len(m.learner_names_), m.classes_.size
             y_enc = np.searchsorted(m.classes_, y[train])
             feats = _meta_features(m.oof_proba_)
-            for label, (combiners, metric) in META_VARIANTS.items():
-                alt = m.set_params(meta_metric=metric)
+            defaults = {"meta_metric": m.meta_metric, "meta_class_weight": m.meta_class_weight}
+            for label, (combiners, metric, extra) in META_VARIANTS.items():
+                alt = m.set_params(**{**defaults, "meta_metric": metric, **extra})
                 meta, cw, sel = alt._select_meta(feats, m.oof_proba_, y_enc, m.cv_test_folds_, 0, L, C,
                                                  combiners=combiners)
                 comb = alt._fit_combiner(meta, cw, feats, m.oof_proba_, y_enc, L, C, 0)
@@ -402,6 +407,7 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
                 else:
                     q = comb.predict_proba(base)
                 parts[f"{spec} | {label}"] = q
+            m.set_params(**defaults)
             maj = _Majority().fit(None, y[train]).predict_proba(X[test])
             parts[f"{spec} > majority class"] = maj
             for name, q in parts.items():
