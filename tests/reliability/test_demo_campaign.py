@@ -128,7 +128,12 @@ def test_demo_finalize_refuses_stale_mosaics_and_remakes_exactly_the_changed_one
     changed = {k for k, v in after.items() if v != demo["reference"][TILE][k]}
     assert changed and all(k.startswith(("composite/", "flags/")) for k in changed)  # counts do not change
     layers = json.loads(store.get_bytes("catalog/mosaics.json"))["layers"]
-    stale = {f"{p}/{per}/{lay}" for p, _t, per, lay in (k.removesuffix(".tif").split("/") for k in changed)}
+    changed_files = {tuple(k.removesuffix(".tif").split("/")) for k in changed}  # (product, tile, band)
+    assert all(len(f) == 3 and f[1] == TILE for f in changed_files), changed_files
+    # a stacked tile file holds every period of its band: each of those periods' mosaics is stale
+    stale = {(la["product"], la["period"], la["layer"]) for la in layers
+             if (la["product"], TILE, la["layer"]) in changed_files}
+    assert stale
     refused = run_cli("finalize", run_yaml)
     assert refused.returncode == 1
     assert f"{len(stale)} mosaics exist but their tiles changed since they were made" in refused.stderr
