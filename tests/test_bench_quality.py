@@ -34,3 +34,27 @@ def test_summary_means_the_draws_and_names_the_chosen_combiners():
     assert set(quality._summarise(per, np.array([11, 13]), 1.0)["ens | mean"]) == {
         "f1_weighted", "overall_accuracy", "f1_macro", "log_loss", "per_class_f1", "f1_weighted_per_repeat",
         "f1_weighted_sd", "seconds"}
+
+
+def test_feature_sets_take_the_per_period_columns_when_the_table_also_holds_statistics():
+    # extract_features returns <variable>_s<k> per-period columns and, with features.statistics,
+    # <variable>_<statistic> columns after them; the sets must not stack the statistics twice
+    variables = ["B02", "ndvi"]
+    per_period = [f"{v}_s{k}" for v in variables for k in range(1, 13)]
+    table_stats = [f"{v}_{s}" for v in variables for s in ("min", "std", "p90")]
+    rng = np.random.default_rng(0)
+    X = rng.random((7, len(per_period) + len(table_stats))).astype(np.float32)
+    quarter = [f"{v}_s{k}" for v in variables for k in range(1, 5)] + ["B02_mean"]
+    pct = per_period + [f"B02_p10_s{k}" for k in range(1, 13)] + ["B02_p10_max"]
+    d = {"X_month": X, "names_month": np.array(per_period + table_stats),
+         "X_quarter": rng.random((7, len(quarter))), "names_quarter": np.array(quarter),
+         "X_pct": rng.random((7, len(pct))), "names_pct": np.array(pct)}
+    sets = quality.feature_sets(d, "be")
+    X_mi, n_mi = sets["monthly+indices"]
+    assert n_mi == per_period and np.array_equal(X_mi, X[:, :24])
+    X_s, n_s = sets["stats"]
+    assert X_s.shape == (7, 2 * 12) and n_s[:3] == ["B02_min", "B02_max", "B02_mean"]
+    X_all, n_all = sets["monthly+indices+stats"]
+    assert X_all.shape == (7, 24 + 24) and len(set(n_all)) == len(n_all)
+    assert sets["quarterly"][1] == quarter[:-1]
+    assert sets["monthly+pct+stats"][1][:36] == pct[:-1]

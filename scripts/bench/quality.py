@@ -43,6 +43,7 @@ import argparse
 import json
 import logging
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -200,10 +201,24 @@ def load_dataset(name: str, cache: Path) -> dict:
 # ---------------------------------------------------------------------- feature sets
 
 
+_PER_PERIOD = re.compile(r"_s\d+$")
+
+
+def _per_period(X: np.ndarray, names) -> tuple[np.ndarray, list[str]]:
+    """The per-period columns (``<variable>_s<k>``) of a feature table: ``extract_features``
+    also returns the temporal statistics (``<variable>_<statistic>``) when the config asks
+    for them, and the feature sets below compute those themselves, once."""
+    names = [str(n) for n in names]
+    keep = [i for i, n in enumerate(names) if _PER_PERIOD.search(n)]
+    return X[:, keep], [names[i] for i in keep]
+
+
 def feature_sets(d: dict, name: str) -> dict[str, tuple[np.ndarray, list[str]]]:
     from ecocube.features import temporal_statistics, temporal_statistic_names
 
-    Xm, nm = d["X_month"], [str(n) for n in d["names_month"]]
+    Xm, nm = _per_period(d["X_month"], d["names_month"])
+    Xq, nq = _per_period(d["X_quarter"], d["names_quarter"])
+    Xp, np_ = _per_period(d["X_pct"], d["names_pct"])
     variables = list(dict.fromkeys(n.rsplit("_s", 1)[0] for n in nm))
     n_var = len(variables)
     cube = Xm.reshape(Xm.shape[0], n_var, 12)
@@ -212,12 +227,12 @@ def feature_sets(d: dict, name: str) -> dict[str, tuple[np.ndarray, list[str]]]:
     base = [v for v in variables if v.lower() in ("b02", "b03", "b04", "b08", "ndvi")]
     sel = [i for i, n in enumerate(nm) if n.rsplit("_s", 1)[0] in base]
     out = {
-        "quarterly": (d["X_quarter"], [str(n) for n in d["names_quarter"]]),
+        "quarterly": (Xq, nq),
         "monthly": (Xm[:, sel], [nm[i] for i in sel]),
         "monthly+indices": (Xm, nm),
         "stats": (stats, snames),
         "monthly+indices+stats": (np.hstack([Xm, stats]), nm + snames),
-        "monthly+pct+stats": (np.hstack([d["X_pct"], stats]), [str(n) for n in d["names_pct"]] + snames),
+        "monthly+pct+stats": (np.hstack([Xp, stats]), np_ + snames),
     }
     if "dem" in d:
         X, n = out["monthly+indices+stats"]
