@@ -218,7 +218,7 @@ def feature_sets(d: dict, name: str) -> dict[str, tuple[np.ndarray, list[str]]]:
 
     Xm, nm = _per_period(d["X_month"], d["names_month"])
     Xq, nq = _per_period(d["X_quarter"], d["names_quarter"])
-    Xp, np_ = _per_period(d["X_pct"], d["names_pct"])
+    Xp, npct = _per_period(d["X_pct"], d["names_pct"])
     variables = list(dict.fromkeys(n.rsplit("_s", 1)[0] for n in nm))
     n_var = len(variables)
     cube = Xm.reshape(Xm.shape[0], n_var, 12)
@@ -232,7 +232,7 @@ def feature_sets(d: dict, name: str) -> dict[str, tuple[np.ndarray, list[str]]]:
         "monthly+indices": (Xm, nm),
         "stats": (stats, snames),
         "monthly+indices+stats": (np.hstack([Xm, stats]), nm + snames),
-        "monthly+pct+stats": (np.hstack([Xp, stats]), np_ + snames),
+        "monthly+pct+stats": (np.hstack([Xp, stats]), npct + snames),
     }
     if "dem" in d:
         X, n = out["monthly+indices+stats"]
