@@ -597,6 +597,9 @@ class ProcessingConfig(_Model):
     compress: Literal["zstd", "deflate", "lzw"] = Field(
         "zstd", description="compression of tile GeoTIFFs (zstd at level 1: the fastest to write and verify)")
     publish_threads: int = Field(8, ge=1, le=64, description="parallel uploads/renames when publishing a tile")
+    read_ahead: bool = Field(
+        False, description="read the next block's input files on a background thread while the current block is "
+                           "computed (holds one block's decoded inputs more: 2 bytes a value for uint16 inputs)")
 
 
 class S3Config(_Model):

@@ -6,7 +6,7 @@ For each processing block (``tile.blocks(cfg.processing.block_size)``), in
     read_block -> fill_gaps_config (in place) -> features_for_year (per year) -> predict_block
                -> write the year's prediction windows into the tile's local GeoTIFFs
     (beside features/predict, a second thread writes the block's cube layers;
-    with :data:`READ_AHEAD` a third reads the next block's files)
+    with ``processing.read_ahead`` a third reads the next block's files)
 
 Every output GeoTIFF is opened once per tile and written window by window (see
 :class:`TileWriter`): the few per-year prediction files, and one stacked file per cube
@@ -848,14 +848,6 @@ class _Stager:
         self._pool.shutdown(wait=True)
 
 
-#: read the next block's files while the current one is computed (:class:`_ReadAhead`).
-#: Off: at 1000² × 84 periods × 6 bands, block 256 (scripts/bench/tile.py) it raised the
-#: tile's peak RSS from 638 to 921 MiB, not by the 66 MB of one block's decoded files that
-#: reading ahead alone adds (measured with read_block/fetch_block by themselves); until that
-#: is understood the memory bound wins over the overlap.
-READ_AHEAD = False
-
-
 class _ReadAhead:
     """Reads the next block's files on one background thread while the current block is
     gap-filled, predicted and staged: the files decoded in their own data types
@@ -935,7 +927,7 @@ class _TileRun:
         One thread budget, ``threads`` (the allocation's share): the read workers, the
         gap-fill and finish pools and prediction each use at most that many, one stage at a
         time; beside them run the staging of the cube layers (one thread) and, with
-        :data:`READ_AHEAD`, the read of the next block (half the threads, at least one: the
+        ``processing.read_ahead``, the read of the next block (half the threads, at least one: the
         cores a stage leaves idle), and the native
         pools (BLAS, OpenMP) are limited to it for the whole tile, so no library sizes its
         pool by the machine's cores."""
@@ -952,7 +944,7 @@ class _TileRun:
         # the next block's files are read while this one is computed: with the real read
         # stage only (a swapped read_block is called block by block) and not for chip models'
         # haloed reads; half the threads (at least one) beside the stages' own
-        if READ_AHEAD and self.stages.read_block is _read_block and not self.halo and len(windows) > 1:
+        if self.cfg.processing.read_ahead and self.stages.read_block is _read_block and not self.halo and len(windows) > 1:
             self.ahead = _ReadAhead(self.cfg, self.tile, max(1, self.threads // 2))
         try:
             for i, window in enumerate(windows):

@@ -98,6 +98,13 @@ def test_overrides_are_validated(example):
         load_config(example, {"processing.thread": 3})
 
 
+def test_read_ahead_is_a_validated_processing_setting(example):
+    assert load_config(example).processing.read_ahead is False  # the default
+    assert load_config(example, {"processing.read_ahead": True}).processing.read_ahead is True
+    with pytest.raises(ConfigError, match=r"processing.read_ahead.*'sometimes'"):
+        load_config(example, {"processing.read_ahead": "sometimes"})
+
+
 def test_config_check_cli(example):
     runner = CliRunner()
     ok = runner.invoke(cli, ["config", "check", "--no-preflight", str(example)])

@@ -229,50 +229,62 @@ def test_outputs_do_not_depend_on_block_size(scene, bundle, tmp_path):
     assert not (tmp_path / "a" / ".ecocube-tmp").exists() or not any((tmp_path / "a" / ".ecocube-tmp").iterdir())
 
 
-@pytest.mark.slow
-def test_read_ahead_gives_the_outputs_of_block_by_block_reads_and_its_errors_fail_the_tile(
-        scene, bundle, tmp_path, monkeypatch):
-    """With READ_AHEAD the next block's files are read while the current one is computed: every output is
-    byte-identical to block-by-block reads (a swapped read stage is never read ahead), and a
-    read-ahead failure fails the tile naming it, nothing published."""
-    import ecocube.read
-    import ecocube.tile
+READ_AHEAD = pytest.mark.parametrize("read_ahead", [False, True], ids=["block-by-block", "read-ahead"])
 
-    real_fetch, fetched = ecocube.read.fetch_block, []
+
+@pytest.mark.slow
+@READ_AHEAD
+def test_read_ahead_gives_the_outputs_of_block_by_block_reads_and_its_errors_fail_the_tile(
+        scene, bundle, tmp_path, monkeypatch, read_ahead):
+    """With processing.read_ahead the next block's files are read (fetch_block, on a thread of its own)
+    while the current one is computed, and without it block by block: either way every output is
+    byte-identical to reads through a swapped read stage (which is never read ahead), and a failed
+    read of a later block fails the tile naming the file and the tile, nothing published."""
+    import threading
+
+    import ecocube.read
+
+    real_fetch, real_read_files, fetched = ecocube.read.fetch_block, ecocube.read._read_files, []
 
     def counting_fetch(cfg_, tile, window, **kw):
         fetched.append((int(window.col_off), int(window.row_off)))
         return real_fetch(cfg_, tile, window, **kw)
 
     monkeypatch.setattr(ecocube.read, "fetch_block", counting_fetch)
-    monkeypatch.setattr(ecocube.tile, "READ_AHEAD", True)  # off by default (see its comment)
-    ahead_cfg = make_cfg(scene["root"], str(tmp_path / "a"), processing={"block_size": 16})
-    plain_cfg = make_cfg(scene["root"], str(tmp_path / "b"), processing={"block_size": 16})
+    ahead_cfg = make_cfg(scene["root"], str(tmp_path / "a"), processing={"block_size": 16, "read_ahead": read_ahead})
+    plain_cfg = make_cfg(scene["root"], str(tmp_path / "b"), processing={"block_size": 16, "read_ahead": read_ahead})
     ahead = process_tile(tile_of(ahead_cfg), ahead_cfg, bundle=bundle)
-    assert fetched == [(16, 0), (0, 16), (16, 16)]  # blocks 2..4 read ahead, block 1 read in turn
-    reads = []
+    # on: blocks 2..4 read ahead, block 1 read in turn; off: none
+    assert fetched == ([(16, 0), (0, 16), (16, 16)] if read_ahead else [])
+    n_fetched, reads = len(fetched), []
     plain = process_tile(tile_of(plain_cfg), plain_cfg, bundle=bundle, stages=_fake_stages(
         read_block=lambda *a, **k: reads.append(1) or Stages().read_block(*a, **k)))
-    assert len(reads) == 4 and len(fetched) == 3  # a swapped read stage: block by block, no read-ahead
+    assert len(reads) == 4 and len(fetched) == n_fetched  # a swapped read stage: block by block, no read-ahead
     assert ahead["blocks"] == plain["blocks"] == 4 and set(ahead["outputs"]) == set(plain["outputs"])
     assert {k.split("/")[0] for k in ahead["outputs"]} >= {"class", "proba", "composite", "flags", "count"}
     assert {k: o["sha256"] for k, o in ahead["outputs"].items()} == {k: o["sha256"] for k, o in plain["outputs"].items()}
     assert ahead["gaps"] == plain["gaps"] and ahead["bytes_read"] == plain["bytes_read"] > 0
 
-    def failing_fetch(cfg_, tile, window, **kw):
+    failed_on = []
+
+    def failing_read_files(cfg_, tile, window, *a, **kw):  # under fetch_block and read_block alike
         if int(window.row_off) == 16:
+            failed_on.append(threading.current_thread().name)
             raise ReadError(f"cannot read {scene['inputs']}/2020/Q3/red.tif for tile {tile.id}: simulated",
                             url="red.tif", tile=tile.id)
-        return real_fetch(cfg_, tile, window, **kw)
+        return real_read_files(cfg_, tile, window, *a, **kw)
 
-    monkeypatch.setattr(ecocube.read, "fetch_block", failing_fetch)
-    bad_cfg = make_cfg(scene["root"], str(tmp_path / "c"), processing={"block_size": 16})
-    with pytest.raises(TileError, match=r"tile X0000_Y0000 failed: ReadError: cannot read .*2020/Q3/red.tif "
-                                        r"for tile X0000_Y0000: simulated"):
+    monkeypatch.setattr(ecocube.read, "_read_files", failing_read_files)
+    bad_cfg = make_cfg(scene["root"], str(tmp_path / "c"), processing={"block_size": 16, "read_ahead": read_ahead})
+    with pytest.raises(TileError, match=r"^tile X0000_Y0000 failed: ReadError: cannot read .*2020/Q3/red.tif "
+                                        r"for tile X0000_Y0000: simulated$"):
         process_tile(tile_of(bad_cfg), bad_cfg, bundle=bundle)
+    assert len(failed_on) == 1 and failed_on[0].startswith("ecocube-readahead") == read_ahead, failed_on
     store = LocalStore(tmp_path / "c")
-    assert read_status(store, "X0000_Y0000")["state"] == "failed"
+    rec = read_status(store, "X0000_Y0000")
+    assert rec["state"] == "failed" and rec["error_type"] == "ReadError" and rec["outputs"] == {}
     assert store.list("") == ["status/X0000_Y0000.json"]
+    assert list((tmp_path / "c" / ".ecocube-tmp").iterdir()) == []  # work folder removed
 
 
 @pytest.mark.slow
@@ -302,10 +314,11 @@ def test_rerun_skips_verified_tiles_and_redoes_changed_ones(scene, bundle, tmp_p
 
 
 @pytest.mark.slow
-def test_missing_input_fails_the_tile_with_a_clear_record(scene, bundle, tmp_path):
+@READ_AHEAD
+def test_missing_input_fails_the_tile_with_a_clear_record(scene, bundle, tmp_path, read_ahead):
     missing = scene["inputs"] / "2020" / "Q3" / "red.tif"
     missing.unlink()
-    cfg = make_cfg(scene["root"], str(tmp_path / "out"))
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), processing={"read_ahead": read_ahead})
     with pytest.raises(TileError, match=r"tile X0000_Y0000 failed: InputMissingError.*2020/Q3/red.tif") as info:
         process_tile(tile_of(cfg), cfg, bundle=bundle)
     assert info.value.tile == "X0000_Y0000"
@@ -317,7 +330,8 @@ def test_missing_input_fails_the_tile_with_a_clear_record(scene, bundle, tmp_pat
     assert list((tmp_path / "out" / ".ecocube-tmp").iterdir()) == []  # work folder removed
 
     # the 'record' policy: the tile is done, the missing file is recorded, its values are gaps
-    rec_cfg = make_cfg(scene["root"], str(tmp_path / "out2"), inputs={"on_missing": "record"})
+    rec_cfg = make_cfg(scene["root"], str(tmp_path / "out2"), inputs={"on_missing": "record"},
+                       processing={"read_ahead": read_ahead})
     rec2 = process_tile(tile_of(rec_cfg), rec_cfg, bundle=bundle)
     assert rec2["state"] == "done" and rec2["missing_inputs"] == [str(missing)]
     assert rec2["gaps"]["reason_counts"]["missing"] == TILE * TILE

@@ -19,3 +19,10 @@ def small_disk(tmp_path):
 
     with stack:
         yield _make
+
+
+@pytest.fixture(params=[False, True], ids=["block-by-block", "read-ahead"])
+def read_ahead(request) -> bool:
+    """``processing.read_ahead`` off and on: a read fault must end the same way with both (one
+    line naming the file and the tile, exit 1, nothing published)."""
+    return request.param

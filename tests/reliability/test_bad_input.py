@@ -32,8 +32,10 @@ LAYERS = {"layers": ["composite", "flags", "count"]}
 PRODUCTS = ("composite", "flags", "count")
 
 
-def test_a_corrupt_input_fails_in_one_line_naming_it_and_the_rerun_matches_a_clean_run(scene, tmp_path):  # noqa: F811
-    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS)
+def test_a_corrupt_input_fails_in_one_line_naming_it_and_the_rerun_matches_a_clean_run(scene, tmp_path,  # noqa: F811
+                                                                                       read_ahead):
+    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS,
+                    processing={"read_ahead": read_ahead})
     reference = clean_run(data, tmp_path, TILE)
     bad = scene["root"] / "inputs/2019/Q2/red.tif"
     whole = bad.read_bytes()
@@ -49,6 +51,47 @@ def test_a_corrupt_input_fails_in_one_line_naming_it_and_the_rerun_matches_a_cle
     store = LocalStore(tmp_path / "out")
     rec = read_status(store, TILE)
     assert rec["state"] == "failed" and rec["error_type"] == "ReadError" and rec["outputs"] == {}
+    assert published(store) == []
+
+    bad.write_bytes(whole)
+    assert_rerun_matches(cmd, store, TILE, PRODUCTS, reference)
+
+
+def test_a_corrupt_block_of_a_later_window_fails_like_one_of_the_first(scene, tmp_path, read_ahead):  # noqa: F811
+    """The file is whole up to the image block under the tile's fourth processing block (16 px
+    blocks: that read is the one read ahead, on its own thread, with processing.read_ahead):
+    the first three blocks read fine, the fourth fails the tile with the same one line."""
+    import rasterio
+
+    bad = scene["root"] / "inputs/2019/Q2/red.tif"
+    with rasterio.open(bad) as src:
+        profile, pixels = src.profile, src.read()
+    profile.update(driver="GTiff", tiled=True, blockxsize=16, blockysize=16, compress="deflate")
+    bad.unlink()
+    with rasterio.open(bad, "w", **profile) as dst:  # 4 x 2 image blocks; tile X0000 covers the left two columns
+        dst.write(pixels)
+    with rasterio.open(bad) as src:
+        offset = {(x, y): int(src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1)) for x in range(4)
+                  for y in range(2)}
+        size = {(x, y): int(src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=1)) for x in range(4)
+                for y in range(2)}
+    cut = offset[(1, 1)]  # the image block of processing block 4 (col 16, row 16) and every one after it
+    assert all(offset[b] + size[b] <= cut for b in [(0, 0), (1, 0), (0, 1)])  # blocks 1..3 whole
+    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS,
+                    processing={"read_ahead": read_ahead})
+    reference = clean_run(data, tmp_path, TILE)
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[:cut])
+    cmd = [sys.executable, "-m", "ecocube", "run-tile", str(write_yaml(tmp_path / "run.yaml", data)), "--tile", TILE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ecocube: error: tile {TILE} failed: ReadError: cannot read {bad} for tile {TILE}"), last
+    assert "Traceback" not in proc.stderr
+    store = LocalStore(tmp_path / "out")
+    rec = read_status(store, TILE)
+    assert rec["state"] == "failed" and rec["error_type"] == "ReadError" and rec["outputs"] == {}
+    assert "X offset 1, Y offset 1" in last, last  # the image block under processing block 4, as cut
     assert published(store) == []
 
     bad.write_bytes(whole)
@@ -74,8 +117,9 @@ def _misplaced_warnings(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if "overlap no part of the tile" in ln]
 
 
-def test_inputs_in_a_wrong_crs_are_named_once_per_tile_or_fail_it_by_policy(scene, tmp_path):  # noqa: F811
-    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS)
+def test_inputs_in_a_wrong_crs_are_named_once_per_tile_or_fail_it_by_policy(scene, tmp_path, read_ahead):  # noqa: F811
+    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS,
+                    processing={"read_ahead": read_ahead})
     reference = clean_run(data, tmp_path, TILE)
     geo = scene["root"] / "inputs/2019/Q2/red.tif"  # UTM metres labelled degrees: an impossible footprint
     zone = scene["root"] / "inputs/2020/Q3/nir.tif"  # the neighbouring UTM zone: 420 km east
@@ -116,10 +160,10 @@ def test_inputs_in_a_wrong_crs_are_named_once_per_tile_or_fail_it_by_policy(scen
     assert read_status(store, TILE)["misplaced_inputs"] == 0
 
 
-def test_many_inputs_outside_a_tile_are_summed_up_in_one_line(scene, tmp_path):  # noqa: F811
+def test_many_inputs_outside_a_tile_are_summed_up_in_one_line(scene, tmp_path, read_ahead):  # noqa: F811
     # X0005_Y0000 lies east of the scene: none of its 24 files reaches it
     data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=("X0005_Y0000",), output=LAYERS,
-                    inputs={"on_empty": "record"})
+                    inputs={"on_empty": "record"}, processing={"read_ahead": read_ahead})
     proc = run_cli("run-tile", write_yaml(tmp_path / "run.yaml", data), "--tile", "X0005_Y0000", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = _misplaced_warnings(proc.stderr)
@@ -130,8 +174,9 @@ def test_many_inputs_outside_a_tile_are_summed_up_in_one_line(scene, tmp_path): 
     assert rec["state"] == "empty" and rec["misplaced_inputs"] == 24 and rec["misplaced_examples"] == first
 
 
-def test_an_input_without_a_crs_fails_the_tile_naming_it(scene, tmp_path):  # noqa: F811
-    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS)
+def test_an_input_without_a_crs_fails_the_tile_naming_it(scene, tmp_path, read_ahead):  # noqa: F811
+    data = cfg_dict(scene["root"], str(tmp_path / "out"), tiles=(TILE,), output=LAYERS,
+                    processing={"read_ahead": read_ahead})
     reference = clean_run(data, tmp_path, TILE)
     bad = scene["root"] / "inputs/2020/Q1/blue.tif"
     whole = _relabel(bad, None)

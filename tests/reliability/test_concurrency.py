@@ -129,7 +129,8 @@ def test_fingerprint_names_what_changes_outputs_only():
     fa = run_fingerprint(a, model_sha256="m1", version="1.0")
     # settings that change where or how fast, not what: same fingerprint
     fast = config_from_dict(cfg_dict(__import__("pathlib").Path("/campaign"), "s3://b/p",
-                                     processing={"block_size": 32, "threads": 8, "tmp_dir": "/scratch"},
+                                     processing={"block_size": 32, "threads": 8, "tmp_dir": "/scratch",
+                                                 "read_ahead": True},
                                      slurm={"cpus_per_task": 8}, finalize={"compress": "zstd"}))
     assert fingerprint_diff(fa, run_fingerprint(fast, model_sha256="m1", version="1.0")) == []
     other = config_from_dict(cfg_dict(__import__("pathlib").Path("/campaign"), "/campaign/out",

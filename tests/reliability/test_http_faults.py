@@ -29,8 +29,8 @@ PRODUCTS = ("composite", "flags", "count")
 FILE = "/inputs/2019/Q2/red.tif"
 
 
-def _data(root, srv_url: str, store, **inputs) -> dict:
-    data = cfg_dict(root, str(store), tiles=(TILE,), output=LAYERS)
+def _data(root, srv_url: str, store, read_ahead: bool, **inputs) -> dict:
+    data = cfg_dict(root, str(store), tiles=(TILE,), output=LAYERS, processing={"read_ahead": read_ahead})
     data["inputs"]["sources"][0]["href"] = srv_url + "/inputs/{year}/Q{quarter}/{band}.tif"
     data["inputs"].update(inputs)
     return data
@@ -73,10 +73,12 @@ def _assert_failed_and_nothing_published(store) -> None:
 
 
 @pytest.mark.parametrize("kind", ["500", "503"])
-def test_a_burst_of_server_errors_is_retried_and_the_tile_matches_a_clean_run(scene, tmp_path, kind):  # noqa: F811
+def test_a_burst_of_server_errors_is_retried_and_the_tile_matches_a_clean_run(scene, tmp_path, kind,  # noqa: F811
+                                                                             read_ahead):
     with RangeServer(scene["root"]) as srv:
         srv.add_fault(FILE, kind, times=3, skip=1)  # after the header probe: 3 errors in a row
-        run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], srv.url, tmp_path / "out", retries=3))
+        run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], srv.url, tmp_path / "out", read_ahead,
+                                                           retries=3))
         proc = run_tile(run_yaml)
         errors = [r for r in srv.log if r.status == int(kind)]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,11 +87,11 @@ def test_a_burst_of_server_errors_is_retried_and_the_tile_matches_a_clean_run(sc
     assert output_checksums(store, TILE) == file_checksums(store, TILE, PRODUCTS) == _reference(scene, tmp_path)
 
 
-def test_a_stalled_server_times_out_naming_the_url_and_the_rerun_completes(scene, tmp_path):  # noqa: F811
+def test_a_stalled_server_times_out_naming_the_url_and_the_rerun_completes(scene, tmp_path, read_ahead):  # noqa: F811
     with RangeServer(scene["root"]) as srv:
         srv.add_fault(FILE, "stall", skip=1, seconds=4)  # every data request of that file hangs
-        run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], srv.url, tmp_path / "out", retries=1,
-                                                           http_timeout=1))
+        run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], srv.url, tmp_path / "out", read_ahead,
+                                                           retries=1, http_timeout=1))
         t0 = time.monotonic()
         proc = run_tile(run_yaml)
         took = time.monotonic() - t0
@@ -101,10 +103,11 @@ def test_a_stalled_server_times_out_naming_the_url_and_the_rerun_completes(scene
         assert_rerun_matches(_cmd(run_yaml), store, TILE, PRODUCTS, _reference(scene, tmp_path))
 
 
-def test_truncated_bodies_are_an_error_never_data_and_the_rerun_completes(scene, tmp_path):  # noqa: F811
+def test_truncated_bodies_are_an_error_never_data_and_the_rerun_completes(scene, tmp_path, read_ahead):  # noqa: F811
     with RangeServer(scene["root"]) as srv:
         srv.add_fault(FILE, "truncate", skip=1)  # every data request of that file is cut in half
-        run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], srv.url, tmp_path / "out", retries=1))
+        run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], srv.url, tmp_path / "out", read_ahead,
+                                                           retries=1))
         proc = run_tile(run_yaml)
         _assert_one_line_failure(proc, srv.url + FILE)
         store = LocalStore(tmp_path / "out")
@@ -113,11 +116,12 @@ def test_truncated_bodies_are_an_error_never_data_and_the_rerun_completes(scene,
         assert_rerun_matches(_cmd(run_yaml), store, TILE, PRODUCTS, _reference(scene, tmp_path))
 
 
-def test_a_server_that_goes_away_mid_run_fails_the_tile_and_the_rerun_completes(scene, tmp_path):  # noqa: F811
+def test_a_server_that_goes_away_mid_run_fails_the_tile_and_the_rerun_completes(scene, tmp_path,  # noqa: F811
+                                                                                 read_ahead):
     srv = RangeServer(scene["root"]).start()
     port, url = srv.port, srv.url
     srv.add_fault("/inputs/", "stall", seconds=0.2)  # slow reads: the tile is still reading when it goes
-    run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], url, tmp_path / "out", retries=1))
+    run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], url, tmp_path / "out", read_ahead, retries=1))
     record = tmp_path / "out" / "status" / f"{TILE}.json"
     proc = subprocess.Popen([sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -28,8 +28,8 @@ LAYERS = {"layers": ["composite", "flags", "count"]}
 WRONG = "not-the-secret-0123456789"
 
 
-def _data(root, bucket: str, endpoint: str) -> dict:
-    return cfg_dict(root, f"s3://{bucket}/run", tiles=(TILE,),
+def _data(root, bucket: str, endpoint: str, read_ahead: bool) -> dict:
+    return cfg_dict(root, f"s3://{bucket}/run", tiles=(TILE,), processing={"read_ahead": read_ahead},
                     output={**LAYERS, "s3": {"endpoint_url": endpoint, "region": "us-east-1"}})
 
 
@@ -42,8 +42,9 @@ def _reference(scene, tmp_path) -> dict[str, str]:
     return clean_run(cfg_dict(scene["root"], str(tmp_path / "unused"), tiles=(TILE,), output=LAYERS), tmp_path, TILE)
 
 
-def test_wrong_credentials_fail_in_one_line_without_echoing_them(scene, seaweed, s3_bucket, tmp_path):  # noqa: F811
-    run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], s3_bucket, seaweed.endpoint_url))
+def test_wrong_credentials_fail_in_one_line_without_echoing_them(scene, seaweed, s3_bucket, tmp_path,  # noqa: F811
+                                                                 read_ahead):
+    run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], s3_bucket, seaweed.endpoint_url, read_ahead))
     proc = run_tile(run_yaml, env=dict(os.environ, AWS_SECRET_ACCESS_KEY=WRONG))
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
@@ -53,8 +54,9 @@ def test_wrong_credentials_fail_in_one_line_without_echoing_them(scene, seaweed,
     assert seaweed.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0  # nothing written
 
 
-def test_a_missing_bucket_fails_in_one_line(scene, seaweed, s3_bucket, tmp_path):  # noqa: F811
-    run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], "no-such-bucket-ecocube", seaweed.endpoint_url))
+def test_a_missing_bucket_fails_in_one_line(scene, seaweed, s3_bucket, tmp_path, read_ahead):  # noqa: F811
+    run_yaml = write_yaml(tmp_path / "run.yaml", _data(scene["root"], "no-such-bucket-ecocube", seaweed.endpoint_url,
+                                                       read_ahead))
     proc = run_tile(run_yaml)
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -63,7 +65,8 @@ def test_a_missing_bucket_fails_in_one_line(scene, seaweed, s3_bucket, tmp_path)
     assert seaweed.secret_key not in proc.stderr + proc.stdout
 
 
-def test_s3_stopped_mid_run_and_restarted_then_the_rerun_completes(scene, tmp_path, monkeypatch):  # noqa: F811
+def test_s3_stopped_mid_run_and_restarted_then_the_rerun_completes(scene, tmp_path, monkeypatch,  # noqa: F811
+                                                                   read_ahead):
     """The store's server goes down while the tile reads, and comes back on the same ports
     with the same data: the failed attempt published nothing, the rerun completes."""
     server = SeaweedS3(root=tmp_path / "weed")
@@ -75,7 +78,7 @@ def test_s3_stopped_mid_run_and_restarted_then_the_rerun_completes(scene, tmp_pa
             monkeypatch.setenv(k, v)
         env = dict(os.environ)
         srv.add_fault("/inputs/", "stall", seconds=0.25)  # slow reads: S3 goes down before the publish
-        data = _data(scene["root"], "campaign", server.endpoint_url)
+        data = _data(scene["root"], "campaign", server.endpoint_url, read_ahead)
         data["inputs"]["sources"][0]["href"] = srv.url + "/inputs/{year}/Q{quarter}/{band}.tif"
         run_yaml = write_yaml(tmp_path / "run.yaml", data)
         proc = subprocess.Popen([sys.executable, "-m", "ecocube", "run-tile", str(run_yaml), "--tile", TILE],
