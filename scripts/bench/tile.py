@@ -13,11 +13,19 @@ The claim under test: peak RSS grows with the *block* size, not with the *tile* 
     python scripts/bench/tile.py --quick                 # 128², 256², 512²; 16 periods × 6 bands
     python scripts/bench/tile.py --sizes 1000 --block-sizes 128,256,512
     python scripts/bench/tile.py --sizes 1000 --baseline-src ../main --repeats 2   # old code vs this
+    python scripts/bench/tile.py --sizes 1000 --compare processing.read_ahead=true  # a setting off vs on
 
 ``--baseline-src DIR`` runs every configuration twice per repeat, interleaved: first with
 the ``ecocube`` package of another checkout (``PYTHONPATH=DIR``), then with this one, so
-both see the same machine load; ratios are then against that baseline. ``overhead_s`` is
-the wall time of the stages other than inference (wall minus ``features`` and ``predict``).
+both see the same machine load; ratios are then against that baseline. ``--compare KEY=VAL``
+(repeatable) does the same with this checkout twice: the baseline with the run's settings
+(``--set KEY=VAL`` changes those for every run), then with the ``--compare`` overrides.
+``overhead_s`` is the wall time of the stages other than inference (wall minus ``features``
+and ``predict``). ``runnable_per_wall``: the tile's threads' on-CPU plus run-queue wait time
+(``/proc/self/task/*/schedstat``, sampled every 50 ms, so a thread that ends between two
+samples loses up to 50 ms) over the wall time: the average number of threads that wanted a
+core, i.e. about what CPU/wall would be on an idle machine; ``schedstat_coverage`` is the
+sampled on-CPU time over the process's CPU time (1.0: no thread's time lost).
 
 Inputs: one 6-band COG per season (``{season}``), shared by all years, so the input
 disk footprint stays small for 2000² tiles; every period is still read, gap-filled,
@@ -27,6 +35,7 @@ predicted and written separately.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -147,25 +156,88 @@ def run_yaml(work: Path, size: int, block: int, years: int, n_bands: int, thread
     return path
 
 
-def child(yaml_path: str) -> None:
+class _SchedSampler:
+    """Sums ``/proc/self/task/*/schedstat`` (on-CPU ns, run-queue wait ns) over the threads
+    of this process, sampled on a thread of its own; a counter is kept per thread id at its
+    last sample, so threads that have ended still count (up to their last sample)."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.last = interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-schedstat", daemon=True)
+
+    def sample(self) -> None:
+        me = getattr(self, "_tid", None)
+        for task in Path("/proc/self/task").iterdir():
+            if task.name == me:
+                continue  # the sampler's own thread
+            try:
+                on_cpu, wait = map(int, (task / "schedstat").read_text().split()[:2])
+            except (OSError, ValueError):
+                continue  # ended meanwhile
+            self.last[task.name] = (on_cpu, wait)
+
+    def _loop(self) -> None:
+        import threading
+
+        self._tid = str(threading.get_native_id())
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self.start = dict(self.last)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def totals(self) -> tuple[float, float]:
+        """(on-CPU s, run-queue wait s) of every thread since :meth:`__enter__`."""
+        cpu = sum(c - self.start.get(t, (0, 0))[0] for t, (c, _) in self.last.items())
+        wait = sum(w - self.start.get(t, (0, 0))[1] for t, (_, w) in self.last.items())
+        return cpu / 1e9, wait / 1e9
+
+
+def child(yaml_path: str, overrides: dict) -> None:
     """Run one tile in this (fresh) process and print its measurements as JSON."""
     from ecocube.config import load_config
     from ecocube.grid import TileGrid
     from ecocube.tile import process_tile
 
-    cfg = load_config(yaml_path)
+    cfg = load_config(yaml_path, overrides or None)
     tile = TileGrid.from_config(cfg.grid).tile("X0000_Y0000")
-    t0, c0 = time.perf_counter(), os.times()
-    rec = process_tile(tile, cfg, overwrite=True)
-    wall, c1 = time.perf_counter() - t0, os.times()
+    sched = _SchedSampler() if Path("/proc/self/task").is_dir() else None
+    with sched or contextlib.nullcontext():
+        t0, c0 = time.perf_counter(), os.times()
+        rec = process_tile(tile, cfg, overwrite=True)
+        wall, c1 = time.perf_counter() - t0, os.times()
     cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    extra = {}
+    if sched is not None:
+        s_cpu, s_wait = sched.totals()
+        extra = {"schedstat_cpu_s": round(s_cpu, 2), "schedstat_wait_s": round(s_wait, 2),
+                 "runnable_per_wall": round((s_cpu + s_wait) / wall, 2),
+                 "schedstat_coverage": round(s_cpu / cpu, 3) if cpu else None}
     print(json.dumps({
-        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "cpu_per_wall": round(cpu / wall, 2),
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "cpu_per_wall": round(cpu / wall, 2), **extra,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "timings": rec["timings"], "cpu_seconds": rec.get("cpu_seconds", {}), "outputs": len(rec["outputs"]),
         "bytes_written": rec["bytes_written"], "completeness": round(rec["completeness"], 4),
-        "blocks": rec["blocks"],
+        "blocks": rec["blocks"], "overrides": overrides,
     }))
+
+
+def _overrides(items: list[str]) -> dict:
+    """``KEY=VAL`` options (VAL parsed as YAML) as a dict."""
+    from ecocube.config import parse_override
+
+    return dict(parse_override(item) for item in items)
 
 
 def main() -> None:
@@ -181,12 +253,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-tile.json"))
     ap.add_argument("--baseline-src", type=Path, default=None,
                     help="a checkout whose ecocube is run as the baseline, interleaved with this one")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VAL",
+                    help="a setting of every run (e.g. processing.read_ahead=false); repeatable")
+    ap.add_argument("--compare", action="append", default=[], metavar="KEY=VAL",
+                    help="run each configuration twice, interleaved: without, then with these settings; repeatable")
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (and code)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-overrides", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, json.loads(args.child_overrides))
         return
+    if args.baseline_src and args.compare:
+        ap.error("--baseline-src and --compare are two kinds of baseline: give one")
+    fixed, compared = _overrides(args.set), _overrides(args.compare)
 
     sizes = [int(s) for s in (args.sizes or ("128,256,512" if args.quick else "256,1000,2000")).split(",")]
     blocks = [int(b) for b in args.block_sizes.split(",")]
@@ -203,7 +283,8 @@ def main() -> None:
     _log(f"training the model, making inputs for tiles {sizes} ({years * 4} periods × {args.bands} bands)")
     train_bundle(work / f"model-{args.bands}", args.bands)
     results = []
-    codes = ("baseline", "current") if args.baseline_src else ("current",)
+    paired = bool(args.baseline_src or compared)
+    codes = ("baseline", "current") if paired else ("current",)
     for size in sizes:
         make_inputs(work / f"inputs-{size}", size, args.bands)
         for block in blocks:
@@ -212,11 +293,13 @@ def main() -> None:
                 for code in codes:
                     _log(f"tile {size}² block {block} ({code}, run {rep + 1}): running ...")
                     env = dict(os.environ)
-                    src = args.baseline_src if code == "baseline" else Path(__file__).resolve().parents[2]
+                    src = args.baseline_src if code == "baseline" and args.baseline_src \
+                        else Path(__file__).resolve().parents[2]
                     env["PYTHONPATH"] = str(Path(src).resolve())
+                    overrides = {**fixed, **(compared if code == "current" else {})}
                     load = os.getloadavg()[0]
-                    proc = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True,
-                                          text=True, env=env)
+                    proc = subprocess.run([sys.executable, __file__, "--child", str(path), "--child-overrides",
+                                           json.dumps(overrides)], capture_output=True, text=True, env=env)
                     if proc.returncode != 0:
                         raise SystemExit(f"tile {size} block {block} ({code}) failed:\n{proc.stderr[-3000:]}")
                     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -226,7 +309,9 @@ def main() -> None:
                                overhead_s=round(res["wall_s"] - t.get("predict", 0.0) - t.get("features", 0.0), 2))
                     results.append(res)
                     _log(f"  {res['wall_s']:.1f} s (overhead {res['overhead_s']:.1f} s), peak RSS "
-                         f"{res['peak_rss_mib']:.0f} MiB, CPU/wall {res['cpu_per_wall']}, load {load:.1f}")
+                         f"{res['peak_rss_mib']:.0f} MiB, CPU/wall {res['cpu_per_wall']}, runnable threads/wall "
+                         f"{res.get('runnable_per_wall')} (schedstat coverage {res.get('schedstat_coverage')}), "
+                         f"load {load:.1f}")
                     cpu = res.get("cpu_seconds", {})
                     _log("  per stage (wall s, CPU s): " + ", ".join(
                         f"{k} {v:.1f} s / {cpu[k]:.1f}" if k in cpu else f"{k} {v:.1f} s"
@@ -237,13 +322,14 @@ def main() -> None:
 
     base = results[0]
     print(f"\nbaseline: tile {base['tile']}², block {base['block']} "
-          f"({years * 4} periods × {args.bands} bands, {args.threads} threads)")
+          f"({years * 4} periods × {args.bands} bands, {args.threads} threads)"
+          + (f"; current = baseline with {compared}" if compared else "") + (f"; every run {fixed}" if fixed else ""))
     print(f"{'code':>8} {'tile':>6} {'block':>6} {'area×':>7} {'wall s':>8} {'wall×':>7} {'ovh s':>7} "
-          f"{'ovh×':>6} {'RSS MiB':>8} {'RSS×':>6} {'CPU/wall':>8} {'load':>5} {'outputs':>8}")
+          f"{'ovh×':>6} {'RSS MiB':>8} {'RSS×':>6} {'CPU/wall':>8} {'run/wall':>8} {'load':>5} {'outputs':>8}")
     for r in results:
         # with a baseline checkout: each run against the baseline run just before it (same load)
         ref = base
-        if args.baseline_src:
+        if paired:
             ref = next(b for b in results if b["code"] == "baseline" and b["tile"] == r["tile"]
                        and b["block"] == r["block"] and b["run"] == r["run"])
         r["area_ratio"] = round(r["pixels"] / base["pixels"], 2)
@@ -252,12 +338,14 @@ def main() -> None:
         r["rss_ratio"] = round(r["peak_rss_mib"] / ref["peak_rss_mib"], 2)
         print(f"{r['code']:>8} {r['tile']:>6} {r['block']:>6} {r['area_ratio']:>7} {r['wall_s']:>8.1f} "
               f"{r['wall_ratio']:>7} {r['overhead_s']:>7.1f} {r['overhead_ratio']!s:>6} {r['peak_rss_mib']:>8.0f} "
-              f"{r['rss_ratio']:>6} {r['cpu_per_wall']:>8} {r['load_before']:>5} {r['outputs']:>8}")
+              f"{r['rss_ratio']:>6} {r['cpu_per_wall']:>8} {r.get('runnable_per_wall')!s:>8} {r['load_before']:>5} "
+              f"{r['outputs']:>8}")
     out = {
         "benchmark": "process_tile peak RSS and wall time per tile size",
         "config": {"sizes": sizes, "block_sizes": blocks, "periods": years * 4, "bands": args.bands,
                    "threads": args.threads, "layers": layers, "repeats": args.repeats,
-                   "baseline_src": str(args.baseline_src) if args.baseline_src else None},
+                   "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+                   "set": fixed, "compare": compared},
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus_allowed": len(os.sched_getaffinity(0)), "cpus": os.cpu_count(),
                     "load_avg_end": [round(x, 1) for x in os.getloadavg()]},
