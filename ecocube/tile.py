@@ -886,6 +886,14 @@ class _ReadAhead:
         self._pool.shutdown(wait=True)
 
 
+def _settle(pending: tuple[Any, Any] | None) -> None:
+    """Wait for the future of a ``(what, future)`` pair whose result is not wanted (its error
+    is not the tile's: another one is raised, or the work is done again)."""
+    if pending is not None:
+        with contextlib.suppress(BaseException):
+            pending[1].result()
+
+
 class _TileRun:
     """One attempt at a tile's blocks: read → gap-fill → features → predict → stage/write,
     then publish. :meth:`run` is the sequence; each other method does one step.
@@ -911,6 +919,8 @@ class _TileRun:
         self.tally = _Tally()
         self.stager: _Stager | None = None
         self.ahead: _ReadAhead | None = None
+        #: the model loading beside the first block (:meth:`preload_model`): (features, future)
+        self.preload: tuple[list[str], Any] | None = None
         self.writer: TileWriter | None = None
         self.bands: tuple[str, ...] = ()
         self.years: list[int] = []
@@ -940,6 +950,7 @@ class _TileRun:
         self.work = work
         windows = list(self.tile.blocks(self.block_size))
         self.check_model()
+        self.preload_model()
         self.stager = _Stager()
         # the next block's files are read while this one is computed: with the real read
         # stage only (a swapped read_block is called block by block) and not for chip models'
@@ -1131,6 +1142,23 @@ class _TileRun:
             self.writer = TileWriter(self.work, self.tile, specs, block_size=self.block_size,
                                      compress=self.cfg.processing.compress, threads=self.threads)
 
+    def preload_model(self) -> None:
+        """Start loading the model on a thread of its own, beside the first block's read and
+        gap-fill (loading is single-threaded: 1.6 s for the bench model), with the features
+        the configured bands give; :meth:`model_classes` takes it, or loads it again when the
+        first block returned other bands."""
+        if not self.want_pred or self.bundle is not None or self.chip is not None:
+            return
+        from .read import band_names
+
+        expected = run_feature_names(self.cfg, band_names(self.cfg.inputs), self.stages.feature_names)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecocube-model")
+        try:
+            self.preload = (expected, pool.submit(self.stages.load_bundle, self.cfg.model.path,
+                                                  expected_features=expected, engine=self.cfg.model.engine))
+        finally:
+            pool.shutdown(wait=False)  # the thread ends with the load
+
     def model_classes(self) -> tuple[np.ndarray, list[str]]:
         """Class codes and names of the model (loaded now unless given), or none."""
         if not self.want_pred:
@@ -1144,8 +1172,13 @@ class _TileRun:
                     self.bundle = load_chip_bundle(self.cfg.model.path, expected_features=expected,
                                                    threads=self.threads)
                 else:
-                    self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected,
-                                                          engine=self.cfg.model.engine)
+                    preload, self.preload = self.preload, None
+                    if preload is not None and preload[0] == expected:
+                        self.bundle = preload[1].result()  # re-raises the load's error
+                    else:  # not started, or for other features than the first block's bands give
+                        _settle(preload)
+                        self.bundle = self.stages.load_bundle(self.cfg.model.path, expected_features=expected,
+                                                              engine=self.cfg.model.engine)
         codes = np.asarray(self.bundle.classes)
         check_bundle_classes(self.cfg, self.bundle)
         names = list(getattr(self.bundle, "class_names", None) or [str(c) for c in codes])
@@ -1222,6 +1255,8 @@ class _TileRun:
 
     def close(self) -> None:
         """After the blocks (or an error): stop the staging thread, drop unfinished outputs."""
+        _settle(self.preload)  # a model load never taken (the first block failed): let it end
+        self.preload = None
         if self.ahead is not None:
             self.ahead.close()
         if self.stager is not None:

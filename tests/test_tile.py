@@ -647,6 +647,44 @@ def test_model_missing_or_mismatched_fails_clearly(scene, model_dir, tmp_path):
     assert LocalStore(tmp_path / "out2").list("") == ["status/X0000_Y0000.json"]
 
 
+@pytest.mark.slow
+def test_the_model_loads_beside_the_first_block_and_again_when_its_bands_differ(scene, model_dir, tmp_path):
+    """The model loads on a thread of its own while the first block is read and gap-filled,
+    once, for the features of the configured bands; a first block with other bands (here the
+    same in another order) loads it again for those, and the mismatch fails the tile."""
+    import threading
+
+    from ecocube.features import feature_names
+
+    loads = []
+
+    def recording_load(path, *, expected_features=None, engine="auto"):
+        loads.append((threading.current_thread().name, list(expected_features)))
+        return Stages().load_bundle(path, expected_features=expected_features, engine=engine)
+
+    cfg = make_cfg(scene["root"], str(tmp_path / "out"), model=model_dir)
+    rec = process_tile(tile_of(cfg), cfg, stages=_fake_stages(load_bundle=recording_load))
+    assert rec["state"] == "done" and rec["predicted_pixels"] > 0
+    assert [name.startswith("ecocube-model") for name, _ in loads] == [True]
+    assert loads[0][1] == feature_names(BANDS, 4, ("ndvi",))
+
+    loads.clear()
+
+    def reordered_read(*a, **k):
+        res = Stages().read_block(*a, **k)
+        order = [2, 1, 0]
+        return dataclasses.replace(res, data=np.ascontiguousarray(res.data[:, order]),
+                                   bands=[res.bands[i] for i in order], reason=res.reason[:, order],
+                                   count=res.count[:, order])
+
+    cfg2 = make_cfg(scene["root"], str(tmp_path / "out2"), model=model_dir)
+    with pytest.raises(TileError, match="ModelError: model bundle .*the features are the same but in another order"):
+        process_tile(tile_of(cfg2), cfg2, stages=_fake_stages(load_bundle=recording_load, read_block=reordered_read))
+    assert [name.startswith("ecocube-model") for name, _ in loads] == [True, False]  # preloaded, then again
+    assert loads[1][1] == feature_names(tuple(reversed(BANDS)), 4, ("ndvi",))
+    assert LocalStore(tmp_path / "out2").list("") == ["status/X0000_Y0000.json"]
+
+
 def test_tile_writer_writes_every_output_block_by_block_and_stacks_the_periods(tmp_path):
     """Every output is open from the start and written window by window (edge blocks
     partial); after close each file holds exactly the data written, a stacked cube file one
