@@ -90,6 +90,56 @@ def test_verify_checksums_checks_the_header_and_an_empty_or_truncated_file(tmp_p
         verify_checksums(path, _sums(arr), width=32, height=32, count=1)
 
 
+def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_budget(tmp_path, monkeypatch):
+    """GDAL keeps the blocks a dataset read until it closes: verifying a large multi-band
+    file through one open filled the block cache (a tile's 84-band cube files: 256 MB)."""
+    import ctypes
+
+    from ecocube import rasterwrite
+
+    lib = rasterwrite._libgdal()
+    lib.GDALGetCacheUsed64.restype = ctypes.c_int64
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 60000, (8, 256, 256), dtype=np.uint16)  # 1 MiB; windows of 64 KiB
+    path = tmp_path / "cube.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=8, dtype="uint16", crs="EPSG:32632",
+                       transform=Affine(10.0, 0, 0, 0, -10.0, 0), tiled=True, blockxsize=64, blockysize=64,
+                       compress="zstd", interleave="band") as dst:
+        dst.write(arr)
+    window_bytes = 8 * 64 * 64 * 2
+    budget = 2 * window_bytes
+    monkeypatch.setattr(rasterwrite, "VERIFY_REOPEN_BYTES", budget)
+    real_open, opens, cached = rasterio.open, [], []
+
+    class _Recording:
+        def __init__(self, ds):
+            self._ds = ds
+
+        def __getattr__(self, name):
+            return getattr(self._ds, name)
+
+        def read(self, *args, **kwargs):
+            out = self._ds.read(*args, **kwargs)
+            cached.append(lib.GDALGetCacheUsed64() - before)
+            return out
+
+    def recording_open(*args, **kwargs):
+        opens.append(args[0])
+        return _Recording(real_open(*args, **kwargs))
+
+    monkeypatch.setattr(rasterio, "open", recording_open)
+    before = lib.GDALGetCacheUsed64()
+    verify_checksums(path, _sums(arr, block=64), width=256, height=256, count=8)
+    assert len(cached) == 16
+    assert max(cached) <= budget + window_bytes // 2  # 2 windows' blocks, not the file's 16
+    assert len(opens) == 8  # every second window
+    assert max(cached) >= window_bytes  # the reads did go through the cache
+    other = arr.copy()
+    other[5, 250, 250] += 1  # the last window: read after the last re-open
+    with pytest.raises(StoreError, match=r"\(window at row 192, column 192, 64x64 px\)"):
+        verify_checksums(path, _sums(other, block=64), width=256, height=256, count=8)
+
+
 def test_a_tile_output_truncated_before_its_check_fails_the_close_naming_the_tile_and_file(tmp_path):
     from types import SimpleNamespace
 
