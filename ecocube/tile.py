@@ -298,8 +298,10 @@ class TileWriter:
     Each window's CRC-32 is taken as it is written; :meth:`close` closes the files and
     re-reads every window of each (``threads`` files at a time), comparing the CRCs
     (:func:`ecocube.rasterwrite.verify_checksums`: an empty, truncated or undecodable file,
-    a wrong header or a changed pixel fails). Peak memory: the open files' compression
-    state and GDAL's block cache, not the tile size.
+    a wrong header or a changed pixel fails; each file re-opened every
+    :data:`~ecocube.rasterwrite.VERIFY_REOPEN_BYTES` read, or the re-reads fill GDAL's block
+    cache). Peak memory: the open files' compression state and the block arrays, not the
+    tile size.
     """
 
     def __init__(self, folder: Path, tile, specs: Sequence[OutputSpec], *, block_size: int,
