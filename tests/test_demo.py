@@ -142,7 +142,8 @@ def test_demo_maps_canopy_cover_with_intervals(demo_run):
     assert np.corrcoef(mean, t)[0, 1] > 0.9
     inside = ((t >= lo) & (t <= up)).mean()
     assert inside == pytest.approx(summary["truth_interval_coverage"], abs=0.02)  # recounted on the mosaic
-    assert 0.8 <= inside <= 0.98
+    # the promise holds on the map, not only on CV: 90 % ± 5 points of the mapped pixels
+    assert abs(inside - 0.9) <= 0.05
 
 
 def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
@@ -161,6 +162,57 @@ def test_demo_inputs_are_written_without_gdal_warnings(tmp_path, caplog):
     assert tifs and spec.samples.exists()
     with rasterio.open(tifs[0]) as src:
         assert src.block_shapes[0] == (128, 128) or src.block_shapes[0] == (src.height, src.width)
+
+
+def _points_in(path, src):
+    """(row, col) in ``src``'s grid and properties of the points of a GeoJSON file (WGS84)."""
+    from rasterio.warp import transform
+
+    feats = json.loads(path.read_text())["features"]
+    lon, lat = zip(*(f["geometry"]["coordinates"] for f in feats))
+    xs, ys = transform("EPSG:4326", src.crs, lon, lat)
+    rows, cols = rasterio.transform.rowcol(src.transform, xs, ys)
+    return np.asarray(rows), np.asarray(cols), [f["properties"] for f in feats]
+
+
+def _aoi_population(spec, src):
+    """Mask of the source pixels whose centre lies in the demo's AOI (the mapped area)."""
+    from rasterio.warp import transform
+
+    ox, oy = spec.grid_origin
+    ext = spec.tile_size * spec.pixel_size
+    rows, cols = np.mgrid[0:src.height, 0:src.width]
+    xs, ys = rasterio.transform.xy(src.transform, rows.ravel(), cols.ravel())
+    gx, gy = (np.asarray(v) for v in transform(src.crs, "EPSG:3035", xs, ys))
+    inside = (gx > ox) & (gx < ox + spec.tiles_x * ext) & (gy > oy - spec.tiles_y * ext) & (gy < oy)
+    return inside.reshape(src.height, src.width)
+
+
+def test_demo_canopy_samples_stand_for_the_map(tmp_path):
+    """The canopy points are a sample of the mapped pixels: their land-cover shares and their
+    share of class-edge pixels match the AOI's (split-conformal intervals hold their coverage
+    only for pixels like the calibration rows; the land-cover points, 100 per class inside
+    homogeneous 5x5 patches, held 92.3 % on CV and 84.9 % on the map), and their target is the
+    true cover at the point, without noise of its own."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    from ecocube.demo import make_demo_inputs
+
+    spec = make_demo_inputs(tmp_path, start_year=2019, end_year=2019)
+    with rasterio.open(spec.truth) as src:
+        lc = src.read(1)
+        aoi = _aoi_population(spec, src)
+        rows, cols, props = _points_in(spec.canopy_samples, src)
+    with rasterio.open(spec.canopy) as src:
+        cover = src.read(1)
+    assert len(props) == 500 and aoi[rows, cols].all()
+    edge = maximum_filter(lc, 5) != minimum_filter(lc, 5)
+    # binomial sd of a share over 500 points is at most 0.022: 3 sd
+    assert edge[rows, cols].mean() == pytest.approx(edge[aoi].mean(), abs=0.066)
+    for code in range(1, 6):
+        assert (lc[rows, cols] == code).mean() == pytest.approx((lc[aoi] == code).mean(), abs=0.066), code
+    canopy = np.array([p["canopy"] for p in props])
+    np.testing.assert_allclose(canopy, cover[rows, cols], atol=0.005 + 1e-6)
 
 
 def test_demo_prints_no_warning(demo_run):
