@@ -393,7 +393,7 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
     codes = np.unique(y)
     per: dict[str, list[dict]] = {}
     chosen: dict[str, dict[str, int]] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for r in range(repeats):
         splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=r)
         with warnings.catch_warnings():
@@ -431,7 +431,12 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
                 held.setdefault(name, np.full((y.size, codes.size), np.nan))[test] = full
         for name, q in held.items():
             per.setdefault(name, []).append(_scores(y, q, codes))
-    return _summarise(per, codes, round(time.perf_counter() - t0, 2), chosen)
+        # one line per fold draw as it finishes, as in score() (a run cut short keeps the draws it printed)
+        print(f"  draw {r}: " + ", ".join(f"{n.replace(spec, '').lstrip(' >|') or 'ensemble'} "
+                                         f"{runs[-1]['f1_weighted']:.3f}" for n, runs in per.items())
+              + f" ({time.process_time() - c0:.0f} cpu s)", flush=True)
+    return _summarise(per, codes, round(time.perf_counter() - t0, 2), chosen,
+                      cpu_seconds=round(time.process_time() - c0, 2))
 
 
 #: ``--tuning-variants``: the default ensemble, with inner-CV tuning, with each feature
