@@ -905,7 +905,9 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
     * ``interval="normalized"`` (default): ``s(x) = σ(x) + median σ``, where ``σ(x)`` is the
       standard deviation of the trees of the random forest/extra trees learner (the first in
       ``base_learners``; the spread between base learners when none is a forest). Wider
-      intervals where the trees disagree, narrower where they agree.
+      intervals where the trees disagree, narrower where they agree. A single learner that
+      is no forest has no spread: its intervals have a constant width, as with ``absolute``
+      (``interval_scale_`` says which scale a fitted model uses).
 
     With ``groups`` (spatial blocks or polygons) the residuals come from models that never
     saw the residual's group, so the coverage holds for new locations as well as the groups
@@ -920,8 +922,9 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
 
     Fitted attributes: ``n_features_in_``, ``estimators_``, ``learner_names_``,
     ``meta_learner_``, ``oof_predictions_`` (n_samples, n_learners), ``oof_residuals_``,
-    ``conformity_scores_``, ``scale_offset_``, ``cv_test_folds_``, ``fill_values_``
-    (impute only), ``feature_importances_``.
+    ``conformity_scores_``, ``scale_offset_``, ``interval_scale_`` (what ``s(x)`` is:
+    ``"tree spread of <learner>"``, ``"spread between learners"`` or ``"constant"``),
+    ``cv_test_folds_``, ``fill_values_`` (impute only), ``feature_importances_``.
     """
 
     def __init__(
@@ -1071,6 +1074,12 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
             scale = np.ones_like(spread)
         self.conformity_scores_ = np.abs(self.oof_residuals_) / scale
         self.estimators_ = [_fit_one_regressor(clone(proto), X, y) for _, proto in learners]
+        forest_name = next((name for name, e in zip(self.learner_names_, self.estimators_)
+                            if type(e).__name__ in ("RandomForestRegressor", "ExtraTreesRegressor")), None)
+        if self.interval == "absolute" or (forest_name is None and len(learners) == 1):
+            self.interval_scale_ = "constant"
+        else:
+            self.interval_scale_ = f"tree spread of {forest_name}" if forest_name else "spread between learners"
         self.feature_importances_ = np.mean([_importance(e, X.shape[1]) for e in self.estimators_], axis=0)
         self.n_threads_ = n_threads
         return self

@@ -337,6 +337,21 @@ def test_normalized_intervals_are_wider_where_the_noise_is():
     np.testing.assert_allclose(up - lo, (up - lo)[0])
 
 
+def test_interval_scale_says_when_the_width_is_constant():
+    """``interval="normalized"`` scales by a spread; LightGBM alone has none, so its widths are
+    constant, and the fitted model says so rather than passing for a normalized interval."""
+    X, y, g = _spatial_regression(n_groups=20, per_group=20, seed=2)
+    alone = _fast_reg(base_learners=("lgbm",)).fit(X, y, groups=g)
+    lo, up = alone.predict_interval(X, coverage=0.9)
+    np.testing.assert_allclose(up - lo, (up - lo)[0], rtol=1e-12)
+    assert alone.interval == "normalized" and alone.interval_scale_ == "constant"
+    forest = _fast_reg(base_learners=("lgbm", "rf")).fit(X, y, groups=g)
+    lo, up = forest.predict_interval(X, coverage=0.9)
+    assert (up - lo).std() > 0 and forest.interval_scale_ == "tree spread of rf"
+    assert _fast_reg(base_learners=("lgbm", "lgbm")).fit(X, y, groups=g).interval_scale_ == "spread between learners"
+    assert _fast_reg(interval="absolute").fit(X, y, groups=g).interval_scale_ == "constant"
+
+
 def test_convex_meta_learner_weights_are_a_mean_of_the_learners():
     from ecocube.ensemble import ConvexCombination
 
