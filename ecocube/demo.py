@@ -393,7 +393,7 @@ def run_demo(out: str | Path = "ecocube-demo", *, workers: int = 2, overwrite: b
         report = train_chip_model(cfg, spec.samples, "lc", threads=workers)
         model_dir = Path(cfg.model.path)
     else:
-        echo("[2/5] training the stacked ensemble (random forest + LightGBM + logistic) with spatial CV ...")
+        echo("[2/5] training the ensemble (random forest + LightGBM, their probabilities averaged) with spatial CV ...")
         result = train_model(cfg, spec.samples, "lc", threads=workers)
         report, model_dir = result.report, result.out_dir
     timings["train"] = time.perf_counter() - t0

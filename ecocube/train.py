@@ -885,7 +885,8 @@ def report_markdown(report: dict) -> str:
     mdl = report["model"]
     lines += ["", "## Model", "",
               f"Stacked ensemble of {', '.join(mdl['base_learners'])} ({mdl['n_estimators']} trees each), "
-              f"multinomial logistic meta-learner on {mdl['cv_folds']}-fold out-of-fold probabilities, "
+              f"{_COMBINER_TEXT.get(mdl.get('meta_chosen', 'logistic'), mdl.get('meta_chosen'))} "
+              f"(model.meta: {mdl.get('meta', 'auto')}; stacking on {mdl['cv_folds']}-fold out-of-fold probabilities), "
               f"class weights {mdl['class_weight']}. {report['n_features']} features; "
               f"versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", ""]
     if mdl.get("tuning", {}).get("method", "none") != "none":
@@ -923,6 +924,13 @@ def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: the report's words for each combiner (``EnsembleClassifier.meta_``)
+_COMBINER_TEXT = {"mean": "combined by the mean of their probabilities",
+                  "logistic": "multinomial logistic meta-learner",
+                  "greedy": "combined by a weighted mean (greedy ensemble selection)",
+                  "best": "reduced to the learner with the best out-of-fold score"}
+
+
 def _make_model(cfg, threads: int, *, cv_folds: int | None = None) -> EnsembleClassifier:
     m = cfg.model
     tuning = None
@@ -931,7 +939,7 @@ def _make_model(cfg, threads: int, *, cv_folds: int | None = None) -> EnsembleCl
     return EnsembleClassifier(
         base_learners=tuple(m.base_learners), n_estimators=m.n_estimators, max_depth=m.max_depth,
         learning_rate=m.learning_rate, cv_folds=cv_folds or m.cv_folds,
-        class_weight=None if m.class_weight == "none" else "balanced",
+        class_weight=None if m.class_weight == "none" else "balanced", meta=m.meta,
         tuning=tuning, tuning_metric=m.tuning.metric,
         feature_selection=None if m.feature_selection.method == "none" else m.feature_selection.method,
         feature_keep=tuple(m.feature_selection.keep),
@@ -1230,7 +1238,8 @@ def _training_report(cfg, samples: Samples, class_field: str, table: _FeatureTab
         "n_features": len(names),
         "feature_importance": importance,
         "model": {"base_learners": list(cfg.model.base_learners), "n_estimators": cfg.model.n_estimators,
-                  "cv_folds": cfg.model.cv_folds, "class_weight": cfg.model.class_weight, "max_depth": cfg.model.max_depth,
+                  "cv_folds": cfg.model.cv_folds, "class_weight": cfg.model.class_weight, "meta": cfg.model.meta,
+                  "meta_chosen": str(model.meta_), "max_depth": cfg.model.max_depth,
                   "learning_rate": cfg.model.learning_rate, "nan_policy": cfg.model.nan_policy,
                   "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_),
                   "tuning": _tuning_record(cfg, model), "feature_selection": _selection_record(cfg, model, names)},

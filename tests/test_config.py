@@ -105,6 +105,16 @@ def test_read_ahead_is_a_validated_processing_setting(example):
         load_config(example, {"processing.read_ahead": "sometimes"})
 
 
+def test_meta_is_a_validated_model_setting_passed_to_the_ensemble(example):
+    from ecocube.train import _make_model
+
+    cfg = load_config(example)
+    assert cfg.model.meta == "mean" and _make_model(cfg, 1).meta == "mean"  # the default
+    assert _make_model(load_config(example, {"model.meta": "auto"}), 1).meta == "auto"
+    with pytest.raises(ConfigError, match=r"model.meta.*'median'"):
+        load_config(example, {"model.meta": "median"})
+
+
 def test_config_check_cli(example):
     runner = CliRunner()
     ok = runner.invoke(cli, ["config", "check", "--no-preflight", str(example)])

@@ -304,6 +304,11 @@ def test_train_on_synthetic_points_and_cli(scene, tmp_path):
     pixels, X, names, _ = read_feature_table(out / "features.parquet")
     assert names == bundle.feature_names and len(pixels) == len(picks)
     assert (bundle.predict(X) == pixels.cls).mean() > 0.95
+    # the default combiner (model.meta: mean) is what the bundle predicts with and what the report says
+    assert report["model"]["meta"] == "mean" and report["model"]["meta_chosen"] == "mean"
+    proba, base = bundle.model.predict_proba_with_base(X)
+    assert base.shape[0] == 3 and np.abs(proba - base.mean(axis=0)).max() < 1e-12
+    assert "combined by the mean of their probabilities (model.meta: mean" in (out / "report.md").read_text()
 
     # again without --overwrite: refused; a CSV without --crs: a config error (exit 2)
     res = CliRunner().invoke(cli, args)
