@@ -90,7 +90,7 @@ def test_verify_checksums_checks_the_header_and_an_empty_or_truncated_file(tmp_p
         verify_checksums(path, _sums(arr), width=32, height=32, count=1)
 
 
-def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_budget(tmp_path, monkeypatch):
+def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_budget(tmp_path, monkeypatch, request):
     """GDAL keeps the blocks a dataset read until it closes: verifying a large multi-band
     file through one open filled the block cache (a tile's 84-band cube files: 256 MB)."""
     import ctypes
@@ -99,6 +99,13 @@ def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_
 
     lib = rasterwrite._libgdal()
     lib.GDALGetCacheUsed64.restype = ctypes.c_int64
+    lib.GDALGetCacheMax64.restype = ctypes.c_int64
+    lib.GDALSetCacheMax64.argtypes = [ctypes.c_int64]
+    # the cache limit is process-wide and an earlier test's rasterio.Env(GDAL_CACHEMAX=...) can
+    # leave it lower than one window (then nothing is cached and the property is not exercised)
+    limit = lib.GDALGetCacheMax64()
+    lib.GDALSetCacheMax64(64 * 2**20)
+    request.addfinalizer(lambda: lib.GDALSetCacheMax64(limit))
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 60000, (8, 256, 256), dtype=np.uint16)  # 1 MiB; windows of 64 KiB
     path = tmp_path / "cube.tif"
