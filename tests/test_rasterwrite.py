@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import rasterio
@@ -90,22 +92,34 @@ def test_verify_checksums_checks_the_header_and_an_empty_or_truncated_file(tmp_p
         verify_checksums(path, _sums(arr), width=32, height=32, count=1)
 
 
-def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_budget(tmp_path, monkeypatch, request):
+def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_budget(tmp_path):
     """GDAL keeps the blocks a dataset read until it closes: verifying a large multi-band
-    file through one open filled the block cache (a tile's 84-band cube files: 256 MB)."""
+    file through one open filled the block cache (a tile's 84-band cube files: 256 MB).
+
+    Measured in a fresh interpreter (this file run as a script): GDAL's block cache and its
+    settings are process-wide, and in the whole suite an earlier test's state left the reads
+    uncached, so the measurement said nothing (0 bytes cached; the limit alone was not it)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GDAL_", "CPL_", "VSI_", "GTIFF_"))}
+    res = subprocess.run([sys.executable, __file__, "reopen-check", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().endswith("reopen-check ok"), res.stdout
+
+
+def _reopen_check(tmp_path) -> None:
+    """The body of the test above (run in its own process)."""
     import ctypes
 
     from ecocube import rasterwrite
 
     lib = rasterwrite._libgdal()
     lib.GDALGetCacheUsed64.restype = ctypes.c_int64
-    lib.GDALGetCacheMax64.restype = ctypes.c_int64
     lib.GDALSetCacheMax64.argtypes = [ctypes.c_int64]
-    # the cache limit is process-wide and an earlier test's rasterio.Env(GDAL_CACHEMAX=...) can
-    # leave it lower than one window (then nothing is cached and the property is not exercised)
-    limit = lib.GDALGetCacheMax64()
     lib.GDALSetCacheMax64(64 * 2**20)
-    request.addfinalizer(lambda: lib.GDALSetCacheMax64(limit))
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 60000, (8, 256, 256), dtype=np.uint16)  # 1 MiB; windows of 64 KiB
     path = tmp_path / "cube.tif"
@@ -115,7 +129,7 @@ def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_
         dst.write(arr)
     window_bytes = 8 * 64 * 64 * 2
     budget = 2 * window_bytes
-    monkeypatch.setattr(rasterwrite, "VERIFY_REOPEN_BYTES", budget)
+    rasterwrite.VERIFY_REOPEN_BYTES = budget
     real_open, opens, cached = rasterio.open, [], []
 
     class _Recording:
@@ -134,17 +148,20 @@ def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_
         opens.append(args[0])
         return _Recording(real_open(*args, **kwargs))
 
-    monkeypatch.setattr(rasterio, "open", recording_open)
-    before = lib.GDALGetCacheUsed64()
-    verify_checksums(path, _sums(arr, block=64), width=256, height=256, count=8)
-    assert len(cached) == 16
-    assert max(cached) <= budget + window_bytes // 2  # 2 windows' blocks, not the file's 16
-    assert len(opens) == 8  # every second window
-    assert max(cached) >= window_bytes  # the reads did go through the cache
-    other = arr.copy()
-    other[5, 250, 250] += 1  # the last window: read after the last re-open
-    with pytest.raises(StoreError, match=r"\(window at row 192, column 192, 64x64 px\)"):
-        verify_checksums(path, _sums(other, block=64), width=256, height=256, count=8)
+    rasterio.open = recording_open
+    try:
+        before = lib.GDALGetCacheUsed64()
+        verify_checksums(path, _sums(arr, block=64), width=256, height=256, count=8)
+        assert len(cached) == 16
+        assert max(cached) <= budget + window_bytes // 2, cached  # 2 windows' blocks, not the file's 16
+        assert len(opens) == 8  # every second window
+        assert max(cached) >= window_bytes, cached  # the reads did go through the cache
+        other = arr.copy()
+        other[5, 250, 250] += 1  # the last window: read after the last re-open
+        with pytest.raises(StoreError, match=r"\(window at row 192, column 192, 64x64 px\)"):
+            verify_checksums(path, _sums(other, block=64), width=256, height=256, count=8)
+    finally:
+        rasterio.open = real_open
 
 
 def test_a_tile_output_truncated_before_its_check_fails_the_close_naming_the_tile_and_file(tmp_path):
@@ -169,3 +186,10 @@ def test_a_tile_output_truncated_before_its_check_fails_the_close_naming_the_til
                                          r".*composite/X0003_Y0004/nir\.tif: the written file "
                                          r"(does not read back|reads back different)"):
         writer.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["reopen-check"]:
+    from pathlib import Path
+
+    _reopen_check(Path(sys.argv[2]))
+    print("reopen-check ok")
