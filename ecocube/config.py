@@ -485,7 +485,7 @@ class TuningConfig(_Model):
     grids: dict[str, dict[str, tuple[GridValue, ...]]] | None = Field(
         None, description="learner -> {parameter: [values]}; default: ecocube.tuning.DEFAULT_GRIDS for the base "
                           "learners (lgbm num_leaves x min_child_samples, rf/et max_features x min_samples_leaf, "
-                          "mlp alpha)")
+                          "mlp alpha, logreg C)")
     metric: Literal["log_loss", "f1_weighted"] = Field(
         "log_loss", description="how tuning and feature selection score candidates on the out-of-fold rows")
 
@@ -537,7 +537,7 @@ class ModelConfig(_Model):
     classes: tuple[ClassDef, ...] = Field((), description="the class legend (classification: at least 2)")
     interval_coverage: float = Field(0.9, gt=0, lt=1, description="regression: nominal coverage of lower..upper")
     target_unit: str | None = Field(None, description="regression: unit of the target (STAC raster:bands unit)")
-    base_learners: tuple[Literal["rf", "lgbm", "et", "mlp"], ...] = ("rf", "lgbm", "et")
+    base_learners: tuple[Literal["rf", "lgbm", "et", "mlp", "logreg"], ...] = ("rf", "lgbm", "et")
     n_estimators: int = Field(200, ge=1)
     cv_folds: int = Field(5, ge=2)
     cv_block_size: float | Literal["auto"] = Field(

@@ -32,6 +32,7 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "rf": {"max_features": ("sqrt", 0.3), "min_samples_leaf": (1, 5)},
     "et": {"max_features": ("sqrt", 0.3), "min_samples_leaf": (1, 5)},
     "mlp": {"mlpclassifier__alpha": (1e-4, 1e-3, 1e-2)},
+    "logreg": {"logisticregression__C": (0.01, 0.1, 1.0)},
 }
 
 #: parameters a grid may set, per learner short name (anything else is refused by name)
@@ -41,6 +42,7 @@ TUNABLE: dict[str, tuple[str, ...]] = {
     "rf": ("max_features", "min_samples_leaf", "max_depth", "max_samples"),
     "et": ("max_features", "min_samples_leaf", "max_depth", "max_samples"),
     "mlp": ("mlpclassifier__alpha", "mlpclassifier__hidden_layer_sizes"),
+    "logreg": ("logisticregression__C",),
 }
 
 #: how candidates are scored on the out-of-fold rows

@@ -501,3 +501,34 @@ def test_meta_best_is_the_learner_with_the_best_out_of_fold_score():
     # the ensemble predicts exactly as that learner does
     k = int(np.argmax(scores))
     np.testing.assert_allclose(model.predict_proba(X), model.predict_base_proba(X)[k], rtol=1e-12)
+
+
+def test_logreg_base_learner_is_a_regularised_linear_model_with_importances():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from ecocube.config import ModelConfig
+    from ecocube.ensemble import LOGREG_C
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 450)
+    X = rng.normal(0, 1, (450, 5)).astype(np.float32)
+    X[:, 1] += 3.0 * (y == 1) - 3.0 * (y == 2)  # the class is a linear function of column 1 ...
+    X[:, 3] += 2.0 * (y == 0)  # ... and of column 3; the others are noise
+    X[:, 4] *= 1000.0  # on a scale the standardisation has to undo
+    model = _fast(base_learners=("rf", "logreg")).fit(X[:300], y[:300], groups=np.arange(300) // 15)
+    assert model.learner_names_ == ["rf", "logreg"]
+    scaler, linear = model.estimators_[1].steps[0][1], model.estimators_[1].steps[-1][1]
+    assert isinstance(scaler, StandardScaler) and isinstance(linear, LogisticRegression)
+    assert linear.C == LOGREG_C == 0.1 and linear.class_weight is not None  # balanced, as the trees
+    assert (model.predict(X[300:]) == y[300:]).mean() > 0.9
+    logreg_alone = model.predict_base_proba(X[300:])[1]
+    assert (logreg_alone.argmax(axis=1) == y[300:]).mean() > 0.9
+    # its importance is the mean |coefficient| of the standardised columns: the two signal
+    # columns first; the ensemble's importances (mean over learners) still sum to 1
+    imp = np.abs(linear.coef_).mean(axis=0)
+    assert set(np.argsort(imp)[-2:]) == {1, 3}
+    np.testing.assert_allclose(model.feature_importances_.sum(), 1.0)
+    assert set(np.argsort(model.feature_importances_)[-2:]) == {1, 3}
+    assert ModelConfig(classes=[{"code": 1, "name": "a"}, {"code": 2, "name": "b"}],
+                       base_learners=("rf", "logreg")).base_learners == ("rf", "logreg")
