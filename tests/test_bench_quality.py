@@ -58,3 +58,39 @@ def test_feature_sets_take_the_per_period_columns_when_the_table_also_holds_stat
     assert X_all.shape == (7, 24 + 24) and len(set(n_all)) == len(n_all)
     assert sets["quarterly"][1] == quarter[:-1]
     assert sets["monthly+pct+stats"][1][:36] == pct[:-1]
+
+
+def test_paired_differences_by_draw_against_own_learners_and_other_runs_only():
+    def res(*wf1):
+        return {"f1_weighted_per_repeat": list(wf1)}
+
+    results = {"ens:a@F": res(0.70, 0.60, 0.65), "ens:a > lgbm@F": res(0.72, 0.58, 0.66),
+               "ens:a > rf@F": res(0.60, 0.50, 0.55), "rf200-plain@M": res(0.65, 0.62, 0.64),
+               "ens:b@F": res(0.1, 0.1, 0.1), "ens:b > rf@F": res(0.9, 0.9, 0.9),  # another ensemble: not paired with a
+               "short@M": res(0.5, 0.5)}  # other draws: not comparable
+    out = quality.paired(results)
+    lg = out["ens:a@F vs ens:a > lgbm@F"]
+    assert lg["mean"] == pytest.approx((-0.02 + 0.02 - 0.01) / 3) and lg["ahead"] == 1 and lg["draws"] == 3
+    assert lg["se"] == pytest.approx(np.std([-0.02, 0.02, -0.01], ddof=1) / np.sqrt(3))
+    assert out["ens:a@F vs ens:a > rf@F"]["ahead"] == 3
+    assert out["ens:a@F vs rf200-plain@M"]["mean"] == pytest.approx((0.05 - 0.02 + 0.01) / 3)
+    assert not any(k.startswith("ens:a@F vs ens:b") for k in out)
+    assert "ens:a@F vs short@M" not in out
+    assert set(k.split(" vs ")[0] for k in out) == {"ens:a@F", "ens:b@F"}
+
+
+def test_pool_mean_is_compared_with_its_best_member_by_draw():
+    spec = importlib.util.spec_from_file_location(
+        "bench_quality_pool", Path(__file__).resolve().parents[1] / "scripts" / "bench" / "quality_pool.py")
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+    y, codes = np.array([0, 0, 1, 1]), np.array([0, 1])
+    # two draws; learner a gets rows 0-2 right (draw 1: all), b rows 1-3; their mean all four
+    a = np.array([[[.9, .1], [.8, .2], [.4, .6], [.6, .4]], [[.9, .1], [.8, .2], [.4, .6], [.2, .8]]])
+    b = np.array([[[.4, .6], [.7, .3], [.2, .8], [.1, .9]], [[.4, .6], [.7, .3], [.2, .8], [.1, .9]]])
+    plain = np.tile(np.array([[.6, .4]] * 4), (2, 1, 1))  # the majority-like baseline: wF1 1/3
+    r = pool.compare(y, codes, {"a": a, "b": b, "rf-plain": plain}, ["a", "b"])
+    assert r["per_draw"] == [1.0, 1.0]
+    # a: 3 of 4 right in draw 0 (wF1 0.7333), all in draw 1; b: 3 of 4 in both
+    assert r["best_single"] == "a" and r["best_single_f1_weighted"] == pytest.approx((0.7333333 + 1.0) / 2)
+    assert r["vs_best_mean"] == pytest.approx((1 - 0.7333333) / 2) and r["ahead"] == 1 and r["draws"] == 2

@@ -33,7 +33,12 @@ Models: the majority class; RF, LightGBM, ExtraTrees, MLP alone; a plain 200-tre
 (the Slovenian DEM from the NDVI features), same polygon-grouped CV: RMSE, R², CCC and
 the coverage of its 90 % conformal intervals on unseen polygons.
 
-Usage: ``python scripts/bench/quality.py [--datasets be,si] [--repeats 1] [--regression] [--out bench-quality.json]``.
+Every ensemble is also compared, paired by fold draw, with each of its learners alone and with
+every other run (``paired`` in the JSON): the mean difference of weighted F1, its standard
+error, and in how many draws the ensemble was ahead. ``--first-draw`` starts the draws
+elsewhere, so a choice made on some draws can be checked on fresh ones.
+
+Usage: ``python scripts/bench/quality.py [--datasets be,si] [--repeats 1] [--first-draw 0] [--regression] [--out bench-quality.json]``.
 Runtime: a few minutes on 2 cores (the feature tables are cached in ``--cache``).
 """
 
@@ -319,6 +324,33 @@ def _scores(y, proba, codes) -> dict:
             "per_class_f1": f1_score(y, pred, average=None, labels=codes, zero_division=0).tolist()}
 
 
+#: the first fold draw (``--first-draw``): draws ``FIRST_DRAW .. FIRST_DRAW + repeats - 1``, so
+#: a choice made on some draws can be checked on fresh ones
+FIRST_DRAW = 0
+
+
+def paired(results: dict[str, dict]) -> dict[str, dict]:
+    """Each ensemble against every other model scored on the same fold draws: per draw the
+    difference of their weighted F1 (ensemble minus other), its mean, its standard error
+    (sd / sqrt(draws)) and in how many draws the ensemble was ahead. ``results``: name ->
+    :func:`_summarise` entry; "other" is each of its learners alone and every non-ensemble run."""
+    out: dict[str, dict] = {}
+    ens = [n for n in results if n.split("@")[0].startswith("ens") and " > " not in n and " | " not in n]
+    for e in ens:
+        spec = e.split("@")[0]
+        a = np.asarray(results[e]["f1_weighted_per_repeat"])
+        for n, r in results.items():
+            if n == e or n.split("@")[0].startswith("ens") and not n.startswith(spec + " > "):
+                continue
+            b = np.asarray(r["f1_weighted_per_repeat"])
+            if b.size != a.size:
+                continue
+            d = a - b
+            out[f"{e} vs {n}"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1
+                                  else 0.0, "ahead": int((d > 0).sum()), "draws": int(d.size)}
+    return out
+
+
 def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, dict]:
     """Scores of ``spec`` and, for an ensemble, of each of its base learners alone and of the
     majority class, all from the same folds (``cross_validate(return_baselines=True)``)."""
@@ -327,7 +359,7 @@ def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, d
     codes = np.unique(y)
     per: dict[str, list[dict]] = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    for r in range(repeats):
+    for r in range(FIRST_DRAW, FIRST_DRAW + repeats):
         proba, _, _, base = cross_validate(lambda t, _r=r: make_model(spec, t, 1000 + _r), X, y, groups, folds=5,
                                            random_state=r, threads=1, return_baselines=True)
         per.setdefault(spec, []).append(_scores(y, proba, codes))
@@ -394,7 +426,7 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
     per: dict[str, list[dict]] = {}
     chosen: dict[str, dict[str, int]] = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    for r in range(repeats):
+    for r in range(FIRST_DRAW, FIRST_DRAW + repeats):
         splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=r)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -518,6 +550,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="be,si")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--first-draw", type=int, default=0,
+                    help="the first fold draw (draws first .. first + repeats - 1): fresh draws for a choice made on others")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=None, help="model@featureset,... (default: the built-in list)")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ecocube-bench-quality"))
@@ -530,6 +564,8 @@ def main() -> None:
     ap.add_argument("--meta-variants", action="store_true",
                     help="for ensembles: also every combiner of META_VARIANTS on the same fitted learners")
     args = ap.parse_args()
+    global FIRST_DRAW
+    FIRST_DRAW = args.first_draw
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     runs = DEFAULT_RUNS if not args.runs else [tuple(r.split("@")) for r in args.runs.split(",")]
@@ -539,11 +575,13 @@ def main() -> None:
     import os
 
     out: dict = {"machine": platform.platform(), "python": sys.version.split()[0], "repeats": args.repeats,
+                 "first_draw": args.first_draw,
                  "load_average_start": list(os.getloadavg()),
                  "cv": "polygon-grouped stratified 5-fold", "datasets": {}}
     if args.regression or args.regression_only:
         out["regression"] = regression_check(load_dataset("si", Path(args.cache)), repeats=args.repeats)
     if args.regression_only:
+        out["load_average_end"] = list(os.getloadavg())
         Path(args.out).write_text(json.dumps(out, indent=2))
         return
     for ds in args.datasets.split(","):
@@ -569,6 +607,11 @@ def main() -> None:
                 print(f"{name:58s} {fs:28s} {r['f1_weighted']:6.3f}±{r['f1_weighted_sd']:.3f} {r['overall_accuracy']:6.3f} "
                       f"{r['f1_macro']:6.3f} {r['log_loss']:7.3f} {r['seconds']:6.1f} {r.get('cpu_seconds', 0):6.1f}  {pc}"
                       + (f"  chosen {r['chosen_per_fold']}" if "chosen_per_fold" in r else ""), flush=True)
+        info["paired"] = paired(info["results"])
+        if info["paired"]:
+            print("paired, same fold draws (ensemble minus other, weighted F1):")
+            for n, v in info["paired"].items():
+                print(f"  {n:90s} {v['mean']:+.4f} ± {v['se']:.4f} (se), ahead in {v['ahead']}/{v['draws']}")
         out["datasets"][ds] = info
     out["load_average_end"] = list(os.getloadavg())
     Path(args.out).write_text(json.dumps(out, indent=2))

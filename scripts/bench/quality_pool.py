@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Which learners to combine: held-out probabilities of single learners on the same folds,
+then every mean of them, paired by fold draw against its best member and the plain RF.
+
+``quality.py`` scores whole ensembles (each fit runs its own stacking CV); this asks a
+cheaper question first. Each learner of :data:`POOL` is fitted once per outer fold of the
+same polygon-grouped, stratified 5-fold CV as ``quality.py`` (same data, same feature
+tables, same draws and seeds), and its held-out probabilities are kept. A combination is
+then the plain mean of some members' probabilities, scored without refitting; "lgbm-es"
+is the ensemble's own LightGBM (its tree count early-stopped on the inner folds), the
+others are the ensemble's learners with their fixed settings. The mean of separately
+fitted learners is what ``EnsembleClassifier(meta="mean")`` predicts, up to the seeds.
+
+For every combination and dataset: its mean weighted F1 over the draws and, paired by
+draw, its difference from the best of its members and the plain 200-tree RF on monthly
+medians (mean, standard error, draws ahead). Choosing among many combinations on some
+draws and reporting those draws overstates the winner: choose with ``--first-draw 0``,
+check with fresh draws (``--first-draw 3``).
+
+Usage: ``python scripts/bench/quality_pool.py [--datasets be,si] [--repeats 3] [--first-draw 0]
+[--combos rf+lgbm-es+et,...] [--out bench-quality-pool.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402  (the datasets, feature tables and folds of the quality benchmark)
+
+DEFAULT_SET = "monthly+indices+stats"
+
+
+def _pool(threads: int) -> dict:
+    """name -> (factory(seed) -> unfitted estimator, feature set)."""
+    from lightgbm import LGBMClassifier
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    from ecocube.ensemble import LGBM_SMALL_DATA, EnsembleClassifier, make_base_learner
+
+    def base(name, **kw):
+        def make(seed):
+            est = make_base_learner(name, n_estimators=200, class_weight="balanced", n_threads=threads,
+                                    random_state=seed)
+            return est.set_params(**kw) if kw else est
+        return make
+
+    return {
+        "rf": (base("rf"), DEFAULT_SET),
+        "rf-leaf3": (base("rf", min_samples_leaf=3), DEFAULT_SET),
+        "et": (base("et"), DEFAULT_SET),
+        "lgbm": (base("lgbm"), DEFAULT_SET),
+        "lgbm-es": (lambda s: EnsembleClassifier(base_learners=("lgbm",), meta="mean", n_jobs=threads,
+                                                 random_state=s), DEFAULT_SET),
+        "mlp": (base("mlp"), DEFAULT_SET),
+        "logreg": (base("logreg"), DEFAULT_SET),
+        "rf-stats": (base("rf"), "stats"),
+        "lgbm-stats": (lambda s: LGBMClassifier(n_estimators=200, class_weight="balanced", n_jobs=threads,
+                                                random_state=s, verbose=-1, deterministic=True,
+                                                force_col_wise=True, **LGBM_SMALL_DATA), "stats"),
+        "et-stats": (lambda s: ExtraTreesClassifier(n_estimators=200, class_weight="balanced", n_jobs=threads,
+                                                    random_state=s), "stats"),
+        "rf-plain": (lambda s: RandomForestClassifier(n_estimators=200, n_jobs=threads, random_state=s), "monthly"),
+    }
+
+
+def held_out(ds: str, cache: Path, names: list[str], *, first: int, repeats: int, threads: int):
+    """``(y, codes, {name: (draws, rows, classes) held-out probabilities})`` of one dataset."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    d = quality.load_dataset(ds, cache)
+    sets = quality.feature_sets(d, ds)
+    keep = np.isfinite(sets[DEFAULT_SET][0]).all(axis=1)
+    y = d["y"][keep]
+    groups = np.unique(d["groups"], return_inverse=True)[1].ravel()[keep]
+    codes = np.unique(y)
+    pool = _pool(threads)
+    proba = {n: np.zeros((repeats, y.size, codes.size)) for n in names}
+    t0 = time.perf_counter()
+    for i, r in enumerate(range(first, first + repeats)):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            splits = list(StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=r)
+                          .split(sets[DEFAULT_SET][0][keep], y, groups))
+        for train, test in splits:
+            for n in names:
+                make, fs = pool[n]
+                X = sets[fs][0][keep]
+                m = make(1000 + r)
+                if hasattr(m, "cv_folds"):  # an EnsembleClassifier: grouped inner folds
+                    m.fit(X[train], y[train], groups=groups[train])
+                else:
+                    m.fit(X[train], y[train])
+                proba[n][i][np.ix_(test, np.searchsorted(codes, m.classes_))] = m.predict_proba(X[test])
+        print(f"  {ds} draw {r} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return y, codes, proba
+
+
+def _wf1(y, codes, p: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import f1_score
+
+    return np.array([f1_score(y, codes[q.argmax(axis=1)], average="weighted", labels=codes, zero_division=0)
+                     for q in p])
+
+
+def compare(y, codes, proba: dict, combo: list[str], baseline: str = "rf-plain") -> dict:
+    """A mean of ``combo``'s probabilities against its best member and ``baseline``, paired by draw."""
+    single = {n: _wf1(y, codes, proba[n]) for n in dict.fromkeys([*combo, baseline]) if n in proba}
+    got = _wf1(y, codes, np.mean([proba[n] for n in combo], axis=0))
+    best = max(single, key=lambda n: single[n].mean())
+    d = got - single[best]
+    return {"f1_weighted": float(got.mean()), "per_draw": got.round(4).tolist(), "best_single": best,
+            "best_single_f1_weighted": float(single[best].mean()), "vs_best_mean": float(d.mean()),
+            "vs_best_se": float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0,
+            "ahead": int((d > 0).sum()), "draws": int(d.size)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default="be,si")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--first-draw", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--learners", default=None, help="comma-separated names of the pool (default: all)")
+    ap.add_argument("--combos", default=None,
+                    help="comma-separated a+b+c means to score (default: every mean of 2-4 of the learners)")
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ecocube-bench-quality"))
+    ap.add_argument("--out", default="bench-quality-pool.json")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    names = list(_pool(1)) if args.learners is None else args.learners.split(",")
+    if "rf-plain" not in names:
+        names.append("rf-plain")
+    if args.combos:
+        combos = [c.split("+") for c in args.combos.split(",")]
+        names = list(dict.fromkeys(names + [n for c in combos for n in c]))
+    else:
+        members = [n for n in names if n != "rf-plain"]
+        combos = [list(c) for k in (2, 3, 4) for c in itertools.combinations(members, k)]
+    out: dict = {"first_draw": args.first_draw, "repeats": args.repeats, "load_average_start": list(os.getloadavg()),
+                 "cv": "polygon-grouped stratified 5-fold (the draws of quality.py)", "datasets": {}}
+    for ds in args.datasets.split(","):
+        y, codes, proba = held_out(ds, Path(args.cache), names, first=args.first_draw, repeats=args.repeats,
+                                   threads=args.threads)
+        single = {n: {"f1_weighted": float(_wf1(y, codes, proba[n]).mean()),
+                      "per_draw": _wf1(y, codes, proba[n]).round(4).tolist()} for n in names}
+        res = {"+".join(c): compare(y, codes, proba, c) for c in combos}
+        out["datasets"][ds] = {"pixels": int(y.size), "single": single, "means": res}
+        print(f"\n{ds}: {y.size} px, draws {args.first_draw}..{args.first_draw + args.repeats - 1}")
+        for n, v in sorted(single.items(), key=lambda kv: -kv[1]["f1_weighted"]):
+            print(f"  {n:14s} alone {v['f1_weighted']:.4f}")
+        for c, v in sorted(res.items(), key=lambda kv: -kv[1]["vs_best_mean"])[:40]:
+            print(f"  mean of {c:40s} {v['f1_weighted']:.4f}  vs {v['best_single']:10s} {v['vs_best_mean']:+.4f} "
+                  f"± {v['vs_best_se']:.4f}  ahead {v['ahead']}/{v['draws']}")
+    out["load_average_end"] = list(os.getloadavg())
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
