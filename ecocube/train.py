@@ -884,9 +884,9 @@ def report_markdown(report: dict) -> str:
               for f in cv["per_fold"]]
     mdl = report["model"]
     lines += ["", "## Model", "",
-              f"Stacked ensemble of {', '.join(mdl['base_learners'])} ({mdl['n_estimators']} trees each), "
+              f"Ensemble of {', '.join(mdl['base_learners'])} ({mdl['n_estimators']} trees per tree learner), "
               f"{_COMBINER_TEXT.get(mdl.get('meta_chosen', 'logistic'), mdl.get('meta_chosen'))} "
-              f"(model.meta: {mdl.get('meta', 'auto')}; stacking on {mdl['cv_folds']}-fold out-of-fold probabilities), "
+              f"(model.meta: {mdl.get('meta', 'auto')}; {_inner_cv_text(mdl)}), "
               f"class weights {mdl['class_weight']}. {report['n_features']} features; "
               f"versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", ""]
     if mdl.get("tuning", {}).get("method", "none") != "none":
@@ -925,6 +925,19 @@ def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str
 
 
 #: the report's words for each combiner (``EnsembleClassifier.meta_``)
+def _inner_cv_text(mdl: dict) -> str:
+    """What the inner (stacking) folds of the final fit were used for, in the report's words."""
+    k = mdl["cv_folds"]
+    uses = []
+    if mdl.get("meta_chosen", "logistic") != "mean" or mdl.get("meta", "auto") == "auto":
+        uses.append(f"the combiner chosen and fitted on {k}-fold out-of-fold probabilities")
+    else:
+        uses.append("nothing fitted on top of the learners")
+    if "lgbm" in mdl.get("base_learners", ()):
+        uses.append(f"LightGBM's tree count from its {k}-fold out-of-fold log loss")
+    return "; ".join(uses)
+
+
 _COMBINER_TEXT = {"mean": "combined by the mean of their probabilities",
                   "logistic": "multinomial logistic meta-learner",
                   "greedy": "combined by a weighted mean (greedy ensemble selection)",

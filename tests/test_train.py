@@ -308,7 +308,12 @@ def test_train_on_synthetic_points_and_cli(scene, tmp_path):
     assert report["model"]["meta"] == "mean" and report["model"]["meta_chosen"] == "mean"
     proba, base = bundle.model.predict_proba_with_base(X)
     assert base.shape[0] == 3 and np.abs(proba - base.mean(axis=0)).max() < 1e-12
-    assert "combined by the mean of their probabilities (model.meta: mean" in (out / "report.md").read_text()
+    n, k = report["model"]["n_estimators"], report["model"]["cv_folds"]
+    line = [t for t in (out / "report.md").read_text().splitlines() if t.startswith("Ensemble of")]
+    assert line and line[0].startswith(
+        f"Ensemble of rf, lgbm, et ({n} trees per tree learner), combined by the mean of their probabilities "
+        f"(model.meta: mean; nothing fitted on top of the learners; LightGBM's tree count from its {k}-fold "
+        "out-of-fold log loss), class weights balanced."), line
 
     # again without --overwrite: refused; a CSV without --crs: a config error (exit 2)
     res = CliRunner().invoke(cli, args)
@@ -520,3 +525,16 @@ def test_train_records_tuning_and_the_selected_features_the_bundle_predicts_with
     scrambled = X.copy()
     scrambled[:, dropped] = rng.permutation(scrambled[:, dropped])  # the features selection dropped
     assert np.array_equal(bundle.predict_proba(scrambled), bundle.predict_proba(X))
+
+
+def test_report_says_what_the_inner_folds_were_used_for():
+    from ecocube.train import _inner_cv_text
+
+    assert _inner_cv_text({"cv_folds": 4, "meta": "logistic", "meta_chosen": "logistic", "base_learners": ["rf"]}) \
+        == "the combiner chosen and fitted on 4-fold out-of-fold probabilities"
+    # auto chose the mean on the inner folds: they were used for that choice
+    assert _inner_cv_text({"cv_folds": 5, "meta": "auto", "meta_chosen": "mean", "base_learners": ["rf", "lgbm"]}) \
+        == ("the combiner chosen and fitted on 5-fold out-of-fold probabilities; "
+            "LightGBM's tree count from its 5-fold out-of-fold log loss")
+    assert _inner_cv_text({"cv_folds": 5, "meta": "mean", "meta_chosen": "mean", "base_learners": ["rf", "et"]}) \
+        == "nothing fitted on top of the learners"
