@@ -924,13 +924,16 @@ def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-#: the report's words for each combiner (``EnsembleClassifier.meta_``)
 def _inner_cv_text(mdl: dict) -> str:
     """What the inner (stacking) folds of the final fit were used for, in the report's words."""
     k = mdl["cv_folds"]
+    chosen, meta = mdl.get("meta_chosen", "logistic"), mdl.get("meta", "auto")
     uses = []
-    if mdl.get("meta_chosen", "logistic") != "mean" or mdl.get("meta", "auto") == "auto":
-        uses.append(f"the combiner chosen and fitted on {k}-fold out-of-fold probabilities")
+    if meta == "auto":
+        uses.append(f"the combiner chosen on {k}-fold out-of-fold probabilities"
+                    + (" and fitted on them" if chosen != "mean" else ""))
+    elif chosen != "mean":
+        uses.append(f"the combiner fitted on {k}-fold out-of-fold probabilities")
     else:
         uses.append("nothing fitted on top of the learners")
     if "lgbm" in mdl.get("base_learners", ()):
@@ -938,6 +941,7 @@ def _inner_cv_text(mdl: dict) -> str:
     return "; ".join(uses)
 
 
+#: the report's words for each combiner (``EnsembleClassifier.meta_``)
 _COMBINER_TEXT = {"mean": "combined by the mean of their probabilities",
                   "logistic": "multinomial logistic meta-learner",
                   "greedy": "combined by a weighted mean (greedy ensemble selection)",

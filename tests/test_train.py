@@ -531,10 +531,12 @@ def test_report_says_what_the_inner_folds_were_used_for():
     from ecocube.train import _inner_cv_text
 
     assert _inner_cv_text({"cv_folds": 4, "meta": "logistic", "meta_chosen": "logistic", "base_learners": ["rf"]}) \
-        == "the combiner chosen and fitted on 4-fold out-of-fold probabilities"
-    # auto chose the mean on the inner folds: they were used for that choice
+        == "the combiner fitted on 4-fold out-of-fold probabilities"
+    # auto chose the mean on the inner folds: they were used for that choice, nothing was fitted
     assert _inner_cv_text({"cv_folds": 5, "meta": "auto", "meta_chosen": "mean", "base_learners": ["rf", "lgbm"]}) \
-        == ("the combiner chosen and fitted on 5-fold out-of-fold probabilities; "
+        == ("the combiner chosen on 5-fold out-of-fold probabilities; "
             "LightGBM's tree count from its 5-fold out-of-fold log loss")
+    assert _inner_cv_text({"cv_folds": 3, "meta": "auto", "meta_chosen": "logistic", "base_learners": ["et"]}) \
+        == "the combiner chosen on 3-fold out-of-fold probabilities and fitted on them"
     assert _inner_cv_text({"cv_folds": 5, "meta": "mean", "meta_chosen": "mean", "base_learners": ["rf", "et"]}) \
         == "nothing fitted on top of the learners"
