@@ -89,7 +89,8 @@ def test_pool_mean_is_compared_with_its_best_member_by_draw():
     a = np.array([[[.9, .1], [.8, .2], [.4, .6], [.6, .4]], [[.9, .1], [.8, .2], [.4, .6], [.2, .8]]])
     b = np.array([[[.4, .6], [.7, .3], [.2, .8], [.1, .9]], [[.4, .6], [.7, .3], [.2, .8], [.1, .9]]])
     plain = np.tile(np.array([[.6, .4]] * 4), (2, 1, 1))  # the majority-like baseline: wF1 1/3
-    r = pool.compare(y, codes, {"a": a, "b": b, "rf-plain": plain}, ["a", "b"])
+    proba = {"a": a, "b": b, "rf-plain": plain}
+    r = pool.compare(y, codes, proba, ["a", "b"], pool.single_scores(y, codes, proba))
     assert r["per_draw"] == [1.0, 1.0]
     # a: 3 of 4 right in draw 0 (wF1 0.7333), all in draw 1; b: 3 of 4 in both
     assert r["best_single"] == "a" and r["best_single_f1_weighted"] == pytest.approx((0.7333333 + 1.0) / 2)

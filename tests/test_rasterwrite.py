@@ -101,7 +101,6 @@ def test_verify_checksums_reopens_the_file_so_the_block_cache_holds_at_most_its_
     uncached, so the measurement said nothing (0 bytes cached; the limit alone was not it)."""
     import os
     import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GDAL_", "CPL_", "VSI_", "GTIFF_"))}
     res = subprocess.run([sys.executable, __file__, "reopen-check", str(tmp_path)], env=env,

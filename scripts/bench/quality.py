@@ -324,9 +324,15 @@ def _scores(y, proba, codes) -> dict:
             "per_class_f1": f1_score(y, pred, average=None, labels=codes, zero_division=0).tolist()}
 
 
-#: the first fold draw (``--first-draw``): draws ``FIRST_DRAW .. FIRST_DRAW + repeats - 1``, so
-#: a choice made on some draws can be checked on fresh ones
-FIRST_DRAW = 0
+#: the feature set whose rows are scored: pixels with every feature of it finite
+SCORED_SET = "monthly+indices+stats"
+
+
+def scored_rows(d: dict, sets: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(y, groups, keep)`` of one dataset: labels, polygon groups numbered 0..n-1, and the
+    rows every model is scored on (:data:`SCORED_SET` finite)."""
+    groups = np.unique(d["groups"], return_inverse=True)[1].ravel()
+    return d["y"], groups, np.isfinite(sets[SCORED_SET][0]).all(axis=1)
 
 
 def paired(results: dict[str, dict]) -> dict[str, dict]:
@@ -351,15 +357,16 @@ def paired(results: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def score(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, dict]:
+def score(spec: str, X, y, groups, *, repeats: int, threads: int, first_draw: int = 0) -> dict[str, dict]:
     """Scores of ``spec`` and, for an ensemble, of each of its base learners alone and of the
-    majority class, all from the same folds (``cross_validate(return_baselines=True)``)."""
+    majority class, all from the same folds (``cross_validate(return_baselines=True)``), over
+    the fold draws ``first_draw .. first_draw + repeats - 1``."""
     from ecocube.train import cross_validate
 
     codes = np.unique(y)
     per: dict[str, list[dict]] = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    for r in range(FIRST_DRAW, FIRST_DRAW + repeats):
+    for r in range(first_draw, first_draw + repeats):
         proba, _, _, base = cross_validate(lambda t, _r=r: make_model(spec, t, 1000 + _r), X, y, groups, folds=5,
                                            random_state=r, threads=1, return_baselines=True)
         per.setdefault(spec, []).append(_scores(y, proba, codes))
@@ -413,7 +420,8 @@ META_VARIANTS = {
 }
 
 
-def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) -> dict[str, dict]:
+def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int,
+                        first_draw: int = 0) -> dict[str, dict]:
     """Like :func:`score` for an ensemble, with the same folds as ``cross_validate``, and in
     addition every combiner of :data:`META_VARIANTS` applied to the same fitted base learners
     of each outer fold (their out-of-fold probabilities inside the fold: no leakage), so the
@@ -426,7 +434,7 @@ def score_meta_variants(spec: str, X, y, groups, *, repeats: int, threads: int) 
     per: dict[str, list[dict]] = {}
     chosen: dict[str, dict[str, int]] = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    for r in range(FIRST_DRAW, FIRST_DRAW + repeats):
+    for r in range(first_draw, first_draw + repeats):
         splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=r)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -564,8 +572,6 @@ def main() -> None:
     ap.add_argument("--meta-variants", action="store_true",
                     help="for ensembles: also every combiner of META_VARIANTS on the same fitted learners")
     args = ap.parse_args()
-    global FIRST_DRAW
-    FIRST_DRAW = args.first_draw
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     runs = DEFAULT_RUNS if not args.runs else [tuple(r.split("@")) for r in args.runs.split(",")]
@@ -587,8 +593,7 @@ def main() -> None:
     for ds in args.datasets.split(","):
         d = load_dataset(ds, Path(args.cache))
         sets = feature_sets(d, ds)
-        y, groups = d["y"], np.unique(d["groups"], return_inverse=True)[1].ravel()
-        keep = np.isfinite(sets["monthly+indices+stats"][0]).all(axis=1)
+        y, groups, keep = scored_rows(d, sets)
         info = {"pixels": int(keep.sum()), "polygons": int(np.unique(groups[keep]).size),
                 "classes": {int(c): int((y[keep] == c).sum()) for c in np.unique(y[keep])}, "results": {}}
         print(f"\n{ds}: {info['pixels']} pixels, {info['polygons']} polygons, classes {info['classes']}")
@@ -600,7 +605,7 @@ def main() -> None:
             X, names = sets[fs]
             scorer = score_meta_variants if (args.meta_variants and spec.startswith("ens")) else score
             for name, r in scorer(spec, X[keep], y[keep], groups[keep], repeats=args.repeats,
-                                  threads=args.threads).items():
+                                  threads=args.threads, first_draw=args.first_draw).items():
                 r["n_features"] = len(names)
                 info["results"][f"{name}@{fs}"] = r
                 pc = " ".join(f"{c}:{v:.2f}" for c, v in r["per_class_f1"].items())

@@ -38,15 +38,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the datasets, feature tables and folds of the quality benchmark)
 
-DEFAULT_SET = "monthly+indices+stats"
+DEFAULT_SET = quality.SCORED_SET
 
 
 def _pool(threads: int) -> dict:
     """name -> (factory(seed) -> unfitted estimator, feature set)."""
-    from lightgbm import LGBMClassifier
-    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
-
-    from ecocube.ensemble import LGBM_SMALL_DATA, EnsembleClassifier, make_base_learner
+    from ecocube.ensemble import EnsembleClassifier, make_base_learner
 
     def base(name, **kw):
         def make(seed):
@@ -65,12 +62,9 @@ def _pool(threads: int) -> dict:
         "mlp": (base("mlp"), DEFAULT_SET),
         "logreg": (base("logreg"), DEFAULT_SET),
         "rf-stats": (base("rf"), "stats"),
-        "lgbm-stats": (lambda s: LGBMClassifier(n_estimators=200, class_weight="balanced", n_jobs=threads,
-                                                random_state=s, verbose=-1, deterministic=True,
-                                                force_col_wise=True, **LGBM_SMALL_DATA), "stats"),
-        "et-stats": (lambda s: ExtraTreesClassifier(n_estimators=200, class_weight="balanced", n_jobs=threads,
-                                                    random_state=s), "stats"),
-        "rf-plain": (lambda s: RandomForestClassifier(n_estimators=200, n_jobs=threads, random_state=s), "monthly"),
+        "lgbm-stats": (base("lgbm"), "stats"),
+        "et-stats": (base("et"), "stats"),
+        "rf-plain": (base("rf", class_weight=None), "monthly"),  # quality.py's rf200-plain
     }
 
 
@@ -80,9 +74,8 @@ def held_out(ds: str, cache: Path, names: list[str], *, first: int, repeats: int
 
     d = quality.load_dataset(ds, cache)
     sets = quality.feature_sets(d, ds)
-    keep = np.isfinite(sets[DEFAULT_SET][0]).all(axis=1)
-    y = d["y"][keep]
-    groups = np.unique(d["groups"], return_inverse=True)[1].ravel()[keep]
+    y, groups, keep = quality.scored_rows(d, sets)
+    y, groups = y[keep], groups[keep]
     codes = np.unique(y)
     pool = _pool(threads)
     proba = {n: np.zeros((repeats, y.size, codes.size)) for n in names}
@@ -113,9 +106,16 @@ def _wf1(y, codes, p: np.ndarray) -> np.ndarray:
                      for q in p])
 
 
-def compare(y, codes, proba: dict, combo: list[str], baseline: str = "rf-plain") -> dict:
-    """A mean of ``combo``'s probabilities against its best member and ``baseline``, paired by draw."""
-    single = {n: _wf1(y, codes, proba[n]) for n in dict.fromkeys([*combo, baseline]) if n in proba}
+def single_scores(y, codes, proba: dict) -> dict[str, np.ndarray]:
+    """Weighted F1 per draw of every learner alone, ``{name: (draws,)}``."""
+    return {n: _wf1(y, codes, p) for n, p in proba.items()}
+
+
+def compare(y, codes, proba: dict, combo: list[str], single: dict[str, np.ndarray],
+            baseline: str = "rf-plain") -> dict:
+    """A mean of ``combo``'s probabilities against its best member and ``baseline``, paired by
+    draw (``single``: :func:`single_scores` of ``proba``)."""
+    single = {n: single[n] for n in dict.fromkeys([*combo, baseline]) if n in single}
     got = _wf1(y, codes, np.mean([proba[n] for n in combo], axis=0))
     best = max(single, key=lambda n: single[n].mean())
     d = got - single[best]
@@ -152,9 +152,9 @@ def main() -> None:
     for ds in args.datasets.split(","):
         y, codes, proba = held_out(ds, Path(args.cache), names, first=args.first_draw, repeats=args.repeats,
                                    threads=args.threads)
-        single = {n: {"f1_weighted": float(_wf1(y, codes, proba[n]).mean()),
-                      "per_draw": _wf1(y, codes, proba[n]).round(4).tolist()} for n in names}
-        res = {"+".join(c): compare(y, codes, proba, c) for c in combos}
+        scores = single_scores(y, codes, proba)
+        single = {n: {"f1_weighted": float(v.mean()), "per_draw": v.round(4).tolist()} for n, v in scores.items()}
+        res = {"+".join(c): compare(y, codes, proba, c, scores) for c in combos}
         out["datasets"][ds] = {"pixels": int(y.size), "single": single, "means": res}
         print(f"\n{ds}: {y.size} px, draws {args.first_draw}..{args.first_draw + args.repeats - 1}")
         for n, v in sorted(single.items(), key=lambda kv: -kv[1]["f1_weighted"]):
