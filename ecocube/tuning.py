@@ -29,8 +29,8 @@ import numpy as np
 #: the default grids (small on purpose: every candidate costs one stacking CV of its learner)
 DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "lgbm": {"num_leaves": (7, 15, 31), "min_child_samples": (5, 20)},
-    "rf": {"max_features": ("sqrt", 0.3), "min_samples_leaf": (1, 5)},
-    "et": {"max_features": ("sqrt", 0.3), "min_samples_leaf": (1, 5)},
+    "rf": {"max_features": ("sqrt", 0.3), "min_samples_leaf": (5, 20, 50)},
+    "et": {"max_features": ("sqrt", 0.3), "min_samples_leaf": (5, 20, 50)},
     "mlp": {"mlpclassifier__alpha": (1e-4, 1e-3, 1e-2)},
     "logreg": {"logisticregression__C": (0.01, 0.1, 1.0)},
 }

@@ -95,3 +95,21 @@ def test_pool_mean_is_compared_with_its_best_member_by_draw():
     # a: 3 of 4 right in draw 0 (wF1 0.7333), all in draw 1; b: 3 of 4 in both
     assert r["best_single"] == "a" and r["best_single_f1_weighted"] == pytest.approx((0.7333333 + 1.0) / 2)
     assert r["vs_best_mean"] == pytest.approx((1 - 0.7333333) / 2) and r["ahead"] == 1 and r["draws"] == 2
+
+
+def test_pool_learner_variants_set_their_parameters_and_keep_the_plain_baseline_stock():
+    spec = importlib.util.spec_from_file_location(
+        "bench_quality_pool", Path(__file__).resolve().parents[1] / "scripts" / "bench" / "quality_pool.py")
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+    make, fs = pool.learner("rf:min_samples_leaf=10:max_features=0.3", 1)
+    p = make(7).get_params()
+    assert (p["min_samples_leaf"], p["max_features"], p["random_state"], fs) == (10, 0.3, 7, pool.DEFAULT_SET)
+    make, _ = pool.learner("lgbm-es:min_child_samples=30", 1)
+    ens = make(3)
+    assert ens.meta == "mean" and ens.base_learners[0].get_params()["min_child_samples"] == 30
+    # the baseline is scikit-learn's forest as shipped, not the ensemble's learner
+    plain = pool.learner("rf-plain", 1)[0](0).get_params()
+    assert (plain["min_samples_leaf"], plain["class_weight"]) == (1, None)
+    with pytest.raises(SystemExit, match="unknown learner 'svm:C=1'"):
+        pool.learner("svm:C=1", 1)

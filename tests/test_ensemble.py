@@ -244,7 +244,9 @@ def test_proba_and_uncertainty_in_one_pass_equal_the_separate_calls():
     from ecocube.ensemble import EnsembleClassifier
 
     X, y = make_classification(n_samples=300, n_features=6, n_informative=4, n_classes=3, random_state=1)
-    clf = EnsembleClassifier(n_estimators=20, cv_folds=3, random_state=0).fit(X, y)
+    # one thread: scikit-learn's forests add their trees' probabilities in thread order, so with
+    # several threads two calls may differ in the last bit (leaves hold fractions, not 0 or 1)
+    clf = EnsembleClassifier(n_estimators=20, cv_folds=3, n_jobs=1, random_state=0).fit(X, y)
     proba, unc = clf.predict_proba_and_uncertainty(X)
     np.testing.assert_array_equal(proba, clf.predict_proba(X))
     np.testing.assert_array_equal(unc, clf.predict_uncertainty(X))
@@ -405,7 +407,7 @@ def test_greedy_selection_weights_by_hand():
 def test_meta_auto_picks_the_combiner_with_the_better_out_of_fold_f1():
     X, y = _blobs(240, n_classes=3, sep=1.0)
     groups = np.arange(X.shape[0]) // 12
-    model = _fast(base_learners=("rf", "lgbm", "et"), n_estimators=20).fit(X, y, groups=groups)
+    model = _fast(base_learners=("rf", "lgbm", "et"), n_estimators=20, meta="auto").fit(X, y, groups=groups)
     sel = model.meta_selection_
     assert set(sel["f1_weighted"]) == {"mean", "logistic", "logistic, class weights"}
     best = max(sel["f1_weighted"].values())

@@ -406,7 +406,7 @@ def _summarise(per: dict[str, list[dict]], codes, seconds: float,
 #: combiners scored on the same fitted base learners of every outer fold (``--meta-variants``):
 #: label -> (combiners ``meta="auto"`` chooses among, selection metric, other meta parameters)
 META_VARIANTS = {
-    "auto: mean|logistic by wF1 (default)": (("logistic", "mean"), "f1_weighted", {}),
+    "auto: mean|logistic by wF1 (meta: auto)": (("logistic", "mean"), "f1_weighted", {}),
     "auto: mean|logistic|best by wF1": (("logistic", "mean", "best"), "f1_weighted", {}),
     "auto: mean|logistic|greedy|best by log loss": (("logistic", "mean", "greedy", "best"), "log_loss", {}),
     "auto: mean|logistic|greedy by log loss": (("logistic", "mean", "greedy"), "log_loss", {}),
@@ -416,7 +416,7 @@ META_VARIANTS = {
     "logistic (class weights by CV)": (("logistic",), "f1_weighted", {}),
     "logistic, no class weights": (("logistic",), "f1_weighted", {"meta_class_weight": None}),
     "logistic, balanced": (("logistic",), "f1_weighted", {"meta_class_weight": "same"}),
-    "mean": (("mean",), "f1_weighted", {}),
+    "mean (the default)": (("mean",), "f1_weighted", {}),
 }
 
 

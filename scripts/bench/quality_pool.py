@@ -17,8 +17,13 @@ medians (mean, standard error, draws ahead). Choosing among many combinations on
 draws and reporting those draws overstates the winner: choose with ``--first-draw 0``,
 check with fresh draws (``--first-draw 3``).
 
+Learners are :data:`POOL` names or variants ``base:param=value`` (``rf:min_samples_leaf=10``,
+``lgbm-es:min_child_samples=30``); ``--save-proba`` keeps the held-out probabilities, so that
+other combination rules can be tried on them without refitting.
+
 Usage: ``python scripts/bench/quality_pool.py [--datasets be,si] [--repeats 3] [--first-draw 0]
-[--combos rf+lgbm-es+et,...] [--out bench-quality-pool.json]``.
+[--learners rf,lgbm-es,rf:min_samples_leaf=10,...] [--combos rf+lgbm-es+et,...]
+[--save-proba PREFIX] [--out bench-quality-pool.json]``.
 """
 
 from __future__ import annotations
@@ -54,8 +59,10 @@ def _pool(threads: int) -> dict:
 
     return {
         "rf": (base("rf"), DEFAULT_SET),
-        "rf-leaf3": (base("rf", min_samples_leaf=3), DEFAULT_SET),
+        # the forests with leaves of one pixel (their settings before FOREST_MIN_SAMPLES_LEAF)
+        "rf-leaf1": (base("rf", min_samples_leaf=1), DEFAULT_SET),
         "et": (base("et"), DEFAULT_SET),
+        "et-leaf1": (base("et", min_samples_leaf=1), DEFAULT_SET),
         "lgbm": (base("lgbm"), DEFAULT_SET),
         "lgbm-es": (lambda s: EnsembleClassifier(base_learners=("lgbm",), meta="mean", n_jobs=threads,
                                                  random_state=s), DEFAULT_SET),
@@ -64,8 +71,42 @@ def _pool(threads: int) -> dict:
         "rf-stats": (base("rf"), "stats"),
         "lgbm-stats": (base("lgbm"), "stats"),
         "et-stats": (base("et"), "stats"),
-        "rf-plain": (base("rf", class_weight=None), "monthly"),  # quality.py's rf200-plain
+        # quality.py's rf200-plain: scikit-learn's RandomForestClassifier defaults
+        "rf-plain": (base("rf", class_weight=None, min_samples_leaf=1), "monthly"),
     }
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def learner(name: str, threads: int):
+    """``(factory(seed), feature set)`` of a pool name, or of a variant written
+    ``base:param=value[:param=value]``: ``rf:min_samples_leaf=10``, ``lgbm-es:min_child_samples=30``
+    (the ensemble's LightGBM, its tree count early-stopped, with those parameters)."""
+    from ecocube.ensemble import BASE_LEARNERS, EnsembleClassifier, make_base_learner
+
+    pool = _pool(threads)
+    if name in pool:
+        return pool[name]
+    kind, *pairs = name.split(":")
+    if kind not in (*BASE_LEARNERS, "lgbm-es") or not pairs or not all("=" in p for p in pairs):
+        raise SystemExit(f"unknown learner {name!r}: a pool name ({', '.join(pool)}) or "
+                         f"<{'|'.join((*BASE_LEARNERS, 'lgbm-es'))}>:param=value[:param=value]")
+    kw = {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+    def make(seed):
+        est = make_base_learner("lgbm" if kind == "lgbm-es" else kind, n_estimators=200, class_weight="balanced",
+                                n_threads=threads, random_state=seed).set_params(**kw)
+        if kind == "lgbm-es":
+            return EnsembleClassifier(base_learners=(est,), meta="mean", n_jobs=threads, random_state=seed)
+        return est
+    return make, DEFAULT_SET
 
 
 def held_out(ds: str, cache: Path, names: list[str], *, first: int, repeats: int, threads: int):
@@ -77,7 +118,7 @@ def held_out(ds: str, cache: Path, names: list[str], *, first: int, repeats: int
     y, groups, keep = quality.scored_rows(d, sets)
     y, groups = y[keep], groups[keep]
     codes = np.unique(y)
-    pool = _pool(threads)
+    pool = {n: learner(n, threads) for n in names}
     proba = {n: np.zeros((repeats, y.size, codes.size)) for n in names}
     t0 = time.perf_counter()
     for i, r in enumerate(range(first, first + repeats)):
@@ -136,6 +177,9 @@ def main() -> None:
                     help="comma-separated a+b+c means to score (default: every mean of 2-4 of the learners)")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "ecocube-bench-quality"))
     ap.add_argument("--out", default="bench-quality-pool.json")
+    ap.add_argument("--save-proba", default=None, metavar="PREFIX",
+                    help="also write each dataset's held-out probabilities to PREFIX-<dataset>.npz "
+                         "(y, codes, names, one (draws, rows, classes) array per learner)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     names = list(_pool(1)) if args.learners is None else args.learners.split(",")
@@ -152,6 +196,8 @@ def main() -> None:
     for ds in args.datasets.split(","):
         y, codes, proba = held_out(ds, Path(args.cache), names, first=args.first_draw, repeats=args.repeats,
                                    threads=args.threads)
+        if args.save_proba:
+            np.savez_compressed(f"{args.save_proba}-{ds}.npz", y=y, codes=codes, names=np.array(names), **proba)
         scores = single_scores(y, codes, proba)
         single = {n: {"f1_weighted": float(v.mean()), "per_draw": v.round(4).tolist()} for n, v in scores.items()}
         res = {"+".join(c): compare(y, codes, proba, c, scores) for c in combos}

@@ -54,6 +54,8 @@ def _fit_part(kind: str, seed: int, n_estimators: int, X: np.ndarray, y: np.ndar
 
     est = make_base_learner(kind, n_estimators=n_estimators, class_weight="balanced", n_threads=1,
                             random_state=seed)
+    if kind == "rf":  # leaves of one row, as before FOREST_MIN_SAMPLES_LEAF: the largest forest a
+        est.set_params(min_samples_leaf=1)  # campaign grows, and the same model as earlier figures
     return _fit_one(est, X, y)
 
 
@@ -79,7 +81,8 @@ def _assemble(X: np.ndarray, y: np.ndarray, X_meta: np.ndarray, y_meta: np.ndarr
     for extra in parts[1:-1]:
         rf.estimators_ += extra.estimators_
     rf.n_estimators = len(rf.estimators_)
-    model = EnsembleClassifier(base_learners=("rf", "lgbm"), n_estimators=N_TREES, n_jobs=1, random_state=0)
+    model = EnsembleClassifier(base_learners=("rf", "lgbm"), n_estimators=N_TREES, meta="logistic", n_jobs=1,
+                               random_state=0)
     model.classes_ = np.arange(1, N_CLASSES + 1)  # the class codes; the learners see 0..N_CLASSES-1
     model.n_features_in_ = X.shape[1]
     model.estimators_ = [rf, lgbm]
