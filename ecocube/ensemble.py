@@ -72,7 +72,7 @@ LGBM_SMALL_DATA = {"num_leaves": 15, "min_child_samples": 10, "subsample": 0.8, 
 #: leaf size of the ``rf`` and ``et`` classifiers. Map training pixels come in polygons of
 #: tens of near-identical pixels: leaves of one pixel learn the polygons, not the classes,
 #: and polygon-grouped CV sees it. Held-out weighted F1 of RF alone, leaf 1 -> 20, 13 fold
-#: draws: Flanders 0.686 -> 0.716, Slovenia 0.614 -> 0.622 (scripts/bench/quality_pool.py)
+#: draws: Flanders 0.686 -> 0.719, Slovenia 0.614 -> 0.621 (scripts/bench/quality_pool.py)
 FOREST_MIN_SAMPLES_LEAF = 20
 
 #: inverse regularisation strength of the ``logreg`` base learner (standardised features;
