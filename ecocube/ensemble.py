@@ -74,6 +74,9 @@ LGBM_SMALL_DATA = {"num_leaves": 15, "min_child_samples": 10, "subsample": 0.8, 
 #: and polygon-grouped CV sees it. Held-out weighted F1 of RF alone, leaf 1 -> 20, 13 fold
 #: draws: Flanders 0.686 -> 0.719, Slovenia 0.614 -> 0.621 (scripts/bench/quality_pool.py)
 FOREST_MIN_SAMPLES_LEAF = 20
+#: ... but a small table keeps room for at least this many leaves per class (a guard for
+#: tables of tens of labelled pixels, not a measured optimum: see forest_leaf_size)
+FOREST_MIN_LEAVES_PER_CLASS = 5
 
 #: inverse regularisation strength of the ``logreg`` base learner (standardised features;
 #: C = 1 scored 0.55 vs 0.60 wF1 for C = 0.1 on Flanders, 3 fold draws: hundreds of
@@ -128,6 +131,15 @@ def make_base_learner(name: str, *, n_estimators: int, class_weight, n_threads: 
                                                                   max_iter=LOGREG_MAX_ITER))
     raise ValueError(f"unknown base learner {name!r}; choose among {', '.join(BASE_LEARNERS)} "
                      f"or pass an estimator instance")
+
+
+def forest_leaf_size(n_rows: int, n_classes: int) -> int:
+    """``min_samples_leaf`` of the ``rf`` and ``et`` classifiers fitted on ``n_rows`` rows of
+    ``n_classes`` classes: :data:`FOREST_MIN_SAMPLES_LEAF`, smaller where the table has fewer
+    than :data:`FOREST_MIN_LEAVES_PER_CLASS` such leaves per class (at least 1). The real
+    datasets of ``scripts/bench/quality.py`` (about 860 and 1,070 training rows of 3 and 5
+    classes per fold) get 20."""
+    return int(max(1, min(FOREST_MIN_SAMPLES_LEAF, n_rows // (FOREST_MIN_LEAVES_PER_CLASS * max(1, n_classes)))))
 
 
 #: ``meta`` choices: a multinomial logistic regression on the log out-of-fold probabilities,
@@ -419,7 +431,9 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
     classes_, n_features_in_, estimators_ (final base learners), learner_names_,
     meta_learner_, oof_proba_ (n_samples, n_learners * n_classes), cv_test_folds_ (row
     indices held out in each stacking fold), fill_values_ (impute only), feature_importances_,
-    tuning_ (tuned learners only), selected_features_ and feature_selection_ (None without selection).
+    tuning_ (tuned learners only), selected_features_ and feature_selection_ (None without selection),
+    forest_min_samples_leaf_ (the leaf size of the ``rf`` / ``et`` learners, :func:`forest_leaf_size`;
+    a tuning grid may replace it).
     """
 
     def __init__(
@@ -545,15 +559,18 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         index = {c: i for i, c in enumerate(self.classes_.tolist())}
         return {index[k]: float(w) for k, w in self.class_weight.items() if k in index}
 
-    def _learners(self, n_threads: int, rng: np.random.RandomState) -> list[tuple[str, Any]]:
+    def _learners(self, n_threads: int, rng: np.random.RandomState, n_rows: int) -> list[tuple[str, Any]]:
         out = []
         class_weight = self._encoded_class_weight()
+        self.forest_min_samples_leaf_ = forest_leaf_size(n_rows, self.classes_.size)
         for item in self.base_learners:
             seed = int(rng.randint(np.iinfo(np.int32).max))
             if isinstance(item, str):
                 est = make_base_learner(item, n_estimators=int(self.n_estimators), class_weight=class_weight,
                                         n_threads=n_threads, random_state=seed, max_depth=self.max_depth,
                                         learning_rate=float(self.learning_rate))
+                if item in ("rf", "et"):
+                    est.set_params(min_samples_leaf=self.forest_min_samples_leaf_)
                 out.append((item, est))
             else:
                 est = clone(item)
@@ -686,7 +703,7 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         n_threads = available_threads(self.n_jobs)
         cv_seed = int(rng.randint(np.iinfo(np.int32).max))
-        learners = self._learners(n_threads, rng)
+        learners = self._learners(n_threads, rng, X.shape[0])
         self.learner_names_ = [name for name, _ in learners]
         n_learners = len(learners)
 

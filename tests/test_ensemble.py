@@ -252,6 +252,26 @@ def test_proba_and_uncertainty_in_one_pass_equal_the_separate_calls():
     np.testing.assert_array_equal(unc, clf.predict_uncertainty(X))
 
 
+def test_forest_leaves_hold_20_pixels_unless_the_table_is_too_small_for_them():
+    from ecocube.ensemble import forest_leaf_size
+
+    # 3 classes: 20 from 300 rows on (5 leaves of 20 per class), fewer below, never 0
+    assert [forest_leaf_size(n, 3) for n in (10_000, 300, 299, 60, 14, 3)] == [20, 20, 19, 4, 1, 1]
+    assert forest_leaf_size(1065, 5) == 20  # a Slovenian training fold
+    X, y = _blobs(60, n_classes=3)
+    small = _fast(base_learners=("rf", "et", "lgbm")).fit(X, y)
+    leaves = [e.get_params().get("min_samples_leaf") for e in small.estimators_]
+    assert small.forest_min_samples_leaf_ == 4 and leaves[:2] == [4, 4]
+    X, y = _blobs(600, n_classes=3)
+    big = _fast(base_learners=("rf", "et")).fit(X, y)
+    assert [e.min_samples_leaf for e in big.estimators_] == [20, 20]
+    # every leaf of every fitted tree holds at least that many rows
+    for forest in big.estimators_:
+        assert min(t.tree_.n_node_samples[t.tree_.children_left == -1].min() for t in forest.estimators_) >= 20
+    tuned = _fast(base_learners=("rf",), tuning={"rf": {"min_samples_leaf": [2, 3]}}).fit(X, y)
+    assert tuned.estimators_[0].min_samples_leaf in (2, 3)
+
+
 # ---------------------------------------------------------------------- regression
 
 from ecocube.ensemble import EnsembleRegressor, conformal_quantile  # noqa: E402
