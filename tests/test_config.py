@@ -282,3 +282,14 @@ def test_bad_tuning_and_feature_selection_are_named(example, model, where, text)
         load_config(example)
     msg = str(err.value)
     assert f"{where}:" in msg and text in msg, msg
+
+
+def test_config_choices_of_learners_and_combiners_are_the_ensembles():
+    from typing import get_args
+
+    from ecocube.config import ModelConfig
+    from ecocube.ensemble import BASE_LEARNERS, META_LEARNERS
+
+    assert set(get_args(ModelConfig.model_fields["meta"].annotation)) == set(META_LEARNERS)
+    (learner,) = get_args(ModelConfig.model_fields["base_learners"].annotation)[:1]
+    assert set(get_args(learner)) == set(BASE_LEARNERS)

@@ -506,7 +506,7 @@ DEFAULT_RUNS = [
 ]
 
 
-def regression_check(d: dict, *, repeats: int) -> dict:
+def regression_check(d: dict, *, repeats: int, first_draw: int = 0) -> dict:
     """EnsembleRegressor on a real continuous target: the Slovenian patch's elevation (DEM)
     from its NDVI features, polygon-grouped 5-fold CV: RMSE, R², CCC and the coverage of
     the 90 % conformal intervals on polygons the model never saw."""
@@ -524,7 +524,7 @@ def regression_check(d: dict, *, repeats: int) -> dict:
     out = {}
     for interval in ("normalized", "absolute"):
         runs: dict[str, list[dict]] = {}
-        for r in range(repeats):
+        for r in range(first_draw, first_draw + repeats):
             mean, lo, up = (np.empty_like(y) for _ in range(3))
             base = None
             for train, test in GroupKFold(n_splits=5, shuffle=True, random_state=r).split(X, y, groups):
@@ -585,7 +585,8 @@ def main() -> None:
                  "load_average_start": list(os.getloadavg()),
                  "cv": "polygon-grouped stratified 5-fold", "datasets": {}}
     if args.regression or args.regression_only:
-        out["regression"] = regression_check(load_dataset("si", Path(args.cache)), repeats=args.repeats)
+        out["regression"] = regression_check(load_dataset("si", Path(args.cache)), repeats=args.repeats,
+                                             first_draw=args.first_draw)
     if args.regression_only:
         out["load_average_end"] = list(os.getloadavg())
         Path(args.out).write_text(json.dumps(out, indent=2))
