@@ -884,7 +884,8 @@ def report_markdown(report: dict) -> str:
               for f in cv["per_fold"]]
     mdl = report["model"]
     lines += ["", "## Model", "",
-              f"Ensemble of {', '.join(mdl['base_learners'])} ({mdl['n_estimators']} trees per tree learner), "
+              f"Ensemble of {', '.join(mdl['base_learners'])} ({mdl['n_estimators']} trees per tree learner"
+              f"{_leaf_text(mdl)}), "
               f"{_COMBINER_TEXT.get(mdl.get('meta_chosen', 'logistic'), mdl.get('meta_chosen'))} "
               f"(model.meta: {mdl.get('meta', 'auto')}; {_inner_cv_text(mdl)}), "
               f"class weights {mdl['class_weight']}. {report['n_features']} features; "
@@ -922,6 +923,25 @@ def _cache_key(cfg, samples: Samples, class_field: str, years: list[int]) -> str
                                                              "random_state"}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _forest_leaves(model) -> dict[str, int]:
+    """``min_samples_leaf`` of the final random forest / extra trees learners (after any tuning)."""
+    return {name: int(est.get_params()["min_samples_leaf"])
+            for name, est in zip(getattr(model, "learner_names_", ()), getattr(model, "estimators_", ()))
+            if name in ("rf", "et") and "min_samples_leaf" in est.get_params()}
+
+
+def _leaf_text(mdl: dict) -> str:
+    """``; forest leaves of at least N pixels`` (per learner when they differ), "" without forests."""
+    leaves = mdl.get("forest_min_samples_leaf") or {}
+    if not leaves:
+        return ""
+    sizes = set(leaves.values())
+    if len(sizes) == 1:
+        (n,) = sizes
+        return f"; forest leaves of at least {n} pixel{'s' if n != 1 else ''}"
+    return "; forest leaves of at least " + ", ".join(f"{k} {v}" for k, v in leaves.items()) + " pixels"
 
 
 def _inner_cv_text(mdl: dict) -> str:
@@ -1257,6 +1277,7 @@ def _training_report(cfg, samples: Samples, class_field: str, table: _FeatureTab
         "model": {"base_learners": list(cfg.model.base_learners), "n_estimators": cfg.model.n_estimators,
                   "cv_folds": cfg.model.cv_folds, "class_weight": cfg.model.class_weight, "meta": cfg.model.meta,
                   "meta_chosen": str(model.meta_), "max_depth": cfg.model.max_depth,
+                  "forest_min_samples_leaf": _forest_leaves(model),
                   "learning_rate": cfg.model.learning_rate, "nan_policy": cfg.model.nan_policy,
                   "random_state": cfg.model.random_state, "stacking_folds_used": len(model.cv_test_folds_),
                   "tuning": _tuning_record(cfg, model), "feature_selection": _selection_record(cfg, model, names)},

@@ -309,9 +309,14 @@ def test_train_on_synthetic_points_and_cli(scene, tmp_path):
     proba, base = bundle.model.predict_proba_with_base(X)
     assert base.shape[0] == 3 and np.abs(proba - base.mean(axis=0)).max() < 1e-12
     n, k = report["model"]["n_estimators"], report["model"]["cv_folds"]
+    # a small table (under 100 pixels per class): forest leaves of rows // (5 x classes), not 20
+    leaf = len(pixels) // (5 * len(bundle.classes))
+    assert leaf < 20 and report["model"]["forest_min_samples_leaf"] == {"rf": leaf, "et": leaf}
+    assert [e.min_samples_leaf for e in bundle.model.estimators_[::2]] == [leaf, leaf]
     line = [t for t in (out / "report.md").read_text().splitlines() if t.startswith("Ensemble of")]
     assert line and line[0].startswith(
-        f"Ensemble of rf, lgbm, et ({n} trees per tree learner), combined by the mean of their probabilities "
+        f"Ensemble of rf, lgbm, et ({n} trees per tree learner; forest leaves of at least {leaf} pixels), "
+        "combined by the mean of their probabilities "
         f"(model.meta: mean; nothing fitted on top of the learners; LightGBM's tree count from its {k}-fold "
         "out-of-fold log loss), class weights balanced."), line
 
